@@ -1,0 +1,137 @@
+"""A collection is a folder of images with optional class labels.
+
+Labels come from one sub-folder per class, or from a CSV of ``path,label``
+rows (paths relative to the collection folder). Every image gets a stable id
+derived from its relative path, so the same file keeps its id across
+reindexing and machines.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import CollectionError
+from .images import is_image_name
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    image_id: str
+    relpath: str  # POSIX path relative to the collection root
+    path: Path  # absolute path
+    label: str | None = None
+
+
+def stable_id(relpath: str) -> str:
+    """Twelve hex digits of SHA-1 over the relative path: short, stable, collision-free in practice."""
+    return hashlib.sha1(relpath.encode("utf-8")).hexdigest()[:12]
+
+
+@dataclass
+class Collection:
+    root: Path
+    records: list[ImageRecord]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (relpath, reason)
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({r.label for r in self.records if r.label is not None})
+
+    def labelled(self) -> list[ImageRecord]:
+        return [r for r in self.records if r.label is not None]
+
+    def by_relpath(self) -> dict[str, ImageRecord]:
+        return {r.relpath: r for r in self.records}
+
+    def subset(self, relpaths) -> "Collection":
+        """The records named by ``relpaths`` (a list-file's lines), in that order."""
+        table = self.by_relpath()
+        missing = [p for p in relpaths if p not in table]
+        if missing:
+            raise CollectionError(
+                f"{len(missing)} listed image(s) are not in {self.root}, e.g. {missing[:3]}")
+        return Collection(self.root, [table[p] for p in relpaths], list(self.skipped))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def read_list_file(path: Path) -> list[str]:
+    """Relative paths, one per line (Caltech's ``train.txt`` / ``test.txt`` format)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CollectionError(f"list file not found: {path}")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_labels_csv(path: Path) -> dict[str, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise CollectionError(f"labels file not found: {path}")
+    labels = {}
+    with path.open(newline="") as handle:
+        for row_number, row in enumerate(csv.reader(handle), start=1):
+            if not row or (row_number == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]):
+                continue
+            if len(row) < 2 or not row[1].strip():
+                raise CollectionError(f"{path}:{row_number}: expected 'path,label', got {row!r}")
+            labels[row[0].strip()] = row[1].strip()
+    return labels
+
+
+def write_labels_csv(path: Path, labels: dict[str, str]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        for relpath in sorted(labels):
+            writer.writerow([relpath, labels[relpath]])
+
+
+def scan_collection(root: Path, labels: str | Path | None = None,
+                    exclude_labels: tuple[str, ...] = ()) -> Collection:
+    """List the images under ``root``.
+
+    ``labels`` is ``None`` (no labels), ``"folders"`` (the first path
+    component is the class) or the path of a ``path,label`` CSV. Images whose
+    label is in ``exclude_labels`` stay in the collection, unlabelled (e.g.
+    Caltech's clutter class). Files that are not images by name are skipped
+    and reported; whether an image decodes is found out when it is read.
+    """
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise CollectionError(f"collection folder not found: {root}")
+    skipped: list[tuple[str, str]] = []
+    relpaths = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        relpath = path.relative_to(root).as_posix()
+        if path.name.startswith("."):
+            continue
+        if is_image_name(path):
+            relpaths.append(relpath)
+        else:
+            skipped.append((relpath, "not an image file name"))
+    if not relpaths:
+        raise CollectionError(f"no images found in {root}")
+
+    if labels is None:
+        label_of = {}
+    elif str(labels) == "folders":
+        label_of = {p: p.split("/", 1)[0] for p in relpaths if "/" in p}
+    else:
+        label_of = read_labels_csv(Path(labels))
+        unknown = sorted(set(label_of) - set(relpaths))
+        if unknown:
+            raise CollectionError(
+                f"{labels}: {len(unknown)} labelled path(s) are not images in {root}, e.g. {unknown[:3]}")
+    excluded = set(exclude_labels)
+    records = []
+    for relpath in relpaths:
+        label = label_of.get(relpath)
+        if label in excluded:
+            label = None
+        records.append(ImageRecord(stable_id(relpath), relpath, root / relpath, label))
+    return Collection(root, records, skipped)

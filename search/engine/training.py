@@ -1,0 +1,181 @@
+"""Transfer learning: fine-tune an ImageNet backbone on the collection's labels.
+
+80/20 stratified split (seeded), standard augmentation, SGD with momentum
+and a cosine schedule; per-epoch loss and validation accuracy.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .backbones import build_backbone
+from .collection import Collection, ImageRecord
+from .config import EngineConfig
+from .errors import CollectionError, ImageError
+from .images import open_image
+from .model import eval_transform, pick_device, save_classifier, train_transform
+
+Progress = Callable[[dict], None]
+
+
+@dataclass
+class Split:
+    train: list[ImageRecord]
+    val: list[ImageRecord]
+
+
+@dataclass
+class TrainingResult:
+    checksum: str
+    classes: list[str]
+    history: list[dict] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.history[-1]["val_accuracy"] if self.history else float("nan")
+
+
+def stratified_split(records: list[ImageRecord], val_fraction: float, seed: int) -> Split:
+    labels = [r.label for r in records]
+    counts = {label: labels.count(label) for label in set(labels)}
+    if len(counts) < 2:
+        raise CollectionError(f"training needs at least 2 classes, found {len(counts)}")
+    too_small = sorted(label for label, n in counts.items() if n < 2)
+    if too_small:
+        raise CollectionError(f"classes with fewer than 2 labelled images cannot be split: {too_small}")
+    train, val = train_test_split(records, test_size=val_fraction, random_state=seed, stratify=labels)
+    return Split(list(train), list(val))
+
+
+def load_resized(records: list[ImageRecord], max_side: int) -> tuple[list, list[tuple[str, str]]]:
+    """Decode every image once, shrunk so its longer side is ``max_side``; unreadable ones are reported."""
+    images, skipped = [], []
+    for record in tqdm(records, desc="reading images", unit="img", leave=False):
+        try:
+            image = open_image(record.path)
+        except ImageError as exc:
+            skipped.append((record.relpath, str(exc)))
+            images.append(None)
+            continue
+        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+        images.append(image)
+    return images, skipped
+
+
+class _ImageDataset(Dataset):
+    def __init__(self, images, targets, transform):
+        self.images, self.targets, self.transform = images, targets, transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), self.targets[i]
+
+
+def _loader(records, images, class_index, transform, batch_size, shuffle, seed):
+    kept = [(img, class_index[r.label]) for r, img in zip(records, images) if img is not None]
+    dataset = _ImageDataset([k[0] for k in kept], [k[1] for k in kept], transform)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
+
+
+def train_classifier(collection: Collection, config: EngineConfig, out_path,
+                     split: Split | None = None, epochs: int | None = None,
+                     progress: Progress | None = None) -> TrainingResult:
+    """Fine-tune ``config.backbone`` on the labelled images of ``collection`` and save it at ``out_path``."""
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    labelled = collection.labelled()
+    if not labelled:
+        raise CollectionError(f"{collection.root}: no labelled images to train on")
+    split = split or stratified_split(labelled, config.val_fraction, config.seed)
+    classes = sorted({r.label for r in split.train})
+    class_index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({r.label for r in split.val} - set(classes))
+    if unknown:
+        raise CollectionError(f"validation classes absent from training: {unknown}")
+
+    device = pick_device(config.device)
+    backbone = build_backbone(config.backbone, len(classes), pretrained=True,
+                              weights_path=config.resnet18_weights if config.backbone == "resnet18" else None)
+    backbone.to(device)
+    max_side = int(config.image_size * 1.15)
+    train_images, skipped_train = load_resized(split.train, max_side)
+    val_images, skipped_val = load_resized(split.val, max_side)
+    train_loader = _loader(split.train, train_images, class_index,
+                           train_transform(backbone, config.image_size), config.batch_size, True, config.seed)
+    val_loader = _loader(split.val, val_images, class_index,
+                         eval_transform(backbone, config.image_size), config.batch_size, False, config.seed)
+    if len(train_loader.dataset) == 0:
+        raise CollectionError("no readable training images")
+
+    epochs = epochs or config.epochs
+    optimizer = torch.optim.SGD(backbone.parameters(), lr=config.learning_rate,
+                                momentum=config.momentum, weight_decay=config.weight_decay)
+    steps = epochs * len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    history = []
+    started = time.monotonic()
+    for epoch in range(1, epochs + 1):
+        backbone.train()
+        total_loss, seen = 0.0, 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", unit="batch")
+        for images, targets in bar:
+            images, targets = images.to(device), targets.to(device)
+            loss = loss_fn(backbone(images), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * len(targets)
+            seen += len(targets)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        val_accuracy = evaluate_accuracy(backbone, val_loader, device)
+        row = {"epoch": epoch, "train_loss": total_loss / seen, "val_accuracy": val_accuracy,
+               "elapsed_s": round(time.monotonic() - started, 1)}
+        history.append(row)
+        tqdm.write(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val accuracy {val_accuracy:.4f}")
+        if progress:
+            progress(dict(row, epochs=epochs))
+
+    info = {
+        "history": history,
+        "val_accuracy": history[-1]["val_accuracy"],
+        "train_ids": [r.image_id for r in split.train],
+        "val_ids": [r.image_id for r in split.val],
+        "n_train": len(train_loader.dataset),
+        "n_val": len(val_loader.dataset),
+        "collection_root": str(collection.root),
+        "settings": {k: getattr(config, k) for k in (
+            "backbone", "image_size", "batch_size", "learning_rate", "momentum",
+            "weight_decay", "val_fraction", "seed")} | {"epochs": epochs},
+        "skipped": skipped_train + skipped_val,
+    }
+    checksum = save_classifier(out_path, backbone.cpu(), classes, config.image_size, info)
+    return TrainingResult(checksum, classes, history, skipped_train + skipped_val)
+
+
+@torch.no_grad()
+def evaluate_accuracy(backbone, loader, device) -> float:
+    backbone.eval()
+    correct, total = 0, 0
+    for images, targets in loader:
+        predictions = backbone(images.to(device)).argmax(1).cpu()
+        correct += int((predictions == targets).sum())
+        total += len(targets)
+    return correct / total if total else float("nan")

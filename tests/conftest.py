@@ -1,0 +1,80 @@
+"""Shared fixtures: real Corel-1k images, a classifier really trained for one
+short epoch on a small subset, and an index really built from it."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = Path(os.environ.get("RETRIEVAL_DATASETS", REPO.parent / "shared" / "datasets"))
+COREL = DATASETS / "corel1k" / "images"
+COREL_CLASSES = ["africa", "beach", "buildings", "buses", "dinosaurs",
+                 "elephants", "flowers", "horses", "mountains", "food"]
+# Four Corel classes, ten images each: enough for a stratified split and a
+# 32-d PCA, small enough to train on in seconds.
+TINY_CLASSES = {"africa": 0, "beach": 1, "buses": 3, "dinosaurs": 4}
+TINY_PER_CLASS = 10
+
+
+def corel_image(number: int) -> Path:
+    return COREL / f"{number}.jpg"
+
+
+@pytest.fixture(scope="session")
+def engine_config(tmp_path_factory):
+    from search.engine.config import EngineConfig
+
+    return EngineConfig(data_dir=tmp_path_factory.mktemp("data"), device="cpu", epochs=1, batch_size=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_collection_dir(tmp_path_factory) -> Path:
+    """Class sub-folders of symlinks to real Corel images (the dataset stays read-only)."""
+    root = tmp_path_factory.mktemp("tiny-corel")
+    for name, number in TINY_CLASSES.items():
+        (root / name).mkdir()
+        for i in range(TINY_PER_CLASS):
+            source = corel_image(number * 100 + i)
+            (root / name / source.name).symlink_to(source)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_collection(tiny_collection_dir):
+    from search.engine.collection import scan_collection
+
+    return scan_collection(tiny_collection_dir, "folders")
+
+
+@pytest.fixture(scope="session")
+def tiny_training(tiny_collection, engine_config):
+    from search.engine.training import train_classifier
+
+    path = engine_config.default_model_path
+    result = train_classifier(tiny_collection, engine_config, path, epochs=1)
+    return path, result
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_training):
+    from search.engine.model import load_classifier
+
+    return load_classifier(tiny_training[0], "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_index_build(tiny_collection, tiny_model, engine_config):
+    from search.engine.index import build_index
+
+    return build_index(tiny_collection, tiny_model, engine_config.index_root, engine_config, "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_index_build, tiny_model, engine_config):
+    from search.engine.index import load_index
+    from search.engine.pipeline import RetrievalEngine
+
+    index = load_index(engine_config.index_root, expected_checksum=tiny_model.checksum)
+    return RetrievalEngine(tiny_model, index, "cpu", engine_config)

@@ -1,0 +1,67 @@
+"""The management commands, end to end on a tiny real collection, with their errors."""
+import csv
+import io
+import json
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from .conftest import COREL, corel_image
+
+
+def run(*args, **kwargs):
+    out, err = io.StringIO(), io.StringIO()
+    call_command(*args, stdout=out, stderr=err, **kwargs)
+    return out.getvalue(), err.getvalue()
+
+
+def test_make_labels_corel_preset(tmp_path):
+    out_csv = tmp_path / "corel.csv"
+    stdout, _ = run("make_labels", str(COREL), "--out", str(out_csv), "--preset", "corel1k")
+    assert "wrote 1000 labels in 10 classes" in stdout
+    rows = {row["path"]: row["label"] for row in csv.DictReader(out_csv.open())}
+    assert rows["0.jpg"] == "africa" and rows["199.jpg"] == "beach" and rows["999.jpg"] == "food"
+
+
+def test_train_index_search_evaluate(tiny_collection_dir, tmp_path, settings):
+    settings.RETRIEVAL = settings.RETRIEVAL.replace(data_dir=tmp_path, device="cpu", epochs=1, batch_size=16)
+    stdout, _ = run("train", "--collection", str(tiny_collection_dir), "--labels", "folders")
+    assert "saved" in stdout and "validation accuracy" in stdout
+    assert (tmp_path / "models" / "classifier.pt").is_file()
+
+    stdout, _ = run("index", "--collection", str(tiny_collection_dir), "--labels", "folders")
+    assert "indexed 40 images" in stdout and "pca 32-d" in stdout
+
+    stdout, _ = run("search", str(tiny_collection_dir / "buses" / "300.jpg"), "-k", "3")
+    lines = stdout.splitlines()
+    assert lines[1].split()[0] == "1" and lines[1].endswith("buses/300.jpg")
+    assert len([l for l in lines if l.strip()[:1].isdigit()]) == 3
+
+    report = tmp_path / "eval.json"
+    stdout, _ = run("evaluate", "--queries", "all", "--out", str(report))
+    data = json.loads(report.read_text())
+    methods = {m["method"] for m in data["methods"]}
+    assert methods == {"fine-tuned logits", "fine-tuned pca", "fine-tuned penultimate",
+                       "imagenet pca", "imagenet penultimate"}
+    assert all(m["n_queries"] == 40 for m in data["methods"])
+    assert "P@10" in stdout and "imagenet penultimate" in stdout
+
+
+def test_search_errors_are_readable(tmp_path, settings):
+    settings.RETRIEVAL = settings.RETRIEVAL.replace(data_dir=tmp_path)
+    with pytest.raises(CommandError, match="classifier checkpoint not found"):
+        run("search", str(corel_image(0)))
+
+
+def test_search_refuses_a_non_image(tiny_engine, tiny_training, engine_config, tmp_path, settings):
+    settings.RETRIEVAL = engine_config
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("hello")
+    with pytest.raises(CommandError, match="fake.jpg: not an image file"):
+        run("search", str(fake))
+
+
+def test_train_on_empty_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(CommandError, match="no images found"):
+        run("train", "--collection", str(tmp_path))

@@ -1,0 +1,38 @@
+"""Evaluation numbers checked against hand computation."""
+import numpy as np
+import pytest
+
+from search.engine.evaluation import average_precision, evaluate_coarse, precision_at_k
+
+
+def test_precision_and_ap_by_hand():
+    ranking = np.array([1, 0, 1, 0, 0, 1, 0, 0, 0, 0], dtype=bool)
+    assert precision_at_k(ranking, 10) == pytest.approx(0.3)
+    assert precision_at_k(ranking, 3) == pytest.approx(2 / 3)
+    # relevant at ranks 1, 3, 6: (1/1 + 2/3 + 3/6) / 3
+    assert average_precision(ranking) == pytest.approx((1 + 2 / 3 + 0.5) / 3)
+    # a fourth relevant item never retrieved counts as precision 0
+    assert average_precision(ranking, n_relevant=4) == pytest.approx((1 + 2 / 3 + 0.5) / 4)
+    assert average_precision(np.zeros(5, dtype=bool)) == 0.0
+
+
+def test_evaluate_matches_brute_force_on_the_tiny_index(tiny_engine):
+    index = tiny_engine.index
+    labels = np.array(index.labels)
+    query_ids = index.image_ids[::5]  # 8 queries, two per class
+    scores = {s.variant: s for s in evaluate_coarse(tiny_engine, query_ids, ["pca", "penultimate"])}
+    for variant in ("pca", "penultimate"):
+        vectors = np.asarray(index.vectors[variant])
+        precisions, aps = [], []
+        for q in range(0, 40, 5):
+            distances = np.linalg.norm(vectors - vectors[q], axis=1)
+            distances[q] = np.inf
+            order = np.argsort(distances, kind="stable")[:-1]
+            relevant = labels[order] == labels[q]
+            precisions.append(relevant[:10].mean())
+            hits = np.cumsum(relevant)
+            aps.append(np.mean(hits[relevant] / (np.flatnonzero(relevant) + 1)))
+        assert scores[variant].n_queries == 8
+        assert scores[variant].precision_at_10 == pytest.approx(np.mean(precisions), abs=1e-9)
+        assert scores[variant].mean_ap == pytest.approx(np.mean(aps), abs=1e-6)
+        assert scores[variant].query_ms > 0

@@ -1,0 +1,102 @@
+"""Bad inputs are refused by name, collections and labels are read correctly."""
+import io
+import struct
+import zlib
+
+import pytest
+
+from search.engine.collection import read_labels_csv, scan_collection, stable_id, write_labels_csv
+from search.engine.errors import CollectionError, ImageError
+from search.engine.images import MAX_IMAGE_PIXELS, open_image
+
+from .conftest import corel_image
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height``: a decompression bomb's signature."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def test_real_jpeg_opens_as_rgb():
+    image = open_image(corel_image(0))
+    assert image.mode == "RGB"
+    assert image.size in ((384, 256), (256, 384))
+
+
+def test_text_file_named_jpg_is_refused_by_content(tmp_path):
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("this is not a picture\n" * 20)
+    with pytest.raises(ImageError, match=r"notes\.jpg: not an image file"):
+        open_image(fake)
+
+
+def test_truncated_jpeg_is_refused(tmp_path):
+    data = corel_image(1).read_bytes()
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ImageError, match=r"cut\.jpg: image is truncated or corrupt"):
+        open_image(truncated)
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header_only(20_000, 20_000))
+    assert 20_000 * 20_000 > MAX_IMAGE_PIXELS
+    with pytest.raises(ImageError, match=r"bomb\.png: .*(over the limit|decompression bomb)"):
+        open_image(bomb)
+
+
+def test_file_object_is_accepted():
+    image = open_image(io.BytesIO(corel_image(2).read_bytes()))
+    assert image.size[0] > 0
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(CollectionError, match="no images found"):
+        scan_collection(tmp_path)
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(CollectionError, match="collection folder not found"):
+        scan_collection(tmp_path / "nowhere")
+
+
+def test_folder_labels_and_stable_ids(tiny_collection):
+    assert len(tiny_collection) == 40
+    assert tiny_collection.classes == ["africa", "beach", "buses", "dinosaurs"]
+    first = tiny_collection.records[0]
+    assert first.relpath == "africa/0.jpg"
+    assert first.image_id == stable_id("africa/0.jpg")
+    assert len({r.image_id for r in tiny_collection.records}) == 40
+
+
+def test_non_image_names_are_reported_and_skipped(tmp_path):
+    (tmp_path / "a.jpg").symlink_to(corel_image(0))
+    (tmp_path / "readme.txt").write_text("hello")
+    collection = scan_collection(tmp_path)
+    assert [r.relpath for r in collection.records] == ["a.jpg"]
+    assert collection.skipped == [("readme.txt", "not an image file name")]
+
+
+def test_labels_csv_round_trip_and_validation(tmp_path):
+    (tmp_path / "1.jpg").symlink_to(corel_image(1))
+    (tmp_path / "150.jpg").symlink_to(corel_image(150))
+    labels_file = tmp_path / "labels.csv"
+    write_labels_csv(labels_file, {"1.jpg": "africa", "150.jpg": "beach"})
+    assert read_labels_csv(labels_file) == {"1.jpg": "africa", "150.jpg": "beach"}
+    collection = scan_collection(tmp_path, labels_file)
+    assert {r.relpath: r.label for r in collection.records} == {"1.jpg": "africa", "150.jpg": "beach"}
+
+    write_labels_csv(labels_file, {"1.jpg": "africa", "missing.jpg": "beach"})
+    with pytest.raises(CollectionError, match="missing.jpg"):
+        scan_collection(tmp_path, labels_file)
+
+
+def test_excluded_label_stays_in_collection_unlabelled(tiny_collection_dir):
+    collection = scan_collection(tiny_collection_dir, "folders", exclude_labels=("beach",))
+    assert len(collection) == 40
+    assert "beach" not in collection.classes
+    assert len(collection.labelled()) == 30

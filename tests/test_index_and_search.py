@@ -1,0 +1,113 @@
+"""Features, ball trees, the persisted index and the coarse search, on real images."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from search.engine.errors import SearchIndexError
+from search.engine.index import active_build, build_index, load_index
+
+from .conftest import corel_image
+
+
+def test_feature_shapes_and_pca_dimension(tiny_engine):
+    index = tiny_engine.index
+    assert index.manifest["variants"] == {"logits": 4, "pca": 32, "penultimate": 1280}
+    assert index.vectors["penultimate"].shape == (40, 1280)
+    assert index.vectors["pca"].shape == (40, 32)
+    assert index.vectors["logits"].shape == (40, 4)
+    for matrix in index.vectors.values():
+        np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-4)
+
+
+def test_round_trip_keeps_ids_paths_and_vectors(tiny_engine, tiny_collection, tiny_model, engine_config):
+    again = load_index(engine_config.index_root, expected_checksum=tiny_model.checksum)
+    assert again.image_ids == [r.image_id for r in tiny_collection.records]
+    assert again.relpaths == [r.relpath for r in tiny_collection.records]
+    assert again.labels == [r.label for r in tiny_collection.records]
+    for variant in ("logits", "pca", "penultimate"):
+        np.testing.assert_array_equal(again.vectors[variant], tiny_engine.index.vectors[variant])
+    manifest = again.manifest
+    assert manifest["model_checksum"] == tiny_model.checksum
+    assert manifest["collection_size"] == 40 and manifest["backbone"] == "efficientnet_lite0"
+    assert manifest["created"]
+
+
+def test_query_vectors_match_indexed_vectors(tiny_engine):
+    vectors = tiny_engine.query_vectors(tiny_engine.index.path_of(5))
+    for variant in ("logits", "pca", "penultimate"):
+        np.testing.assert_allclose(vectors[variant][0], tiny_engine.index.vectors[variant][5], atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["logits", "pca", "penultimate"])
+def test_search_returns_the_query_itself_first(tiny_engine, variant):
+    for position in (0, 17, 39):
+        response = tiny_engine.search(tiny_engine.index.path_of(position), variant, k=5)
+        assert len(response.results) == 5
+        first = response.results[0]
+        assert first.image_id == tiny_engine.index.image_ids[position]
+        assert first.distance < 1e-3
+        distances = [r.distance for r in response.results]
+        assert distances == sorted(distances)
+        assert [r.rank for r in response.results] == [1, 2, 3, 4, 5]
+
+
+def test_exclude_drops_the_query_from_its_results(tiny_engine):
+    query_id = tiny_engine.index.image_ids[3]
+    response = tiny_engine.search(tiny_engine.index.path_of(3), exclude_ids={query_id}, k=10)
+    assert query_id not in [r.image_id for r in response.results]
+    assert len(response.results) == 10
+
+
+def test_mismatched_model_is_refused(tiny_index_build):
+    with pytest.raises(SearchIndexError, match="reindex with the current model"):
+        load_index(tiny_index_build, expected_checksum="0" * 64)
+
+
+def test_tampered_or_incomplete_index_is_refused(tiny_index_build, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_index_build, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["collection_size"] = 41
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SearchIndexError, match="lists 40 images but the manifest says 41"):
+        load_index(copy)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(SearchIndexError, match="no index at"):
+        load_index(copy)
+    with pytest.raises(SearchIndexError, match="run the 'index' command first"):
+        load_index(tmp_path / "empty-root")
+
+
+def test_unknown_variant_is_a_clear_error(tiny_engine):
+    with pytest.raises(SearchIndexError, match="has no 'colour' tree"):
+        tiny_engine.index.coarse_candidates(np.zeros(4), "colour", 3)
+
+
+def test_new_build_switches_active_and_old_build_stays_loadable(
+        tiny_collection, tiny_model, engine_config, tmp_path):
+    root = tmp_path / "index"
+    first = build_index(tiny_collection, tiny_model, root, engine_config, "cpu", variants=("penultimate",))
+    assert active_build(root) == first.resolve()
+    second = build_index(tiny_collection, tiny_model, root, engine_config, "cpu", variants=("penultimate",))
+    assert active_build(root) == second.resolve()
+    assert len(load_index(first)) == 40  # a search that started on it can finish
+
+
+def test_unreadable_images_are_skipped_and_reported(tiny_model, engine_config, tmp_path):
+    from search.engine.collection import scan_collection
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for n in (0, 1, 2):
+        (folder / f"{n}.jpg").symlink_to(corel_image(n))
+    (folder / "broken.jpg").write_bytes(corel_image(3).read_bytes()[:2000])
+    (folder / "text.png").write_text("not a png")
+    build = build_index(scan_collection(folder), tiny_model, tmp_path / "idx", engine_config, "cpu",
+                        variants=("penultimate", "logits"))
+    index = load_index(build)
+    assert index.relpaths == ["0.jpg", "1.jpg", "2.jpg"]
+    skipped = dict(index.manifest["skipped"])
+    assert set(skipped) == {"broken.jpg", "text.png"}
+    assert "truncated" in skipped["broken.jpg"] and "not an image" in skipped["text.png"]

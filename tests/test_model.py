@@ -1,0 +1,94 @@
+"""Training really runs, checkpoints reload, both backbones load real weights code."""
+import json
+
+import pytest
+import torch
+import torchvision
+
+from search.engine.backbones import build_backbone
+from search.engine.errors import ModelError
+from search.engine.model import load_classifier, metrics_path
+from search.engine.training import stratified_split
+
+
+def test_one_short_epoch_trains_and_saves(tiny_training, tiny_collection):
+    path, result = tiny_training
+    assert path.is_file()
+    assert result.classes == ["africa", "beach", "buses", "dinosaurs"]
+    assert len(result.history) == 1
+    row = result.history[0]
+    assert row["train_loss"] > 0
+    assert 0.0 <= row["val_accuracy"] <= 1.0
+    info = json.loads(metrics_path(path).read_text())
+    assert info["classes"] == result.classes and info["checksum"] == result.checksum
+    assert info["n_train"] == 32 and info["n_val"] == 8
+    assert set(info["train_ids"]).isdisjoint(info["val_ids"])
+    assert info["settings"]["backbone"] == "efficientnet_lite0"
+
+
+def test_split_is_stratified_and_seeded(tiny_collection):
+    a = stratified_split(tiny_collection.labelled(), 0.2, seed=0)
+    b = stratified_split(tiny_collection.labelled(), 0.2, seed=0)
+    c = stratified_split(tiny_collection.labelled(), 0.2, seed=1)
+    assert [r.relpath for r in a.val] == [r.relpath for r in b.val]
+    assert [r.relpath for r in a.val] != [r.relpath for r in c.val]
+    assert sorted(r.label for r in a.val) == ["africa"] * 2 + ["beach"] * 2 + ["buses"] * 2 + ["dinosaurs"] * 2
+
+
+def test_checkpoint_reloads_to_the_same_predictions(tiny_training, tiny_model):
+    path, _ = tiny_training
+    again = load_classifier(path, "cpu")
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(tiny_model.backbone(images), again.backbone(images), atol=1e-5)
+    assert again.checksum == tiny_model.checksum
+
+
+def test_lite0_imagenet_weights_are_really_trained():
+    """The registry weights classify a real photo sensibly: a trained net is confident, a random one is not."""
+    from search.engine.images import open_image
+    from search.engine.model import eval_transform
+    from efficientnet_lite_pytorch import EfficientNet
+    from search.engine.backbones.efficientnet_lite import imagenet_weights_path
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    net.load_state_dict(torch.load(imagenet_weights_path(), map_location="cpu", weights_only=True))
+    net.eval()
+    backbone = build_backbone("efficientnet_lite0", 2)
+    # Corel 400-499 are dinosaur models; 300-399 are buses: ImageNet has school bus (779) and trolleybus (874).
+    from .conftest import corel_image
+    x = eval_transform(backbone, 224)(open_image(corel_image(300))).unsqueeze(0)
+    with torch.no_grad():
+        probabilities = net(x).softmax(1)[0]
+    top5 = probabilities.topk(5).indices.tolist()
+    assert {779, 874, 654, 705} & set(top5), top5  # school bus, trolleybus, minibus, passenger car
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="run the 'train' command"):
+        load_classifier(tmp_path / "nope.pt")
+
+
+def test_resnet18_loads_a_torchvision_state_dict(tmp_path):
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    backbone = build_backbone("resnet18", 10, pretrained=True, weights_path=str(weights))
+    assert backbone.feature_dim == 512
+    with torch.no_grad():
+        pooled = backbone.eval().pooled(torch.randn(1, 3, 224, 224))
+    assert pooled.shape == (1, 512)
+    assert backbone(torch.randn(1, 3, 224, 224)).shape == (1, 10)
+
+
+def test_resnet18_missing_or_wrong_weights_are_named(tmp_path):
+    with pytest.raises(ModelError, match=r"ResNet18 ImageNet weights not found at .*absent\.pth.*RETRIEVAL_RESNET18_WEIGHTS"):
+        build_backbone("resnet18", 10, pretrained=True, weights_path=str(tmp_path / "absent.pth"))
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, wrong)
+    with pytest.raises(ModelError, match="not a torchvision resnet18 state dict"):
+        build_backbone("resnet18", 10, pretrained=True, weights_path=str(wrong))
+
+
+def test_unknown_backbone_is_refused():
+    with pytest.raises(ModelError, match="unknown backbone 'vgg'"):
+        build_backbone("vgg", 3)
