@@ -78,3 +78,32 @@ def tiny_engine(tiny_index_build, tiny_model, engine_config):
 
     index = load_index(engine_config.index_root, expected_checksum=tiny_model.checksum)
     return RetrievalEngine(tiny_model, index, "cpu", engine_config)
+
+
+@pytest.fixture(scope="session")
+def tiny_attention(tiny_model, tiny_collection, engine_config):
+    from search.engine.attention import train_attention
+
+    by_id = {r.image_id: r for r in tiny_collection.records}
+    info = tiny_model.info
+    return train_attention(tiny_model, [by_id[i] for i in info["train_ids"]], [by_id[i] for i in info["val_ids"]],
+                           engine_config.default_attention_path, "cpu", epochs=12)
+
+
+@pytest.fixture(scope="session")
+def tiny_extractor(tiny_model, tiny_attention, engine_config):
+    from search.engine.local_features import AttentionExtractor
+
+    return AttentionExtractor(tiny_model, tiny_attention, engine_config.local_settings(), "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_fine_engine(tiny_collection, tiny_model, tiny_attention, tiny_extractor, engine_config, tmp_path_factory):
+    """The tiny collection indexed with local features, in its own index root."""
+    from search.engine.index import build_index, load_index
+    from search.engine.pipeline import RetrievalEngine
+
+    root = tmp_path_factory.mktemp("fine-index")
+    build_index(tiny_collection, tiny_model, root, engine_config, "cpu", local_extractor=tiny_extractor)
+    index = load_index(root, expected_checksum=tiny_model.checksum)
+    return RetrievalEngine(tiny_model, index, "cpu", engine_config, tiny_attention)

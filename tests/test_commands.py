@@ -30,12 +30,15 @@ def test_train_index_search_evaluate(tiny_collection_dir, tmp_path, settings):
     assert "saved" in stdout and "validation accuracy" in stdout
     assert (tmp_path / "models" / "classifier.pt").is_file()
 
+    assert "attention head train loss" in stdout
+    assert (tmp_path / "models" / "attention.pt").is_file()
+
     stdout, _ = run("index", "--collection", str(tiny_collection_dir), "--labels", "folders")
-    assert "indexed 40 images" in stdout and "pca 32-d" in stdout
+    assert "indexed 40 images" in stdout and "pca 32-d" in stdout and "local features, 40-d" in stdout
 
     stdout, _ = run("search", str(tiny_collection_dir / "buses" / "300.jpg"), "-k", "3")
     lines = stdout.splitlines()
-    assert lines[1].split()[0] == "1" and lines[1].endswith("buses/300.jpg")
+    assert lines[1].split()[0] == "1" and lines[1].endswith("buses/300.jpg") and "verified" in lines[1]
     assert len([l for l in lines if l.strip()[:1].isdigit()]) == 3
 
     report = tmp_path / "eval.json"
@@ -43,7 +46,8 @@ def test_train_index_search_evaluate(tiny_collection_dir, tmp_path, settings):
     data = json.loads(report.read_text())
     methods = {m["method"] for m in data["methods"]}
     assert methods == {"fine-tuned logits", "fine-tuned pca", "fine-tuned penultimate",
-                       "imagenet pca", "imagenet penultimate"}
+                       "fine-tuned logits+attention", "fine-tuned pca+attention",
+                       "fine-tuned penultimate+attention", "imagenet pca", "imagenet penultimate"}
     assert all(m["n_queries"] == 40 for m in data["methods"])
     assert "P@10" in stdout and "imagenet penultimate" in stdout
 
@@ -65,3 +69,18 @@ def test_search_refuses_a_non_image(tiny_engine, tiny_training, engine_config, t
 def test_train_on_empty_folder_is_a_clear_error(tmp_path):
     with pytest.raises(CommandError, match="no images found"):
         run("train", "--collection", str(tmp_path))
+
+
+def test_match_writes_a_readable_png(tiny_attention, engine_config, tmp_path, settings):
+    from PIL import Image
+
+    from .conftest import DATASETS
+
+    settings.RETRIEVAL = engine_config
+    out = tmp_path / "graf.png"
+    stdout, _ = run("match", str(DATASETS / "opencv-pairs" / "graf1.png"),
+                    str(DATASETS / "opencv-pairs" / "graf3.png"), "--out", str(out),
+                    "--index-dir", str(tmp_path / "no-index"))
+    assert "inliers of" in stdout and str(out) in stdout
+    with Image.open(out) as picture:
+        assert picture.format == "PNG" and picture.height == 480 and picture.width > 800

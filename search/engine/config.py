@@ -35,6 +35,7 @@ class EngineConfig:
     batch_size: int = 32
     epochs: int = 6
     learning_rate: float = 0.01
+    head_lr_multiplier: float = 1.0  # the new last layer may learn faster than the pretrained body
     momentum: float = 0.9
     weight_decay: float = 1e-4
     val_fraction: float = 0.2
@@ -46,6 +47,24 @@ class EngineConfig:
     n_candidates: int = 4000
     top_k: int = 10
     leaf_size: int = 40
+
+    # Attention local features (DELF-style) and their store.
+    attention_epochs: int = 30
+    attention_learning_rate: float = 0.01
+    local_scales: str = "0.5,0.7071,1.0,1.4142"  # image pyramid, relative to base_max_side
+    local_max_keypoints: int = 500
+    local_score_threshold: float = 0.0
+    local_base_max_side: int = 512
+    local_pca_dim: int = 40
+
+    # Verification (matching + RANSAC) and the fine stage.
+    match_ratio: float = 0.9
+    match_max_distance: float = 0.9
+    match_mutual: bool = True
+    ransac_reprojection_px: float = 12.0
+    ransac_max_iters: int = 1000
+    ransac_method: str = "ransac"
+    min_inliers: int = 8  # fewer: the candidate does not count as verified
 
     @property
     def model_dir(self) -> Path:
@@ -63,6 +82,24 @@ class EngineConfig:
     def default_model_path(self) -> Path:
         return self.model_dir / "classifier.pt"
 
+    @property
+    def default_attention_path(self) -> Path:
+        return self.model_dir / "attention.pt"
+
+    def local_settings(self):
+        from .local_features import LocalSettings
+
+        return LocalSettings(scales=tuple(float(s) for s in self.local_scales.split(",") if s.strip()),
+                             max_keypoints=self.local_max_keypoints, score_threshold=self.local_score_threshold,
+                             base_max_side=self.local_base_max_side)
+
+    def verify_settings(self):
+        from .verification import VerifySettings
+
+        return VerifySettings(ratio=self.match_ratio, max_distance=self.match_max_distance,
+                              mutual=self.match_mutual, reprojection_px=self.ransac_reprojection_px,
+                              max_iters=self.ransac_max_iters, method=self.ransac_method)
+
     def replace(self, **changes) -> "EngineConfig":
         return dataclasses.replace(self, **changes)
 
@@ -77,7 +114,14 @@ class EngineConfig:
                 continue
             kind = type(getattr(defaults, f.name))
             try:
-                changes[f.name] = Path(raw).expanduser() if issubclass(kind, Path) else kind(raw)
+                if issubclass(kind, Path):
+                    changes[f.name] = Path(raw).expanduser()
+                elif kind is bool:
+                    if raw.strip().lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                        raise ValueError(raw)
+                    changes[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+                else:
+                    changes[f.name] = kind(raw)
             except ValueError as exc:
                 raise ValueError(f"{prefix}{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from exc
         return cls(**changes)

@@ -1,8 +1,11 @@
 """Label-based evaluation, the automatic version of the paper's Table 1:
-precision@10, mAP and mean query time per method.
+precision@10, mAP and mean query time for each of the six methods (three
+global variants, each alone and followed by the attention fine stage).
 
 Relevance is "same class as the query"; the query itself is excluded from
-its own results; unlabelled collection images are never relevant.
+its own results; unlabelled collection images are never relevant. A fine
+method's ranking is its verified candidates by inliers, then the rest of
+the coarse ranking, so its mAP covers the whole collection as well.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import numpy as np
 
 from .errors import EngineError
 from .images import open_image
-from .pipeline import RetrievalEngine
+from .pipeline import RetrievalEngine, fine_order, parse_method
 
 
 def precision_at_k(relevant: np.ndarray, k: int) -> float:
@@ -49,50 +52,87 @@ class MethodScore:
     mean_ap: float
     query_ms: float
     n_queries: int
+    mean_verified: float = 0.0  # fine methods: candidates per query that reached min_inliers
+    n_candidates: int = 0
 
 
-def evaluate_coarse(engine: RetrievalEngine, query_ids: Iterable[str], variants: Iterable[str],
-                    model_label: str = "fine-tuned", k: int = 10,
-                    progress: Callable[[int, int], None] | None = None) -> list[MethodScore]:
-    """Run every query through each coarse variant and score it against the labels."""
+def evaluate_methods(engine: RetrievalEngine, query_ids: Iterable[str], methods: Iterable[str],
+                     model_label: str = "fine-tuned", k: int = 10, n_candidates: int | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> list[MethodScore]:
+    """Run every query through each method and score it against the labels."""
     index = engine.index
     position_of = {image_id: p for p, image_id in enumerate(index.image_ids)}
     labels = np.array([label if label is not None else "" for label in index.labels], dtype=object)
     queries = [position_of[q] for q in query_ids if q in position_of and index.labels[position_of[q]]]
     if not queries:
         raise EngineError("no labelled queries found in the index to evaluate")
-    variants = [v for v in variants if v in index.variants]
+    methods = [m for m in methods if m in engine.methods]
+    n_candidates = min(n_candidates or engine.config.n_candidates, len(index) - 1)
+    any_fine = any(parse_method(m)[1] for m in methods)
     class_sizes = {c: int((labels == c).sum()) for c in set(labels) if c}
-    precisions = {v: [] for v in variants}
-    aps = {v: [] for v in variants}
-    times = {v: [] for v in variants}
+    stats = {m: {"p": [], "ap": [], "ms": [], "verified": []} for m in methods}
     for done, position in enumerate(queries, 1):
         query_id, query_label = index.image_ids[position], index.labels[position]
+        exclude = frozenset({query_id})
+        image = open_image(index.path_of(position))
         started = time.perf_counter()
-        vectors = engine.query_vectors(open_image(index.path_of(position)))
-        feature_ms = 1000 * (time.perf_counter() - started)
-        for variant in variants:
+        vectors = engine.query_vectors(image)
+        global_ms = _ms(started)
+        if any_fine:
             started = time.perf_counter()
-            engine.rank(vectors, variant, k, frozenset({query_id}))
-            times[variant].append(feature_ms + 1000 * (time.perf_counter() - started))
-            ranked, _ = engine.rank(vectors, variant, len(index) - 1, frozenset({query_id}))
+            local = engine.query_local(image)
+            local_ms = _ms(started)
+        full_rankings = {}
+        for method in methods:
+            variant, fine = parse_method(method)
+            if variant not in full_rankings:
+                full_rankings[variant] = engine.rank(vectors, variant, len(index) - 1, exclude)[0]
+            ranked = full_rankings[variant]
+            started = time.perf_counter()
+            engine.rank(vectors, variant, n_candidates if fine else k, exclude)
+            ms = global_ms + _ms(started)
+            if fine:
+                started = time.perf_counter()
+                verifications = engine.verify(local, ranked[:n_candidates])
+                inliers = np.array([v.inliers for v in verifications])
+                order = fine_order(inliers, engine.config.min_inliers)
+                ms += local_ms + _ms(started)
+                ranked = np.concatenate([ranked[:n_candidates][order], ranked[n_candidates:]])
+                stats[method]["verified"].append(int((inliers >= engine.config.min_inliers).sum()))
             relevant = labels[ranked] == query_label
-            precisions[variant].append(precision_at_k(relevant, k))
-            aps[variant].append(average_precision(relevant, class_sizes[query_label] - 1))
+            stats[method]["p"].append(precision_at_k(relevant, k))
+            stats[method]["ap"].append(average_precision(relevant, class_sizes[query_label] - 1))
+            stats[method]["ms"].append(ms)
         if progress:
             progress(done, len(queries))
-    return [MethodScore(f"{model_label} {variant}", model_label, variant, "coarse",
-                        float(np.mean(precisions[variant])), float(np.mean(aps[variant])),
-                        float(np.mean(times[variant])), len(queries))
-            for variant in variants]
+    scores = []
+    for method in methods:
+        variant, fine = parse_method(method)
+        s = stats[method]
+        scores.append(MethodScore(
+            f"{model_label} {method}", model_label, variant, "fine" if fine else "coarse",
+            float(np.mean(s["p"])), float(np.mean(s["ap"])), float(np.mean(s["ms"])), len(queries),
+            float(np.mean(s["verified"])) if fine else 0.0, n_candidates if fine else 0))
+    return scores
+
+
+def evaluate_coarse(engine: RetrievalEngine, query_ids, variants, model_label="fine-tuned", k=10, progress=None):
+    """The coarse methods only (no local features needed)."""
+    return evaluate_methods(engine, query_ids, list(variants), model_label, k, progress=progress)
+
+
+def _ms(started: float) -> float:
+    return 1000 * (time.perf_counter() - started)
 
 
 def format_table(scores: list[MethodScore]) -> str:
-    header = f"{'method':<28} {'P@10':>7} {'mAP':>7} {'query ms':>9} {'queries':>8}"
+    header = (f"{'method':<34} {'P@10':>7} {'mAP':>7} {'query ms':>9} {'queries':>8} "
+              f"{'verified/query':>15}")
     lines = [header, "-" * len(header)]
     for s in scores:
-        lines.append(f"{s.method:<28} {s.precision_at_10:>7.4f} {s.mean_ap:>7.4f} "
-                     f"{s.query_ms:>9.1f} {s.n_queries:>8d}")
+        verified = f"{s.mean_verified:.1f} of {s.n_candidates}" if s.stage == "fine" else "-"
+        lines.append(f"{s.method:<34} {s.precision_at_10:>7.4f} {s.mean_ap:>7.4f} "
+                     f"{s.query_ms:>9.1f} {s.n_queries:>8d} {verified:>15}")
     return "\n".join(lines)
 
 
@@ -100,3 +140,79 @@ def write_report(path: Path, scores: list[MethodScore], context: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"context": context, "methods": [asdict(s) for s in scores]}, indent=2))
+
+
+@dataclass
+class SweepPoint:
+    n_candidates: int
+    mean_top_inliers: float  # mean verification score of the returned top k
+    mean_verified: float  # candidates per query that reached min_inliers
+    query_ms: float  # whole query: features, coarse, local features, verification
+    fine_ms: float  # local features + verification alone
+    n_queries: int
+
+
+def sweep_candidates(engine: RetrievalEngine, query_ids: Iterable[str], method: str,
+                     candidate_counts: Iterable[int], k: int = 10,
+                     progress: Callable[[int, int], None] | None = None) -> list[SweepPoint]:
+    """The paper's Table 2 / Figure 3: how the candidate count trades verification score for time."""
+    variant, fine = parse_method(method)
+    if not fine:
+        raise EngineError(f"sweep_candidates needs a fine method (one ending in +attention), not {method!r}")
+    index = engine.index
+    position_of = {image_id: p for p, image_id in enumerate(index.image_ids)}
+    queries = [position_of[q] for q in query_ids if q in position_of]
+    if not queries:
+        raise EngineError("none of the query ids is in the index")
+    counts = sorted({min(int(n), len(index) - 1) for n in candidate_counts})
+    points = []
+    total = len(counts) * len(queries)
+    for c, n in enumerate(counts):
+        top_inliers, verified, query_ms, fine_ms = [], [], [], []
+        for q, position in enumerate(queries, 1):
+            image = open_image(index.path_of(position))
+            started = time.perf_counter()
+            response = engine.search(image, method, n_candidates=n, k=k,
+                                     exclude_ids={index.image_ids[position]})
+            query_ms.append(_ms(started))
+            fine_ms.append(response.timings_ms["local_features"] + response.timings_ms["verification"])
+            top_inliers.append(np.mean([r.inliers for r in response.results]))
+            verified.append(response.n_verified)
+            if progress:
+                progress(c * len(queries) + q, total)
+        points.append(SweepPoint(n, float(np.mean(top_inliers)), float(np.mean(verified)),
+                                 float(np.mean(query_ms)), float(np.mean(fine_ms)), len(queries)))
+    return points
+
+
+def format_sweep(points: list[SweepPoint]) -> str:
+    header = f"{'candidates':>10} {'top-k inliers':>14} {'verified':>9} {'query ms':>9} {'fine ms':>8} {'queries':>8}"
+    lines = [header, "-" * len(header)]
+    for p in points:
+        lines.append(f"{p.n_candidates:>10d} {p.mean_top_inliers:>14.1f} {p.mean_verified:>9.1f} "
+                     f"{p.query_ms:>9.1f} {p.fine_ms:>8.1f} {p.n_queries:>8d}")
+    return "\n".join(lines)
+
+
+def plot_sweep(points: list[SweepPoint], path: Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, left = plt.subplots(figsize=(7, 4))
+    counts = [p.n_candidates for p in points]
+    left.plot(counts, [p.mean_top_inliers for p in points], "o-", color="tab:blue")
+    left.set_xlabel("coarse candidates verified")
+    left.set_ylabel("mean inliers of the top 10", color="tab:blue")
+    left.set_xscale("log")
+    right = left.twinx()
+    right.plot(counts, [p.query_ms for p in points], "s--", color="tab:red")
+    right.set_ylabel("mean query time (ms)", color="tab:red")
+    left.set_title(title or "verification score and time against candidate count")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -30,6 +30,7 @@ from .collection import Collection
 from .config import EngineConfig
 from .errors import SearchIndexError
 from .features import VARIANTS, extract_global_features, fit_pca, variant_vectors
+from .local_store import LocalStore, build_local_store
 from .model import TrainedModel
 
 FORMAT_VERSION = 1
@@ -37,7 +38,9 @@ MANIFEST = "manifest.json"
 TABLE = "images.json"
 ACTIVE = "active"
 
-Progress = Callable[[int, int], None]
+LOCAL = "local"
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 @dataclass
@@ -51,6 +54,7 @@ class SearchIndex:
     trees: dict[str, BallTree]
     vectors: dict[str, np.ndarray]
     pca: object | None
+    local: LocalStore | None = None
 
     @property
     def variants(self) -> list[str]:
@@ -76,15 +80,25 @@ def _stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
+def _previous_local_store(index_root: Path) -> LocalStore | None:
+    try:
+        return LocalStore.open(active_build(index_root) / LOCAL)
+    except SearchIndexError:
+        return None
+
+
 def build_index(collection: Collection, model: TrainedModel, index_root: Path, config: EngineConfig,
                 device, variants: tuple[str, ...] = VARIANTS, activate: bool = True,
-                progress: Progress | None = None) -> Path:
-    """Extract features for ``collection``, build the trees, and write a complete build directory."""
+                progress: Progress | None = None, local_extractor=None) -> Path:
+    """Extract features for ``collection``, build the trees (and the local-feature
+    store when ``local_extractor`` is given), and write a complete build directory."""
     index_root = Path(index_root)
     builds = index_root / "builds"
     builds.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    features = extract_global_features(model, collection.records, device, config.batch_size, progress)
+    features = extract_global_features(
+        model, collection.records, device, config.batch_size,
+        (lambda done, total: progress("global features", done, total)) if progress else None)
     if not features.records:
         raise SearchIndexError(f"no readable images in {collection.root}; nothing to index")
     pca = fit_pca(features.penultimate, config.pca_dim, config.seed) if "pca" in variants else None
@@ -100,6 +114,12 @@ def build_index(collection: Collection, model: TrainedModel, index_root: Path, c
             joblib.dump(BallTree(matrix, leaf_size=config.leaf_size), partial / f"tree_{variant}.joblib")
         if pca is not None:
             joblib.dump(pca, partial / "pca.joblib")
+        local_meta = None
+        if local_extractor is not None:
+            local_meta = build_local_store(
+                partial / LOCAL, features.records, local_extractor, config.local_pca_dim,
+                previous=_previous_local_store(index_root), seed=config.seed,
+                progress=(lambda done, total: progress("local features", done, total)) if progress else None)
         table = [{"id": r.image_id, "path": r.relpath, "label": r.label} for r in features.records]
         (partial / TABLE).write_text(json.dumps(table))
         manifest = {
@@ -115,6 +135,9 @@ def build_index(collection: Collection, model: TrainedModel, index_root: Path, c
             "pca_dim": int(pca.n_components_) if pca is not None else None,
             "normalisation": "L2 on penultimate, PCA output and logits; Euclidean ball tree",
             "skipped": features.skipped + collection.skipped,
+            "local": None if local_meta is None else {
+                k: local_meta[k] for k in ("extractor", "extractor_name", "dim", "raw_dim", "reused",
+                                           "extracted", "total_keypoints")},
             "build_seconds": round(time.monotonic() - started, 1),
         }
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -177,11 +200,17 @@ def load_index(path: Path, expected_checksum: str | None = None) -> SearchIndex:
             raise SearchIndexError(
                 f"{build}: '{variant}' vectors are {vectors[variant].shape}, manifest says ({len(table)}, {dim})")
     pca_file = build / "pca.joblib"
+    local = None
+    if manifest.get("local"):
+        local = LocalStore.open(build / LOCAL)
+        if len(local) != len(table) or local.meta["extractor"] != manifest["local"]["extractor"]:
+            raise SearchIndexError(f"{build}: the local-feature store does not match the index table")
     return SearchIndex(
         path=build, manifest=manifest,
         image_ids=[row["id"] for row in table], relpaths=[row["path"] for row in table],
         labels=[row["label"] for row in table], collection_root=Path(manifest["collection_root"]),
-        trees=trees, vectors=vectors, pca=joblib.load(pca_file) if pca_file.is_file() else None)
+        trees=trees, vectors=vectors, pca=joblib.load(pca_file) if pca_file.is_file() else None,
+        local=local)
 
 
 def indexed_collection(index: SearchIndex) -> Collection:

@@ -112,9 +112,10 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
     backbone = build_backbone(config.backbone, len(classes), pretrained=True,
                               weights_path=config.resnet18_weights if config.backbone == "resnet18" else None)
     backbone.to(device)
-    max_side = int(config.image_size * 1.15)
-    train_images, skipped_train = load_resized(split.train, max_side)
-    val_images, skipped_val = load_resized(split.val, max_side)
+    # Training crops are cut from images shrunk once (cheap augmentation);
+    # validation sees images as the index will, shrunk only when very large.
+    train_images, skipped_train = load_resized(split.train, int(config.image_size * 1.15))
+    val_images, skipped_val = load_resized(split.val, config.image_size * 4)
     train_loader = _loader(split.train, train_images, class_index,
                            train_transform(backbone, config.image_size), config.batch_size, True, config.seed)
     val_loader = _loader(split.val, val_images, class_index,
@@ -123,8 +124,12 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
         raise CollectionError("no readable training images")
 
     epochs = epochs or config.epochs
-    optimizer = torch.optim.SGD(backbone.parameters(), lr=config.learning_rate,
-                                momentum=config.momentum, weight_decay=config.weight_decay)
+    head = list(backbone.head_parameters())
+    head_ids = {id(p) for p in head}
+    optimizer = torch.optim.SGD([
+        {"params": [p for p in backbone.parameters() if id(p) not in head_ids], "lr": config.learning_rate},
+        {"params": head, "lr": config.learning_rate * config.head_lr_multiplier},
+    ], lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay)
     steps = epochs * len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
@@ -162,7 +167,7 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
         "n_val": len(val_loader.dataset),
         "collection_root": str(collection.root),
         "settings": {k: getattr(config, k) for k in (
-            "backbone", "image_size", "batch_size", "learning_rate", "momentum",
+            "backbone", "image_size", "batch_size", "learning_rate", "head_lr_multiplier", "momentum",
             "weight_decay", "val_fraction", "seed")} | {"epochs": epochs},
         "skipped": skipped_train + skipped_val,
     }

@@ -23,6 +23,32 @@ class EngineCommand(BaseCommand):
         parser.add_argument("--exclude-label", action="append", default=[],
                             help="a label to treat as unlabelled (e.g. BACKGROUND_Google); repeatable")
 
+    def add_query_arguments(self, parser, default="val"):
+        parser.add_argument("--queries", default=default,
+                            help="'val' (the classifier's validation split), 'all' (leave-one-out over the "
+                                 "collection) or a file of relative paths")
+        parser.add_argument("--limit", type=int, help="use only the first N queries (seeded shuffle)")
+
+    def query_ids(self, options, engine) -> list[str]:
+        import random
+
+        from ..engine.collection import read_list_file, stable_id
+
+        spec = options["queries"]
+        if spec == "val":
+            ids = engine.model.info.get("val_ids")
+            if not ids:
+                raise CommandError("the classifier records no validation split; use --queries all or a file")
+        elif spec == "all":
+            ids = list(engine.index.image_ids)
+        else:
+            ids = [stable_id(p) for p in read_list_file(Path(spec))]
+        if options.get("limit"):
+            ids = list(ids)
+            random.Random(0).shuffle(ids)
+            ids = ids[: options["limit"]]
+        return ids
+
     def config(self, options):
         overrides = {}
         if options.get("device"):
@@ -34,3 +60,23 @@ class EngineCommand(BaseCommand):
             return super().execute(*args, **options)
         except EngineError as exc:
             raise CommandError(str(exc)) from exc
+
+
+class StageBars:
+    """A progress callback ``(stage, done, total)`` drawing one tqdm bar per stage."""
+
+    def __init__(self):
+        self.bars = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="img")
+        bar.total = total
+        bar.update(done - bar.n)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()

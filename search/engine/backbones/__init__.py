@@ -30,7 +30,13 @@ class Backbone(nn.Module):
         self.dropout = nn.Dropout(0.2)
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
+    local_dim: int = 0  # channels of the stride-16 map
+
     def pooled(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def local_map(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """The stride-16 feature map (B, local_dim, H/16, W/16) local descriptors are taken from."""
         raise NotImplementedError
 
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:

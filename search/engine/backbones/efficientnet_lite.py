@@ -20,8 +20,22 @@ class EfficientNetLite0(Backbone):
         net._fc = torch.nn.Identity()  # replaced by ``self.classifier``
         self.net = net
 
+    # Blocks 5-10 run at stride 16; block 10 ends that stage (112 channels),
+    # the counterpart of ResNet's conv4 / layer3 that DELF uses.
+    local_block = 10
+    local_dim = 112
+
     def pooled(self, images):
         return self.net.extract_features(images).mean((2, 3))
+
+    def local_map(self, images):
+        # A partial forward (stem + blocks up to ``local_block``), cheaper than a
+        # hook on the full network, which would run the blocks after it too.
+        n = self.net
+        x = n._swish(n._bn0(n._conv_stem(images)))
+        for block in n._blocks[: self.local_block + 1]:
+            x = block(x)
+        return x
 
 
 def imagenet_weights_path() -> Path:

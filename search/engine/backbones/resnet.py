@@ -27,11 +27,15 @@ class ResNet18(Backbone):
         net.fc = torch.nn.Identity()
         self.net = net
 
+    local_dim = 256  # layer3 (conv4), stride 16, as in DELF
+
     def pooled(self, images):
+        return self.net.layer4(self.local_map(images)).mean((2, 3))
+
+    def local_map(self, images):
         n = self.net
         x = n.maxpool(n.relu(n.bn1(n.conv1(images))))
-        x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
-        return x.mean((2, 3))
+        return n.layer3(n.layer2(n.layer1(x)))
 
 
 def cached_weights_path() -> Path:

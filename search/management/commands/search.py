@@ -1,26 +1,27 @@
 from pathlib import Path
 
-from ...engine.features import VARIANTS
-from ...engine.pipeline import RetrievalEngine
+from ...engine.pipeline import DEFAULT_METHOD, METHODS, RetrievalEngine
 from ..base import EngineCommand
 
 
 class Command(EngineCommand):
-    help = "Search the active index with an image; prints the top k with paths and distances."
+    help = ("Search the active index with an image; prints the top k with paths, coarse distances, "
+            "inliers and stage (verified or coarse fallback).")
 
     def add_arguments(self, parser):
         parser.add_argument("image", type=Path)
-        parser.add_argument("--variant", choices=VARIANTS, default="penultimate")
+        parser.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
         parser.add_argument("-k", "--k", type=int, help="number of results (default: the RETRIEVAL_TOP_K setting)")
-        parser.add_argument("--n-candidates", type=int)
+        parser.add_argument("--n-candidates", type=int, help="coarse candidates to verify (fine methods)")
         self.add_model_arguments(parser)
 
-    def handle(self, *args, image, variant, k, n_candidates, **options):
+    def handle(self, *args, image, method, k, n_candidates, **options):
         config = self.config(options)
         engine = RetrievalEngine.open(config, options["model"], options["index_dir"])
-        response = engine.search(image, variant, n_candidates, k)
-        self.stdout.write(f"{'rank':>4}  {'distance':>8}  {'label':<12} path")
+        response = engine.search(image, method, n_candidates, k)
+        self.stdout.write(f"{'rank':>4}  {'distance':>8}  {'inliers':>7}  {'stage':<8}  {'label':<12} path")
         for r in response.results:
-            self.stdout.write(f"{r.rank:>4}  {r.distance:>8.4f}  {str(r.label or '-'):<12} {r.path}")
-        t = response.timings_ms
-        self.stdout.write(f"features {t['features']:.1f} ms, coarse search {t['coarse']:.1f} ms")
+            self.stdout.write(f"{r.rank:>4}  {r.distance:>8.4f}  {r.inliers:>7}  {r.stage:<8}  "
+                              f"{str(r.label or '-'):<12} {r.path}")
+        self.stdout.write(f"verified {response.n_verified} of {response.n_candidates} candidates; "
+                          + ", ".join(f"{k} {v:.1f} ms" for k, v in response.timings_ms.items()))

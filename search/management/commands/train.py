@@ -1,6 +1,10 @@
 from pathlib import Path
 
+from django.core.management.base import CommandError
+
+from ...engine.attention import train_attention
 from ...engine.collection import read_list_file, scan_collection
+from ...engine.model import load_classifier, pick_device
 from ...engine.training import Split, train_classifier
 from ..base import EngineCommand
 
@@ -16,6 +20,9 @@ class Command(EngineCommand):
         parser.add_argument("--epochs", type=int)
         parser.add_argument("--train-list", type=Path, help="file of relative paths to train on")
         parser.add_argument("--val-list", type=Path, help="file of relative paths to validate on")
+        parser.add_argument("--attention-out", type=Path,
+                            help="attention head to write (default: <data dir>/models/attention.pt)")
+        parser.add_argument("--no-attention", action="store_true", help="train the classifier only")
         parser.add_argument("--device")
 
     def handle(self, *args, **options):
@@ -29,7 +36,6 @@ class Command(EngineCommand):
         split = None
         if options["train_list"] or options["val_list"]:
             if not (options["train_list"] and options["val_list"]):
-                from django.core.management.base import CommandError
                 raise CommandError("give both --train-list and --val-list, or neither")
             labelled = {r.relpath for r in collection.labelled()}
             train = [p for p in read_list_file(options["train_list"]) if p in labelled]
@@ -41,3 +47,16 @@ class Command(EngineCommand):
             self.stderr.write(f"skipped {relpath}: {reason}")
         self.stdout.write(self.style.SUCCESS(
             f"saved {out} ({len(result.classes)} classes); validation accuracy {result.val_accuracy:.4f}"))
+        if options["no_attention"]:
+            return
+        device = pick_device(config.device)
+        model = load_classifier(out, device)
+        by_id = {r.image_id: r for r in collection.records}
+        attention = train_attention(
+            model, [by_id[i] for i in model.info["train_ids"]], [by_id[i] for i in model.info["val_ids"]],
+            options["attention_out"] or config.default_attention_path, device,
+            epochs=config.attention_epochs, learning_rate=config.attention_learning_rate, seed=config.seed)
+        last = attention.info["history"][-1]
+        self.stdout.write(self.style.SUCCESS(
+            f"saved {attention.path}: attention head train loss {last['train_loss']:.4f}, "
+            f"train accuracy {last['train_accuracy']:.4f}, validation accuracy {last['val_accuracy']:.4f}"))

@@ -1,0 +1,145 @@
+"""The DELF-style attention head, trained from image-level labels only.
+
+A small conv net with a softplus output scores every location of the
+backbone's stride-16 map; the attention-weighted mean of the (L2-normalised)
+descriptors feeds a linear classifier trained with cross-entropy while the
+backbone stays frozen. At search time only the scores are used: they pick
+the keypoints.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .collection import ImageRecord
+from .errors import ModelError
+from .model import TrainedModel, eval_transform, file_checksum
+from .training import load_resized
+
+
+class AttentionHead(nn.Module):
+    def __init__(self, dim: int, num_classes: int, hidden: int = 512):
+        super().__init__()
+        self.dim, self.num_classes, self.hidden = dim, num_classes, hidden
+        self.attention = nn.Sequential(
+            nn.Conv2d(dim, hidden, 1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, 1, 1), nn.Softplus())
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def scores(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) non-negative attention scores."""
+        return self.attention(feature_map)
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        descriptors = F.normalize(feature_map, dim=1)
+        pooled = (self.scores(feature_map) * descriptors).mean((2, 3))
+        return self.classifier(pooled)
+
+
+@dataclass
+class TrainedAttention:
+    head: AttentionHead
+    checksum: str
+    path: Path | None
+    info: dict
+
+
+@torch.no_grad()
+def _feature_maps(model: TrainedModel, images, device, flip: bool) -> torch.Tensor:
+    transform = eval_transform(model.backbone, model.image_size)
+    maps = []
+    for start in range(0, len(images), 32):
+        batch = torch.stack([transform(image) for image in images[start:start + 32]]).to(device)
+        if flip:
+            batch = batch.flip(3)
+        maps.append(model.backbone.local_map(batch).cpu())
+    return torch.cat(maps)
+
+
+def train_attention(model: TrainedModel, train: list[ImageRecord], val: list[ImageRecord], out_path: Path,
+                    device, epochs: int = 30, learning_rate: float = 0.01, seed: int = 0,
+                    progress=None) -> TrainedAttention:
+    """Train the head on frozen stride-16 maps (cached once, with horizontal flips) and save it."""
+    torch.manual_seed(seed)
+    class_index = {c: i for i, c in enumerate(model.classes)}
+    model.backbone.eval().to(device)
+    train = [r for r in train if r.label in class_index]
+    val = [r for r in val if r.label in class_index]
+    train_images, skipped = load_resized(train, model.image_size * 4)
+    val_images, skipped_val = load_resized(val, model.image_size * 4)
+    keep = [i for i, image in enumerate(train_images) if image is not None]
+    kept_images = [train_images[i] for i in keep]
+    maps = torch.cat([_feature_maps(model, kept_images, device, False),
+                      _feature_maps(model, kept_images, device, True)])
+    targets = torch.tensor([class_index[train[i].label] for i in keep] * 2)
+    val_keep = [i for i, image in enumerate(val_images) if image is not None]
+    val_maps = _feature_maps(model, [val_images[i] for i in val_keep], device, False)
+    val_targets = torch.tensor([class_index[val[i].label] for i in val_keep])
+
+    head = AttentionHead(model.backbone.local_dim, len(model.classes)).to(device)
+    optimizer = torch.optim.SGD(head.parameters(), lr=learning_rate, momentum=0.9, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    started = time.monotonic()
+    for epoch in tqdm(range(1, epochs + 1), desc="attention head", unit="epoch"):
+        head.train()
+        order = torch.randperm(len(maps), generator=generator)
+        total, correct, loss_sum = 0, 0, 0.0
+        for start in range(0, len(order), 64):
+            idx = order[start:start + 64]
+            batch, batch_targets = maps[idx].to(device), targets[idx].to(device)
+            logits = head(batch)
+            loss = F.cross_entropy(logits, batch_targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == batch_targets).sum())
+            total += len(idx)
+        scheduler.step()
+        head.eval()
+        with torch.no_grad():
+            val_accuracy = (float((head(val_maps.to(device)).argmax(1).cpu() == val_targets).float().mean())
+                            if len(val_targets) else float("nan"))
+        row = {"epoch": epoch, "train_loss": loss_sum / total, "train_accuracy": correct / total,
+               "val_accuracy": val_accuracy, "elapsed_s": round(time.monotonic() - started, 1)}
+        history.append(row)
+        if progress:
+            progress(dict(row, epochs=epochs))
+    info = {"history": history, "classifier_checksum": model.checksum, "backbone": model.name,
+            "local_dim": head.dim, "classes": model.classes, "skipped": skipped + skipped_val}
+    return save_attention(out_path, head.cpu(), info)
+
+
+def save_attention(path: Path, head: AttentionHead, info: dict) -> TrainedAttention:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save({"dim": head.dim, "num_classes": head.num_classes, "hidden": head.hidden,
+                "state_dict": head.state_dict(), "classifier_checksum": info["classifier_checksum"]}, tmp)
+    tmp.replace(path)
+    checksum = file_checksum(path)
+    path.with_suffix(".json").write_text(json.dumps(dict(info, checksum=checksum), indent=2))
+    return TrainedAttention(head.eval(), checksum, path, info)
+
+
+def load_attention(path: Path, model: TrainedModel, device="cpu") -> TrainedAttention:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"attention head not found: {path} (run the 'train' command first)")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if checkpoint["classifier_checksum"] != model.checksum:
+        raise ModelError(f"{path} was trained on another classifier; retrain the attention head")
+    head = AttentionHead(checkpoint["dim"], checkpoint["num_classes"], checkpoint["hidden"])
+    head.load_state_dict(checkpoint["state_dict"], strict=True)
+    info_file = path.with_suffix(".json")
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    return TrainedAttention(head.to(device).eval(), file_checksum(path), path, info)

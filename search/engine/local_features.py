@@ -1,0 +1,104 @@
+"""Attentive local features (DELF-style) behind one small interface.
+
+An extractor turns an image into ``LocalFeatures``: keypoints in original
+image pixels (x, y), the pyramid scale each came from, its attention score
+and its descriptor. Another extractor (ALIKED, DISK, ...) only has to
+return the same thing.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .attention import TrainedAttention
+from .model import TrainedModel
+
+STRIDE = 16
+
+
+@dataclass
+class LocalFeatures:
+    keypoints: np.ndarray  # (K, 2) float32, x and y in original image pixels
+    scales: np.ndarray  # (K,) float32
+    scores: np.ndarray  # (K,) float32
+    descriptors: np.ndarray  # (K, D) float32, unit length
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+    def take(self, rows) -> "LocalFeatures":
+        return LocalFeatures(self.keypoints[rows], self.scales[rows], self.scores[rows], self.descriptors[rows])
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    scales: tuple[float, ...] = (0.5, 0.7071, 1.0, 1.4142)
+    max_keypoints: int = 500
+    score_threshold: float = 0.0  # attention below this never makes a keypoint
+    base_max_side: int = 512  # the image is first shrunk to at most this, then the pyramid applied
+    min_side: int = 32  # pyramid levels smaller than this are skipped
+
+
+@dataclass
+class AttentionExtractor:
+    """Keypoints where the attention head scores the stride-16 map highest."""
+    model: TrainedModel
+    attention: TrainedAttention
+    settings: LocalSettings = field(default_factory=LocalSettings)
+    device: str | torch.device = "cpu"
+
+    name = "attention"
+
+    @property
+    def dim(self) -> int:
+        return self.attention.head.dim
+
+    @property
+    def checksum(self) -> str:
+        """Changes whenever the features would: model, head or extraction settings."""
+        text = f"{self.model.checksum}:{self.attention.checksum}:{self.settings}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    @torch.no_grad()
+    def extract(self, image: Image.Image) -> LocalFeatures:
+        backbone, head, s = self.model.backbone, self.attention.head, self.settings
+        width, height = image.size
+        base = min(1.0, s.base_max_side / max(width, height))
+        mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)
+        std = torch.tensor(backbone.std).view(1, 3, 1, 1)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        pixels = ((pixels - mean) / std).to(self.device)
+        points, scales, scores, descriptors = [], [], [], []
+        for scale in s.scales:
+            w, h = round(width * base * scale), round(height * base * scale)
+            if min(w, h) < s.min_side:
+                continue
+            level = F.interpolate(pixels, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+            fmap = backbone.local_map(level)
+            att = head.scores(fmap)[0, 0]  # (H', W')
+            rows, cols = torch.meshgrid(torch.arange(fmap.shape[2]), torch.arange(fmap.shape[3]), indexing="ij")
+            # receptive-field centres, mapped back to original pixels
+            x = (cols.flatten().float() * STRIDE + (STRIDE - 1) / 2) * (width / w)
+            y = (rows.flatten().float() * STRIDE + (STRIDE - 1) / 2) * (height / h)
+            points.append(torch.stack([x, y], 1))
+            scales.append(torch.full((x.numel(),), scale * base))
+            scores.append(att.flatten().cpu())
+            descriptors.append(F.normalize(fmap[0].flatten(1).T, dim=1).cpu())
+        if not points:
+            return empty_features(self.dim)
+        points, scales = torch.cat(points), torch.cat(scales)
+        scores, descriptors = torch.cat(scores), torch.cat(descriptors)
+        keep = torch.nonzero(scores >= s.score_threshold).flatten()
+        keep = keep[scores[keep].argsort(descending=True)[: s.max_keypoints]]
+        return LocalFeatures(points[keep].numpy().astype(np.float32), scales[keep].numpy().astype(np.float32),
+                             scores[keep].numpy().astype(np.float32), descriptors[keep].numpy().astype(np.float32))
+
+
+def empty_features(dim: int) -> LocalFeatures:
+    return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros(0, np.float32),
+                         np.zeros(0, np.float32), np.zeros((0, dim), np.float32))

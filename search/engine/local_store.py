@@ -1,0 +1,157 @@
+"""The local-feature store: every indexed image's keypoints, scales, scores
+and PCA-reduced descriptors, in flat arrays with an offset table, read
+through memory maps (an image's rows are a slice; nothing else is loaded).
+
+Features are cached: a new build reuses the rows (and the PCA) of images
+whose file is unchanged, as long as the extractor is the same.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import joblib
+import numpy as np
+from sklearn.decomposition import PCA
+
+from .collection import ImageRecord
+from .errors import ImageError, SearchIndexError
+from .features import l2_normalise
+from .images import open_image
+from .local_features import LocalFeatures, empty_features
+
+META = "meta.json"
+ARRAYS = ("keypoints", "scales", "scores", "descriptors")
+
+Progress = Callable[[int, int], None]
+
+
+def fingerprint(path: Path) -> str:
+    """Size and modification time: cheap, and changes when the file is replaced."""
+    stat = os.stat(path)
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+@dataclass
+class LocalStore:
+    path: Path
+    meta: dict
+    offsets: np.ndarray
+    arrays: dict[str, np.ndarray]
+    pca: PCA
+
+    @classmethod
+    def open(cls, path: Path) -> "LocalStore":
+        path = Path(path)
+        if not (path / META).is_file():
+            raise SearchIndexError(f"{path}: no local-feature store ({META} missing); reindex with local features")
+        arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+        return cls(path, json.loads((path / META).read_text()), np.load(path / "offsets.npy"),
+                   arrays, joblib.load(path / "pca.joblib"))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def features(self, position: int) -> LocalFeatures:
+        start, end = int(self.offsets[position]), int(self.offsets[position + 1])
+        a = self.arrays
+        return LocalFeatures(np.asarray(a["keypoints"][start:end]), np.asarray(a["scales"][start:end]),
+                             np.asarray(a["scores"][start:end]),
+                             np.asarray(a["descriptors"][start:end], dtype=np.float32))
+
+    def reduce(self, features: LocalFeatures) -> LocalFeatures:
+        """Project raw descriptors (e.g. a query's) with this store's PCA."""
+        if len(features) == 0:
+            return empty_features(self.pca.n_components_)
+        reduced = l2_normalise(self.pca.transform(features.descriptors))
+        return LocalFeatures(features.keypoints, features.scales, features.scores, reduced)
+
+
+def _extract(extractor, record: ImageRecord) -> LocalFeatures | str:
+    try:
+        return extractor.extract(open_image(record.path))
+    except ImageError as exc:
+        return str(exc)
+
+
+def build_local_store(path: Path, records: list[ImageRecord], extractor, pca_dim: int = 40,
+                      previous: LocalStore | None = None, pca_sample_images: int = 200, seed: int = 0,
+                      progress: Progress | None = None) -> dict:
+    """Extract (or reuse) local features for ``records`` in order and write the store at ``path``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    fingerprints = [fingerprint(r.path) for r in records]
+    reusable = {}
+    pca = None
+    if previous is not None and previous.meta.get("extractor") == extractor.checksum:
+        pca = previous.pca
+        old = {image_id: i for i, image_id in enumerate(previous.meta["image_ids"])}
+        reusable = {i: old[r.image_id] for i, r in enumerate(records)
+                    if r.image_id in old and previous.meta["fingerprints"][old[r.image_id]] == fingerprints[i]}
+
+    rows: list[LocalFeatures | None] = [None] * len(records)
+    skipped: list[tuple[str, str]] = []
+    done = 0
+    to_extract = [i for i in range(len(records)) if i not in reusable]
+    if pca is None:
+        # Fit the PCA on a seeded sample first, so every image can be projected as soon as it is read.
+        rng = np.random.default_rng(seed)
+        sample = sorted(rng.permutation(to_extract)[:pca_sample_images].tolist())
+        raw = {}
+        for i in sample:
+            result = _extract(extractor, records[i])
+            raw[i] = result
+            done += 1
+            if progress:
+                progress(done, len(records))
+        descriptors = [r.descriptors for r in raw.values() if isinstance(r, LocalFeatures) and len(r)]
+        if not descriptors:
+            raise SearchIndexError("no local features could be extracted to fit the PCA")
+        stacked = np.concatenate(descriptors)
+        pca = PCA(n_components=min(pca_dim, stacked.shape[1], len(stacked)), random_state=seed).fit(stacked)
+        for i, result in raw.items():
+            rows[i] = result if isinstance(result, str) else _reduce(pca, result)
+        to_extract = [i for i in to_extract if i not in raw]
+    for i, j in reusable.items():
+        rows[i] = previous.features(j)
+        done += 1
+    for i in to_extract:
+        result = _extract(extractor, records[i])
+        rows[i] = result if isinstance(result, str) else _reduce(pca, result)
+        done += 1
+        if progress:
+            progress(done, len(records))
+    for i, row in enumerate(rows):
+        if isinstance(row, str):
+            skipped.append((records[i].relpath, row))
+            rows[i] = empty_features(pca.n_components_)
+
+    counts = np.array([len(r) for r in rows], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    np.save(path / "offsets.npy", offsets)
+    np.save(path / "keypoints.npy", _stack([r.keypoints for r in rows], (0, 2), np.float32))
+    np.save(path / "scales.npy", _stack([r.scales for r in rows], (0,), np.float32))
+    np.save(path / "scores.npy", _stack([r.scores for r in rows], (0,), np.float32))
+    np.save(path / "descriptors.npy", _stack([r.descriptors for r in rows], (0, pca.n_components_), np.float16))
+    joblib.dump(pca, path / "pca.joblib")
+    meta = {"extractor": extractor.checksum, "extractor_name": extractor.name, "dim": int(pca.n_components_),
+            "raw_dim": int(extractor.dim), "image_ids": [r.image_id for r in records],
+            "fingerprints": fingerprints, "reused": len(reusable), "extracted": len(records) - len(reusable),
+            "skipped": skipped, "total_keypoints": int(offsets[-1])}
+    (path / META).write_text(json.dumps(meta))
+    return meta
+
+
+def _reduce(pca: PCA, features: LocalFeatures) -> LocalFeatures:
+    if len(features) == 0:
+        return empty_features(pca.n_components_)
+    return LocalFeatures(features.keypoints, features.scales, features.scores,
+                         l2_normalise(pca.transform(features.descriptors)))
+
+
+def _stack(parts: list[np.ndarray], empty_shape: tuple, dtype) -> np.ndarray:
+    parts = [p for p in parts if len(p)]
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(empty_shape, dtype)

@@ -1,0 +1,134 @@
+"""Attention local features, the feature store, RANSAC verification and the
+coarse-to-fine search, on real images (Corel-1k and OpenCV's graf/box pairs)."""
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from search.engine.images import open_image
+from search.engine.local_store import LocalStore, build_local_store
+from search.engine.pipeline import fine_order
+from search.engine.verification import VerifySettings, verify_affine
+
+from .conftest import DATASETS, corel_image
+
+PAIRS = DATASETS / "opencv-pairs"
+
+
+def graf_homography() -> np.ndarray:
+    storage = cv2.FileStorage(str(PAIRS / "H1to3p.xml"), cv2.FILE_STORAGE_READ)
+    return storage.getFirstTopLevelNode().mat()
+
+
+def test_attention_head_training_lowers_the_loss(tiny_attention):
+    history = tiny_attention.info["history"]
+    assert len(history) == 12
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert tiny_attention.path.is_file()
+
+
+def test_keypoints_lie_inside_the_image_and_are_ranked(tiny_extractor):
+    image = open_image(corel_image(300))
+    features = tiny_extractor.extract(image)
+    assert 100 <= len(features) <= tiny_extractor.settings.max_keypoints
+    assert features.descriptors.shape == (len(features), 112)
+    np.testing.assert_allclose(np.linalg.norm(features.descriptors, axis=1), 1.0, atol=1e-4)
+    assert (features.keypoints >= 0).all()
+    assert (features.keypoints[:, 0] <= image.width).all() and (features.keypoints[:, 1] <= image.height).all()
+    assert (np.diff(features.scores) <= 0).all()  # best attention first
+    assert len(set(np.round(features.scales, 3))) >= 3  # several pyramid levels contribute
+
+
+def test_verification_recovers_a_synthetic_affine_warp(tiny_extractor):
+    image = open_image(DATASETS / "boofcv-scene" / "image00.jpg")
+    truth = cv2.getRotationMatrix2D((image.width / 2, image.height / 2), 12, 0.8)
+    truth[:, 2] += (20, -10)
+    warped = Image.fromarray(cv2.warpAffine(np.asarray(image), truth, image.size, borderValue=(128, 128, 128)))
+    a, b = tiny_extractor.extract(image), tiny_extractor.extract(warped)
+    v = verify_affine(a.keypoints, a.descriptors, b.keypoints, b.descriptors)
+    assert v.inliers >= 40, v
+    grid = np.stack(np.meshgrid(np.linspace(120, 360, 5), np.linspace(160, 480, 5)), -1).reshape(-1, 2)
+    expected = grid @ truth[:, :2].T + truth[:, 2]
+    fitted = grid @ v.affine[:, :2].T + v.affine[:, 2]
+    assert np.median(np.linalg.norm(expected - fitted, axis=1)) < 8.0
+
+
+def test_graf_pair_verifies_and_agrees_with_the_homography(tiny_extractor):
+    a = tiny_extractor.extract(open_image(PAIRS / "graf1.png"))
+    b = tiny_extractor.extract(open_image(PAIRS / "graf3.png"))
+    v = verify_affine(a.keypoints, a.descriptors, b.keypoints, b.descriptors)
+    assert v.inliers >= 20, v
+    projected = cv2.perspectiveTransform(v.query_points[None].astype(np.float64), graf_homography())[0]
+    fitted = v.query_points @ v.affine[:, :2].T + v.affine[:, 2]
+    assert np.median(np.linalg.norm(projected - fitted, axis=1)) < 15.0
+
+
+def test_unrelated_pairs_get_few_inliers(tiny_extractor, engine_config):
+    graf = tiny_extractor.extract(open_image(PAIRS / "graf1.png"))
+    box = tiny_extractor.extract(open_image(PAIRS / "box_in_scene.png"))
+    dinosaur = tiny_extractor.extract(open_image(corel_image(400)))
+    for x, y in ((graf, box), (graf, dinosaur), (box, dinosaur)):
+        v = verify_affine(x.keypoints, x.descriptors, y.keypoints, y.descriptors)
+        assert v.inliers < engine_config.min_inliers, v
+
+
+def test_fine_order_puts_verified_first_then_coarse():
+    inliers = np.array([3, 20, 0, 20, 9, 1])
+    assert fine_order(inliers, 8).tolist() == [1, 3, 4, 0, 2, 5]
+
+
+def test_store_round_trip_and_cache_reuse(tiny_extractor, tmp_path):
+    from search.engine.collection import scan_collection
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for n in (0, 101, 302):
+        (folder / f"{n}.jpg").symlink_to(corel_image(n))
+    collection = scan_collection(folder)
+    meta = build_local_store(tmp_path / "store1", collection.records, tiny_extractor, pca_dim=16)
+    store = LocalStore.open(tmp_path / "store1")
+    assert len(store) == 3 and meta["extracted"] == 3 and store.meta["dim"] == 16
+    for i, record in enumerate(collection.records):
+        expected = store.reduce(tiny_extractor.extract(open_image(record.path)))
+        got = store.features(i)
+        np.testing.assert_allclose(got.keypoints, expected.keypoints, atol=1e-3)
+        np.testing.assert_allclose(got.scores, expected.scores, atol=1e-4)
+        np.testing.assert_allclose(got.descriptors, expected.descriptors, atol=2e-3)  # stored as float16
+    assert isinstance(store.arrays["descriptors"], np.memmap)
+
+    # one file replaced, one added: only those two are extracted again
+    (folder / "101.jpg").unlink()
+    shutil.copy(corel_image(150), folder / "101.jpg")
+    (folder / "7.jpg").symlink_to(corel_image(7))
+    again = build_local_store(tmp_path / "store2", scan_collection(folder).records, tiny_extractor,
+                              pca_dim=16, previous=store)
+    assert again["reused"] == 2 and again["extracted"] == 2
+
+
+def test_fine_search_finds_itself_verified(tiny_fine_engine):
+    engine = tiny_fine_engine
+    response = engine.search(engine.index.path_of(12), "penultimate+attention", n_candidates=40, k=10)
+    first = response.results[0]
+    assert first.image_id == engine.index.image_ids[12]
+    assert first.stage == "verified" and first.inliers >= 50
+    assert len(first.query_points) == first.inliers == len(first.result_points)
+    assert len(response.results) == 10
+    stages = [r.stage for r in response.results]
+    assert stages == sorted(stages, key=lambda s: s != "verified")  # verified ones, then the fallback
+
+
+def test_fallback_fills_k_with_coarse_results(tiny_fine_engine):
+    engine = tiny_fine_engine
+    # an image of none of the tiny collection's classes (Corel "food"): nothing verifies
+    response = engine.search(corel_image(950), "pca+attention", n_candidates=40, k=7)
+    assert len(response.results) == 7
+    assert all(r.stage == "coarse" for r in response.results)
+    coarse = engine.search(corel_image(950), "pca", k=7)
+    assert [r.image_id for r in response.results] == [r.image_id for r in coarse.results]
+
+
+def test_methods_offered_follow_the_index(tiny_fine_engine, tiny_engine):
+    assert len(tiny_fine_engine.methods) == 6
+    assert tiny_engine.methods == ["logits", "pca", "penultimate"]
