@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from search.engine.errors import SearchIndexError
+from search.engine.images import open_image
 from search.engine.index import active_build, build_index, load_index
 
 from .conftest import corel_image
@@ -35,7 +36,7 @@ def test_round_trip_keeps_ids_paths_and_vectors(tiny_engine, tiny_collection, ti
 
 
 def test_query_vectors_match_indexed_vectors(tiny_engine):
-    vectors = tiny_engine.query_vectors(tiny_engine.index.path_of(5))
+    vectors = tiny_engine.query_vectors(open_image(tiny_engine.index.path_of(5)))
     for variant in ("logits", "pca", "penultimate"):
         np.testing.assert_allclose(vectors[variant][0], tiny_engine.index.vectors[variant][5], atol=1e-4)
 

@@ -10,7 +10,7 @@ from PIL import Image
 from search.engine.images import open_image
 from search.engine.local_store import LocalStore, build_local_store
 from search.engine.pipeline import fine_order
-from search.engine.verification import VerifySettings, verify_affine
+from search.engine.verification import verify_affine
 
 from .conftest import DATASETS, corel_image
 

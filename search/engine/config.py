@@ -51,10 +51,10 @@ class EngineConfig:
     # Attention local features (DELF-style) and their store.
     attention_epochs: int = 30
     attention_learning_rate: float = 0.01
-    local_scales: str = "0.5,0.7071,1.0,1.4142"  # image pyramid, relative to base_max_side
-    local_max_keypoints: int = 500
+    local_scales: str = "0.5,0.7071,1.0"  # image pyramid, relative to base_max_side
+    local_max_keypoints: int = 300
     local_score_threshold: float = 0.0
-    local_base_max_side: int = 512
+    local_base_max_side: int = 640
     local_pca_dim: int = 40
 
     # Verification (matching + RANSAC) and the fine stage.

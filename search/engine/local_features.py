@@ -8,7 +8,7 @@ return the same thing.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,10 +37,11 @@ class LocalFeatures:
 
 @dataclass(frozen=True)
 class LocalSettings:
-    scales: tuple[float, ...] = (0.5, 0.7071, 1.0, 1.4142)
-    max_keypoints: int = 500
-    score_threshold: float = 0.0  # attention below this never makes a keypoint
-    base_max_side: int = 512  # the image is first shrunk to at most this, then the pyramid applied
+    """Built by ``EngineConfig.local_settings()``, where the defaults live."""
+    scales: tuple[float, ...]  # image pyramid, relative to the base size
+    max_keypoints: int
+    score_threshold: float  # attention below this never makes a keypoint
+    base_max_side: int  # the image is first shrunk to at most this, then the pyramid applied
     min_side: int = 32  # pyramid levels smaller than this are skipped
 
 
@@ -49,7 +50,7 @@ class AttentionExtractor:
     """Keypoints where the attention head scores the stride-16 map highest."""
     model: TrainedModel
     attention: TrainedAttention
-    settings: LocalSettings = field(default_factory=LocalSettings)
+    settings: LocalSettings
     device: str | torch.device = "cpu"
 
     name = "attention"

@@ -115,14 +115,20 @@ class RetrievalEngine:
         return verify_candidates(query.keypoints, query.descriptors,
                                  [(c.keypoints, c.descriptors) for c in candidates], self.verify_settings)
 
-    def search(self, image, method: str = DEFAULT_METHOD, n_candidates: int | None = None,
+    @property
+    def default_method(self) -> str:
+        """Penultimate features + attention, or penultimate alone on an index without local features."""
+        return DEFAULT_METHOD if DEFAULT_METHOD in self.methods else "penultimate"
+
+    def search(self, image, method: str | None = None, n_candidates: int | None = None,
                k: int | None = None, exclude_ids=(), progress=None) -> SearchResponse:
         """Coarse candidates, then (for ``+attention`` methods) verification and the coarse fallback."""
+        if not hasattr(image, "convert"):
+            image = open_image(image)
+        method = method or self.default_method
         variant, fine = parse_method(method)
         if fine and self.index.local is None:
             raise SearchIndexError(f"index {self.index.path} has no local features; method {method} needs them")
-        if not hasattr(image, "convert"):
-            image = open_image(image)
         k = k or self.config.top_k
         n_candidates = max(k, n_candidates or self.config.n_candidates) if fine else k
         timings = {}

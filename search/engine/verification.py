@@ -19,15 +19,22 @@ RANSAC_METHODS = {"ransac": cv2.RANSAC, "usac_magsac": cv2.USAC_MAGSAC, "usac_ac
 
 @dataclass(frozen=True)
 class VerifySettings:
-    ratio: float = 0.9  # Lowe's ratio test: best / second-best distance below this
-    max_distance: float = 0.9  # L2 distance between unit descriptors above which no match
-    mutual: bool = True  # keep a match only when it is nearest both ways
-    min_matches: int = 4  # fewer tentative matches: not worth a RANSAC run
-    reprojection_px: float = 12.0  # RANSAC inlier threshold, in original-image pixels
-    max_iters: int = 1000
+    """Built by ``EngineConfig.verify_settings()``, where the defaults live."""
+    ratio: float  # Lowe's ratio test: best / second-best distance below this
+    max_distance: float  # L2 distance between unit descriptors above which no match
+    mutual: bool  # keep a match only when it is nearest both ways
+    reprojection_px: float  # RANSAC inlier threshold, in original-image pixels
+    max_iters: int
+    method: str  # ransac | usac_magsac | usac_accurate
+    min_matches: int = 4  # fewer tentative matches: not worth a RANSAC run (3 fit an affine)
     confidence: float = 0.99
-    method: str = "ransac"
     block_size: int = 64  # candidates per batched matrix product
+
+
+def default_settings() -> VerifySettings:
+    from .config import EngineConfig
+
+    return EngineConfig().verify_settings()
 
 
 @dataclass
@@ -97,8 +104,9 @@ def fit_affine(query_points: np.ndarray, candidate_points: np.ndarray, settings:
 
 def verify_candidates(query_keypoints: np.ndarray, query_descriptors: np.ndarray,
                       candidates: list[tuple[np.ndarray, np.ndarray]],
-                      settings: VerifySettings = VerifySettings()) -> list[Verification]:
+                      settings: VerifySettings | None = None) -> list[Verification]:
     """Verify each (keypoints, descriptors) candidate against the query, in blocks."""
+    settings = settings or default_settings()
     results: list[Verification] = []
     for start in range(0, len(candidates), settings.block_size):
         block = candidates[start:start + settings.block_size]
@@ -109,6 +117,6 @@ def verify_candidates(query_keypoints: np.ndarray, query_descriptors: np.ndarray
 
 
 def verify_affine(query_keypoints, query_descriptors, keypoints, descriptors,
-                  settings: VerifySettings = VerifySettings()) -> Verification:
+                  settings: VerifySettings | None = None) -> Verification:
     """One pair: the query against one image."""
     return verify_candidates(query_keypoints, query_descriptors, [(keypoints, descriptors)], settings)[0]
