@@ -88,3 +88,17 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", 3600))}
+CELERY_TASK_TRACK_STARTED = True
+
+# The site.
+# A search job not finished this long after it started is marked failed when read.
+SEARCH_JOB_TIMEOUT_S = int(os.environ.get("SEARCH_JOB_TIMEOUT_S", 600))
+# Uploads over this size are refused before any decoding.
+UPLOAD_MAX_BYTES = int(os.environ.get("UPLOAD_MAX_BYTES", 20 * 1024 * 1024))
+DATA_UPLOAD_MAX_MEMORY_SIZE = UPLOAD_MAX_BYTES + 1024 * 1024
+# Whether visitors who are not logged in may search and rate (staff pages always need staff).
+ANONYMOUS_CAN_SEARCH = env_bool("ANONYMOUS_CAN_SEARCH", True)
+# Labels for a reindex/retrain from the site: 'folders', a path,label CSV, or empty to keep the
+# labels the active index recorded.
+COLLECTION_LABELS = os.environ.get("COLLECTION_LABELS", "")
+LOGIN_URL = "/admin/login/"

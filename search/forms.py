@@ -1,0 +1,54 @@
+"""The upload form: size checked before decoding, content checked by decoding,
+and the image saved normalised (EXIF orientation applied, RGB, JPEG)."""
+from __future__ import annotations
+
+import io
+
+from django import forms
+from django.conf import settings
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from .engine.errors import ImageError
+from .engine.images import open_image
+from .engine.pipeline import DEFAULT_METHOD, METHODS
+
+METHOD_LABELS = {
+    "logits": "logits (coarse only)",
+    "pca": "PCA-32 (coarse only)",
+    "penultimate": "penultimate (coarse only)",
+    "logits+attention": "logits + attention verification",
+    "pca+attention": "PCA-32 + attention verification",
+    "penultimate+attention": "penultimate + attention verification (best)",
+}
+
+
+class SearchForm(forms.Form):
+    image = forms.FileField(label="Query image", error_messages={
+        "required": "Choose an image file to search with (form field 'image').",
+        "empty": "The uploaded file is empty."})
+    method = forms.ChoiceField(choices=[(m, METHOD_LABELS.get(m, m)) for m in METHODS], initial=DEFAULT_METHOD)
+    k = forms.IntegerField(min_value=1, max_value=100, initial=10, label="Results (k)")
+
+    def clean_image(self):
+        upload = self.cleaned_data["image"]
+        limit = settings.UPLOAD_MAX_BYTES
+        if upload.size > limit:
+            raise forms.ValidationError(
+                f"The file is {upload.size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.")
+        try:
+            image = open_image(upload)
+        except ImageError as exc:
+            raise forms.ValidationError(f"This file cannot be used as an image: {_without_name(exc, upload)}")
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=95)
+        stem = (upload.name or "query").rsplit("/", 1)[-1].rsplit(".", 1)[0][:80] or "query"
+        return SimpleUploadedFile(f"{stem}.jpg", buffer.getvalue(), content_type="image/jpeg")
+
+
+def _without_name(exc: Exception, upload) -> str:
+    """The engine names the file first ('<name>: reason'); on the form the reason is enough."""
+    text = str(exc)
+    for prefix in (f"{upload.name}: ", f"{getattr(upload.file, 'name', '')}: "):
+        if prefix.strip(": ") and text.startswith(prefix):
+            return text[len(prefix):]
+    return text.split(": ", 1)[1] if ": " in text else text
