@@ -69,6 +69,9 @@ DATABASES = {
         conn_max_age=60,
     )
 }
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # The web process and the workers share one SQLite file: wait for a lock rather than fail.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"
@@ -84,6 +87,7 @@ MEDIA_ROOT = Path(os.environ.get("DJANGO_MEDIA_ROOT", Path(RETRIEVAL.data_dir) /
 # Celery: Redis as broker by default; the worker app lives in workers/celery.py.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery")
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -34,7 +34,7 @@ class SearchForm(forms.Form):
         limit = settings.UPLOAD_MAX_BYTES
         if upload.size > limit:
             raise forms.ValidationError(
-                f"The file is {upload.size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.")
+                f"The file is {upload.size / 2**20:.2f} MB; the limit is {limit / 2**20:.2f} MB.")
         try:
             image = open_image(upload)
         except ImageError as exc:
