@@ -103,10 +103,10 @@ def run_search_job(job_id: int) -> str:
                                                    progress_done=done, progress_total=total)
 
     try:
+        if not job.query_image or not Path(job.query_image.path).is_file():
+            raise EngineError(f"the query image {job.query_image.name} is gone (deleted from the media folder)")
         try:
             image = open_image(job.query_image.path)
-        except FileNotFoundError as exc:
-            raise EngineError(f"the query image {job.query_image.name} is gone (deleted from the media folder)") from exc
         except EngineError as exc:
             raise EngineError(f"the query image cannot be read: {exc}") from exc
         engine = current_engine()
