@@ -87,11 +87,24 @@ MEDIA_ROOT = Path(os.environ.get("DJANGO_MEDIA_ROOT", Path(RETRIEVAL.data_dir) /
 # Celery: Redis as broker by default; the worker app lives in workers/celery.py.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
+# Without Redis (scripts/demo.sh when no redis-server is installed): CELERY_BROKER_URL=filesystem://
+# uses Kombu's filesystem transport, messages as files under CELERY_FILESYSTEM_DIR.
+CELERY_FILESYSTEM_DIR = Path(os.environ.get("CELERY_FILESYSTEM_DIR", Path(RETRIEVAL.data_dir) / "broker"))
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery")
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", 3600))}
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    for _folder in ("queue", "processed", "control"):  # Kombu expects them to exist
+        (CELERY_FILESYSTEM_DIR / _folder).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS.update(
+        data_folder_in=str(CELERY_FILESYSTEM_DIR / "queue"), data_folder_out=str(CELERY_FILESYSTEM_DIR / "queue"),
+        processed_folder=str(CELERY_FILESYSTEM_DIR / "processed"), store_processed=False,
+        control_folder=str(CELERY_FILESYSTEM_DIR / "control"))
+    if CELERY_RESULT_BACKEND.startswith("filesystem://"):  # Celery's file backend beside the messages
+        (CELERY_FILESYSTEM_DIR / "results").mkdir(parents=True, exist_ok=True)
+        CELERY_RESULT_BACKEND = f"file://{CELERY_FILESYSTEM_DIR.resolve() / 'results'}"
 CELERY_TASK_TRACK_STARTED = True
 
 # The site.

@@ -26,8 +26,15 @@ class SearchForm(forms.Form):
     image = forms.FileField(label="Query image", error_messages={
         "required": "Choose an image file to search with (form field 'image').",
         "empty": "The uploaded file is empty."})
-    method = forms.ChoiceField(choices=[(m, METHOD_LABELS.get(m, m)) for m in METHODS], initial=DEFAULT_METHOD)
-    k = forms.IntegerField(min_value=1, max_value=100, initial=10, label="Results (k)")
+    method = forms.ChoiceField(choices=[(m, METHOD_LABELS.get(m, m)) for m in METHODS], initial=DEFAULT_METHOD,
+                               required=False)
+    k = forms.IntegerField(min_value=1, max_value=100, initial=10, label="Results (k)", required=False)
+
+    def clean_method(self):
+        return self.cleaned_data.get("method") or DEFAULT_METHOD
+
+    def clean_k(self):
+        return self.cleaned_data.get("k") or settings.RETRIEVAL.top_k
 
     def clean_image(self):
         upload = self.cleaned_data["image"]

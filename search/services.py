@@ -147,6 +147,8 @@ class RunLog:
     def _write(self, step: str, done: int, total: int) -> None:
         changes = {"step": step, "done": done, "total": total}
         if step != self.step:
+            if self.step is not None:
+                self.line(f"{self.step}: finished")
             self.step = step
             changes["step_started"] = timezone.now()
             self.line(f"{step}: started ({total} to do)")
@@ -254,6 +256,8 @@ def run_maintenance(run_id: int) -> str:
         if not isinstance(exc, EngineError):
             raise
         return Status.FAILED
+    if report.step is not None:
+        report.line(f"{report.step}: finished")
     report.line(f"build {build.name} is now active")
     MaintenanceRun.objects.filter(pk=run_id).update(status=Status.DONE, finished=timezone.now(),
                                                     build=build.name, step="done")
