@@ -1,0 +1,72 @@
+"""Staff-only maintenance and settings: access rules, the retrain path, search progress."""
+from pathlib import Path
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from search.models import MaintenanceRun, SearchJob, Status
+from tests.conftest import corel_image
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_staff_pages_need_staff(client, django_user_model):
+    for url in ("/staff/", "/staff/runs/1/", "/staff/runs/1.json"):
+        response = client.get(url)
+        assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+    client.force_login(django_user_model.objects.create_user("visitor", password="pw"))
+    assert client.get("/staff/").status_code == 302
+    assert client.post("/staff/start", {"kind": "train"}).status_code == 302
+    assert not MaintenanceRun.objects.exists()
+
+
+def test_anonymous_search_can_be_turned_off(client, settings, django_user_model):
+    settings.ANONYMOUS_CAN_SEARCH = False
+    assert client.get("/")["Location"].startswith("/admin/login/")
+    response = client.post("/api/searches", {"image": SimpleUploadedFile("a.jpg", corel_image(1).read_bytes())})
+    assert response.status_code == 403
+    client.force_login(django_user_model.objects.create_user("member", password="pw"))
+    assert client.get("/").status_code == 200
+
+
+def test_api_reports_form_errors_as_json(client):
+    response = client.post("/api/searches", {"photo": SimpleUploadedFile("a.jpg", b"abc")})
+    assert response.status_code == 400
+    assert "form field 'image'" in response.json()["errors"]["image"][0]
+    response = client.post("/api/searches", {"image": SimpleUploadedFile("a.jpg", b"not an image at all")})
+    assert "not an image file" in response.json()["errors"]["image"][0]
+
+
+def test_search_progress_reports_coarse_then_verifying_n_of_n(tiny_fine_engine):
+    from search.services import ReportingEngine
+
+    e = tiny_fine_engine
+    engine = ReportingEngine(e.model, e.index, e.device, e.config, e.attention)
+    calls = []
+    engine.search(corel_image(450), "penultimate+attention", k=5, progress=lambda *a: calls.append(a))
+    stages = [c[0] for c in calls]
+    assert stages[0] == "coarse" and stages[-1] == "verifying"
+    assert calls[-1][1] == calls[-1][2] == len(e.index)
+
+
+def test_retrain_trains_aside_then_switches_model_and_index(site_index, settings):
+    from search.engine.index import active_build, load_index
+    from search.engine.model import file_checksum
+    from search.services import run_maintenance
+
+    settings.RETRIEVAL = settings.RETRIEVAL.replace(epochs=1, attention_epochs=2, device="cpu")
+    data_dir = Path(settings.RETRIEVAL.data_dir)
+    before_build = active_build(data_dir / "index")
+    before_model = file_checksum(data_dir / "models" / "classifier.pt")
+    run = MaintenanceRun.objects.create(kind=MaintenanceRun.TRAIN)
+    assert run_maintenance(run.pk) == Status.DONE
+    run.refresh_from_db()
+    assert run.status == Status.DONE, run.error
+    after_build = active_build(data_dir / "index")
+    assert after_build != before_build and run.build == after_build.name
+    new_model = file_checksum(data_dir / "models" / "classifier.pt")
+    assert new_model != before_model
+    assert load_index(after_build).manifest["model_checksum"] == new_model
+    assert not list((data_dir / "models").glob("staging-*"))
+    for step in ("train classifier", "train attention head", "global features", "local features"):
+        assert f"{step}: started" in run.log
