@@ -13,6 +13,5 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null \
     || echo "test.sh: could not install chromium; the browser tests will be skipped" >&2
 fi
-# The web tests start their own Celery worker; they need the Redis bootstrap started.
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+# The web tests start their own Celery worker (tests/web/conftest.py) on the Redis bootstrap started.
 exec "$VENV/bin/python" -m pytest "$@"

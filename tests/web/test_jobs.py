@@ -164,3 +164,18 @@ def test_staff_reindex_runs_on_the_worker_and_switches_the_index(client, celery_
     # the worker picks the new build up for the next search
     job = finished_job(api_search(client, 402, method="pca", k=3)["id"])
     assert job.index_build == after.name
+
+
+def test_running_a_job_twice_is_harmless(site_index):
+    """A redelivered task (acks_late after a lost worker) finds the job finished and leaves it."""
+    from search.services import run_search_job
+
+    job = SearchJob.objects.create(query_image=SimpleUploadedFile("q.jpg", corel_image(455).read_bytes()),
+                                   method="pca", k=3)
+    assert run_search_job(job.pk) == Status.DONE
+    job.refresh_from_db()
+    first = (job.results, job.finished)
+    assert run_search_job(job.pk) == Status.DONE
+    job.refresh_from_db()
+    assert (job.results, job.finished) == first
+    assert run_search_job(10**9) == "missing"
