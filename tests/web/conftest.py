@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,42 +46,47 @@ def site_index(tiny_fine_engine, engine_config):
     return active_build(data_dir / "index")
 
 
-def _worker_log() -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    return ARTIFACTS / "celery-worker.log"
-
-
-@pytest.fixture(scope="session")
-def celery_worker_process(site_index, django_db_setup):
-    """A real `celery -A workers worker --pool=solo` process on the test database and queue."""
+def start_worker(queue: str, log_name: str, **extra_env) -> subprocess.Popen:
+    """A real `celery -A workers worker --pool=solo` process on the test database and ``queue``;
+    returns once it answers a ping."""
     from workers.celery import app
 
-    name = f"tests-{uuid.uuid4().hex[:6]}@%h"
-    env = dict(os.environ, OMP_NUM_THREADS="1", RETRIEVAL_DEVICE="cpu", PYTHONUNBUFFERED="1")
-    log = _worker_log().open("w")
+    ARTIFACTS.mkdir(exist_ok=True)
+    name = f"tests-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+    env = dict(os.environ, OMP_NUM_THREADS="1", RETRIEVAL_DEVICE="cpu", PYTHONUNBUFFERED="1",
+               CELERY_TASK_DEFAULT_QUEUE=queue, **extra_env)
+    log = (ARTIFACTS / log_name).open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool=solo", "--concurrency=1",
-         "-Q", os.environ["CELERY_TASK_DEFAULT_QUEUE"], "-n", name, "--loglevel=INFO", "--without-gossip",
-         "--without-mingle", "--without-heartbeat"],
+         "-Q", queue, "-n", name, "--loglevel=INFO", "--without-gossip", "--without-mingle",
+         "--without-heartbeat"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    hostname = name.replace("%h", __import__("socket").gethostname())
+    log.close()
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the Celery worker exited with {process.returncode}; see {log.name}")
-        if app.control.ping(destination=[hostname], timeout=1.0):
-            break
-    else:
-        process.kill()
-        raise RuntimeError(f"the Celery worker did not answer within 90 s; see {log.name}")
-    yield process
+            raise RuntimeError(f"the Celery worker exited with {process.returncode}; see {ARTIFACTS / log_name}")
+        if app.control.ping(destination=[name], timeout=1.0):
+            return process
+    process.kill()
+    raise RuntimeError(f"the Celery worker did not answer within 90 s; see {ARTIFACTS / log_name}")
+
+
+def stop_worker(process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-    log.close()
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(site_index, django_db_setup):
+    """The session's worker, on the session's private queue."""
+    process = start_worker(os.environ["CELERY_TASK_DEFAULT_QUEUE"], "celery-worker.log")
+    yield process
+    stop_worker(process)
 
 
 def wait_for(predicate, timeout=120.0, interval=0.3, what="condition"):
