@@ -104,3 +104,19 @@ def test_staff_starts_a_reindex_and_watches_it_complete(page, live_server, celer
     shot(page, "reindex-done.png")
     page.goto(live_server.url + "/staff/")
     assert page.locator("#runs tr").count() == 2
+
+
+def test_a_dropped_file_is_uploaded_and_a_bad_one_refused_on_the_form(page, live_server):
+    page.goto(live_server.url + "/")
+    page.evaluate("""() => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File(["this is not a JPEG"], "notes.jpg", {type: "image/jpeg"}));
+        const zone = document.getElementById("drop-zone");
+        zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+        zone.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+    }""")
+    assert page.locator("#chosen-file").inner_text() == "notes.jpg"
+    page.click("#search-button")
+    page.wait_for_selector("#image-errors .errorlist")
+    assert "not an image file" in page.locator("#image-errors").inner_text()
+    shot(page, "upload-refused.png")
