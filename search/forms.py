@@ -59,3 +59,29 @@ def _without_name(exc: Exception, upload) -> str:
         if prefix.strip(": ") and text.startswith(prefix):
             return text[len(prefix):]
     return text.split(": ", 1)[1] if ": " in text else text
+
+
+class MaintenanceForm(forms.Form):
+    """Staff: start a reindex or a retrain, optionally of another folder on the server
+    (how images are added: put them in a folder, point the reindex at it)."""
+    kind = forms.ChoiceField(choices=[("reindex", "reindex"), ("train", "retrain")])
+    collection_dir = forms.CharField(required=False, max_length=500, label="Collection folder on the server",
+                                     help_text="empty: the folder of the active index")
+    labels = forms.CharField(required=False, max_length=500, label="Labels",
+                             help_text="'folders', a path,label CSV on the server, or empty")
+
+    def clean_collection_dir(self):
+        from pathlib import Path
+
+        value = self.cleaned_data["collection_dir"].strip()
+        if value and not (Path(value).is_absolute() and Path(value).is_dir()):
+            raise forms.ValidationError(f"{value} is not a folder on the server (give an absolute path)")
+        return value
+
+    def clean_labels(self):
+        from pathlib import Path
+
+        value = self.cleaned_data["labels"].strip()
+        if value and value != "folders" and not Path(value).is_file():
+            raise forms.ValidationError(f"{value} is neither 'folders' nor a CSV file on the server")
+        return value

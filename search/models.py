@@ -89,6 +89,10 @@ class MaintenanceRun(models.Model):
     log = models.TextField(blank=True)
     error = models.TextField(blank=True)
     build = models.CharField(max_length=200, blank=True)
+    collection_dir = models.CharField(max_length=500, blank=True,
+                                      help_text="folder on the server to index; empty: the active index's folder")
+    labels = models.CharField(max_length=500, blank=True,
+                              help_text="'folders', a path,label CSV on the server, or empty for the defaults")
     requested_by = models.CharField(max_length=150, blank=True)
     celery_task_id = models.CharField(max_length=200, blank=True)
     created = models.DateTimeField(default=timezone.now)

@@ -158,10 +158,10 @@ class RunLog:
         self.throttle(step, done, total)
 
 
-def _scan(config):
-    """The collection a site-started rebuild indexes: the active index's folder (else
-    RETRIEVAL_COLLECTION_DIR), labelled by COLLECTION_LABELS, else by the labels the active
-    index recorded for the images still there."""
+def _scan(config, run: MaintenanceRun):
+    """The collection a site-started rebuild indexes: the run's folder, else the active index's
+    folder (else RETRIEVAL_COLLECTION_DIR); labelled by the run's labels, else COLLECTION_LABELS,
+    else by the labels the active index recorded for the images still there."""
     from .engine.collection import scan_collection, write_labels_csv
     from .engine.index import load_index
 
@@ -169,8 +169,11 @@ def _scan(config):
         index = load_index(config.index_root)
     except EngineError:
         index = None
-    root = index.collection_root if index is not None else Path(config.collection_dir)
-    labels = settings.COLLECTION_LABELS or None
+    if run.collection_dir:
+        root = Path(run.collection_dir)
+    else:
+        root = index.collection_root if index is not None else Path(config.collection_dir)
+    labels = run.labels or settings.COLLECTION_LABELS or None
     if labels is None and index is not None:
         labelled = {p: label for p, label in zip(index.relpaths, index.labels)
                     if label is not None and (root / p).is_file()}
@@ -180,7 +183,7 @@ def _scan(config):
     return scan_collection(root, labels)
 
 
-def _build(config, model_path: Path, attention_path: Path, report: RunLog, activate: bool) -> Path:
+def _build(config, run, model_path: Path, attention_path: Path, report: RunLog, activate: bool) -> Path:
     from .engine.attention import load_attention
     from .engine.index import build_index
     from .engine.local_features import AttentionExtractor
@@ -192,17 +195,17 @@ def _build(config, model_path: Path, attention_path: Path, report: RunLog, activ
     if Path(attention_path).is_file():
         attention = load_attention(attention_path, model, device)
         extractor = AttentionExtractor(model, attention, config.local_settings(), device)
-    collection = _scan(config)
-    report.line(f"collection {collection.root}: {len(collection)} images")
+    collection = _scan(config, run)
+    report.line(f"collection {collection.root}: {len(collection)} images, {len(collection.labelled())} labelled")
     return build_index(collection, model, config.index_root, config, device, progress=report,
                        local_extractor=extractor, activate=activate)
 
 
-def reindex(config, report: RunLog) -> Path:
-    return _build(config, config.default_model_path, config.default_attention_path, report, activate=True)
+def reindex(config, report: RunLog, run: MaintenanceRun) -> Path:
+    return _build(config, run, config.default_model_path, config.default_attention_path, report, activate=True)
 
 
-def retrain(config, report: RunLog, run_id: int) -> Path:
+def retrain(config, report: RunLog, run: MaintenanceRun) -> Path:
     """Train into a staging folder, index with it, then put the new model in place and switch the
     index: until that moment the old model and index keep serving."""
     from .engine.attention import train_attention
@@ -210,10 +213,10 @@ def retrain(config, report: RunLog, run_id: int) -> Path:
     from .engine.model import load_classifier, pick_device
     from .engine.training import train_classifier
 
-    staging = config.model_dir / f"staging-{run_id}"
+    staging = config.model_dir / f"staging-{run.pk}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    collection = _scan(config)
+    collection = _scan(config, run)
     epochs = config.epochs
 
     def epoch_report(step):
@@ -229,7 +232,7 @@ def retrain(config, report: RunLog, run_id: int) -> Path:
                     staging / "attention.pt", device, epochs=config.attention_epochs,
                     learning_rate=config.attention_learning_rate, seed=config.seed,
                     progress=epoch_report("train attention head"))
-    build = _build(config, staging / "classifier.pt", staging / "attention.pt", report, activate=False)
+    build = _build(config, run, staging / "classifier.pt", staging / "attention.pt", report, activate=False)
     for source in staging.iterdir():
         shutil.copy2(source, config.model_dir / (source.name + ".tmp"))
         (config.model_dir / (source.name + ".tmp")).replace(config.model_dir / source.name)
@@ -248,7 +251,7 @@ def run_maintenance(run_id: int) -> str:
     report = RunLog(run_id)
     config = engine_config()
     try:
-        build = retrain(config, report, run_id) if run.kind == MaintenanceRun.TRAIN else reindex(config, report)
+        build = (retrain if run.kind == MaintenanceRun.TRAIN else reindex)(config, report, run)
     except Exception as exc:
         reason = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
         report.line(f"failed: {reason}")

@@ -18,7 +18,7 @@ from . import services
 from .conf import engine_config
 from .engine.errors import EngineError, SearchIndexError
 from .engine.pipeline import METHODS
-from .forms import SearchForm
+from .forms import MaintenanceForm, SearchForm
 from .models import MaintenanceRun, Rating, SearchJob, Status
 from .reports import job_precisions, label_precisions, method_precisions
 
@@ -217,7 +217,7 @@ def api_search(request, job_id):
 # ---- staff pages -----------------------------------------------------------------------------
 
 @staff_member_required
-def staff_home(request):
+def staff_home(request, form=None):
     try:
         build, root, rows = services.indexed_images()
         collection = {"build": build.name, "root": root, "size": len(rows),
@@ -226,7 +226,7 @@ def staff_home(request):
     except SearchIndexError as exc:
         collection = {"error": str(exc)}
     return render(request, "staff.html", {"collection": collection, "runs": MaintenanceRun.objects.all()[:30],
-                                          "kinds": MaintenanceRun.KINDS})
+                                          "form": form or MaintenanceForm()}, status=400 if form else 200)
 
 
 @require_POST
@@ -234,14 +234,14 @@ def staff_home(request):
 def staff_start(request):
     from workers.tasks import reindex, retrain
 
-    kind = request.POST.get("kind")
-    if kind not in dict(MaintenanceRun.KINDS):
-        return HttpResponse(f"unknown kind {kind!r}", status=400)
+    form = MaintenanceForm(request.POST)
+    if not form.is_valid():
+        return staff_home(request, form)
     busy = MaintenanceRun.objects.filter(status__in=[Status.QUEUED, Status.RUNNING]).first()
     if busy is not None:
         return redirect("staff_run", run_id=busy.pk)
-    run = MaintenanceRun.objects.create(kind=kind, requested_by=request.user.get_username())
-    task = (retrain if kind == MaintenanceRun.TRAIN else reindex).delay(run.pk)
+    run = MaintenanceRun.objects.create(requested_by=request.user.get_username(), **form.cleaned_data)
+    task = (retrain if run.kind == MaintenanceRun.TRAIN else reindex).delay(run.pk)
     MaintenanceRun.objects.filter(pk=run.pk).update(celery_task_id=task.id)
     return redirect("staff_run", run_id=run.pk)
 

@@ -70,3 +70,34 @@ def test_retrain_trains_aside_then_switches_model_and_index(site_index, settings
     assert not list((data_dir / "models").glob("staging-*"))
     for step in ("train classifier", "train attention head", "global features", "local features"):
         assert f"{step}: started" in run.log
+
+
+def test_staff_form_refuses_a_folder_that_is_not_there(client, django_user_model):
+    client.force_login(django_user_model.objects.create_user("staff2", password="pw", is_staff=True))
+    response = client.post("/staff/start", {"kind": "reindex", "collection_dir": "/no/such/folder"})
+    assert response.status_code == 400
+    assert "/no/such/folder is not a folder on the server" in response.content.decode()
+    response = client.post("/staff/start", {"kind": "reindex", "labels": "/no/labels.csv"})
+    assert "neither &#x27;folders&#x27; nor a CSV file" in response.content.decode()
+    assert not MaintenanceRun.objects.exists()
+
+
+def test_reindex_of_another_folder_adds_its_images(site_index, tmp_path, settings):
+    from search.engine.index import activate_build, active_build, load_index
+    from search.services import run_maintenance
+
+    folder = tmp_path / "more"
+    for name, first in (("horses", 700), ("flowers", 600)):
+        (folder / name).mkdir(parents=True)
+        for number in range(first, first + 3):
+            (folder / name / f"{number}.jpg").symlink_to(corel_image(number))
+    index_root = Path(settings.RETRIEVAL.data_dir) / "index"
+    before = active_build(index_root)
+    run = MaintenanceRun.objects.create(kind=MaintenanceRun.REINDEX, collection_dir=str(folder), labels="folders")
+    try:
+        assert run_maintenance(run.pk) == Status.DONE
+        index = load_index(index_root)
+        assert len(index) == 6 and set(index.labels) == {"horses", "flowers"}
+        assert index.collection_root == folder.resolve()
+    finally:
+        activate_build(index_root, before)
