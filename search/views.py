@@ -1,5 +1,5 @@
 """Thin views: forms and rows in, rows and templates out; the work is in Celery tasks
-(``workers/tasks.py`` -> ``search/services.py``) and the engine."""
+(``workers/tasks.py`` -> ``search/jobs.py``, ``search/maintenance.py``) and the engine."""
 from __future__ import annotations
 
 import json
@@ -14,10 +14,9 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from . import services
+from . import collection_files
 from .conf import engine_config
 from .engine.errors import EngineError, SearchIndexError
-from .engine.pipeline import METHODS
 from .forms import MaintenanceForm, SearchForm
 from .models import MaintenanceRun, Rating, SearchJob, Status
 from .reports import job_precisions, label_precisions, method_precisions
@@ -37,7 +36,7 @@ def may_search(view):
 
 def index_status() -> str:
     try:
-        build, _, rows = services.indexed_images()
+        build, _, rows = collection_files.indexed_images()
         return f"index {build.name} is active ({len(rows)} images)"
     except (SearchIndexError, OSError) as exc:
         return str(exc)
@@ -112,7 +111,7 @@ def query_image(request, job_id):
 def collection_image(request, image_id):
     """An image of the active index, by id only (never by path)."""
     try:
-        path = services.indexed_image_path(image_id)
+        path = collection_files.indexed_image_path(image_id)
     except SearchIndexError:
         raise Http404("no active index")
     if path is None or not path.is_file():
@@ -122,7 +121,7 @@ def collection_image(request, image_id):
 
 def thumbnail(request, image_id):
     try:
-        path = services.thumbnail(image_id)
+        path = collection_files.thumbnail(image_id)
     except (SearchIndexError, EngineError):
         raise Http404(f"no readable image {image_id} in the active index")
     if path is None:
@@ -149,7 +148,7 @@ def match_page(request, job_id, rank):
 def match_png(request, job_id, rank):
     job = get_object_or_404(SearchJob, pk=job_id)
     try:
-        png = services.correspondence_png(job, _result(job, rank))
+        png = collection_files.correspondence_png(job, _result(job, rank))
     except (EngineError, FileNotFoundError) as exc:
         raise Http404(str(exc))
     return HttpResponse(png, content_type="image/png")
@@ -219,7 +218,7 @@ def api_search(request, job_id):
 @staff_member_required
 def staff_home(request, form=None):
     try:
-        build, root, rows = services.indexed_images()
+        build, root, rows = collection_files.indexed_images()
         collection = {"build": build.name, "root": root, "size": len(rows),
                       "labels": sorted({r["label"] for r in rows.values() if r["label"]}),
                       "sample": list(rows)[:24]}

@@ -1,6 +1,5 @@
 """Search jobs and maintenance runs through a real Celery worker on the real Redis broker."""
 import json
-import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -94,7 +93,7 @@ def test_a_job_whose_query_image_was_deleted_fails_with_a_reason(client, celery_
 
 
 def test_a_missing_index_fails_the_job_with_a_reason(settings, tmp_path):
-    from search.services import run_search_job
+    from search.jobs import run_search_job
 
     settings.RETRIEVAL = settings.RETRIEVAL.replace(data_dir=tmp_path)
     job = SearchJob.objects.create(query_image=SimpleUploadedFile("q.jpg", corel_image(2).read_bytes()),
@@ -117,7 +116,7 @@ def test_a_reindex_that_fails_halfway_leaves_the_old_index_active(site_index, mo
 
     import search.engine.index as index_module
     from search.engine.index import active_build
-    from search.services import run_maintenance
+    from search.maintenance import run_maintenance
 
     def broken_store(*args, progress=None, **kwargs):
         progress(5, 40)
@@ -168,7 +167,7 @@ def test_staff_reindex_runs_on_the_worker_and_switches_the_index(client, celery_
 
 def test_running_a_job_twice_is_harmless(site_index):
     """A redelivered task (acks_late after a lost worker) finds the job finished and leaves it."""
-    from search.services import run_search_job
+    from search.jobs import run_search_job
 
     job = SearchJob.objects.create(query_image=SimpleUploadedFile("q.jpg", corel_image(455).read_bytes()),
                                    method="pca", k=3)

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from search.models import MaintenanceRun, SearchJob, Status
+from search.models import MaintenanceRun, Status
 from tests.conftest import corel_image
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -38,7 +38,7 @@ def test_api_reports_form_errors_as_json(client):
 
 
 def test_search_progress_reports_coarse_then_verifying_n_of_n(tiny_fine_engine):
-    from search.services import ReportingEngine
+    from search.jobs import ReportingEngine
 
     e = tiny_fine_engine
     engine = ReportingEngine(e.model, e.index, e.device, e.config, e.attention)
@@ -52,7 +52,7 @@ def test_search_progress_reports_coarse_then_verifying_n_of_n(tiny_fine_engine):
 def test_retrain_trains_aside_then_switches_model_and_index(site_index, settings):
     from search.engine.index import active_build, load_index
     from search.engine.model import file_checksum
-    from search.services import run_maintenance
+    from search.maintenance import run_maintenance
 
     settings.RETRIEVAL = settings.RETRIEVAL.replace(epochs=1, attention_epochs=2, device="cpu")
     data_dir = Path(settings.RETRIEVAL.data_dir)
@@ -84,7 +84,7 @@ def test_staff_form_refuses_a_folder_that_is_not_there(client, django_user_model
 
 def test_reindex_of_another_folder_adds_its_images(site_index, tmp_path, settings):
     from search.engine.index import activate_build, active_build, load_index
-    from search.services import run_maintenance
+    from search.maintenance import run_maintenance
 
     folder = tmp_path / "more"
     for name, first in (("horses", 700), ("flowers", 600)):
