@@ -51,6 +51,12 @@ def start_worker(queue: str, log_name: str, **extra_env) -> subprocess.Popen:
     returns once it answers a ping."""
     from workers.celery import app
 
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=2)
+    except Exception as exc:
+        raise RuntimeError(f"no broker at {app.conf.broker_url} ({exc}); scripts/bootstrap.sh starts "
+                           "a local Redis when redis-server is installed") from exc
     ARTIFACTS.mkdir(exist_ok=True)
     name = f"tests-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
     env = dict(os.environ, OMP_NUM_THREADS="1", RETRIEVAL_DEVICE="cpu", PYTHONUNBUFFERED="1",
