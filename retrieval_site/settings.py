@@ -118,4 +118,7 @@ ANONYMOUS_CAN_SEARCH = env_bool("ANONYMOUS_CAN_SEARCH", True)
 # Labels for a reindex/retrain from the site: 'folders', a path,label CSV, or empty to keep the
 # labels the active index recorded.
 COLLECTION_LABELS = os.environ.get("COLLECTION_LABELS", "")
+# Whether staff may add images to the active index's folder from the site (off by default: the
+# demo collection is a shared, read-only dataset).
+COLLECTION_UPLOADS = env_bool("COLLECTION_UPLOADS", False)
 LOGIN_URL = "/admin/login/"

@@ -18,6 +18,7 @@ urlpatterns = [
     path("api/searches/<int:job_id>", views.api_search, name="api_search"),
     path("staff/", views.staff_home, name="staff"),
     path("staff/start", views.staff_start, name="staff_start"),
+    path("staff/upload", views.staff_upload, name="staff_upload"),
     path("staff/runs/<int:run_id>/", views.staff_run, name="staff_run"),
     path("staff/runs/<int:run_id>.json", views.staff_run_json, name="staff_run_json"),
     path("admin/", admin.site.urls),

@@ -66,3 +66,21 @@ def correspondence_png(job: SearchJob, result: dict) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def add_to_collection(images, label: str) -> tuple[Path, list[Path]]:
+    """Save decoded images as JPEGs under ``<active collection root>/<label>/`` (never
+    overwriting); returns the folder and the files written."""
+    _, root, _ = indexed_images()
+    folder = root / label
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, image in images:
+        stem = Path(name).stem.replace("/", "_")[:80] or "image"
+        path, n = folder / f"{stem}.jpg", 1
+        while path.exists():
+            n += 1
+            path = folder / f"{stem}-{n}.jpg"
+        image.save(path, format="JPEG", quality=95)
+        written.append(path)
+    return folder, written

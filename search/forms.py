@@ -85,3 +85,36 @@ class MaintenanceForm(forms.Form):
         if value and value != "folders" and not Path(value).is_file():
             raise forms.ValidationError(f"{value} is neither 'folders' nor a CSV file on the server")
         return value
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleImageField(forms.FileField):
+    widget = MultipleFileInput
+
+    def clean(self, data, initial=None):
+        files = [f for f in (data if isinstance(data, (list, tuple)) else [data]) if f]
+        if not files:
+            super().clean(None, initial)  # raises 'required'
+        return [super(MultipleImageField, self).clean(f, initial) for f in files]
+
+
+class CollectionUploadForm(forms.Form):
+    """Staff: add images to the active index's folder (decoded and normalised like a query),
+    under a class sub-folder; they are searchable after the next reindex."""
+    images = MultipleImageField(label="Images", error_messages={"required": "Choose one or more image files."})
+    label = forms.SlugField(max_length=60, label="Class (sub-folder)", initial="uploads")
+
+    def clean_images(self):
+        limit = settings.UPLOAD_MAX_BYTES
+        decoded = []
+        for upload in self.cleaned_data["images"]:
+            if upload.size > limit:
+                raise forms.ValidationError(f"{upload.name} is over the limit of {limit / 2**20:.2f} MB.")
+            try:
+                decoded.append((upload.name, open_image(upload)))
+            except ImageError as exc:
+                raise forms.ValidationError(f"{upload.name} cannot be used as an image: {_without_name(exc, upload)}")
+        return decoded

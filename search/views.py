@@ -17,7 +17,7 @@ from django.views.decorators.http import require_POST
 from . import collection_files
 from .conf import engine_config
 from .engine.errors import EngineError, SearchIndexError
-from .forms import MaintenanceForm, SearchForm
+from .forms import CollectionUploadForm, MaintenanceForm, SearchForm
 from .models import MaintenanceRun, Rating, SearchJob, Status
 from .reports import job_precisions, label_precisions, method_precisions
 
@@ -216,7 +216,7 @@ def api_search(request, job_id):
 # ---- staff pages -----------------------------------------------------------------------------
 
 @staff_member_required
-def staff_home(request, form=None):
+def staff_home(request, form=None, upload_form=None, message=""):
     try:
         build, root, rows = collection_files.indexed_images()
         collection = {"build": build.name, "root": root, "size": len(rows),
@@ -224,8 +224,25 @@ def staff_home(request, form=None):
                       "sample": list(rows)[:24]}
     except SearchIndexError as exc:
         collection = {"error": str(exc)}
-    return render(request, "staff.html", {"collection": collection, "runs": MaintenanceRun.objects.all()[:30],
-                                          "form": form or MaintenanceForm()}, status=400 if form else 200)
+    return render(request, "staff.html", {
+        "collection": collection, "runs": MaintenanceRun.objects.all()[:30], "form": form or MaintenanceForm(),
+        "uploads_allowed": settings.COLLECTION_UPLOADS, "upload_form": upload_form or CollectionUploadForm(),
+        "message": message}, status=400 if (form or upload_form) else 200)
+
+
+@require_POST
+@staff_member_required
+def staff_upload(request):
+    if not settings.COLLECTION_UPLOADS:
+        return HttpResponse("adding images from the site is off (COLLECTION_UPLOADS)", status=403)
+    form = CollectionUploadForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return staff_home(request, upload_form=form)
+    try:
+        folder, written = collection_files.add_to_collection(form.cleaned_data["images"], form.cleaned_data["label"])
+    except (SearchIndexError, OSError) as exc:
+        return staff_home(request, message=f"images not saved: {exc}")
+    return staff_home(request, message=f"saved {len(written)} image(s) into {folder}; reindex to make them searchable")
 
 
 @require_POST

@@ -99,5 +99,28 @@ def test_reindex_of_another_folder_adds_its_images(site_index, tmp_path, setting
         index = load_index(index_root)
         assert len(index) == 6 and set(index.labels) == {"horses", "flowers"}
         assert index.collection_root == folder.resolve()
+        add_images_from_the_staff_page(folder, settings)
+        run = MaintenanceRun.objects.create(kind=MaintenanceRun.REINDEX, collection_dir=str(folder), labels="folders")
+        assert run_maintenance(run.pk) == Status.DONE
+        index = load_index(index_root)
+        assert len(index) == 8 and {"horses/new-horse.jpg", "horses/new-horse-2.jpg"} <= set(index.relpaths)
     finally:
         activate_build(index_root, before)
+
+
+def add_images_from_the_staff_page(folder, settings):
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    client = Client()
+    client.force_login(get_user_model().objects.create_user("curator", password="pw", is_staff=True))
+    horse = corel_image(710).read_bytes()
+    files = lambda: [SimpleUploadedFile("new-horse.jpg", horse), SimpleUploadedFile("new-horse.jpg", horse)]
+    assert client.post("/staff/upload", {"images": files(), "label": "horses"}).status_code == 403
+    settings.COLLECTION_UPLOADS = True
+    response = client.post("/staff/upload", {"images": [SimpleUploadedFile("bad.jpg", b"nope")], "label": "horses"})
+    assert response.status_code == 400 and "bad.jpg cannot be used as an image" in response.content.decode()
+    response = client.post("/staff/upload", {"images": files(), "label": "horses"})
+    assert response.status_code == 200, response.content.decode()[-500:]
+    assert "saved 2 image(s) into" in response.content.decode()
+    assert (folder / "horses" / "new-horse.jpg").is_file() and (folder / "horses" / "new-horse-2.jpg").is_file()
