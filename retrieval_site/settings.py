@@ -69,6 +69,9 @@ DATABASES = {
         conn_max_age=60,
     )
 }
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # The web process and the workers share one SQLite file: wait for a lock rather than fail.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"
@@ -84,7 +87,38 @@ MEDIA_ROOT = Path(os.environ.get("DJANGO_MEDIA_ROOT", Path(RETRIEVAL.data_dir) /
 # Celery: Redis as broker by default; the worker app lives in workers/celery.py.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
+# Without Redis (scripts/demo.sh when no redis-server is installed): CELERY_BROKER_URL=filesystem://
+# uses Kombu's filesystem transport, messages as files under CELERY_FILESYSTEM_DIR.
+CELERY_FILESYSTEM_DIR = Path(os.environ.get("CELERY_FILESYSTEM_DIR", Path(RETRIEVAL.data_dir) / "broker"))
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery")
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", 3600))}
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    for _folder in ("queue", "processed", "control"):  # Kombu expects them to exist
+        (CELERY_FILESYSTEM_DIR / _folder).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS.update(
+        data_folder_in=str(CELERY_FILESYSTEM_DIR / "queue"), data_folder_out=str(CELERY_FILESYSTEM_DIR / "queue"),
+        processed_folder=str(CELERY_FILESYSTEM_DIR / "processed"), store_processed=False,
+        control_folder=str(CELERY_FILESYSTEM_DIR / "control"))
+    if CELERY_RESULT_BACKEND.startswith("filesystem://"):  # Celery's file backend beside the messages
+        (CELERY_FILESYSTEM_DIR / "results").mkdir(parents=True, exist_ok=True)
+        CELERY_RESULT_BACKEND = f"file://{CELERY_FILESYSTEM_DIR.resolve() / 'results'}"
+CELERY_TASK_TRACK_STARTED = True
+
+# The site.
+# A search job not finished this long after it started is marked failed when read.
+SEARCH_JOB_TIMEOUT_S = int(os.environ.get("SEARCH_JOB_TIMEOUT_S", 600))
+# Uploads over this size are refused before any decoding.
+UPLOAD_MAX_BYTES = int(os.environ.get("UPLOAD_MAX_BYTES", 20 * 1024 * 1024))
+DATA_UPLOAD_MAX_MEMORY_SIZE = UPLOAD_MAX_BYTES + 1024 * 1024
+# Whether visitors who are not logged in may search and rate (staff pages always need staff).
+ANONYMOUS_CAN_SEARCH = env_bool("ANONYMOUS_CAN_SEARCH", True)
+# Labels for a reindex/retrain from the site: 'folders', a path,label CSV, or empty to keep the
+# labels the active index recorded.
+COLLECTION_LABELS = os.environ.get("COLLECTION_LABELS", "")
+# Whether staff may add images to the active index's folder from the site (off by default: the
+# demo collection is a shared, read-only dataset).
+COLLECTION_UPLOADS = env_bool("COLLECTION_UPLOADS", False)
+LOGIN_URL = "/admin/login/"

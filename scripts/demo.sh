@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: set up, fine-tune the classifier on the
 # demo collection (Corel-1k unless a folder is named), index it, evaluate
-# it, and run a sample search. Steps already done (a trained model, an
-# index) are reused; delete var/ to start over.
+# it, run a sample search, then serve the site: migrations, a Celery worker
+# in the background and Django's server on http://127.0.0.1:8000 (PORT to
+# change it; Ctrl-C stops both). Steps already done (a trained model, an
+# index, an evaluation) are reused; delete var/ to start over.
+# Broker: the local Redis (bootstrap starts redis-server when installed),
+# otherwise Kombu's filesystem transport under var/broker/.
 #   bash scripts/demo.sh                       # Corel-1k from ../shared/datasets
 #   bash scripts/demo.sh /photos labels.csv    # any folder; labels: CSV or 'folders'
 set -euo pipefail
@@ -26,7 +30,29 @@ fi
 
 [ -f "$DATA_DIR/models/classifier.pt" ] || manage train --collection "$COLLECTION" --labels "$LABELS"
 [ -e "$DATA_DIR/index/active" ] || manage index --collection "$COLLECTION" --labels "$LABELS"
-manage evaluate --queries val
+ls "$DATA_DIR"/reports/evaluate-*.json >/dev/null 2>&1 || manage evaluate --queries val
 first_image="$(find -L "$COLLECTION" -type f \( -iname '*.jpg' -o -iname '*.png' \) | sort | head -n 1)"
 echo "sample search with $first_image:"
 manage search "$first_image"
+
+# The site. Site-started reindexes keep these labels.
+export COLLECTION_LABELS="${COLLECTION_LABELS:-$LABELS}"
+case "$COLLECTION_LABELS" in folders|/*) ;; *) COLLECTION_LABELS="$(cd "$(dirname "$COLLECTION_LABELS")" && pwd)/$(basename "$COLLECTION_LABELS")";; esac
+if [ -z "${CELERY_BROKER_URL:-}" ]; then
+  if command -v redis-cli >/dev/null && redis-cli -p "${REDIS_PORT:-6379}" ping >/dev/null 2>&1; then
+    export CELERY_BROKER_URL="redis://127.0.0.1:${REDIS_PORT:-6379}/0"
+  else
+    export CELERY_BROKER_URL="filesystem://"
+  fi
+fi
+echo "broker: $CELERY_BROKER_URL"
+manage migrate --noinput
+mkdir -p "$DATA_DIR/logs"
+"$VENV/bin/celery" -A workers worker --pool=solo --concurrency=1 --loglevel=INFO \
+  >"$DATA_DIR/logs/celery-worker.log" 2>&1 &
+WORKER_PID=$!
+trap 'kill "$WORKER_PID" 2>/dev/null; wait "$WORKER_PID" 2>/dev/null' EXIT
+echo "Celery worker started (pid $WORKER_PID, log $DATA_DIR/logs/celery-worker.log)"
+echo "staff pages: create an account with: $VENV/bin/python manage.py createsuperuser"
+echo "serving the site at http://127.0.0.1:${PORT:-8000}/"
+manage runserver --noreload "127.0.0.1:${PORT:-8000}"

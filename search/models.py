@@ -1,1 +1,120 @@
-"""Database models (search jobs, ratings) arrive with the web issue; the engine needs none."""
+"""The site's rows: a search job per uploaded query, a rating per (job, result, rater),
+and a maintenance run per retrain or reindex. The engine itself keeps no database."""
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class SearchJob(models.Model):
+    query_image = models.FileField(upload_to="queries/%Y/%m/%d/")
+    method = models.CharField(max_length=40)
+    k = models.PositiveIntegerField(default=10)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    stage = models.CharField(max_length=200, blank=True)
+    progress_done = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    results = models.JSONField(default=list, blank=True)
+    n_candidates = models.PositiveIntegerField(default=0)
+    n_verified = models.PositiveIntegerField(default=0)
+    timings_ms = models.JSONField(default=dict, blank=True)
+    index_build = models.CharField(max_length=200, blank=True)
+    celery_task_id = models.CharField(max_length=200, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self):
+        return f"search {self.pk} ({self.method}, {self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (Status.DONE, Status.FAILED)
+
+    def fail_if_stuck(self) -> bool:
+        """The watchdog: a job running (or queued) past SEARCH_JOB_TIMEOUT_S is marked failed,
+        so a job whose worker died never stays 'running' forever."""
+        if self.is_finished:
+            return False
+        since = self.started or self.created
+        if (timezone.now() - since).total_seconds() <= settings.SEARCH_JOB_TIMEOUT_S:
+            return False
+        updated = SearchJob.objects.filter(pk=self.pk, status=self.status).update(
+            status=Status.FAILED, finished=timezone.now(),
+            error=f"no result after {settings.SEARCH_JOB_TIMEOUT_S} s: the worker stopped or no worker is running")
+        self.refresh_from_db()
+        return bool(updated)
+
+
+class Rating(models.Model):
+    RELEVANT = "relevant"
+    NOT_RELEVANT = "not_relevant"
+    VALUES = [(RELEVANT, "relevant"), (NOT_RELEVANT, "not relevant")]
+
+    job = models.ForeignKey(SearchJob, on_delete=models.CASCADE, related_name="ratings")
+    image_id = models.CharField(max_length=40)
+    rank = models.PositiveIntegerField(default=0)
+    rater = models.CharField(max_length=100, help_text="'user:<id>' or 'session:<key>'")
+    value = models.CharField(max_length=20, choices=VALUES)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "image_id", "rater"], name="one_rating_per_rater")]
+
+    def __str__(self):
+        return f"{self.rater} rated {self.image_id} {self.value} for job {self.job_id}"
+
+
+class MaintenanceRun(models.Model):
+    REINDEX = "reindex"
+    TRAIN = "train"
+    KINDS = [(REINDEX, "reindex"), (TRAIN, "retrain classifier + attention, then reindex")]
+
+    kind = models.CharField(max_length=10, choices=KINDS)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    step = models.CharField(max_length=200, blank=True)
+    done = models.PositiveIntegerField(default=0)
+    total = models.PositiveIntegerField(default=0)
+    step_started = models.DateTimeField(null=True, blank=True)
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    build = models.CharField(max_length=200, blank=True)
+    collection_dir = models.CharField(max_length=500, blank=True,
+                                      help_text="folder on the server to index; empty: the active index's folder")
+    labels = models.CharField(max_length=500, blank=True,
+                              help_text="'folders', a path,label CSV on the server, or empty for the defaults")
+    requested_by = models.CharField(max_length=150, blank=True)
+    celery_task_id = models.CharField(max_length=200, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self):
+        return f"{self.kind} {self.pk} ({self.status})"
+
+    @property
+    def elapsed_s(self) -> float | None:
+        if not self.started:
+            return None
+        return ((self.finished or timezone.now()) - self.started).total_seconds()
+
+    @property
+    def remaining_s(self) -> float | None:
+        """Linear estimate for the current step from its own rate."""
+        if self.finished or not self.step_started or not self.total or not self.done:
+            return None
+        spent = (timezone.now() - self.step_started).total_seconds()
+        return spent / self.done * (self.total - self.done)

@@ -1,16 +1,280 @@
-from django.shortcuts import render
+"""Thin views: forms and rows in, rows and templates out; the work is in Celery tasks
+(``workers/tasks.py`` -> ``search/jobs.py``, ``search/maintenance.py``) and the engine."""
+from __future__ import annotations
 
+import json
+from functools import wraps
+
+from django.conf import settings
+from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.views import redirect_to_login
+from django.http import FileResponse, Http404, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from . import collection_files
 from .conf import engine_config
-from .engine.errors import SearchIndexError
-from .engine.index import active_build
+from .engine.errors import EngineError, SearchIndexError
+from .forms import CollectionUploadForm, MaintenanceForm, SearchForm
+from .models import MaintenanceRun, Rating, SearchJob, Status
+from .reports import job_precisions, label_precisions, method_precisions
 
 
-def home(request):
-    """Until the upload form lands, the home page says which index is serving."""
-    config = engine_config()
+def may_search(view):
+    """Anyone may search and rate unless ANONYMOUS_CAN_SEARCH is off; then a login is needed."""
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not settings.ANONYMOUS_CAN_SEARCH and not request.user.is_authenticated:
+            if request.path.startswith("/api/") or request.headers.get("accept", "").startswith("application/json"):
+                return JsonResponse({"error": "log in to search"}, status=403)
+            return redirect_to_login(request.get_full_path())
+        return view(request, *args, **kwargs)
+    return wrapper
+
+
+def index_status() -> str:
     try:
-        build = active_build(config.index_root)
-        status = f"index {build.name} is active"
+        build, _, rows = collection_files.indexed_images()
+        return f"index {build.name} is active ({len(rows)} images)"
+    except (SearchIndexError, OSError) as exc:
+        return str(exc)
+
+
+def enqueue_search(form: SearchForm) -> SearchJob:
+    from workers.tasks import run_search
+
+    job = SearchJob.objects.create(query_image=form.cleaned_data["image"], method=form.cleaned_data["method"],
+                                   k=form.cleaned_data["k"])
+    task = run_search.delay(job.pk)
+    SearchJob.objects.filter(pk=job.pk).update(celery_task_id=task.id)
+    return job
+
+
+@may_search
+def home(request):
+    form = SearchForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        job = enqueue_search(form)
+        return redirect("job", job_id=job.pk)
+    status = 400 if request.method == "POST" else 200
+    return render(request, "home.html", {"form": form, "status": index_status()}, status=status)
+
+
+def job_payload(request, job: SearchJob) -> dict:
+    job.fail_if_stuck()
+    rater = rater_key(request, create=False)
+    mine = dict(job.ratings.filter(rater=rater).values_list("image_id", "value")) if rater else {}
+    results = []
+    for r in job.results:
+        results.append({
+            "rank": r["rank"], "image_id": r["image_id"], "relpath": r["relpath"], "label": r["label"],
+            "distance": r["distance"], "stage": r["stage"], "inliers": r["inliers"],
+            "thumbnail_url": reverse("thumbnail", args=[r["image_id"]]),
+            "image_url": reverse("collection_image", args=[r["image_id"]]),
+            "match_url": reverse("match", args=[job.pk, r["rank"]]),
+            "rating": mine.get(r["image_id"]),
+        })
+    return {
+        "id": job.pk, "url": request.build_absolute_uri(reverse("job", args=[job.pk])),
+        "status": job.status, "stage": job.stage, "progress": {"done": job.progress_done, "total": job.progress_total},
+        "error": job.error or None, "method": job.method, "k": job.k, "index_build": job.index_build or None,
+        "n_candidates": job.n_candidates, "n_verified": job.n_verified, "timings_ms": job.timings_ms,
+        "created": job.created.isoformat(), "finished": job.finished.isoformat() if job.finished else None,
+        "query_url": reverse("query_image", args=[job.pk]),
+        "results": results,
+    }
+
+
+@may_search
+def job_page(request, job_id):
+    job = get_object_or_404(SearchJob, pk=job_id)
+    job.fail_if_stuck()
+    return render(request, "job.html", {"job": job, "ratings": Rating.VALUES})
+
+
+@may_search
+def job_json(request, job_id):
+    return JsonResponse(job_payload(request, get_object_or_404(SearchJob, pk=job_id)))
+
+
+@may_search
+def query_image(request, job_id):
+    job = get_object_or_404(SearchJob, pk=job_id)
+    try:
+        return FileResponse(job.query_image.open("rb"), content_type="image/jpeg")
+    except FileNotFoundError:
+        raise Http404("the query image was deleted")
+
+
+def collection_image(request, image_id):
+    """An image of the active index, by id only (never by path)."""
+    try:
+        path = collection_files.indexed_image_path(image_id)
+    except SearchIndexError:
+        raise Http404("no active index")
+    if path is None or not path.is_file():
+        raise Http404(f"no image {image_id} in the active index")
+    return FileResponse(path.open("rb"))
+
+
+def thumbnail(request, image_id):
+    try:
+        path = collection_files.thumbnail(image_id)
+    except (SearchIndexError, EngineError):
+        raise Http404(f"no readable image {image_id} in the active index")
+    if path is None:
+        raise Http404(f"no image {image_id} in the active index")
+    response = FileResponse(path.open("rb"), content_type="image/jpeg")
+    response["Cache-Control"] = "max-age=3600"
+    return response
+
+
+def _result(job: SearchJob, rank: int) -> dict:
+    for r in job.results:
+        if r["rank"] == rank:
+            return r
+    raise Http404(f"job {job.pk} has no result at rank {rank}")
+
+
+@may_search
+def match_page(request, job_id, rank):
+    job = get_object_or_404(SearchJob, pk=job_id)
+    return render(request, "match.html", {"job": job, "result": _result(job, rank)})
+
+
+@may_search
+def match_png(request, job_id, rank):
+    job = get_object_or_404(SearchJob, pk=job_id)
+    try:
+        png = collection_files.correspondence_png(job, _result(job, rank))
+    except (EngineError, FileNotFoundError) as exc:
+        raise Http404(str(exc))
+    return HttpResponse(png, content_type="image/png")
+
+
+def rater_key(request, create=True) -> str | None:
+    if request.user.is_authenticated:
+        return f"user:{request.user.pk}"
+    if not request.session.session_key:
+        if not create:
+            return None
+        request.session.save()
+    return f"session:{request.session.session_key}"
+
+
+@require_POST
+@may_search
+def rate(request, job_id):
+    job = get_object_or_404(SearchJob, pk=job_id)
+    try:
+        data = json.loads(request.body) if request.content_type == "application/json" else request.POST
+        image_id, value = data["image_id"], data["value"]
+    except (ValueError, KeyError):
+        return JsonResponse({"error": "send image_id and value"}, status=400)
+    if value not in dict(Rating.VALUES):
+        return JsonResponse({"error": f"value must be one of {', '.join(dict(Rating.VALUES))}"}, status=400)
+    ranks = {r["image_id"]: r["rank"] for r in job.results}
+    if image_id not in ranks:
+        return JsonResponse({"error": f"{image_id} is not a result of job {job.pk}"}, status=400)
+    rating, _ = Rating.objects.update_or_create(job=job, image_id=image_id, rater=rater_key(request),
+                                                defaults={"value": value, "rank": ranks[image_id]})
+    return JsonResponse({"job": job.pk, "image_id": image_id, "value": rating.value})
+
+
+def report(request):
+    rows = job_precisions()
+    labels = label_precisions(engine_config().reports_dir)
+    methods = method_precisions(rows)
+    for m in methods:
+        m["label_precision"] = labels.get(m["method"])
+    missing = [{"method": m, "label_precision": p} for m, p in labels.items() if m not in {x["method"] for x in methods}]
+    return render(request, "report.html", {"jobs": rows, "methods": methods, "label_only": missing})
+
+
+# ---- JSON API --------------------------------------------------------------------------------
+
+@csrf_exempt  # a script API without cookies; the browser form keeps its CSRF token
+@require_POST
+@may_search
+def api_create_search(request):
+    form = SearchForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return JsonResponse({"errors": {k: [str(e) for e in v] for k, v in form.errors.items()}}, status=400)
+    job = enqueue_search(form)
+    return JsonResponse({"id": job.pk, "status": job.status,
+                         "url": request.build_absolute_uri(reverse("api_search", args=[job.pk])),
+                         "page": request.build_absolute_uri(reverse("job", args=[job.pk]))}, status=201)
+
+
+@may_search
+def api_search(request, job_id):
+    return JsonResponse(job_payload(request, get_object_or_404(SearchJob, pk=job_id)))
+
+
+# ---- staff pages -----------------------------------------------------------------------------
+
+@staff_member_required
+def staff_home(request, form=None, upload_form=None, message=""):
+    try:
+        build, root, rows = collection_files.indexed_images()
+        collection = {"build": build.name, "root": root, "size": len(rows),
+                      "labels": sorted({r["label"] for r in rows.values() if r["label"]}),
+                      "sample": list(rows)[:24]}
     except SearchIndexError as exc:
-        status = str(exc)
-    return render(request, "home.html", {"status": status})
+        collection = {"error": str(exc)}
+    return render(request, "staff.html", {
+        "collection": collection, "runs": MaintenanceRun.objects.all()[:30], "form": form or MaintenanceForm(),
+        "uploads_allowed": settings.COLLECTION_UPLOADS, "upload_form": upload_form or CollectionUploadForm(),
+        "message": message}, status=400 if (form or upload_form) else 200)
+
+
+@require_POST
+@staff_member_required
+def staff_upload(request):
+    if not settings.COLLECTION_UPLOADS:
+        return HttpResponse("adding images from the site is off (COLLECTION_UPLOADS)", status=403)
+    form = CollectionUploadForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return staff_home(request, upload_form=form)
+    try:
+        folder, written = collection_files.add_to_collection(form.cleaned_data["images"], form.cleaned_data["label"])
+    except (SearchIndexError, OSError) as exc:
+        return staff_home(request, message=f"images not saved: {exc}")
+    return staff_home(request, message=f"saved {len(written)} image(s) into {folder}; reindex to make them searchable")
+
+
+@require_POST
+@staff_member_required
+def staff_start(request):
+    from workers.tasks import reindex, retrain
+
+    form = MaintenanceForm(request.POST)
+    if not form.is_valid():
+        return staff_home(request, form)
+    busy = MaintenanceRun.objects.filter(status__in=[Status.QUEUED, Status.RUNNING]).first()
+    if busy is not None:
+        return redirect("staff_run", run_id=busy.pk)
+    run = MaintenanceRun.objects.create(requested_by=request.user.get_username(), **form.cleaned_data)
+    task = (retrain if run.kind == MaintenanceRun.TRAIN else reindex).delay(run.pk)
+    MaintenanceRun.objects.filter(pk=run.pk).update(celery_task_id=task.id)
+    return redirect("staff_run", run_id=run.pk)
+
+
+def run_payload(run: MaintenanceRun) -> dict:
+    return {"id": run.pk, "kind": run.kind, "status": run.status, "step": run.step, "done": run.done,
+            "total": run.total, "elapsed_s": run.elapsed_s, "remaining_s": run.remaining_s,
+            "error": run.error or None, "build": run.build or None, "log": run.log}
+
+
+@staff_member_required
+def staff_run(request, run_id):
+    return render(request, "run.html", {"run": get_object_or_404(MaintenanceRun, pk=run_id)})
+
+
+@staff_member_required
+def staff_run_json(request, run_id):
+    return JsonResponse(run_payload(get_object_or_404(MaintenanceRun, pk=run_id)))
+
+

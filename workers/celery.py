@@ -1,4 +1,4 @@
-"""The Celery app; tasks are autodiscovered from the Django apps."""
+"""The Celery app; tasks live in ``workers/tasks.py`` and are autodiscovered from the Django apps."""
 import os
 
 from celery import Celery
@@ -7,4 +7,5 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "retrieval_site.settings")
 
 app = Celery("retrieval")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.include = ["workers.tasks"]
 app.autodiscover_tasks()

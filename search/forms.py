@@ -1,0 +1,120 @@
+"""The upload form: size checked before decoding, content checked by decoding,
+and the image saved normalised (EXIF orientation applied, RGB, JPEG)."""
+from __future__ import annotations
+
+import io
+
+from django import forms
+from django.conf import settings
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from .engine.errors import ImageError
+from .engine.images import open_image
+from .engine.pipeline import DEFAULT_METHOD, METHODS
+
+METHOD_LABELS = {
+    "logits": "logits (coarse only)",
+    "pca": "PCA-32 (coarse only)",
+    "penultimate": "penultimate (coarse only)",
+    "logits+attention": "logits + attention verification",
+    "pca+attention": "PCA-32 + attention verification",
+    "penultimate+attention": "penultimate + attention verification (best)",
+}
+
+
+class SearchForm(forms.Form):
+    image = forms.FileField(label="Query image", error_messages={
+        "required": "Choose an image file to search with (form field 'image').",
+        "empty": "The uploaded file is empty."})
+    method = forms.ChoiceField(choices=[(m, METHOD_LABELS.get(m, m)) for m in METHODS], initial=DEFAULT_METHOD,
+                               required=False)
+    k = forms.IntegerField(min_value=1, max_value=100, initial=10, label="Results (k)", required=False)
+
+    def clean_method(self):
+        return self.cleaned_data.get("method") or DEFAULT_METHOD
+
+    def clean_k(self):
+        return self.cleaned_data.get("k") or settings.RETRIEVAL.top_k
+
+    def clean_image(self):
+        upload = self.cleaned_data["image"]
+        limit = settings.UPLOAD_MAX_BYTES
+        if upload.size > limit:
+            raise forms.ValidationError(
+                f"The file is {upload.size / 2**20:.2f} MB; the limit is {limit / 2**20:.2f} MB.")
+        try:
+            image = open_image(upload)
+        except ImageError as exc:
+            raise forms.ValidationError(f"This file cannot be used as an image: {_without_name(exc, upload)}")
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=95)
+        stem = (upload.name or "query").rsplit("/", 1)[-1].rsplit(".", 1)[0][:80] or "query"
+        return SimpleUploadedFile(f"{stem}.jpg", buffer.getvalue(), content_type="image/jpeg")
+
+
+def _without_name(exc: Exception, upload) -> str:
+    """The engine names the file first ('<name>: reason'); on the form the reason is enough."""
+    text = str(exc)
+    for prefix in (f"{upload.name}: ", f"{getattr(upload.file, 'name', '')}: "):
+        if prefix.strip(": ") and text.startswith(prefix):
+            return text[len(prefix):]
+    return text.split(": ", 1)[1] if ": " in text else text
+
+
+class MaintenanceForm(forms.Form):
+    """Staff: start a reindex or a retrain, optionally of another folder on the server
+    (how images are added: put them in a folder, point the reindex at it)."""
+    kind = forms.ChoiceField(choices=[("reindex", "reindex"), ("train", "retrain")])
+    collection_dir = forms.CharField(required=False, max_length=500, label="Collection folder on the server",
+                                     help_text="empty: the folder of the active index")
+    labels = forms.CharField(required=False, max_length=500, label="Labels",
+                             help_text="'folders', a path,label CSV on the server, or empty")
+
+    def clean_collection_dir(self):
+        from pathlib import Path
+
+        value = self.cleaned_data["collection_dir"].strip()
+        if value and not (Path(value).is_absolute() and Path(value).is_dir()):
+            raise forms.ValidationError(f"{value} is not a folder on the server (give an absolute path)")
+        return value
+
+    def clean_labels(self):
+        from pathlib import Path
+
+        value = self.cleaned_data["labels"].strip()
+        if value and value != "folders" and not Path(value).is_file():
+            raise forms.ValidationError(f"{value} is neither 'folders' nor a CSV file on the server")
+        return value
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleImageField(forms.FileField):
+    widget = MultipleFileInput
+
+    def clean(self, data, initial=None):
+        files = [f for f in (data if isinstance(data, (list, tuple)) else [data]) if f]
+        if not files:
+            super().clean(None, initial)  # raises 'required'
+        return [super(MultipleImageField, self).clean(f, initial) for f in files]
+
+
+class CollectionUploadForm(forms.Form):
+    """Staff: add images to the active index's folder (decoded and normalised like a query),
+    under a class sub-folder; they are searchable after the next reindex."""
+    images = MultipleImageField(label="Images", error_messages={"required": "Choose one or more image files."})
+    label = forms.SlugField(max_length=60, label="Class (sub-folder)", initial="uploads")
+
+    def clean_images(self):
+        limit = settings.UPLOAD_MAX_BYTES
+        decoded = []
+        for upload in self.cleaned_data["images"]:
+            if upload.size > limit:
+                raise forms.ValidationError(f"{upload.name} is over the limit of {limit / 2**20:.2f} MB.")
+            try:
+                decoded.append((upload.name, open_image(upload)))
+            except ImageError as exc:
+                raise forms.ValidationError(f"{upload.name} cannot be used as an image: {_without_name(exc, upload)}")
+        return decoded

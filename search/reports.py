@@ -1,0 +1,50 @@
+"""Human-rated precision@10: the paper's Table 1 with people's judgements instead of labels.
+
+A result counts as relevant when most of its ratings say so; a job's precision@10
+is the share of relevant results among its rated results in the top 10 (unrated
+results are left out and the coverage is reported beside it)."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from .models import Rating, SearchJob
+
+TOP = 10
+
+
+def job_precisions() -> list[dict]:
+    votes = defaultdict(lambda: [0, 0])  # (job, image_id) -> [relevant, not relevant]
+    for job_id, image_id, value in Rating.objects.values_list("job_id", "image_id", "value"):
+        votes[(job_id, image_id)][0 if value == Rating.RELEVANT else 1] += 1
+    job_ids = sorted({job_id for job_id, _ in votes})
+    rows = []
+    for job in SearchJob.objects.filter(pk__in=job_ids).order_by("pk"):
+        top = [r["image_id"] for r in job.results if r["rank"] <= TOP]
+        rated = [(votes[(job.pk, i)][0] > votes[(job.pk, i)][1]) for i in top if (job.pk, i) in votes]
+        if not rated:
+            continue
+        rows.append({"job": job.pk, "method": job.method, "query": Path(job.query_image.name).name,
+                     "rated": len(rated), "relevant": sum(rated),
+                     "precision_at_10": sum(rated) / len(rated)})
+    return rows
+
+
+def method_precisions(rows: list[dict]) -> list[dict]:
+    by_method = defaultdict(list)
+    for row in rows:
+        by_method[row["method"]].append(row)
+    return [{"method": method, "queries": len(group),
+             "precision_at_10": sum(r["precision_at_10"] for r in group) / len(group),
+             "rated": sum(r["rated"] for r in group)}
+            for method, group in sorted(by_method.items())]
+
+
+def label_precisions(reports_dir: Path) -> dict[str, float]:
+    """precision@10 per method from the latest ``evaluate`` report, when there is one."""
+    reports = sorted(Path(reports_dir).glob("evaluate-*.json"))
+    if not reports:
+        return {}
+    data = json.loads(reports[-1].read_text())
+    return {m["method"]: m["precision_at_10"] for m in data.get("methods", []) if m.get("stage") != "baseline"}

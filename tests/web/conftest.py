@@ -1,0 +1,105 @@
+"""Fixtures of the web tests: the tiny trained model and its fine index copied to
+the site's data directory, the migrated SQLite file database, and a real Celery
+worker process on the real Redis broker (a private queue per session)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_blocker):
+    """Use the configured SQLite *file* (see tests/testenv.py) as the test database, so the
+    worker process sees what the tests write; migrate it once."""
+    from django.core.management import call_command
+
+    with django_db_blocker.unblock():
+        call_command("migrate", verbosity=0)
+
+
+@pytest.fixture(scope="session")
+def site_index(tiny_fine_engine, engine_config):
+    """The site's data directory (RETRIEVAL_DATA_DIR) holding the tiny model, attention head
+    and fine index, as `train` and `index` would have left them."""
+    from django.conf import settings
+
+    from search.engine.index import active_build
+
+    data_dir = Path(settings.RETRIEVAL.data_dir)
+    shutil.copytree(engine_config.model_dir, data_dir / "models", dirs_exist_ok=True)
+    fine_root = tiny_fine_engine.index.path.parent.parent
+    if (data_dir / "index").exists():
+        shutil.rmtree(data_dir / "index")
+    shutil.copytree(fine_root, data_dir / "index", symlinks=True)
+    return active_build(data_dir / "index")
+
+
+def start_worker(queue: str, log_name: str, **extra_env) -> subprocess.Popen:
+    """A real `celery -A workers worker --pool=solo` process on the test database and ``queue``;
+    returns once it answers a ping."""
+    from workers.celery import app
+
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=2)
+    except Exception as exc:
+        raise RuntimeError(f"no broker at {app.conf.broker_url} ({exc}); scripts/bootstrap.sh starts "
+                           "a local Redis when redis-server is installed") from exc
+    ARTIFACTS.mkdir(exist_ok=True)
+    name = f"tests-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+    env = dict(os.environ, OMP_NUM_THREADS="1", RETRIEVAL_DEVICE="cpu", PYTHONUNBUFFERED="1",
+               CELERY_TASK_DEFAULT_QUEUE=queue, **extra_env)
+    log = (ARTIFACTS / log_name).open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool=solo", "--concurrency=1",
+         "-Q", queue, "-n", name, "--loglevel=INFO", "--without-gossip", "--without-mingle",
+         "--without-heartbeat"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the Celery worker exited with {process.returncode}; see {ARTIFACTS / log_name}")
+        if app.control.ping(destination=[name], timeout=1.0):
+            return process
+    process.kill()
+    raise RuntimeError(f"the Celery worker did not answer within 90 s; see {ARTIFACTS / log_name}")
+
+
+def stop_worker(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(site_index, django_db_setup):
+    """The session's worker, on the session's private queue."""
+    process = start_worker(os.environ["CELERY_TASK_DEFAULT_QUEUE"], "celery-worker.log")
+    yield process
+    stop_worker(process)
+
+
+def wait_for(predicate, timeout=120.0, interval=0.3, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -1,0 +1,122 @@
+"""End to end in headless Chromium (Debian's /usr/bin/chromium driven by Playwright) against a
+live server and the real Celery worker: upload, gallery, rating, report, correspondences, reindex.
+Screenshots go to test-artifacts/."""
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from search.models import Rating
+from tests.conftest import corel_image
+
+from .conftest import ARTIFACTS
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()
+
+
+def shot(page, name):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def test_upload_gallery_rating_report_and_correspondences(page, live_server, celery_worker_process):
+    page.goto(live_server.url + "/report/")
+    assert page.locator("#no-ratings").is_visible()
+
+    page.goto(live_server.url + "/")
+    assert page.locator("select[name=method]").input_value() == "penultimate+attention"
+    page.set_input_files("input[name=image]", str(corel_image(450)))  # a dinosaur not in the index
+    assert page.locator("#chosen-file").inner_text() == "450.jpg"
+    shot(page, "upload-page.png")
+    page.click("#search-button")
+    page.wait_for_url(re.compile(r"/jobs/\d+/$"))
+    page.wait_for_selector(".result", timeout=180_000)
+    assert page.locator("#job-status").inner_text() == "done"
+    first = page.locator(".result").first
+    assert first.locator(".relpath").inner_text().startswith("dinosaurs/")
+    assert page.locator(".result").count() == 10
+    page.wait_for_function("() => [...document.querySelectorAll('.result img')].every(i => i.complete && i.naturalWidth > 0)")
+    shot(page, "gallery.png")
+
+    first.locator("button[data-value=relevant]").click()
+    page.wait_for_selector(".result >> nth=0 >> .rate[data-saved=relevant]")
+    assert Rating.objects.get().value == "relevant"
+    first.locator("button[data-value=not_relevant]").click()  # changeable
+    page.wait_for_selector(".result >> nth=0 >> .rate[data-saved=not_relevant]")
+    first.locator("button[data-value=relevant]").click()
+    page.wait_for_selector(".result >> nth=0 >> .rate[data-saved=relevant]")
+    assert Rating.objects.count() == 1
+
+    job_url = page.url
+    page.goto(live_server.url + "/report/")
+    row = page.locator('tr[data-method="penultimate+attention"]')
+    assert row.locator(".precision").inner_text() == "1.000"
+    assert row.locator(".rated").inner_text() == "1"
+
+    page.goto(job_url)
+    page.wait_for_selector(".result")
+    page.locator(".result").first.locator(".match-link").click()
+    page.wait_for_function("() => { const i = document.getElementById('correspondences'); "
+                           "return i.complete && i.naturalWidth > 0; }", timeout=60_000)
+    shot(page, "correspondences.png")
+
+
+def test_staff_starts_a_reindex_and_watches_it_complete(page, live_server, celery_worker_process,
+                                                        django_user_model):
+    django_user_model.objects.create_user("admin", password="secret-pw", is_staff=True, is_superuser=True)
+    page.goto(live_server.url + "/staff/")
+    assert "/admin/login/" in page.url
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "secret-pw")
+    page.click("input[type=submit]")
+    page.wait_for_url(re.compile(r"/staff/$"))
+    assert "40 images" in page.locator("#collection-summary").inner_text()
+    page.click("#start-reindex")
+    page.wait_for_url(re.compile(r"/staff/runs/\d+/$"))
+    page.wait_for_function("() => document.getElementById('run-status').textContent === 'done'", timeout=300_000)
+    assert "is now active" in page.locator("#run-log").inner_text()
+    shot(page, "reindex-done.png")
+    page.goto(live_server.url + "/staff/")
+    assert page.locator("#runs tr").count() == 2
+
+
+def test_a_dropped_file_is_uploaded_and_a_bad_one_refused_on_the_form(page, live_server):
+    page.goto(live_server.url + "/")
+    page.evaluate("""() => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File(["this is not a JPEG"], "notes.jpg", {type: "image/jpeg"}));
+        const zone = document.getElementById("drop-zone");
+        zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+        zone.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+    }""")
+    assert page.locator("#chosen-file").inner_text() == "notes.jpg"
+    page.click("#search-button")
+    page.wait_for_selector("#image-errors .errorlist")
+    assert "not an image file" in page.locator("#image-errors").inner_text()
+    shot(page, "upload-refused.png")

@@ -1,0 +1,180 @@
+"""Search jobs and maintenance runs through a real Celery worker on the real Redis broker."""
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
+
+from search.models import MaintenanceRun, Rating, SearchJob, Status
+from tests.conftest import corel_image
+
+from .conftest import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def finished_job(job_id, timeout=180):
+    def done():
+        job = SearchJob.objects.get(pk=job_id)
+        return job if job.status in (Status.DONE, Status.FAILED) else None
+    return wait_for(done, timeout, what=f"search job {job_id}")
+
+
+def api_search(client, number, method="penultimate+attention", k=5):
+    with corel_image(number).open("rb") as handle:
+        response = client.post("/api/searches", {"image": handle, "method": method, "k": str(k)})
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+def test_api_search_runs_on_the_worker_and_returns_same_class_results(client, celery_worker_process, site_index):
+    created = api_search(client, 450)  # a dinosaur that is not in the index
+    assert created["url"].endswith(f"/api/searches/{created['id']}")
+    job = finished_job(created["id"])
+    assert job.status == Status.DONE, job.error
+    from django.conf import settings
+
+    from search.engine.index import active_build
+
+    assert job.index_build == active_build(Path(settings.RETRIEVAL.data_dir) / "index").name
+    assert job.celery_task_id
+    body = client.get(f"/api/searches/{job.pk}").json()
+    assert body["status"] == "done" and len(body["results"]) == 5
+    assert [r["rank"] for r in body["results"]] == [1, 2, 3, 4, 5]
+    assert body["results"][0]["label"] == "dinosaurs"
+    assert {r["stage"] for r in body["results"]} <= {"verified", "coarse"}
+    assert "path" not in json.dumps(body["results"][0]).replace("relpath", "")  # no server paths leak
+
+    # the result's image is served by id, its correspondences are drawn
+    first = body["results"][0]
+    image = client.get(first["image_url"])
+    assert image.status_code == 200
+    png = client.get(f"/jobs/{job.pk}/match/1.png")
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    assert client.get("/images/../../etc/passwd").status_code == 404
+    assert client.get("/images/0123456789ab").status_code == 404
+
+
+def test_coarse_method_and_rating_and_report(client, celery_worker_process):
+    job = finished_job(api_search(client, 301, method="logits", k=10)["id"])  # a bus
+    assert job.status == Status.DONE and all(r["stage"] == "coarse" for r in job.results)
+    first, second = job.results[0]["image_id"], job.results[1]["image_id"]
+    rate = lambda image_id, value: client.post(f"/jobs/{job.pk}/rate", json.dumps(
+        {"image_id": image_id, "value": value}), content_type="application/json")
+    assert rate(first, "relevant").status_code == 200
+    assert rate(second, "not_relevant").status_code == 200
+    assert rate(second, "relevant").status_code == 200  # changed, not added
+    assert Rating.objects.filter(job=job).count() == 2
+    assert rate("nope", "relevant").status_code == 400
+    assert rate(first, "maybe").status_code == 400
+    report = client.get("/report/").content.decode()
+    assert 'data-method="logits"' in report and "1.000" in report
+
+    from django.core.management import call_command
+    from io import StringIO
+
+    out = StringIO()
+    call_command("rating_report", stdout=out)
+    assert "logits" in out.getvalue() and "1.000" in out.getvalue()
+
+
+def test_a_job_whose_query_image_was_deleted_fails_with_a_reason(client, celery_worker_process):
+    from workers.tasks import run_search
+
+    job = SearchJob.objects.create(query_image=SimpleUploadedFile("gone.jpg", corel_image(2).read_bytes()),
+                                   method="pca", k=3)
+    Path(job.query_image.path).unlink()
+    run_search.delay(job.pk)
+    job = finished_job(job.pk)
+    assert job.status == Status.FAILED and "is gone" in job.error
+    assert client.get(f"/jobs/{job.pk}.json").json()["error"] == job.error
+
+
+def test_a_missing_index_fails_the_job_with_a_reason(settings, tmp_path):
+    from search.jobs import run_search_job
+
+    settings.RETRIEVAL = settings.RETRIEVAL.replace(data_dir=tmp_path)
+    job = SearchJob.objects.create(query_image=SimpleUploadedFile("q.jpg", corel_image(2).read_bytes()),
+                                   method="pca", k=3)
+    assert run_search_job(job.pk) == Status.FAILED
+    job.refresh_from_db()
+    assert "no index at" in job.error and "run the 'index' command" in job.error
+
+
+def test_the_watchdog_fails_a_job_left_running(client, settings):
+    settings.SEARCH_JOB_TIMEOUT_S = 60
+    job = SearchJob.objects.create(query_image=SimpleUploadedFile("q.jpg", b"x"), method="pca", k=3,
+                                   status=Status.RUNNING, started=timezone.now() - timedelta(minutes=5))
+    body = client.get(f"/jobs/{job.pk}.json").json()
+    assert body["status"] == "failed" and "no result after 60 s" in body["error"]
+
+
+def test_a_reindex_that_fails_halfway_leaves_the_old_index_active(site_index, monkeypatch):
+    from django.conf import settings
+
+    import search.engine.index as index_module
+    from search.engine.index import active_build
+    from search.maintenance import run_maintenance
+
+    def broken_store(*args, progress=None, **kwargs):
+        progress(5, 40)
+        raise OSError("disk full (simulated halfway through the local features)")
+
+    monkeypatch.setattr(index_module, "build_local_store", broken_store)
+    index_root = Path(settings.RETRIEVAL.data_dir) / "index"
+    before = active_build(index_root)
+    run = MaintenanceRun.objects.create(kind=MaintenanceRun.REINDEX)
+    with pytest.raises(OSError):
+        run_maintenance(run.pk)
+    run.refresh_from_db()
+    assert run.status == Status.FAILED and "disk full" in run.error and "failed: OSError" in run.log
+    assert active_build(index_root) == before
+    assert not [p for p in (index_root / "builds").iterdir() if p.name.endswith(".partial")]
+
+
+def test_staff_reindex_runs_on_the_worker_and_switches_the_index(client, celery_worker_process, site_index,
+                                                                 django_user_model):
+    from django.conf import settings
+
+    from search.engine.index import active_build
+
+    index_root = Path(settings.RETRIEVAL.data_dir) / "index"
+    before = active_build(index_root)
+    assert client.post("/staff/start", {"kind": "reindex"}).status_code == 302  # to the admin login
+    assert not MaintenanceRun.objects.exists()
+    staff = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
+    client.force_login(staff)
+    response = client.post("/staff/start", {"kind": "reindex"})
+    run = MaintenanceRun.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/staff/runs/{run.pk}/"
+
+    def finished():
+        run.refresh_from_db()
+        return run.status in (Status.DONE, Status.FAILED)
+    wait_for(finished, 300, what="the reindex")
+    assert run.status == Status.DONE, run.error
+    after = active_build(index_root)
+    assert after != before and run.build == after.name
+    assert "global features: started (40 to do)" in run.log
+    body = client.get(f"/staff/runs/{run.pk}.json").json()
+    assert body["status"] == "done" and body["elapsed_s"] > 0
+    # the worker picks the new build up for the next search
+    job = finished_job(api_search(client, 402, method="pca", k=3)["id"])
+    assert job.index_build == after.name
+
+
+def test_running_a_job_twice_is_harmless(site_index):
+    """A redelivered task (acks_late after a lost worker) finds the job finished and leaves it."""
+    from search.jobs import run_search_job
+
+    job = SearchJob.objects.create(query_image=SimpleUploadedFile("q.jpg", corel_image(455).read_bytes()),
+                                   method="pca", k=3)
+    assert run_search_job(job.pk) == Status.DONE
+    job.refresh_from_db()
+    first = (job.results, job.finished)
+    assert run_search_job(job.pk) == Status.DONE
+    job.refresh_from_db()
+    assert (job.results, job.finished) == first
+    assert run_search_job(10**9) == "missing"

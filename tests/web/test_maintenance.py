@@ -1,0 +1,126 @@
+"""Staff-only maintenance and settings: access rules, the retrain path, search progress."""
+from pathlib import Path
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from search.models import MaintenanceRun, Status
+from tests.conftest import corel_image
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_staff_pages_need_staff(client, django_user_model):
+    for url in ("/staff/", "/staff/runs/1/", "/staff/runs/1.json"):
+        response = client.get(url)
+        assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+    client.force_login(django_user_model.objects.create_user("visitor", password="pw"))
+    assert client.get("/staff/").status_code == 302
+    assert client.post("/staff/start", {"kind": "train"}).status_code == 302
+    assert not MaintenanceRun.objects.exists()
+
+
+def test_anonymous_search_can_be_turned_off(client, settings, django_user_model):
+    settings.ANONYMOUS_CAN_SEARCH = False
+    assert client.get("/")["Location"].startswith("/admin/login/")
+    response = client.post("/api/searches", {"image": SimpleUploadedFile("a.jpg", corel_image(1).read_bytes())})
+    assert response.status_code == 403
+    client.force_login(django_user_model.objects.create_user("member", password="pw"))
+    assert client.get("/").status_code == 200
+
+
+def test_api_reports_form_errors_as_json(client):
+    response = client.post("/api/searches", {"photo": SimpleUploadedFile("a.jpg", b"abc")})
+    assert response.status_code == 400
+    assert "form field 'image'" in response.json()["errors"]["image"][0]
+    response = client.post("/api/searches", {"image": SimpleUploadedFile("a.jpg", b"not an image at all")})
+    assert "not an image file" in response.json()["errors"]["image"][0]
+
+
+def test_search_progress_reports_coarse_then_verifying_n_of_n(tiny_fine_engine):
+    from search.jobs import ReportingEngine
+
+    e = tiny_fine_engine
+    engine = ReportingEngine(e.model, e.index, e.device, e.config, e.attention)
+    calls = []
+    engine.search(corel_image(450), "penultimate+attention", k=5, progress=lambda *a: calls.append(a))
+    stages = [c[0] for c in calls]
+    assert stages[0] == "coarse" and stages[-1] == "verifying"
+    assert calls[-1][1] == calls[-1][2] == len(e.index)
+
+
+def test_retrain_trains_aside_then_switches_model_and_index(site_index, settings):
+    from search.engine.index import active_build, load_index
+    from search.engine.model import file_checksum
+    from search.maintenance import run_maintenance
+
+    settings.RETRIEVAL = settings.RETRIEVAL.replace(epochs=1, attention_epochs=2, device="cpu")
+    data_dir = Path(settings.RETRIEVAL.data_dir)
+    before_build = active_build(data_dir / "index")
+    before_model = file_checksum(data_dir / "models" / "classifier.pt")
+    run = MaintenanceRun.objects.create(kind=MaintenanceRun.TRAIN)
+    assert run_maintenance(run.pk) == Status.DONE
+    run.refresh_from_db()
+    assert run.status == Status.DONE, run.error
+    after_build = active_build(data_dir / "index")
+    assert after_build != before_build and run.build == after_build.name
+    new_model = file_checksum(data_dir / "models" / "classifier.pt")
+    assert new_model != before_model
+    assert load_index(after_build).manifest["model_checksum"] == new_model
+    assert not list((data_dir / "models").glob("staging-*"))
+    for step in ("train classifier", "train attention head", "global features", "local features"):
+        assert f"{step}: started" in run.log
+
+
+def test_staff_form_refuses_a_folder_that_is_not_there(client, django_user_model):
+    client.force_login(django_user_model.objects.create_user("staff2", password="pw", is_staff=True))
+    response = client.post("/staff/start", {"kind": "reindex", "collection_dir": "/no/such/folder"})
+    assert response.status_code == 400
+    assert "/no/such/folder is not a folder on the server" in response.content.decode()
+    response = client.post("/staff/start", {"kind": "reindex", "labels": "/no/labels.csv"})
+    assert "neither &#x27;folders&#x27; nor a CSV file" in response.content.decode()
+    assert not MaintenanceRun.objects.exists()
+
+
+def test_reindex_of_another_folder_adds_its_images(site_index, tmp_path, settings):
+    from search.engine.index import activate_build, active_build, load_index
+    from search.maintenance import run_maintenance
+
+    folder = tmp_path / "more"
+    for name, first in (("horses", 700), ("flowers", 600)):
+        (folder / name).mkdir(parents=True)
+        for number in range(first, first + 3):
+            (folder / name / f"{number}.jpg").symlink_to(corel_image(number))
+    index_root = Path(settings.RETRIEVAL.data_dir) / "index"
+    before = active_build(index_root)
+    run = MaintenanceRun.objects.create(kind=MaintenanceRun.REINDEX, collection_dir=str(folder), labels="folders")
+    try:
+        assert run_maintenance(run.pk) == Status.DONE
+        index = load_index(index_root)
+        assert len(index) == 6 and set(index.labels) == {"horses", "flowers"}
+        assert index.collection_root == folder.resolve()
+        add_images_from_the_staff_page(folder, settings)
+        run = MaintenanceRun.objects.create(kind=MaintenanceRun.REINDEX, collection_dir=str(folder), labels="folders")
+        assert run_maintenance(run.pk) == Status.DONE
+        index = load_index(index_root)
+        assert len(index) == 8 and {"horses/new-horse.jpg", "horses/new-horse-2.jpg"} <= set(index.relpaths)
+    finally:
+        activate_build(index_root, before)
+
+
+def add_images_from_the_staff_page(folder, settings):
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    client = Client()
+    client.force_login(get_user_model().objects.create_user("curator", password="pw", is_staff=True))
+    horse = corel_image(710).read_bytes()
+    files = lambda: [SimpleUploadedFile("new-horse.jpg", horse), SimpleUploadedFile("new-horse.jpg", horse)]
+    assert client.post("/staff/upload", {"images": files(), "label": "horses"}).status_code == 403
+    settings.COLLECTION_UPLOADS = True
+    response = client.post("/staff/upload", {"images": [SimpleUploadedFile("bad.jpg", b"nope")], "label": "horses"})
+    assert response.status_code == 400 and "bad.jpg cannot be used as an image" in response.content.decode()
+    response = client.post("/staff/upload", {"images": files(), "label": "horses"})
+    assert response.status_code == 200, response.content.decode()[-500:]
+    assert "saved 2 image(s) into" in response.content.decode()
+    assert (folder / "horses" / "new-horse.jpg").is_file() and (folder / "horses" / "new-horse-2.jpg").is_file()

@@ -1,0 +1,100 @@
+"""The upload form refuses bad input with a clear message on the form (never a 500),
+before anything is queued."""
+import io
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from PIL import Image
+
+from search.models import SearchJob
+from tests.conftest import corel_image
+from tests.test_images_and_collection import png_header_only
+
+pytestmark = pytest.mark.django_db
+
+
+def post(client, **files_and_fields):
+    data = {"method": "penultimate+attention", "k": "10"}
+    data.update(files_and_fields)
+    return client.post("/", data)
+
+
+def upload(name, content, content_type="application/octet-stream"):
+    return SimpleUploadedFile(name, content, content_type=content_type)
+
+
+def assert_refused(response, message):
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    assert not SearchJob.objects.exists()
+
+
+def test_home_page_has_the_form_with_csrf_and_the_six_methods(client):
+    response = client.get("/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "csrfmiddlewaretoken" in html and 'id="drop-zone"' in html
+    for method in ("logits", "pca", "penultimate", "logits+attention", "pca+attention", "penultimate+attention"):
+        assert f'value="{method}"' in html
+    assert 'value="penultimate+attention" selected' in html
+
+
+def test_non_image_is_refused(client):
+    response = post(client, image=upload("notes.jpg", b"this is plain text, not a JPEG\n" * 20))
+    assert_refused(response, "not an image file (its content is not a known image format)")
+
+
+def test_truncated_jpeg_is_refused(client):
+    data = corel_image(1).read_bytes()
+    response = post(client, image=upload("cut.jpg", data[: len(data) // 3], "image/jpeg"))
+    assert_refused(response, "image is truncated or corrupt")
+
+
+def test_oversize_file_is_refused_before_decoding(client, settings):
+    settings.UPLOAD_MAX_BYTES = 50_000
+    response = post(client, image=upload("big.jpg", b"\xff" * 60_000, "image/jpeg"))  # not even an image
+    assert_refused(response, "The file is 0.06 MB; the limit is 0.05 MB.")
+    assert "cannot be used as an image" not in response.content.decode()
+
+
+def test_decompression_bomb_is_refused(client):
+    response = post(client, image=upload("bomb.png", png_header_only(20_000, 20_000), "image/png"))
+    assert response.status_code == 400 and not SearchJob.objects.exists()
+    html = response.content.decode()
+    assert "cannot be used as an image" in html
+    assert "possible decompression bomb" in html or "20000x20000 pixels is over the limit" in html
+
+
+def test_wrong_form_field_is_refused(client):
+    response = client.post("/", {"file": upload("a.jpg", corel_image(1).read_bytes()), "method": "pca", "k": "5"})
+    assert_refused(response, "Choose an image file to search with (form field &#x27;image&#x27;).")
+
+
+def test_unknown_method_is_refused(client):
+    response = post(client, image=upload("a.jpg", corel_image(1).read_bytes()), method="sift")
+    assert_refused(response, "Select a valid choice")
+
+
+def test_form_posts_need_the_csrf_token():
+    from django.test import Client
+
+    response = Client(enforce_csrf_checks=True).post("/", {"method": "pca", "k": "5"})
+    assert response.status_code == 403
+
+
+def test_exif_orientation_is_applied_and_the_image_saved_normalised(client, monkeypatch):
+    from search import views
+
+    monkeypatch.setattr(views, "enqueue_search", lambda form: SearchJob.objects.create(
+        query_image=form.cleaned_data["image"], method=form.cleaned_data["method"], k=form.cleaned_data["k"]))
+    image = Image.new("RGB", (60, 20), "red")
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotated 90° clockwise: displayed portrait
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif)
+    response = post(client, image=upload("landscape.png", buffer.getvalue()))
+    assert response.status_code == 302
+    job = SearchJob.objects.get()
+    with Image.open(job.query_image.path) as saved:
+        assert saved.format == "JPEG" and saved.size == (20, 60)
+        assert 0x0112 not in saved.getexif()
