@@ -61,24 +61,27 @@ def match_block(query: np.ndarray, candidates: list[np.ndarray], settings: Verif
     """Tentative matches of ``query`` (Q, d) against each candidate (M_i, d): a list of (K_i, 2) index pairs.
 
     Descriptors are unit vectors, so squared distance = 2 - 2 * similarity.
+    Candidates are zero-padded to one length: a padded slot has similarity 0
+    (distance sqrt(2)), so it is never kept as a best match (``valid`` is
+    checked) and as a second-best it only makes the ratio test pass, as an
+    absent second neighbour does.
     """
     if len(query) == 0 or not candidates:
         return [np.zeros((0, 2), np.int64) for _ in candidates]
     q = torch.from_numpy(np.asarray(query, dtype=np.float32))
     padded, valid = _pad(candidates, q.shape[1])
     similarity = torch.einsum("qd,cmd->cqm", q, padded)  # (C, Q, M)
-    similarity = similarity.masked_fill(~valid[:, None, :], -4.0)
     k = min(2, similarity.shape[2])
     top, nearest = similarity.topk(k, dim=2)  # (C, Q, k)
-    distance = torch.sqrt(torch.clamp(2 - 2 * top, min=0))
-    keep = (top[..., 0] > -4.0) & (distance[..., 0] <= settings.max_distance)
-    if k == 2:
-        second_valid = top[..., 1] > -4.0
-        keep &= ~second_valid | (distance[..., 0] < settings.ratio * distance[..., 1])
     best = nearest[..., 0]  # (C, Q)
+    distance = torch.sqrt(torch.clamp(2 - 2 * top, min=0))
+    keep = torch.gather(valid, 1, best) & (distance[..., 0] <= settings.max_distance)
+    if k == 2:
+        keep &= distance[..., 0] < settings.ratio * distance[..., 1]
     if settings.mutual:
-        back = similarity.argmax(dim=1)  # (C, M): best query for each candidate descriptor
-        keep &= torch.gather(back, 1, best) == torch.arange(q.shape[0])[None, :]
+        # mutual: no other query descriptor is closer to this candidate descriptor
+        column_best = similarity.amax(dim=1)  # (C, M)
+        keep &= top[..., 0] >= torch.gather(column_best, 1, best)
     pairs = []
     for c in range(len(candidates)):
         query_idx = torch.nonzero(keep[c]).flatten()
