@@ -57,8 +57,10 @@ def stratified_split(records: list[ImageRecord], val_fraction: float, seed: int)
     return Split(list(train), list(val))
 
 
-def load_resized(records: list[ImageRecord], max_side: int) -> tuple[list, list[tuple[str, str]]]:
-    """Decode every image once, shrunk so its longer side is ``max_side``; unreadable ones are reported."""
+def load_resized(records: list[ImageRecord], max_side: int,
+                 square: bool = False) -> tuple[list, list[tuple[str, str]]]:
+    """Decode every image once, shrunk so its longer side is ``max_side``
+    (or squashed to ``max_side`` square); unreadable ones are reported."""
     images, skipped = [], []
     for record in tqdm(records, desc="reading images", unit="img", leave=False):
         try:
@@ -67,7 +69,10 @@ def load_resized(records: list[ImageRecord], max_side: int) -> tuple[list, list[
             skipped.append((record.relpath, str(exc)))
             images.append(None)
             continue
-        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+        if square:
+            image = image.resize((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        else:
+            image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
         images.append(image)
     return images, skipped
 
@@ -112,9 +117,12 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
     backbone = build_backbone(config.backbone, len(classes), pretrained=True,
                               weights_path=config.resnet18_weights if config.backbone == "resnet18" else None)
     backbone.to(device)
-    # Training crops are cut from images shrunk once (cheap augmentation);
-    # validation sees images as the index will, shrunk only when very large.
-    train_images, skipped_train = load_resized(split.train, int(config.image_size * 1.15))
+    # Training crops are cut from images decoded once and squashed to a
+    # square, because the index squashes whole images to image_size x
+    # image_size: crops cut from unsquashed 3:2 pictures taught the model
+    # proportions it never sees at search time. Validation sees images as
+    # the index will, shrunk only when very large.
+    train_images, skipped_train = load_resized(split.train, int(config.image_size * 1.15), square=True)
     val_images, skipped_val = load_resized(split.val, config.image_size * 4)
     train_loader = _loader(split.train, train_images, class_index,
                            train_transform(backbone, config.image_size), config.batch_size, True, config.seed)
