@@ -12,34 +12,48 @@ class Status(models.TextChoices):
     FAILED = "failed"
 
 
-class SearchJob(models.Model):
-    query_image = models.FileField(upload_to="queries/%Y/%m/%d/")
-    method = models.CharField(max_length=40)
-    k = models.PositiveIntegerField(default=10)
+class TrackedJob(models.Model):
+    """What every asynchronous job row carries: its status, error, Celery task and times."""
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
-    stage = models.CharField(max_length=200, blank=True)
-    progress_done = models.PositiveIntegerField(default=0)
-    progress_total = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
-    results = models.JSONField(default=list, blank=True)
-    n_candidates = models.PositiveIntegerField(default=0)
-    n_verified = models.PositiveIntegerField(default=0)
-    timings_ms = models.JSONField(default=dict, blank=True)
-    index_build = models.CharField(max_length=200, blank=True)
     celery_task_id = models.CharField(max_length=200, blank=True)
     created = models.DateTimeField(default=timezone.now)
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        abstract = True
         ordering = ["-created"]
-
-    def __str__(self):
-        return f"search {self.pk} ({self.method}, {self.status})"
 
     @property
     def is_finished(self) -> bool:
         return self.status in (Status.DONE, Status.FAILED)
+
+    @property
+    def elapsed_s(self) -> float | None:
+        if not self.started:
+            return None
+        return ((self.finished or timezone.now()) - self.started).total_seconds()
+
+
+class SearchJob(TrackedJob):
+    query_image = models.FileField(upload_to="queries/%Y/%m/%d/")
+    method = models.CharField(max_length=40)
+    k = models.PositiveIntegerField(default=10)
+    stage = models.CharField(max_length=200, blank=True)
+    progress_done = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(default=0)
+    results = models.JSONField(default=list, blank=True)
+    n_candidates = models.PositiveIntegerField(default=0)
+    n_verified = models.PositiveIntegerField(default=0)
+    timings_ms = models.JSONField(default=dict, blank=True)
+    index_build = models.CharField(max_length=200, blank=True)
+
+    class Meta(TrackedJob.Meta):
+        pass
+
+    def __str__(self):
+        return f"search {self.pk} ({self.method}, {self.status})"
 
     def fail_if_stuck(self) -> bool:
         """The watchdog: a job running (or queued) past SEARCH_JOB_TIMEOUT_S is marked failed,
@@ -75,41 +89,29 @@ class Rating(models.Model):
         return f"{self.rater} rated {self.image_id} {self.value} for job {self.job_id}"
 
 
-class MaintenanceRun(models.Model):
+class MaintenanceRun(TrackedJob):
     REINDEX = "reindex"
     TRAIN = "train"
     KINDS = [(REINDEX, "reindex"), (TRAIN, "retrain classifier + attention, then reindex")]
 
     kind = models.CharField(max_length=10, choices=KINDS)
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     step = models.CharField(max_length=200, blank=True)
     done = models.PositiveIntegerField(default=0)
     total = models.PositiveIntegerField(default=0)
     step_started = models.DateTimeField(null=True, blank=True)
     log = models.TextField(blank=True)
-    error = models.TextField(blank=True)
     build = models.CharField(max_length=200, blank=True)
     collection_dir = models.CharField(max_length=500, blank=True,
                                       help_text="folder on the server to index; empty: the active index's folder")
     labels = models.CharField(max_length=500, blank=True,
                               help_text="'folders', a path,label CSV on the server, or empty for the defaults")
     requested_by = models.CharField(max_length=150, blank=True)
-    celery_task_id = models.CharField(max_length=200, blank=True)
-    created = models.DateTimeField(default=timezone.now)
-    started = models.DateTimeField(null=True, blank=True)
-    finished = models.DateTimeField(null=True, blank=True)
 
-    class Meta:
-        ordering = ["-created"]
+    class Meta(TrackedJob.Meta):
+        pass
 
     def __str__(self):
         return f"{self.kind} {self.pk} ({self.status})"
-
-    @property
-    def elapsed_s(self) -> float | None:
-        if not self.started:
-            return None
-        return ((self.finished or timezone.now()) - self.started).total_seconds()
 
     @property
     def remaining_s(self) -> float | None:
