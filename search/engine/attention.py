@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .collection import ImageRecord
 from .errors import ModelError
-from .model import TrainedModel, eval_transform, file_checksum
+from .model import TrainedModel, eval_transform, file_checksum, save_checkpoint
 from .training import load_resized
 
 
@@ -120,15 +120,10 @@ def train_attention(model: TrainedModel, train: list[ImageRecord], val: list[Ima
 
 
 def save_attention(path: Path, head: AttentionHead, info: dict) -> TrainedAttention:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save({"dim": head.dim, "num_classes": head.num_classes, "hidden": head.hidden,
-                "state_dict": head.state_dict(), "classifier_checksum": info["classifier_checksum"]}, tmp)
-    tmp.replace(path)
-    checksum = file_checksum(path)
-    path.with_suffix(".json").write_text(json.dumps(dict(info, checksum=checksum), indent=2))
-    return TrainedAttention(head.eval(), checksum, path, info)
+    checksum = save_checkpoint(
+        path, {"dim": head.dim, "num_classes": head.num_classes, "hidden": head.hidden,
+               "state_dict": head.state_dict(), "classifier_checksum": info["classifier_checksum"]}, info)
+    return TrainedAttention(head.eval(), checksum, Path(path), info)
 
 
 def load_attention(path: Path, model: TrainedModel, device="cpu") -> TrainedAttention:

@@ -70,18 +70,25 @@ def metrics_path(checkpoint: Path) -> Path:
     return Path(checkpoint).with_suffix(".json")
 
 
-def save_classifier(path: Path, backbone: Backbone, classes: list[str], image_size: int, info: dict) -> str:
-    """Write the checkpoint and its JSON (metrics, classes, settings); return the checkpoint checksum."""
+def save_checkpoint(path: Path, payload: dict, info: dict) -> str:
+    """Write ``payload`` with torch.save through a temporary file (a reader never sees half a
+    checkpoint) and ``info`` plus the checksum as JSON beside it; return the checksum."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".pt.tmp")
-    torch.save({"backbone": backbone.name, "classes": classes, "image_size": image_size,
-                "state_dict": backbone.state_dict()}, tmp)
+    torch.save(payload, tmp)
     tmp.replace(path)
     checksum = file_checksum(path)
-    metrics = dict(info, backbone=backbone.name, classes=classes, image_size=image_size, checksum=checksum)
-    metrics_path(path).write_text(json.dumps(metrics, indent=2, default=str))
+    metrics_path(path).write_text(json.dumps(dict(info, checksum=checksum), indent=2, default=str))
     return checksum
+
+
+def save_classifier(path: Path, backbone: Backbone, classes: list[str], image_size: int, info: dict) -> str:
+    """Write the checkpoint and its JSON (metrics, classes, settings); return the checkpoint checksum."""
+    return save_checkpoint(
+        path, {"backbone": backbone.name, "classes": classes, "image_size": image_size,
+               "state_dict": backbone.state_dict()},
+        dict(info, backbone=backbone.name, classes=classes, image_size=image_size))
 
 
 def load_classifier(path: Path, device: torch.device | str = "cpu") -> TrainedModel:
