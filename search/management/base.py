@@ -65,15 +65,20 @@ class EngineCommand(BaseCommand):
 class StageBars:
     """A progress callback ``(stage, done, total)`` drawing one tqdm bar per stage."""
 
-    def __init__(self):
+    def __init__(self, unit: str = "img"):
         self.bars = {}
+        self.unit = unit
+
+    def stage(self, name: str):
+        """A ``(done, total)`` callback for work that has a single stage."""
+        return lambda done, total: self(name, done, total)
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         from tqdm import tqdm
 
         bar = self.bars.get(stage)
         if bar is None:
-            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="img")
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit=self.unit)
         bar.total = total
         bar.update(done - bar.n)
 

@@ -3,7 +3,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from django.core.management.base import CommandError
-from tqdm import tqdm
 
 from ...engine.evaluation import evaluate_methods, format_table, write_report
 from ...engine.index import build_index, indexed_collection, load_index
@@ -28,15 +27,12 @@ class Command(EngineCommand):
         self.add_model_arguments(parser)
 
     def run(self, engine, query_ids, methods, label, n_candidates):
-        bar = tqdm(desc=f"evaluating {label}", unit="query")
-
-        def progress(done, total):
-            bar.total = total
-            bar.update(done - bar.n)
-
-        scores = evaluate_methods(engine, query_ids, methods, label, n_candidates=n_candidates, progress=progress)
-        bar.close()
-        return scores
+        bars = StageBars(unit="query")
+        try:
+            return evaluate_methods(engine, query_ids, methods, label, n_candidates=n_candidates,
+                                    progress=bars.stage(f"evaluating {label}"))
+        finally:
+            bars.close()
 
     def handle(self, *args, queries, methods, n_candidates, no_baseline, out, **options):
         config = self.config(options)

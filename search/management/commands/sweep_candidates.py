@@ -2,11 +2,9 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ...engine.evaluation import format_sweep, plot_sweep, sweep_candidates
 from ...engine.pipeline import DEFAULT_METHOD, METHODS, RetrievalEngine
-from ..base import EngineCommand
+from ..base import EngineCommand, StageBars
 
 
 class Command(EngineCommand):
@@ -25,10 +23,12 @@ class Command(EngineCommand):
         config = self.config(options)
         engine = RetrievalEngine.open(config, options["model"], options["index_dir"])
         query_ids = self.query_ids(options, engine)
-        bar = tqdm(desc="sweeping", unit="query")
-        points = sweep_candidates(engine, query_ids, method, [int(c) for c in counts.split(",") if c.strip()],
-                                  progress=lambda d, t: (setattr(bar, "total", t), bar.update(d - bar.n)))
-        bar.close()
+        bars = StageBars(unit="query")
+        try:
+            points = sweep_candidates(engine, query_ids, method, [int(c) for c in counts.split(",") if c.strip()],
+                                      progress=bars.stage("sweeping"))
+        finally:
+            bars.close()
         self.stdout.write(format_sweep(points))
         out_dir = out_dir or config.reports_dir
         out_dir.mkdir(parents=True, exist_ok=True)
