@@ -84,3 +84,48 @@ def test_match_writes_a_readable_png(tiny_attention, engine_config, tmp_path, se
     assert "inliers of" in stdout and str(out) in stdout
     with Image.open(out) as picture:
         assert picture.format == "PNG" and picture.height == 480 and picture.width > 800
+
+
+def test_sweep_candidates_writes_table_json_and_plot(tiny_fine_engine, engine_config, tmp_path, settings):
+    from PIL import Image
+
+    settings.RETRIEVAL = engine_config
+    queries = tmp_path / "queries.txt"
+    queries.write_text("buses/300.jpg\ndinosaurs/400.jpg\n")
+    stdout, _ = run("sweep_candidates", "--counts", "3,10,500", "--queries", str(queries),
+                    "--index-dir", str(tiny_fine_engine.index.path), "--out-dir", str(tmp_path))
+    data = json.loads((tmp_path / "sweep_candidates.json").read_text())
+    points = data["points"]
+    # 500 is more than the collection holds: clipped to the 39 other images.
+    assert [p["n_candidates"] for p in points] == [3, 10, 39]
+    assert all(p["n_queries"] == 2 and p["query_ms"] > 0 and p["fine_ms"] > 0 for p in points)
+    # More candidates can only find more verified images.
+    verified = [p["mean_verified"] for p in points]
+    assert verified == sorted(verified) and verified[-1] >= 1
+    assert "top-k inliers" in stdout and "39" in stdout
+    with Image.open(tmp_path / "sweep_candidates.png") as plot:
+        assert plot.format == "PNG" and plot.width > 300
+
+
+def test_benchmark_estimators_separates_true_from_unrelated_pairs(tiny_fine_engine, engine_config, tmp_path,
+                                                                  settings):
+    from .conftest import DATASETS
+
+    settings.RETRIEVAL = engine_config
+    folder = tmp_path / "boofcv"
+    folder.mkdir()
+    for source in sorted((DATASETS / "boofcv-scene").glob("*.jpg"))[:9]:  # three objects, three views each
+        (folder / source.name).symlink_to(source)
+    out = tmp_path / "estimators.json"
+    stdout, _ = run("benchmark_estimators", str(folder), "--methods", "ransac,usac_magsac", "--repeats", "1",
+                    "--index-dir", str(tiny_fine_engine.index.path), "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["ransac", "usac_magsac"]
+    for row in rows:
+        assert row["true_pairs"] == 18 and row["unrelated_pairs"] == 54
+        assert row["true_median_inliers"] > row["unrelated_max_inliers"]
+        assert row["unrelated_verified"] == 0 and row["ms_per_pair"] > 0
+    assert "usac_magsac" in stdout and "ms per pair" in stdout
+    with pytest.raises(CommandError, match="unknown method"):
+        run("benchmark_estimators", str(folder), "--methods", "lmeds", "--repeats", "1",
+            "--index-dir", str(tiny_fine_engine.index.path), "--out", str(out))
