@@ -41,14 +41,23 @@ def test_query_vectors_match_indexed_vectors(tiny_engine):
         np.testing.assert_allclose(vectors[variant][0], tiny_engine.index.vectors[variant][5], atol=1e-4)
 
 
+def with_settings(engine, **changes):
+    from search.engine.pipeline import RetrievalEngine
+
+    return RetrievalEngine(engine.model, engine.index, "cpu", engine.config.replace(**changes), engine.attention)
+
+
+@pytest.mark.parametrize("expansion", [0, 5])
 @pytest.mark.parametrize("variant", ["logits", "pca", "penultimate"])
-def test_search_returns_the_query_itself_first(tiny_engine, variant):
+def test_search_returns_the_query_itself_first(tiny_engine, variant, expansion):
+    engine = with_settings(tiny_engine, query_expansion=expansion)
     for position in (0, 17, 39):
-        response = tiny_engine.search(tiny_engine.index.path_of(position), variant, k=5)
+        response = engine.search(tiny_engine.index.path_of(position), variant, k=5)
         assert len(response.results) == 5
         first = response.results[0]
         assert first.image_id == tiny_engine.index.image_ids[position]
-        assert first.distance < 1e-3
+        if not expansion:  # with it, distances are to the expanded query
+            assert first.distance < 1e-3
         distances = [r.distance for r in response.results]
         assert distances == sorted(distances)
         assert [r.rank for r in response.results] == [1, 2, 3, 4, 5]
@@ -112,3 +121,18 @@ def test_unreadable_images_are_skipped_and_reported(tiny_model, engine_config, t
     skipped = dict(index.manifest["skipped"])
     assert set(skipped) == {"broken.jpg", "text.png"}
     assert "truncated" in skipped["broken.jpg"] and "not an image" in skipped["text.png"]
+
+
+def test_query_expansion_searches_with_the_average_of_the_nearest(tiny_engine):
+    index = tiny_engine.index
+    plain, expanded = with_settings(tiny_engine, query_expansion=0), with_settings(tiny_engine, query_expansion=3)
+    exclude = frozenset({index.image_ids[12]})
+    vectors = plain.query_vectors(open_image(index.path_of(12)))
+    nearest, _ = plain.rank(vectors, "pca", 3, exclude)
+    query = vectors["pca"][0] + np.asarray(index.vectors["pca"])[nearest].sum(0)
+    query /= np.linalg.norm(query)
+    distances = np.linalg.norm(np.asarray(index.vectors["pca"]) - query, axis=1)
+    distances[12] = np.inf
+    positions, got = expanded.rank(vectors, "pca", 10, exclude)
+    np.testing.assert_array_equal(positions, np.argsort(distances)[:10])
+    np.testing.assert_allclose(got, np.sort(distances)[:10], atol=1e-4)

@@ -44,15 +44,13 @@ def corel(tmp_path_factory, engine_config):
 
 
 def test_corel_classifier_and_attention_head_train(corel):
-    # Issue target: 0.97, NOT met as the index sees images: measured 0.96 (6 epochs, seed 0)
-    # with validation images resized straight to 224x224 as the index does; the same
-    # checkpoint scores 0.975 on validation images first shrunk like the training images
-    # (a train/eval preprocessing gap to close next). The guard catches regressions.
+    # Issue target: 0.97. Measured 0.98 (288x288 input, 6 epochs, seed 0; training on CPU
+    # is deterministic here: the same losses to the last digit run after run).
     result = corel["result"]
     print("classifier history", json.dumps(result.history))
     history = corel["attention"].info["history"]
     print("attention head first/last epoch", history[0], history[-1])
-    assert result.val_accuracy >= 0.955
+    assert result.val_accuracy >= 0.97
     assert history[-1]["train_loss"] < history[0]["train_loss"] / 4
     assert history[-1]["val_accuracy"] >= 0.9
 
@@ -69,9 +67,9 @@ def test_corel_table1_targets_and_baseline(corel, tmp_path):
               f"verified/query {s.mean_verified:.1f}")
     coarse = [scores[v] for v in ("logits", "pca", "penultimate")]
     best = max(coarse, key=lambda s: s.precision_at_10)
-    # Issue targets: P@10 >= 0.98 (NOT met: measured 0.9745 with logits) and mAP >= 0.95
-    # (met: 0.969). These guards catch regressions from the measured figures.
-    assert best.precision_at_10 >= 0.965
+    # Issue targets: P@10 >= 0.98 and mAP >= 0.95. Measured with the defaults (288x288,
+    # query expansion 3): PCA-32 P@10 0.9820, logits mAP 0.979.
+    assert best.precision_at_10 >= 0.98
     assert max(s.mean_ap for s in coarse) >= 0.95
     # the fine stage may not cost the best coarse method more than 0.02 of precision@10
     assert scores[best.variant + "+attention"].precision_at_10 >= best.precision_at_10 - 0.02
@@ -116,7 +114,7 @@ def test_boofcv_instances_among_corel_distractors(corel, tmp_path):
           "median inliers true/false:", np.median(inliers_true), np.median(inliers_false or [0]))
     assert hits["penultimate+attention"] >= 22
     # Verification must beat coarse-only. Measured: penultimate alone already finds all 24
-    # (nothing left to beat), logits alone 14 of 24 (a 10-class space cannot tell instances
-    # apart), and verification lifts both to 24.
+    # (nothing left to beat), logits alone 21 of 24 (a 10-class space cannot tell instances
+    # apart well), logits + verification 23.
     assert hits["penultimate+attention"] >= hits["penultimate"]
     assert hits["logits+attention"] > hits["logits"]

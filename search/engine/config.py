@@ -31,7 +31,8 @@ class EngineConfig:
     backbone: str = "efficientnet_lite0"
     resnet18_weights: str = ""  # path to a torchvision resnet18 state dict; empty: torch cache
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    image_size: int = 224
+    # 288 rather than the pretrained 224: Corel-1k validation accuracy 0.98 vs 0.965 (see README).
+    image_size: int = 288
     batch_size: int = 32
     epochs: int = 6
     learning_rate: float = 0.01
@@ -45,6 +46,12 @@ class EngineConfig:
     # Global features and the coarse search.
     pca_dim: int = 32
     n_candidates: int = 4000
+    # Average query expansion: the query vector is averaged with its nearest
+    # images before the search (0: off). Measured (README): 3 lifts Corel-1k
+    # PCA-32 P@10 0.9755 -> 0.9820 and keeps boofcv's instances at 24/24;
+    # 5 reaches 0.9825 but pulls distractors into the expansion of a
+    # 3-image object and drops boofcv to 12-16 of 24 without verification.
+    query_expansion: int = 3
     top_k: int = 10
     leaf_size: int = 40
 

@@ -15,7 +15,7 @@ import numpy as np
 from .attention import TrainedAttention, load_attention
 from .config import EngineConfig
 from .errors import EngineError, SearchIndexError
-from .features import VARIANTS, embed_batch, variant_vectors
+from .features import VARIANTS, embed_batch, l2_normalise, variant_vectors
 from .images import open_image
 from .index import SearchIndex, load_index
 from .local_features import AttentionExtractor, LocalFeatures
@@ -102,8 +102,21 @@ class RetrievalEngine:
 
     def rank(self, vectors: dict[str, np.ndarray], variant: str, n: int,
              exclude_ids: frozenset[str] = frozenset()) -> tuple[np.ndarray, np.ndarray]:
-        """Positions and distances of the ``n`` nearest images, skipping ``exclude_ids``."""
-        positions, distances = self.index.coarse_candidates(vectors[variant], variant, n + len(exclude_ids))
+        """Positions and distances of the ``n`` nearest images, skipping ``exclude_ids``.
+
+        With ``query_expansion`` = e > 0 (average query expansion, Chum et al. 2007) the
+        query vector is first averaged with its e nearest images and searched again:
+        distances are then to that expanded query."""
+        vector = np.atleast_2d(vectors[variant])
+        expand = self.config.query_expansion
+        if expand > 0:
+            first, _ = self._nearest(vector, variant, expand, exclude_ids)
+            vector = l2_normalise(vector + np.asarray(self.index.vectors[variant][np.sort(first)]).sum(0))
+        return self._nearest(vector, variant, n, exclude_ids)
+
+    def _nearest(self, vector: np.ndarray, variant: str, n: int,
+                 exclude_ids: frozenset[str]) -> tuple[np.ndarray, np.ndarray]:
+        positions, distances = self.index.coarse_candidates(vector, variant, n + len(exclude_ids))
         if exclude_ids:
             keep = np.array([self.index.image_ids[p] not in exclude_ids for p in positions], dtype=bool)
             positions, distances = positions[keep], distances[keep]
