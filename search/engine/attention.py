@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .collection import ImageRecord
 from .errors import ModelError
-from .model import TrainedModel, eval_transform, file_checksum, save_checkpoint
+from .model import TrainedModel, eval_transform, file_checksum, metrics_path, save_checkpoint
 from .training import load_resized
 
 
@@ -135,6 +135,6 @@ def load_attention(path: Path, model: TrainedModel, device="cpu") -> TrainedAtte
         raise ModelError(f"{path} was trained on another classifier; retrain the attention head")
     head = AttentionHead(checkpoint["dim"], checkpoint["num_classes"], checkpoint["hidden"])
     head.load_state_dict(checkpoint["state_dict"], strict=True)
-    info_file = path.with_suffix(".json")
+    info_file = metrics_path(path)
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     return TrainedAttention(head.to(device).eval(), file_checksum(path), path, info)

@@ -36,6 +36,7 @@ class Command(EngineCommand):
         if engine.extractor is None:
             raise CommandError("the active index has no local features; index with the attention head first")
         features = [engine.query_local(open_image(p)) for p in paths]
+        candidates = [(f.keypoints, f.descriptors) for f in features]
         groups = np.arange(len(paths)) // group_size
         same = groups[:, None] == groups[None, :]
         off_diagonal = ~np.eye(len(paths), dtype=bool)
@@ -49,8 +50,7 @@ class Command(EngineCommand):
             for _ in range(repeats):
                 started = time.perf_counter()
                 for i, query in enumerate(features):
-                    results = verify_candidates(query.keypoints, query.descriptors,
-                                                [(f.keypoints, f.descriptors) for f in features], settings)
+                    results = verify_candidates(query.keypoints, query.descriptors, candidates, settings)
                     inliers[i] = [r.inliers for r in results]
                 elapsed.append(time.perf_counter() - started)
             true, unrelated = inliers[same & off_diagonal], inliers[~same]
