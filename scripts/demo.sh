@@ -18,18 +18,15 @@ manage() { "$VENV/bin/python" manage.py "$@"; }
 COLLECTION="${1:-${RETRIEVAL_COLLECTION_DIR:-$ROOT/../shared/datasets/corel1k/images}}"
 DATA_DIR="${RETRIEVAL_DATA_DIR:-$ROOT/var}"
 export RETRIEVAL_COLLECTION_DIR="$COLLECTION"
-LABELS="${2:-}"
-if [ -z "$LABELS" ]; then
-  if [ -z "${1:-}" ]; then
-    LABELS="$DATA_DIR/corel1k-labels.csv"
-    [ -f "$LABELS" ] || manage make_labels "$COLLECTION" --preset corel1k --out "$LABELS"
-  else
-    LABELS=folders
-  fi
+if [ -z "${1:-}" ] && [ -z "${2:-}" ]; then
+  LABELS="$DATA_DIR/corel1k-labels.csv"   # written by --preset corel1k
+  LABEL_ARGS=(--preset corel1k)
+else
+  LABELS="${2:-folders}"
+  LABEL_ARGS=(--labels "$LABELS")
 fi
 
-[ -f "$DATA_DIR/models/classifier.pt" ] || manage train --collection "$COLLECTION" --labels "$LABELS"
-[ -e "$DATA_DIR/index/active" ] || manage index --collection "$COLLECTION" --labels "$LABELS"
+manage prepare_collection --collection "$COLLECTION" "${LABEL_ARGS[@]}"
 ls "$DATA_DIR"/reports/evaluate-*.json >/dev/null 2>&1 || manage evaluate --queries val
 first_image="$(find -L "$COLLECTION" -type f \( -iname '*.jpg' -o -iname '*.png' \) | sort | head -n 1)"
 echo "sample search with $first_image:"

@@ -51,6 +51,23 @@ def test_train_index_search_evaluate(tiny_collection_dir, tmp_path, settings):
     assert all(m["n_queries"] == 40 for m in data["methods"])
     assert "P@10" in stdout and "imagenet penultimate" in stdout
 
+    # prepare_collection (demo.sh, compose's setup): writes a preset's labels, keeps what is done
+    corel_folder = tmp_path / "corel-numbers"
+    corel_folder.mkdir()
+    for number in (5, 150, 420):
+        (corel_folder / f"{number}.jpg").symlink_to(corel_image(number))
+    model_bytes = (tmp_path / "models" / "classifier.pt").read_bytes()
+    active = (tmp_path / "index" / "active").resolve()
+    stdout, _ = run("prepare_collection", "--collection", str(corel_folder), "--preset", "corel1k")
+    assert "wrote 3 labels in 3 classes" in stdout and "ready to search" in stdout
+    assert "exists (delete it to retrain)" in stdout and "is active" in stdout
+    rows = {row["path"]: row["label"] for row in csv.DictReader((tmp_path / "corel1k-labels.csv").open())}
+    assert rows == {"5.jpg": "africa", "150.jpg": "beach", "420.jpg": "dinosaurs"}
+    assert (tmp_path / "models" / "classifier.pt").read_bytes() == model_bytes
+    assert (tmp_path / "index" / "active").resolve() == active
+    stdout, _ = run("prepare_collection", "--collection", str(corel_folder), "--preset", "corel1k")
+    assert "corel1k-labels.csv exists" in stdout
+
 
 def test_search_errors_are_readable(tmp_path, settings):
     settings.RETRIEVAL = settings.RETRIEVAL.replace(data_dir=tmp_path)

@@ -1,0 +1,44 @@
+"""Make a collection searchable from nothing: labels, a trained model, an active index.
+
+Steps already done are skipped, so the demo script and docker compose's
+``setup`` service can run it on every start."""
+from pathlib import Path
+
+from django.core.management import call_command
+
+from ...engine.index import ACTIVE
+from ..base import EngineCommand
+from .make_labels import PRESETS
+
+
+class Command(EngineCommand):
+    help = ("Write the labels of a known collection (--preset), train the classifier and attention head "
+            "unless a checkpoint exists, and build the index unless one is active. Idempotent.")
+
+    def add_arguments(self, parser):
+        self.add_collection_arguments(parser)
+        parser.add_argument("--preset", choices=sorted(PRESETS),
+                            help="labels by a known collection's rule, written to <data dir>/<preset>-labels.csv "
+                                 "(instead of --labels)")
+        parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the RETRIEVAL_DEVICE setting)")
+
+    def handle(self, *args, collection, labels, exclude_label, preset, device, **options):
+        config = self.config({"device": device})
+        collection = Path(collection or config.collection_dir)
+        if preset:
+            labels = str(Path(config.data_dir) / f"{preset}-labels.csv")
+            if Path(labels).is_file():
+                self.stdout.write(f"labels: {labels} exists")
+            else:
+                call_command("make_labels", str(collection), out=Path(labels), preset=preset, stdout=self.stdout)
+        shared = dict(collection=collection, labels=labels, exclude_label=list(exclude_label), device=device,
+                      stdout=self.stdout, stderr=self.stderr)
+        if config.default_model_path.is_file():
+            self.stdout.write(f"classifier: {config.default_model_path} exists (delete it to retrain)")
+        else:
+            call_command("train", **shared)
+        if (config.index_root / ACTIVE).exists():
+            self.stdout.write(f"index: {config.index_root / ACTIVE} is active (run 'index' to rebuild)")
+        else:
+            call_command("index", **shared)
+        self.stdout.write(self.style.SUCCESS(f"{collection} is ready to search"))
