@@ -13,5 +13,12 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null \
     || echo "test.sh: could not install chromium; the browser tests will be skipped" >&2
 fi
+# The compose test (tests/web/test_compose.py) runs docker-compose.yml's services on the local
+# PostgreSQL; start it when it is installed but not running (it is skipped when there is none).
+if command -v pg_isready >/dev/null && ! pg_isready -h 127.0.0.1 -q && command -v pg_ctlcluster >/dev/null; then
+  echo "test.sh: starting PostgreSQL" >&2
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start \
+    || echo "test.sh: could not start PostgreSQL; the compose test will be skipped" >&2
+fi
 # The web tests start their own Celery worker (tests/web/conftest.py) on the Redis bootstrap started.
 exec "$VENV/bin/python" -m pytest "$@"
