@@ -7,11 +7,15 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
 # The browser tests drive Debian's Chromium (never a downloaded browser).
-if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
-  echo "test.sh: installing chromium and chromium-driver (apt-get)" >&2
+# docker-compose (v1, Python) validates docker-compose.yml without a Docker engine.
+MISSING=()
+[ -x /usr/bin/chromium ] || MISSING+=(chromium chromium-driver)
+command -v docker-compose >/dev/null || MISSING+=(docker-compose)
+if [ "${#MISSING[@]}" -gt 0 ] && command -v apt-get >/dev/null; then
+  echo "test.sh: installing ${MISSING[*]} (apt-get)" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null \
-    || echo "test.sh: could not install chromium; the browser tests will be skipped" >&2
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${MISSING[@]}" >/dev/null \
+    || echo "test.sh: could not install ${MISSING[*]}; the tests needing them will be skipped" >&2
 fi
 # The compose test (tests/web/test_compose.py) runs docker-compose.yml's services on the local
 # PostgreSQL; start it when it is installed but not running (it is skipped when there is none).

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,8 +24,6 @@ import pytest
 
 from ..conftest import corel_image
 from .conftest import ARTIFACTS, REPO, wait_for
-
-pytestmark = pytest.mark.slow
 
 COMPOSE = REPO / "docker-compose.yml"
 PG_ADMIN = dict(host=os.environ.get("PGHOST", "127.0.0.1"), port=int(os.environ.get("PGPORT", 5432)),
@@ -137,6 +136,25 @@ def multipart(fields: dict[str, str], files: dict[str, Path]) -> tuple[bytes, st
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
+@pytest.mark.skipif(not shutil.which("docker-compose"), reason="no docker-compose (Debian package docker-compose)")
+def test_compose_file_is_valid_for_docker_compose():
+    """docker-compose checks the file against the Compose schema without an engine."""
+    result = subprocess.run(["docker-compose", "--profile", "cpu", "--profile", "gpu", "config"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    import yaml
+
+    resolved = yaml.safe_load(result.stdout)
+    assert set(resolved["services"]) == {"setup", "web", "worker", "worker-gpu", "redis", "postgres"}
+    gpu = resolved["services"]["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
+    for name in ("web", "worker", "worker-gpu"):
+        depends = resolved["services"][name]["depends_on"]
+        assert depends["setup"]["condition"] == "service_completed_successfully"
+        assert "retrieval-data:/data:rw" in resolved["services"][name]["volumes"]
+
+
+@pytest.mark.slow
 def test_compose_services_run_the_demo_on_postgres_and_redis(postgres_database, tiny_collection_dir, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     data_dir = tmp_path / "data"
