@@ -78,12 +78,16 @@ def start_worker(queue: str, log_name: str, **extra_env) -> subprocess.Popen:
     raise RuntimeError(f"the Celery worker did not answer within 90 s; see {ARTIFACTS / log_name}")
 
 
-def stop_worker(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group a ``start_new_session`` process leads (a worker's or
+    gunicorn's children included), SIGKILL after 30 s."""
     try:
+        os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+    except ProcessLookupError:
+        process.wait()
     except subprocess.TimeoutExpired:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
 
@@ -92,7 +96,7 @@ def celery_worker_process(site_index, django_db_setup):
     """The session's worker, on the session's private queue."""
     process = start_worker(os.environ["CELERY_TASK_DEFAULT_QUEUE"], "celery-worker.log")
     yield process
-    stop_worker(process)
+    stop_process(process)
 
 
 def wait_for(predicate, timeout=120.0, interval=0.3, what="condition"):

@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import corel_image
-from .conftest import ARTIFACTS, REPO, wait_for
+from .conftest import ARTIFACTS, REPO, stop_process, wait_for
 
 COMPOSE = REPO / "docker-compose.yml"
 PG_ADMIN = dict(host=os.environ.get("PGHOST", "127.0.0.1"), port=int(os.environ.get("PGPORT", 5432)),
@@ -102,15 +101,6 @@ def start(command: list[str], env: dict[str, str], log_name: str) -> subprocess.
                                start_new_session=True)
     log.close()
     return process
-
-
-def stop(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, 15)
-        process.wait(timeout=30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(process.pid, 9)
-        process.wait()
 
 
 def http(url: str, data: bytes | None = None, headers: dict | None = None):
@@ -220,5 +210,5 @@ def test_compose_services_run_the_demo_on_postgres_and_redis(postgres_database, 
                 cursor.execute("SELECT status FROM search_searchjob WHERE id = %s", (json.loads(created)["id"],))
                 assert cursor.fetchone() == ("done",)
     finally:
-        stop(web)
-        stop(worker)
+        stop_process(web)
+        stop_process(worker)

@@ -11,7 +11,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from search.models import SearchJob, Status
 from tests.conftest import corel_image
 
-from .conftest import start_worker, stop_worker, wait_for
+from .conftest import start_worker, stop_process, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -41,6 +41,6 @@ def test_a_search_whose_worker_was_killed_is_redone_by_the_next_worker(site_inde
         done = wait_for(lambda: SearchJob.objects.get(pk=job.pk).status == Status.DONE, 120, 0.5,
                         "the next worker to redo the job")
     finally:
-        stop_worker(second)
+        stop_process(second)
     job.refresh_from_db()
     assert done and len(job.results) == 3 and job.error == ""
