@@ -92,3 +92,42 @@ def test_resnet18_missing_or_wrong_weights_are_named(tmp_path):
 def test_unknown_backbone_is_refused():
     with pytest.raises(ModelError, match="unknown backbone 'vgg'"):
         build_backbone("vgg", 3)
+
+
+def test_weight_average_is_the_mean_and_recomputes_batchnorm_statistics():
+    from search.engine.training import WeightAverage
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    average = WeightAverage(first_epoch=2)
+    snapshots = []
+    for epoch in (1, 2, 3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        average.add(epoch, model)
+    assert average.epochs == [2, 3]
+    data = torch.randn(16, 3, 8, 8)
+    average.apply(model, [(data[:8], None), (data[8:], None)], "cpu")
+    state = model.state_dict()
+    expected = (snapshots[1]["0.weight"] + snapshots[2]["0.weight"]) / 2
+    assert torch.allclose(state["0.weight"], expected, atol=1e-6)
+    assert not torch.allclose(state["0.weight"], snapshots[2]["0.weight"])
+    # BatchNorm statistics are those of the averaged convolution's output on the data
+    with torch.no_grad():
+        conv_out = model[0](data)
+    assert torch.allclose(state["1.running_mean"], conv_out.mean((0, 2, 3)), atol=1e-5)
+    assert model[1].momentum == 0.1 and not model.training
+
+
+def test_training_saves_the_average_of_the_last_epochs(tiny_collection, engine_config, tmp_path):
+    from search.engine.training import train_classifier
+
+    config = engine_config.replace(average_last_epochs=2)
+    path = tmp_path / "averaged.pt"
+    result = train_classifier(tiny_collection, config, path, epochs=2)
+    assert [row["epoch"] for row in result.history] == [1, 2, "average of 1-2"]
+    info = json.loads(metrics_path(path).read_text())
+    assert info["averaged_epochs"] == [1, 2] and info["settings"]["average_last_epochs"] == 2
+    assert info["val_accuracy"] == result.history[-1]["val_accuracy"]

@@ -67,13 +67,12 @@ def test_corel_table1_targets_and_baseline(corel, tmp_path):
               f"verified/query {s.mean_verified:.1f}")
     coarse = [scores[v] for v in ("logits", "pca", "penultimate")]
     best = max(coarse, key=lambda s: s.precision_at_10)
-    # Issue targets: P@10 >= 0.98 and mAP >= 0.95. Measured with the defaults (288x288,
-    # query expansion 3), two runs on two machines: best P@10 0.9820 (PCA-32) and 0.9760
-    # (logits and PCA-32), logits mAP 0.979 both times. Training is repeatable on one machine,
-    # not across machines, and the P@10 target sits inside that spread, so the guard is
-    # 0.97 (above ImageNet Lite0's 0.967 with no fine-tuning), not the target itself.
+    # Issue targets: P@10 >= 0.98 and mAP >= 0.95. Training on CPU repeats on one machine,
+    # not across machines. Best P@10 with the last epoch's weights, four trainings: 0.9820,
+    # 0.9760, 0.9795, 0.9815; with the average of epochs 4-6 (the default since): 0.9890 and
+    # 0.9815 (README). The guard leaves one query's worth of room below the target.
     print(f"best coarse P@10 {best.precision_at_10:.4f} (issue target 0.98)")
-    assert best.precision_at_10 >= 0.97
+    assert best.precision_at_10 >= 0.975
     assert max(s.mean_ap for s in coarse) >= 0.95
     # the fine stage may not cost the best coarse method more than 0.02 of precision@10
     assert scores[best.variant + "+attention"].precision_at_10 >= best.precision_at_10 - 0.02
@@ -117,8 +116,8 @@ def test_boofcv_instances_among_corel_distractors(corel, tmp_path):
     print("boofcv top-2 sibling hits of 24:", hits,
           "median inliers true/false:", np.median(inliers_true), np.median(inliers_false or [0]))
     assert hits["penultimate+attention"] >= 22
-    # Verification must beat coarse-only. Measured: penultimate alone already finds all 24
-    # (nothing left to beat), logits alone 21 of 24 (a 10-class space cannot tell instances
-    # apart well), logits + verification 23.
+    # Verification must beat coarse-only where coarse-only leaves room. Measured: penultimate
+    # alone already finds all 24 (nothing left to beat), logits alone 21 of 24 (a 10-class
+    # space cannot tell instances apart well), logits + verification 23.
     assert hits["penultimate+attention"] >= hits["penultimate"]
-    assert hits["logits+attention"] > hits["logits"]
+    assert hits["logits+attention"] > hits["logits"] or hits["logits"] == len(group)
