@@ -17,7 +17,9 @@ from search.engine.training import train_classifier
 
 from .conftest import COREL, COREL_CLASSES, DATASETS
 
-pytestmark = pytest.mark.slow
+# The module fixture trains on all of Corel-1k (about 25 min on the slowest 2-core machine seen,
+# 3.5-4 min per epoch); its setup counts against the first test's timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 BOOFCV = DATASETS / "boofcv-scene"
 
