@@ -17,8 +17,9 @@ from search.engine.training import train_classifier
 
 from .conftest import COREL, COREL_CLASSES, DATASETS
 
-# The module fixture trains on all of Corel-1k (about 25 min on the slowest 2-core machine seen,
-# 3.5-4 min per epoch); its setup counts against the first test's timeout.
+# The module fixture trains on all of Corel-1k and indexes it (32 min of training plus 6 min in
+# a CI run on the slowest 2-core machine seen, 5 min per epoch); pytest-timeout counts fixture
+# setup against the first test.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 BOOFCV = DATASETS / "boofcv-scene"
