@@ -3,9 +3,10 @@
 80/20 stratified split (seeded), standard augmentation, SGD with momentum
 and a cosine schedule; per-epoch loss and validation accuracy. The saved
 weights are the average of the last few epochs' weights (stochastic weight
-averaging, Izmailov et al. 2018) with BatchNorm statistics recomputed: one
-run's last epoch lands somewhere in a flat valley that differs from machine
-to machine, the average sits nearer its middle.
+averaging, Izmailov et al. 2018) with BatchNorm statistics recomputed: the
+last epoch's weights differ from machine to machine (CPU float sums differ)
+and with them a few borderline images; the average retrieved better on the
+Corel-1k runs measured (README).
 """
 from __future__ import annotations
 
@@ -232,6 +233,7 @@ class WeightAverage:
         model.load_state_dict(state)
         norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
         if not norms:
+            model.eval()
             return
         saved_momentum = [m.momentum for m in norms]
         for m in norms:
