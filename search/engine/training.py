@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 from sklearn.model_selection import train_test_split
+from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -231,19 +232,7 @@ class WeightAverage:
         state = model.state_dict()
         state.update({name: mean.to(state[name].dtype) for name, mean in self.mean.items()})
         model.load_state_dict(state)
-        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        if not norms:
-            model.eval()
-            return
-        saved_momentum = [m.momentum for m in norms]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the pass
-        model.train()
-        for images, _ in tqdm(train_loader, desc="batchnorm statistics", unit="batch", leave=False):
-            model(images.to(device))
-        for m, momentum in zip(norms, saved_momentum):
-            m.momentum = momentum
+        update_bn(tqdm(train_loader, desc="batchnorm statistics", unit="batch", leave=False), model, device)
         model.eval()
 
 
