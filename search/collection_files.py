@@ -2,34 +2,24 @@
 and the correspondence picture of a search result."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from django.conf import settings
 
 from .conf import engine_config
+from .engine import layout
 from .engine.errors import EngineError
 from .engine.images import open_image
-from .engine.index import MANIFEST, TABLE, active_build
 from .models import SearchJob
 
-_table: dict = {"build": None, "rows": None, "root": None}
 
-
-def indexed_images() -> tuple[Path, Path, dict[str, dict]]:
-    """(active build, collection root, {image_id: {"path", "label"}}), re-read when the build changes."""
-    build = active_build(engine_config().index_root)
-    if _table["build"] != build:
-        manifest = json.loads((build / MANIFEST).read_text())
-        rows = {row["id"]: row for row in json.loads((build / TABLE).read_text())}
-        _table.update(build=build, rows=rows, root=Path(manifest["collection_root"]))
-    return _table["build"], _table["root"], _table["rows"]
+def active_catalog() -> layout.Catalog:
+    """The active build's images by id (read once per build)."""
+    return layout.catalog(engine_config().index_root)
 
 
 def indexed_image_path(image_id: str) -> Path | None:
-    _, root, rows = indexed_images()
-    row = rows.get(image_id)
-    return None if row is None else root / row["path"]
+    return active_catalog().path_of(image_id)
 
 
 def thumbnail(image_id: str, max_side: int = 256) -> Path | None:
@@ -71,8 +61,7 @@ def correspondence_png(job: SearchJob, result: dict) -> bytes:
 def add_to_collection(images, label: str) -> tuple[Path, list[Path]]:
     """Save decoded images as JPEGs under ``<active collection root>/<label>/`` (never
     overwriting); returns the folder and the files written."""
-    _, root, _ = indexed_images()
-    folder = root / label
+    folder = active_catalog().collection_root / label
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, image in images:

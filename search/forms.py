@@ -10,24 +10,18 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from .engine.errors import ImageError
 from .engine.images import open_image
-from .engine.pipeline import DEFAULT_METHOD, METHODS
+from .engine.methods import DEFAULT_METHOD, METHODS, method_label
 
-METHOD_LABELS = {
-    "logits": "logits (coarse only)",
-    "pca": "PCA-32 (coarse only)",
-    "penultimate": "penultimate (coarse only)",
-    "logits+attention": "logits + attention verification",
-    "pca+attention": "PCA-32 + attention verification",
-    "penultimate+attention": "penultimate + attention verification (best)",
-}
+
+def method_choices() -> list[tuple[str, str]]:
+    return [(m, method_label(m, settings.RETRIEVAL.pca_dim)) for m in METHODS]
 
 
 class SearchForm(forms.Form):
     image = forms.FileField(label="Query image", error_messages={
         "required": "Choose an image file to search with (form field 'image').",
         "empty": "The uploaded file is empty."})
-    method = forms.ChoiceField(choices=[(m, METHOD_LABELS.get(m, m)) for m in METHODS], initial=DEFAULT_METHOD,
-                               required=False)
+    method = forms.ChoiceField(choices=method_choices, initial=DEFAULT_METHOD, required=False)
     k = forms.IntegerField(min_value=1, max_value=100, initial=10, label="Results (k)", required=False)
 
     def clean_method(self):

@@ -5,45 +5,20 @@ redelivered one is redone)."""
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 from django.utils import timezone
 
 from .conf import engine_config
+from .engine import layout
 from .engine.errors import EngineError
 from .engine.images import open_image
-from .engine.index import active_build
 from .engine.pipeline import RetrievalEngine
+from .engine.progress import Throttle
+from .engine.workflows import open_engine
 from .models import SearchJob, Status
 
 log = logging.getLogger(__name__)
-
-VERIFY_CHUNK = 200  # candidates verified per batch between two progress reports
-
-
-class ReportingEngine(RetrievalEngine):
-    """The engine, with verification done in batches so a job can say 'verifying n of N'."""
-
-    _report = None
-
-    def verify(self, query, positions):
-        results = []
-        for start in range(0, len(positions), VERIFY_CHUNK):
-            if self._report:
-                self._report("verifying", start, len(positions))
-            results.extend(super().verify(query, positions[start:start + VERIFY_CHUNK]))
-        if self._report:
-            self._report("verifying", len(positions), len(positions))
-        return results
-
-    def search(self, image, *args, progress=None, **kwargs):
-        self._report = progress
-        try:
-            return super().search(image, *args, progress=progress, **kwargs)
-        finally:
-            self._report = None
-
 
 # One engine per worker process, reloaded when the active build changes.
 _engine: dict = {"build": None, "engine": None}
@@ -51,25 +26,12 @@ _engine: dict = {"build": None, "engine": None}
 
 def current_engine() -> RetrievalEngine:
     config = engine_config()
-    build = active_build(config.index_root)
+    build = layout.active_build(config.index_root)
     if _engine["build"] != build or _engine["engine"] is None:
         log.info("loading the engine on index build %s", build)
-        _engine["engine"] = ReportingEngine.open(config, index_path=build)
+        _engine["engine"] = open_engine(config, build)
         _engine["build"] = build
     return _engine["engine"]
-
-
-class Throttle:
-    """Calls ``write`` at most every ``interval`` seconds, and always on a new stage or at the end."""
-
-    def __init__(self, write, interval: float = 0.5):
-        self.write, self.interval, self.last, self.stage = write, interval, 0.0, None
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if stage != self.stage or done >= total or now - self.last >= self.interval:
-            self.stage, self.last = stage, now
-            self.write(stage, done, total)
 
 
 def _job_stage(stage: str, done: int, total: int) -> str:
@@ -77,7 +39,7 @@ def _job_stage(stage: str, done: int, total: int) -> str:
         return f"coarse: {total} candidates"
     if stage == "verifying":
         return f"verifying {done} of {total}"
-    return f"{stage} {done} of {total}"
+    return stage if total <= 1 else f"{stage} {done} of {total}"
 
 
 def result_row(result) -> dict:

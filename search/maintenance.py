@@ -1,4 +1,4 @@
-"""Reindex and retrain from the site, as the ``reindex``/``retrain`` tasks run them: progress
+"""Reindex and retrain from the site, as the ``maintain`` task runs them: progress
 and a log written to the MaintenanceRun row; the new build switched in only when complete
 (a retrain trains aside and swaps model and index together). Idempotent like the search jobs."""
 from __future__ import annotations
@@ -10,8 +10,12 @@ from django.conf import settings
 from django.utils import timezone
 
 from .conf import engine_config
-from .engine.errors import EngineError
-from .jobs import Throttle
+from .engine import layout
+from .engine.collection import Collection, scan_collection, write_labels_csv
+from .engine.errors import EngineError, SearchIndexError
+from .engine.index import activate_build
+from .engine.progress import Throttle
+from .engine.workflows import Models, index_collection, load_models, train_models
 from .models import MaintenanceRun, Status
 
 
@@ -42,81 +46,49 @@ class RunLog:
         self.throttle(step, done, total)
 
 
-def _scan(config, run: MaintenanceRun):
+def _scan(config, run: MaintenanceRun) -> Collection:
     """The collection a site-started rebuild indexes: the run's folder, else the active index's
     folder (else RETRIEVAL_COLLECTION_DIR); labelled by the run's labels, else COLLECTION_LABELS,
     else by the labels the active index recorded for the images still there."""
-    from .engine.collection import scan_collection, write_labels_csv
-    from .engine.index import load_index
-
     try:
-        index = load_index(config.index_root)
-    except EngineError:
-        index = None
+        active = layout.catalog(config.index_root)
+    except SearchIndexError:
+        active = None
     if run.collection_dir:
         root = Path(run.collection_dir)
     else:
-        root = index.collection_root if index is not None else Path(config.collection_dir)
+        root = active.collection_root if active is not None else Path(config.collection_dir)
     labels = run.labels or settings.COLLECTION_LABELS or None
-    if labels is None and index is not None:
-        labelled = {p: label for p, label in zip(index.relpaths, index.labels)
-                    if label is not None and (root / p).is_file()}
+    if labels is None and active is not None:
+        labelled = {row["path"]: row["label"] for row in active.rows.values()
+                    if row["label"] is not None and (root / row["path"]).is_file()}
         if labelled:
             labels = Path(config.data_dir) / "site-labels.csv"
             write_labels_csv(labels, labelled)
     return scan_collection(root, labels)
 
 
-def _build(config, run, model_path: Path, attention_path: Path, report: RunLog, activate: bool) -> Path:
-    from .engine.attention import load_attention
-    from .engine.index import build_index
-    from .engine.local_features import AttentionExtractor
-    from .engine.model import load_classifier, pick_device
-
-    device = pick_device(config.device)
-    model = load_classifier(model_path, device)
-    extractor = None
-    if Path(attention_path).is_file():
-        attention = load_attention(attention_path, model, device)
-        extractor = AttentionExtractor(model, attention, config.local_settings(), device)
+def _build(config, run, models: Models, report: RunLog, activate: bool) -> Path:
     collection = _scan(config, run)
     report.line(f"collection {collection.root}: {len(collection)} images, {len(collection.labelled())} labelled")
-    return build_index(collection, model, config.index_root, config, device, progress=report,
-                       local_extractor=extractor, activate=activate)
+    return index_collection(collection, models, config, activate=activate, progress=report)
 
 
 def reindex(config, report: RunLog, run: MaintenanceRun) -> Path:
-    return _build(config, run, config.default_model_path, config.default_attention_path, report, activate=True)
+    return _build(config, run, load_models(config), report, activate=True)
 
 
 def retrain(config, report: RunLog, run: MaintenanceRun) -> Path:
     """Train into a staging folder, index with it, then put the new model in place and switch the
     index: until that moment the old model and index keep serving."""
-    from .engine.attention import train_attention
-    from .engine.index import activate_build
-    from .engine.model import load_classifier, pick_device
-    from .engine.training import train_classifier
-
     staging = config.model_dir / f"staging-{run.pk}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     collection = _scan(config, run)
-    epochs = config.epochs
-
-    def epoch_report(step):
-        return lambda row: report(step, row["epoch"], row.get("epochs", epochs))
-
     report.line(f"training on {len(collection.labelled())} labelled images of {collection.root}")
-    result = train_classifier(collection, config, staging / "classifier.pt", progress=epoch_report("train classifier"))
-    report.line(f"classifier validation accuracy {result.val_accuracy:.4f}")
-    device = pick_device(config.device)
-    model = load_classifier(staging / "classifier.pt", device)
-    by_id = {r.image_id: r for r in collection.records}
-    train_attention(model, [by_id[i] for i in model.info["train_ids"]], [by_id[i] for i in model.info["val_ids"]],
-                    staging / "attention.pt", device, epochs=config.attention_epochs,
-                    learning_rate=config.attention_learning_rate, seed=config.seed,
-                    progress=epoch_report("train attention head"))
-    build = _build(config, run, staging / "classifier.pt", staging / "attention.pt", report, activate=False)
+    models = train_models(collection, config, staging / "classifier.pt", staging / "attention.pt", progress=report)
+    report.line(f"classifier validation accuracy {models.training.val_accuracy:.4f}")
+    build = _build(config, run, models, report, activate=False)
     for source in staging.iterdir():
         shutil.copy2(source, config.model_dir / (source.name + ".tmp"))
         (config.model_dir / (source.name + ".tmp")).replace(config.model_dir / source.name)

@@ -48,3 +48,15 @@ def label_precisions(reports_dir: Path) -> dict[str, float]:
         return {}
     data = json.loads(reports[-1].read_text())
     return {m["method"]: m["precision_at_10"] for m in data.get("methods", []) if m.get("stage") != "baseline"}
+
+
+def method_rows(rows: list[dict], reports_dir: Path) -> tuple[list[dict], list[dict]]:
+    """Human-rated precision per method with the label-based figure beside it, and the methods
+    that only have a label-based figure: what the report page and ``rating_report`` show."""
+    labels = label_precisions(reports_dir)
+    methods = method_precisions(rows)
+    for m in methods:
+        m["label_precision"] = labels.get(m["method"])
+    rated = {m["method"] for m in methods}
+    label_only = [{"method": m, "label_precision": p} for m, p in labels.items() if m not in rated]
+    return methods, label_only

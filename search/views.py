@@ -1,5 +1,6 @@
 """Thin views: forms and rows in, rows and templates out; the work is in Celery tasks
-(``workers/tasks.py`` -> ``search/jobs.py``, ``search/maintenance.py``) and the engine."""
+(queued by name through ``search/queue.py``; ``search/tasks.py`` -> ``search/jobs.py``,
+``search/maintenance.py``) and the engine. This module loads no model code."""
 from __future__ import annotations
 
 import json
@@ -19,7 +20,8 @@ from .conf import engine_config
 from .engine.errors import EngineError, SearchIndexError
 from .forms import CollectionUploadForm, MaintenanceForm, SearchForm
 from .models import MaintenanceRun, Rating, SearchJob, Status
-from .reports import job_precisions, label_precisions, method_precisions
+from .queue import enqueue_maintenance, enqueue_search
+from .reports import job_precisions, method_rows
 
 
 def may_search(view):
@@ -36,19 +38,16 @@ def may_search(view):
 
 def index_status() -> str:
     try:
-        build, _, rows = collection_files.indexed_images()
-        return f"index {build.name} is active ({len(rows)} images)"
+        catalog = collection_files.active_catalog()
+        return f"index {catalog.build.name} is active ({len(catalog)} images)"
     except (SearchIndexError, OSError) as exc:
         return str(exc)
 
 
-def enqueue_search(form: SearchForm) -> SearchJob:
-    from workers.tasks import run_search
-
+def start_search(form: SearchForm) -> SearchJob:
     job = SearchJob.objects.create(query_image=form.cleaned_data["image"], method=form.cleaned_data["method"],
                                    k=form.cleaned_data["k"])
-    task = run_search.delay(job.pk)
-    SearchJob.objects.filter(pk=job.pk).update(celery_task_id=task.id)
+    SearchJob.objects.filter(pk=job.pk).update(celery_task_id=enqueue_search(job.pk))
     return job
 
 
@@ -56,7 +55,7 @@ def enqueue_search(form: SearchForm) -> SearchJob:
 def home(request):
     form = SearchForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
-        job = enqueue_search(form)
+        job = start_search(form)
         return redirect("job", job_id=job.pk)
     status = 400 if request.method == "POST" else 200
     return render(request, "home.html", {"form": form, "status": index_status()}, status=status)
@@ -96,6 +95,7 @@ def job_page(request, job_id):
 
 @may_search
 def job_json(request, job_id):
+    """What the job page polls, and the API's GET of a search."""
     return JsonResponse(job_payload(request, get_object_or_404(SearchJob, pk=job_id)))
 
 
@@ -185,12 +185,8 @@ def rate(request, job_id):
 
 def report(request):
     rows = job_precisions()
-    labels = label_precisions(engine_config().reports_dir)
-    methods = method_precisions(rows)
-    for m in methods:
-        m["label_precision"] = labels.get(m["method"])
-    missing = [{"method": m, "label_precision": p} for m, p in labels.items() if m not in {x["method"] for x in methods}]
-    return render(request, "report.html", {"jobs": rows, "methods": methods, "label_only": missing})
+    methods, label_only = method_rows(rows, engine_config().reports_dir)
+    return render(request, "report.html", {"jobs": rows, "methods": methods, "label_only": label_only})
 
 
 # ---- JSON API --------------------------------------------------------------------------------
@@ -202,15 +198,10 @@ def api_create_search(request):
     form = SearchForm(request.POST, request.FILES)
     if not form.is_valid():
         return JsonResponse({"errors": {k: [str(e) for e in v] for k, v in form.errors.items()}}, status=400)
-    job = enqueue_search(form)
+    job = start_search(form)
     return JsonResponse({"id": job.pk, "status": job.status,
                          "url": request.build_absolute_uri(reverse("api_search", args=[job.pk])),
                          "page": request.build_absolute_uri(reverse("job", args=[job.pk]))}, status=201)
-
-
-@may_search
-def api_search(request, job_id):
-    return JsonResponse(job_payload(request, get_object_or_404(SearchJob, pk=job_id)))
 
 
 # ---- staff pages -----------------------------------------------------------------------------
@@ -218,10 +209,9 @@ def api_search(request, job_id):
 @staff_member_required
 def staff_home(request, form=None, upload_form=None, message=""):
     try:
-        build, root, rows = collection_files.indexed_images()
-        collection = {"build": build.name, "root": root, "size": len(rows),
-                      "labels": sorted({r["label"] for r in rows.values() if r["label"]}),
-                      "sample": list(rows)[:24]}
+        catalog = collection_files.active_catalog()
+        collection = {"build": catalog.build.name, "root": catalog.collection_root, "size": len(catalog),
+                      "labels": catalog.labels, "sample": list(catalog.rows)[:24]}
     except SearchIndexError as exc:
         collection = {"error": str(exc)}
     return render(request, "staff.html", {
@@ -248,8 +238,6 @@ def staff_upload(request):
 @require_POST
 @staff_member_required
 def staff_start(request):
-    from workers.tasks import reindex, retrain
-
     form = MaintenanceForm(request.POST)
     if not form.is_valid():
         return staff_home(request, form)
@@ -257,8 +245,7 @@ def staff_start(request):
     if busy is not None:
         return redirect("staff_run", run_id=busy.pk)
     run = MaintenanceRun.objects.create(requested_by=request.user.get_username(), **form.cleaned_data)
-    task = (retrain if run.kind == MaintenanceRun.TRAIN else reindex).delay(run.pk)
-    MaintenanceRun.objects.filter(pk=run.pk).update(celery_task_id=task.id)
+    MaintenanceRun.objects.filter(pk=run.pk).update(celery_task_id=enqueue_maintenance(run.pk))
     return redirect("staff_run", run_id=run.pk)
 
 

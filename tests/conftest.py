@@ -49,23 +49,36 @@ def tiny_collection(tiny_collection_dir):
 
 
 @pytest.fixture(scope="session")
-def tiny_training(tiny_collection, engine_config):
-    from search.engine.training import train_classifier
+def tiny_models(tiny_collection, engine_config):
+    """Classifier (one short epoch) and attention head (12 epochs), trained as `train` does."""
+    from search.engine.workflows import train_models
 
-    path = engine_config.default_model_path
-    result = train_classifier(tiny_collection, engine_config, path, epochs=1)
-    return path, result
+    return train_models(tiny_collection, engine_config.replace(attention_epochs=12), epochs=1)
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tiny_training):
-    from search.engine.model import load_classifier
+def tiny_training(tiny_models, engine_config):
+    return engine_config.default_model_path, tiny_models.training
 
-    return load_classifier(tiny_training[0], "cpu")
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_models):
+    return tiny_models.model
+
+
+@pytest.fixture(scope="session")
+def tiny_attention(tiny_models):
+    return tiny_models.attention
+
+
+@pytest.fixture(scope="session")
+def tiny_extractor(tiny_models):
+    return tiny_models.extractor
 
 
 @pytest.fixture(scope="session")
 def tiny_index_build(tiny_collection, tiny_model, engine_config):
+    """Global features only, under the session's index root."""
     from search.engine.index import build_index
 
     return build_index(tiny_collection, tiny_model, engine_config.index_root, engine_config, "cpu")
@@ -81,29 +94,9 @@ def tiny_engine(tiny_index_build, tiny_model, engine_config):
 
 
 @pytest.fixture(scope="session")
-def tiny_attention(tiny_model, tiny_collection, engine_config):
-    from search.engine.attention import train_attention
-
-    by_id = {r.image_id: r for r in tiny_collection.records}
-    info = tiny_model.info
-    return train_attention(tiny_model, [by_id[i] for i in info["train_ids"]], [by_id[i] for i in info["val_ids"]],
-                           engine_config.default_attention_path, "cpu", epochs=12)
-
-
-@pytest.fixture(scope="session")
-def tiny_extractor(tiny_model, tiny_attention, engine_config):
-    from search.engine.local_features import AttentionExtractor
-
-    return AttentionExtractor(tiny_model, tiny_attention, engine_config.local_settings(), "cpu")
-
-
-@pytest.fixture(scope="session")
-def tiny_fine_engine(tiny_collection, tiny_model, tiny_attention, tiny_extractor, engine_config, tmp_path_factory):
+def tiny_fine_engine(tiny_collection, tiny_models, engine_config, tmp_path_factory):
     """The tiny collection indexed with local features, in its own index root."""
-    from search.engine.index import build_index, load_index
-    from search.engine.pipeline import RetrievalEngine
+    from search.engine.workflows import engine_for, index_collection
 
-    root = tmp_path_factory.mktemp("fine-index")
-    build_index(tiny_collection, tiny_model, root, engine_config, "cpu", local_extractor=tiny_extractor)
-    index = load_index(root, expected_checksum=tiny_model.checksum)
-    return RetrievalEngine(tiny_model, index, "cpu", engine_config, tiny_attention)
+    build = index_collection(tiny_collection, tiny_models, engine_config, tmp_path_factory.mktemp("fine-index"))
+    return engine_for(tiny_models, build, engine_config)

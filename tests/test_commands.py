@@ -115,7 +115,8 @@ def test_sweep_candidates_writes_table_json_and_plot(tiny_fine_engine, engine_co
     points = data["points"]
     # 500 is more than the collection holds: clipped to the 39 other images.
     assert [p["n_candidates"] for p in points] == [3, 10, 39]
-    assert all(p["n_queries"] == 2 and p["query_ms"] > 0 and p["fine_ms"] > 0 for p in points)
+    # the whole query's time includes its fine stage's
+    assert all(p["n_queries"] == 2 and p["query_ms"] >= p["fine_ms"] for p in points)
     # More candidates can only find more verified images.
     verified = [p["mean_verified"] for p in points]
     assert verified == sorted(verified) and verified[-1] >= 1
@@ -141,7 +142,7 @@ def test_benchmark_estimators_separates_true_from_unrelated_pairs(tiny_fine_engi
     for row in rows:
         assert row["true_pairs"] == 18 and row["unrelated_pairs"] == 54
         assert row["true_median_inliers"] > row["unrelated_max_inliers"]
-        assert row["unrelated_verified"] == 0 and row["ms_per_pair"] > 0
+        assert row["unrelated_verified"] == 0 and row["true_verified"] >= 1
     assert "usac_magsac" in stdout and "ms per pair" in stdout
     with pytest.raises(CommandError, match="unknown method"):
         run("benchmark_estimators", str(folder), "--methods", "lmeds", "--repeats", "1",

@@ -51,7 +51,7 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
 
 def test_file_object_is_accepted():
     image = open_image(io.BytesIO(corel_image(2).read_bytes()))
-    assert image.size[0] > 0
+    assert image.size == open_image(corel_image(2)).size == (384, 256) and image.mode == "RGB"
 
 
 def test_empty_folder_is_a_clear_error(tmp_path):

@@ -7,7 +7,8 @@ import pytest
 
 from search.engine.errors import SearchIndexError
 from search.engine.images import open_image
-from search.engine.index import active_build, build_index, load_index
+from search.engine.index import build_index, load_index
+from search.engine.layout import active_build
 
 from .conftest import corel_image
 
@@ -36,7 +37,7 @@ def test_round_trip_keeps_ids_paths_and_vectors(tiny_engine, tiny_collection, ti
 
 
 def test_query_vectors_match_indexed_vectors(tiny_engine):
-    vectors = tiny_engine.query_vectors(open_image(tiny_engine.index.path_of(5)))
+    vectors = tiny_engine.query_features(open_image(tiny_engine.index.path_of(5)), local=False).vectors
     for variant in ("logits", "pca", "penultimate"):
         np.testing.assert_allclose(vectors[variant][0], tiny_engine.index.vectors[variant][5], atol=1e-4)
 
@@ -127,12 +128,12 @@ def test_query_expansion_searches_with_the_average_of_the_nearest(tiny_engine):
     index = tiny_engine.index
     plain, expanded = with_settings(tiny_engine, query_expansion=0), with_settings(tiny_engine, query_expansion=3)
     exclude = frozenset({index.image_ids[12]})
-    vectors = plain.query_vectors(open_image(index.path_of(12)))
-    nearest, _ = plain.rank(vectors, "pca", 3, exclude)
+    vectors = plain.query_features(open_image(index.path_of(12)), local=False).vectors
+    nearest, _ = plain.coarse_order(vectors, "pca", 3, exclude)
     query = vectors["pca"][0] + np.asarray(index.vectors["pca"])[nearest].sum(0)
     query /= np.linalg.norm(query)
     distances = np.linalg.norm(np.asarray(index.vectors["pca"]) - query, axis=1)
     distances[12] = np.inf
-    positions, got = expanded.rank(vectors, "pca", 10, exclude)
+    positions, got = expanded.coarse_order(vectors, "pca", 10, exclude)
     np.testing.assert_array_equal(positions, np.argsort(distances)[:10])
     np.testing.assert_allclose(got, np.sort(distances)[:10], atol=1e-4)

@@ -9,7 +9,6 @@ from PIL import Image
 
 from search.engine.images import open_image
 from search.engine.local_store import LocalStore, build_local_store
-from search.engine.pipeline import fine_order
 from search.engine.verification import verify_affine
 
 from .conftest import DATASETS, corel_image
@@ -72,11 +71,6 @@ def test_unrelated_pairs_get_few_inliers(tiny_extractor, engine_config):
     for x, y in ((graf, box), (graf, dinosaur), (box, dinosaur)):
         v = verify_affine(x.keypoints, x.descriptors, y.keypoints, y.descriptors)
         assert v.inliers < engine_config.min_inliers, v
-
-
-def test_fine_order_puts_verified_first_then_coarse():
-    inliers = np.array([3, 20, 0, 20, 9, 1])
-    assert fine_order(inliers, 8).tolist() == [1, 3, 4, 0, 2, 5]
 
 
 def test_store_round_trip_and_cache_reuse(tiny_extractor, tmp_path):

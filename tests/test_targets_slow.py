@@ -6,14 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from search.engine.attention import train_attention
 from search.engine.collection import scan_collection, write_labels_csv
 from search.engine.evaluation import evaluate_methods
-from search.engine.index import build_index, indexed_collection, load_index
-from search.engine.local_features import AttentionExtractor
-from search.engine.model import imagenet_model, load_classifier
+from search.engine.index import build_index, load_index
+from search.engine.model import imagenet_model
 from search.engine.pipeline import RetrievalEngine
-from search.engine.training import train_classifier
+from search.engine.workflows import engine_for, index_collection, train_models
 
 from .conftest import COREL, COREL_CLASSES, DATASETS
 
@@ -33,17 +31,10 @@ def corel(tmp_path_factory, engine_config):
     labels = data / "labels.csv"
     write_labels_csv(labels, {p.name: COREL_CLASSES[int(p.stem) // 100] for p in COREL.glob("*.jpg")})
     collection = scan_collection(COREL, labels)
-    result = train_classifier(collection, config, config.default_model_path)
-    model = load_classifier(config.default_model_path, "cpu")
-    by_id = {r.image_id: r for r in collection.records}
-    attention = train_attention(model, [by_id[i] for i in model.info["train_ids"]],
-                                [by_id[i] for i in model.info["val_ids"]], config.default_attention_path, "cpu",
-                                epochs=config.attention_epochs)
-    extractor = AttentionExtractor(model, attention, config.local_settings(), "cpu")
-    build_index(collection, model, config.index_root, config, "cpu", local_extractor=extractor)
-    engine = RetrievalEngine(model, load_index(config.index_root, model.checksum), "cpu", config, attention)
-    return {"engine": engine, "result": result, "attention": attention, "extractor": extractor,
-            "config": config, "model": model, "collection": collection}
+    models = train_models(collection, config)
+    engine = engine_for(models, index_collection(collection, models, config), config)
+    return {"engine": engine, "result": models.training, "attention": models.attention, "models": models,
+            "config": config, "model": models.model, "collection": collection}
 
 
 def test_corel_classifier_and_attention_head_train(corel):
@@ -81,7 +72,7 @@ def test_corel_table1_targets_and_baseline(corel, tmp_path):
     assert scores[best.variant + "+attention"].precision_at_10 >= best.precision_at_10 - 0.02
 
     baseline = imagenet_model("efficientnet_lite0", 224, "cpu")
-    build = build_index(indexed_collection(engine.index), baseline, tmp_path, engine.config, "cpu",
+    build = build_index(engine.index.collection(), baseline, tmp_path, engine.config, "cpu",
                         variants=("penultimate",))
     base_engine = RetrievalEngine(baseline, load_index(build), "cpu", engine.config)
     base = evaluate_methods(base_engine, queries, ["penultimate"], "imagenet")[0]
@@ -101,9 +92,8 @@ def test_boofcv_instances_among_corel_distractors(corel, tmp_path):
     for p in scenes:
         (folder / "boofcv" / p.name).symlink_to(p)
     config = corel["config"]
-    build = build_index(scan_collection(folder), corel["model"], tmp_path / "index", config, "cpu",
-                        local_extractor=corel["extractor"])
-    engine = RetrievalEngine(corel["model"], load_index(build), "cpu", config, corel["attention"])
+    build = index_collection(scan_collection(folder), corel["models"], config, tmp_path / "index")
+    engine = engine_for(corel["models"], build, config)
     group = {f"boofcv/{p.name}": int(p.stem.removeprefix("image")) // 3 for p in scenes}
     hits = {m: 0 for m in ("logits", "logits+attention", "penultimate", "penultimate+attention")}
     inliers_true, inliers_false = [], []

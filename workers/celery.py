@@ -1,4 +1,5 @@
-"""The Celery app; tasks live in ``workers/tasks.py`` and are autodiscovered from the Django apps."""
+"""The Celery app; the tasks live in each Django app's ``tasks.py`` (``search/tasks.py``),
+found by autodiscovery."""
 import os
 
 from celery import Celery
@@ -7,5 +8,4 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "retrieval_site.settings")
 
 app = Celery("retrieval")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.include = ["workers.tasks"]
 app.autodiscover_tasks()

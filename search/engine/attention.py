@@ -20,8 +20,11 @@ from tqdm import tqdm
 
 from .collection import ImageRecord
 from .errors import ModelError
+from .images import load_resized
 from .model import TrainedModel, eval_transform, file_checksum, metrics_path, save_checkpoint
-from .training import load_resized
+from .progress import Progress, no_progress
+
+STAGE = "train attention head"
 
 
 class AttentionHead(nn.Module):
@@ -65,7 +68,7 @@ def _feature_maps(model: TrainedModel, images, device, flip: bool) -> torch.Tens
 
 def train_attention(model: TrainedModel, train: list[ImageRecord], val: list[ImageRecord], out_path: Path,
                     device, epochs: int = 30, learning_rate: float = 0.01, seed: int = 0,
-                    progress=None) -> TrainedAttention:
+                    progress: Progress = no_progress) -> TrainedAttention:
     """Train the head on frozen stride-16 maps (cached once, with horizontal flips) and save it."""
     torch.manual_seed(seed)
     class_index = {c: i for i, c in enumerate(model.classes)}
@@ -89,6 +92,7 @@ def train_attention(model: TrainedModel, train: list[ImageRecord], val: list[Ima
     generator = torch.Generator().manual_seed(seed)
     history = []
     started = time.monotonic()
+    progress(STAGE, 0, epochs)
     for epoch in tqdm(range(1, epochs + 1), desc="attention head", unit="epoch"):
         head.train()
         order = torch.randperm(len(maps), generator=generator)
@@ -112,8 +116,7 @@ def train_attention(model: TrainedModel, train: list[ImageRecord], val: list[Ima
         row = {"epoch": epoch, "train_loss": loss_sum / total, "train_accuracy": correct / total,
                "val_accuracy": val_accuracy, "elapsed_s": round(time.monotonic() - started, 1)}
         history.append(row)
-        if progress:
-            progress(dict(row, epochs=epochs))
+        progress(STAGE, epoch, epochs)
     info = {"history": history, "classifier_checksum": model.checksum, "backbone": model.name,
             "local_dim": head.dim, "classes": model.classes, "skipped": skipped + skipped_val}
     return save_attention(out_path, head.cpu(), info)

@@ -58,6 +58,11 @@ class Collection:
         return len(self.records)
 
 
+def folder_labels(relpaths) -> dict[str, str]:
+    """Labels by sub-folder: the first path component of each path that has one."""
+    return {p: p.split("/", 1)[0] for p in relpaths if "/" in p}
+
+
 def read_list_file(path: Path) -> list[str]:
     """Relative paths, one per line (Caltech's ``train.txt`` / ``test.txt`` format)."""
     path = Path(path)
@@ -120,7 +125,7 @@ def scan_collection(root: Path, labels: str | Path | None = None,
     if labels is None:
         label_of = {}
     elif str(labels) == "folders":
-        label_of = {p: p.split("/", 1)[0] for p in relpaths if "/" in p}
+        label_of = folder_labels(relpaths)
     else:
         label_of = read_labels_csv(Path(labels))
         unknown = sorted(set(label_of) - set(relpaths))

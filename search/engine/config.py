@@ -1,4 +1,4 @@
-"""Every tunable of the engine, in one dataclass.
+"""Every tunable of the engine, in one dataclass (a leaf: it imports no engine module).
 
 Defaults live here and only here; Django settings (and the tests) build an
 ``EngineConfig`` from environment variables named ``RETRIEVAL_<FIELD>``, so a
@@ -13,6 +13,30 @@ from pathlib import Path
 from typing import Mapping
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """The local-feature extractor's settings, built by ``EngineConfig.local_settings()``."""
+    scales: tuple[float, ...]  # image pyramid, relative to the base size
+    max_keypoints: int
+    score_threshold: float  # attention below this never makes a keypoint
+    base_max_side: int  # the image is first shrunk to at most this, then the pyramid applied
+    min_side: int = 32  # pyramid levels smaller than this are skipped
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    """Matching and RANSAC settings, built by ``EngineConfig.verify_settings()``."""
+    ratio: float  # Lowe's ratio test: best / second-best distance below this
+    max_distance: float  # L2 distance between unit descriptors above which no match
+    mutual: bool  # keep a match only when it is nearest both ways
+    reprojection_px: float  # RANSAC inlier threshold, in original-image pixels
+    max_iters: int
+    method: str  # ransac | usac_magsac | usac_accurate
+    min_matches: int = 4  # fewer tentative matches: not worth a RANSAC run (3 fit an affine)
+    confidence: float = 0.99
+    block_size: int = 64  # candidates per batched matrix product
 
 
 def _default_data_dir() -> Path:
@@ -31,8 +55,7 @@ class EngineConfig:
     backbone: str = "efficientnet_lite0"
     resnet18_weights: str = ""  # path to a torchvision resnet18 state dict; empty: torch cache
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # 288 rather than the pretrained 224: Corel-1k validation accuracy 0.98 vs 0.965 (see README).
-    image_size: int = 288
+    image_size: int = 288  # above the pretrained 224: better validation accuracy (RESULTS.md)
     batch_size: int = 32
     epochs: int = 6
     learning_rate: float = 0.01
@@ -42,8 +65,7 @@ class EngineConfig:
     val_fraction: float = 0.2
     seed: int = 0
     # Save the mean of the last epochs' weights, BatchNorm statistics recomputed (1: the last
-    # epoch's own). Measured on Corel-1k (README), two trainings: P@10 of the three variants
-    # 0.9740/0.9795/0.9755 -> 0.9890/0.9840/0.9755 and 0.9725/0.9705/0.9815 -> 0.9750/0.9815/0.9780.
+    # epoch's own); why 3: RESULTS.md.
     average_last_epochs: int = 3
     num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
 
@@ -51,10 +73,7 @@ class EngineConfig:
     pca_dim: int = 32
     n_candidates: int = 4000
     # Average query expansion: the query vector is averaged with its nearest
-    # images before the search (0: off). Measured (README): 3 lifts Corel-1k
-    # PCA-32 P@10 0.9755 -> 0.9820 and keeps boofcv's instances at 24/24;
-    # 5 reaches 0.9825 but pulls distractors into the expansion of a
-    # 3-image object and drops boofcv to 12-16 of 24 without verification.
+    # images before the search (0: off); why 3 and not more: RESULTS.md.
     query_expansion: int = 3
     top_k: int = 10
     leaf_size: int = 40
@@ -97,16 +116,12 @@ class EngineConfig:
     def default_attention_path(self) -> Path:
         return self.model_dir / "attention.pt"
 
-    def local_settings(self):
-        from .local_features import LocalSettings
-
+    def local_settings(self) -> "LocalSettings":
         return LocalSettings(scales=tuple(float(s) for s in self.local_scales.split(",") if s.strip()),
                              max_keypoints=self.local_max_keypoints, score_threshold=self.local_score_threshold,
                              base_max_side=self.local_base_max_side)
 
-    def verify_settings(self):
-        from .verification import VerifySettings
-
+    def verify_settings(self) -> "VerifySettings":
         return VerifySettings(ratio=self.match_ratio, max_distance=self.match_max_distance,
                               mutual=self.match_mutual, reprojection_px=self.ransac_reprojection_px,
                               max_iters=self.ransac_max_iters, method=self.ransac_method)

@@ -13,13 +13,15 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 
 from .errors import EngineError
 from .images import open_image
-from .pipeline import RetrievalEngine, fine_order, parse_method
+from .methods import is_fine, parse_method
+from .pipeline import RetrievalEngine
+from .progress import Progress, elapsed_ms, no_progress
 
 
 def precision_at_k(relevant: np.ndarray, k: int) -> float:
@@ -58,53 +60,38 @@ class MethodScore:
 
 def evaluate_methods(engine: RetrievalEngine, query_ids: Iterable[str], methods: Iterable[str],
                      model_label: str = "fine-tuned", k: int = 10, n_candidates: int | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> list[MethodScore]:
-    """Run every query through each method and score it against the labels."""
+                     progress: Progress = no_progress) -> list[MethodScore]:
+    """Run every query through each method and score it against the labels.
+
+    Each query's features are computed once; each method then ranks the whole
+    collection (for mAP), its fine stage verifying the first ``n_candidates``.
+    A method's query time is global features + its ranking (+ local features)."""
     index = engine.index
-    position_of = {image_id: p for p, image_id in enumerate(index.image_ids)}
     labels = np.array([label if label is not None else "" for label in index.labels], dtype=object)
-    queries = [position_of[q] for q in query_ids if q in position_of and index.labels[position_of[q]]]
+    queries = [index.positions[q] for q in query_ids if q in index.positions and index.labels[index.positions[q]]]
     if not queries:
         raise EngineError("no labelled queries found in the index to evaluate")
     methods = [m for m in methods if m in engine.methods]
     n_candidates = min(n_candidates or engine.config.n_candidates, len(index) - 1)
-    any_fine = any(parse_method(m)[1] for m in methods)
+    any_fine = any(is_fine(m) for m in methods)
     class_sizes = {c: int((labels == c).sum()) for c in set(labels) if c}
     stats = {m: {"p": [], "ap": [], "ms": [], "verified": []} for m in methods}
+    stage = f"evaluating {model_label}"
     for done, position in enumerate(queries, 1):
-        query_id, query_label = index.image_ids[position], index.labels[position]
-        exclude = frozenset({query_id})
-        image = open_image(index.path_of(position))
-        started = time.perf_counter()
-        vectors = engine.query_vectors(image)
-        global_ms = _ms(started)
-        if any_fine:
-            started = time.perf_counter()
-            local = engine.query_local(image)
-            local_ms = _ms(started)
-        full_rankings = {}
+        query_label = index.labels[position]
+        query = engine.query_features(index.path_of(position), local=any_fine)
         for method in methods:
-            variant, fine = parse_method(method)
-            if variant not in full_rankings:
-                full_rankings[variant] = engine.rank(vectors, variant, len(index) - 1, exclude)[0]
-            ranked = full_rankings[variant]
-            started = time.perf_counter()
-            engine.rank(vectors, variant, n_candidates if fine else k, exclude)
-            ms = global_ms + _ms(started)
-            if fine:
-                started = time.perf_counter()
-                verifications = engine.verify(local, ranked[:n_candidates])
-                inliers = np.array([v.inliers for v in verifications])
-                order = fine_order(inliers, engine.config.min_inliers)
-                ms += local_ms + _ms(started)
-                ranked = np.concatenate([ranked[:n_candidates][order], ranked[n_candidates:]])
-                stats[method]["verified"].append(int((inliers >= engine.config.min_inliers).sum()))
-            relevant = labels[ranked] == query_label
+            ranking = engine.rank(query, method, n_candidates, depth=len(index) - 1,
+                                  exclude_ids={index.image_ids[position]})
+            relevant = labels[ranking.ranked_positions] == query_label
             stats[method]["p"].append(precision_at_k(relevant, k))
             stats[method]["ap"].append(average_precision(relevant, class_sizes[query_label] - 1))
-            stats[method]["ms"].append(ms)
-        if progress:
-            progress(done, len(queries))
+            timings = dict(ranking.timings_ms, global_features=query.timings_ms["global_features"])
+            if is_fine(method):
+                timings["local_features"] = query.timings_ms["local_features"]
+                stats[method]["verified"].append(ranking.n_verified)
+            stats[method]["ms"].append(sum(timings.values()))
+        progress(stage, done, len(queries))
     scores = []
     for method in methods:
         variant, fine = parse_method(method)
@@ -116,13 +103,10 @@ def evaluate_methods(engine: RetrievalEngine, query_ids: Iterable[str], methods:
     return scores
 
 
-def evaluate_coarse(engine: RetrievalEngine, query_ids, variants, model_label="fine-tuned", k=10, progress=None):
+def evaluate_coarse(engine: RetrievalEngine, query_ids, variants, model_label="fine-tuned", k=10,
+                    progress: Progress = no_progress):
     """The coarse methods only (no local features needed)."""
     return evaluate_methods(engine, query_ids, list(variants), model_label, k, progress=progress)
-
-
-def _ms(started: float) -> float:
-    return 1000 * (time.perf_counter() - started)
 
 
 def format_table(scores: list[MethodScore]) -> str:
@@ -154,14 +138,13 @@ class SweepPoint:
 
 def sweep_candidates(engine: RetrievalEngine, query_ids: Iterable[str], method: str,
                      candidate_counts: Iterable[int], k: int = 10,
-                     progress: Callable[[int, int], None] | None = None) -> list[SweepPoint]:
+                     progress: Progress = no_progress) -> list[SweepPoint]:
     """The paper's Table 2 / Figure 3: how the candidate count trades verification score for time."""
     variant, fine = parse_method(method)
     if not fine:
         raise EngineError(f"sweep_candidates needs a fine method (one ending in +attention), not {method!r}")
     index = engine.index
-    position_of = {image_id: p for p, image_id in enumerate(index.image_ids)}
-    queries = [position_of[q] for q in query_ids if q in position_of]
+    queries = [index.positions[q] for q in query_ids if q in index.positions]
     if not queries:
         raise EngineError("none of the query ids is in the index")
     counts = sorted({min(int(n), len(index) - 1) for n in candidate_counts})
@@ -174,12 +157,11 @@ def sweep_candidates(engine: RetrievalEngine, query_ids: Iterable[str], method: 
             started = time.perf_counter()
             response = engine.search(image, method, n_candidates=n, k=k,
                                      exclude_ids={index.image_ids[position]})
-            query_ms.append(_ms(started))
+            query_ms.append(elapsed_ms(started))
             fine_ms.append(response.timings_ms["local_features"] + response.timings_ms["verification"])
             top_inliers.append(np.mean([r.inliers for r in response.results]))
             verified.append(response.n_verified)
-            if progress:
-                progress(c * len(queries) + q, total)
+            progress("sweeping", c * len(queries) + q, total)
         points.append(SweepPoint(n, float(np.mean(top_inliers)), float(np.mean(verified)),
                                  float(np.mean(query_ms)), float(np.mean(fine_ms)), len(queries)))
     return points

@@ -9,7 +9,7 @@ L2-normalised again; logits are L2-normalised too.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -19,10 +19,7 @@ from .collection import ImageRecord
 from .errors import ImageError
 from .images import open_image
 from .model import TrainedModel, eval_transform
-
-VARIANTS = ("logits", "pca", "penultimate")
-
-Progress = Callable[[int, int], None]
+from .progress import Progress, no_progress
 
 
 @dataclass
@@ -54,7 +51,7 @@ def _batches(items: list, size: int) -> Iterable[list]:
 
 
 def extract_global_features(model: TrainedModel, records: list[ImageRecord], device,
-                            batch_size: int = 32, progress: Progress | None = None) -> GlobalFeatures:
+                            batch_size: int = 32, progress: Progress = no_progress) -> GlobalFeatures:
     """Embed every readable image of ``records``; unreadable ones are reported in ``skipped``."""
     model.backbone.eval()
     kept, skipped, pooled_parts, logit_parts = [], [], [], []
@@ -72,8 +69,7 @@ def extract_global_features(model: TrainedModel, records: list[ImageRecord], dev
             pooled_parts.append(pooled)
             logit_parts.append(logits)
         done += len(chunk)
-        if progress:
-            progress(done, len(records))
+        progress("global features", done, len(records))
     dim = model.backbone.feature_dim
     n_logits = model.backbone.num_classes
     penultimate = np.concatenate(pooled_parts) if pooled_parts else np.zeros((0, dim), np.float32)

@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
 
 from .errors import ImageError
 
@@ -48,3 +49,23 @@ def open_image(source, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
         raise ImageError(f"{name}: image is truncated or corrupt ({exc})") from exc
     image = ImageOps.exif_transpose(image)
     return image.convert("RGB")
+
+
+def load_resized(records, max_side: int, square: bool = False) -> tuple[list, list[tuple[str, str]]]:
+    """Decode the images of ``records`` (with ``path`` and ``relpath``) once, shrunk so the
+    longer side is ``max_side`` (or squashed to ``max_side`` square): training holds them in
+    memory. Unreadable ones are ``None`` and reported as (relpath, reason)."""
+    images, skipped = [], []
+    for record in tqdm(records, desc="reading images", unit="img", leave=False):
+        try:
+            image = open_image(record.path)
+        except ImageError as exc:
+            skipped.append((record.relpath, str(exc)))
+            images.append(None)
+            continue
+        if square:
+            image = image.resize((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        else:
+            image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+        images.append(image)
+    return images, skipped

@@ -1,46 +1,29 @@
 """The coarse index: one scikit-learn BallTree per global feature variant,
-persisted with the PCA, the id-to-path table and a manifest.
-
-Layout under the index root::
-
-    builds/<stamp>/      a complete build (manifest.json written last)
-    builds/<stamp>.partial/  a build in progress, never read
-    active -> builds/<stamp>   symlink, switched atomically
-
-A build is made beside the active one and only becomes active when
-complete, so a failed build leaves the old index serving.
+persisted with the PCA, the image table, the local-feature store and a
+manifest, in a build folder laid out by ``layout``.
 """
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import joblib
 import numpy as np
 from sklearn.neighbors import BallTree
 
-from .collection import Collection
+from . import layout
+from .collection import Collection, ImageRecord
 from .config import EngineConfig
 from .errors import SearchIndexError
-from .features import VARIANTS, extract_global_features, fit_pca, variant_vectors
+from .features import extract_global_features, fit_pca, variant_vectors
 from .local_store import LocalStore, build_local_store
+from .methods import VARIANTS
 from .model import TrainedModel
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-TABLE = "images.json"
-ACTIVE = "active"
-
-LOCAL = "local"
-
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
+from .progress import Progress, no_progress
 
 
 @dataclass
@@ -66,6 +49,11 @@ class SearchIndex:
     def path_of(self, position: int) -> Path:
         return self.collection_root / self.relpaths[position]
 
+    @cached_property
+    def positions(self) -> dict[str, int]:
+        """Image id -> position in this index."""
+        return {image_id: p for p, image_id in enumerate(self.image_ids)}
+
     def coarse_candidates(self, vector: np.ndarray, variant: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions and distances of the ``n`` nearest images, nearest first."""
         if variant not in self.trees:
@@ -75,55 +63,49 @@ class SearchIndex:
         distances, positions = self.trees[variant].query(np.atleast_2d(vector).astype(np.float32), k=n)
         return positions[0], distances[0]
 
-
-def _stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    def collection(self) -> Collection:
+        """The collection this index was built from, labels included, as its table recorded it."""
+        records = [ImageRecord(i, p, self.collection_root / p, label)
+                   for i, p, label in zip(self.image_ids, self.relpaths, self.labels)]
+        return Collection(self.collection_root, records)
 
 
 def _previous_local_store(index_root: Path) -> LocalStore | None:
     try:
-        return LocalStore.open(active_build(index_root) / LOCAL)
+        return LocalStore.open(layout.local_dir(layout.active_build(index_root)))
     except SearchIndexError:
         return None
 
 
 def build_index(collection: Collection, model: TrainedModel, index_root: Path, config: EngineConfig,
                 device, variants: tuple[str, ...] = VARIANTS, activate: bool = True,
-                progress: Progress | None = None, local_extractor=None) -> Path:
+                progress: Progress = no_progress, local_extractor=None) -> Path:
     """Extract features for ``collection``, build the trees (and the local-feature
     store when ``local_extractor`` is given), and write a complete build directory."""
     index_root = Path(index_root)
-    builds = index_root / "builds"
-    builds.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    features = extract_global_features(
-        model, collection.records, device, config.batch_size,
-        (lambda done, total: progress("global features", done, total)) if progress else None)
+    features = extract_global_features(model, collection.records, device, config.batch_size, progress)
     if not features.records:
         raise SearchIndexError(f"no readable images in {collection.root}; nothing to index")
     pca = fit_pca(features.penultimate, config.pca_dim, config.seed) if "pca" in variants else None
     vectors = {k: v for k, v in variant_vectors(features.penultimate, features.logits, pca).items()
                if k in variants}
 
-    final = builds / _stamp()
-    partial = final.with_name(final.name + ".partial")
-    partial.mkdir()
+    partial, final = layout.new_build(index_root)
     try:
         for variant, matrix in vectors.items():
-            np.save(partial / f"vectors_{variant}.npy", matrix)
-            joblib.dump(BallTree(matrix, leaf_size=config.leaf_size), partial / f"tree_{variant}.joblib")
+            np.save(layout.vectors_file(partial, variant), matrix)
+            joblib.dump(BallTree(matrix, leaf_size=config.leaf_size), layout.tree_file(partial, variant))
         if pca is not None:
-            joblib.dump(pca, partial / "pca.joblib")
+            joblib.dump(pca, layout.pca_file(partial))
         local_meta = None
         if local_extractor is not None:
             local_meta = build_local_store(
-                partial / LOCAL, features.records, local_extractor, config.local_pca_dim,
-                previous=_previous_local_store(index_root), seed=config.seed,
-                progress=(lambda done, total: progress("local features", done, total)) if progress else None)
-        table = [{"id": r.image_id, "path": r.relpath, "label": r.label} for r in features.records]
-        (partial / TABLE).write_text(json.dumps(table))
-        manifest = {
-            "format_version": FORMAT_VERSION,
+                layout.local_dir(partial), features.records, local_extractor, config.local_pca_dim,
+                previous=_previous_local_store(index_root), seed=config.seed, progress=progress)
+        layout.write_table(partial, [{"id": r.image_id, "path": r.relpath, "label": r.label}
+                                     for r in features.records])
+        layout.write_manifest(partial, {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model_checksum": model.checksum,
             "model_path": str(model.path) if model.path else None,
@@ -139,9 +121,8 @@ def build_index(collection: Collection, model: TrainedModel, index_root: Path, c
                 k: local_meta[k] for k in ("extractor", "extractor_name", "dim", "raw_dim", "reused",
                                            "extracted", "total_keypoints")},
             "build_seconds": round(time.monotonic() - started, 1),
-        }
-        (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        partial.rename(final)
+        })
+        layout.finish_build(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -151,58 +132,34 @@ def build_index(collection: Collection, model: TrainedModel, index_root: Path, c
 
 
 def activate_build(index_root: Path, build: Path) -> None:
-    """Point ``active`` at ``build`` with one atomic rename of a symlink."""
-    index_root = Path(index_root)
-    load_index(build)  # refuse to activate anything that does not load
-    link = index_root / ACTIVE
-    tmp = index_root / f".{ACTIVE}.{uuid.uuid4().hex[:6]}"
-    os.symlink(Path(build).resolve().relative_to(index_root.resolve()), tmp)
-    os.replace(tmp, link)
-
-
-def active_build(index_root: Path) -> Path:
-    """The build the ``active`` link points at, or ``index_root`` itself when it is a build."""
-    index_root = Path(index_root)
-    if (index_root / MANIFEST).is_file():
-        return index_root
-    link = index_root / ACTIVE
-    if not link.exists():
-        raise SearchIndexError(f"no index at {index_root} (run the 'index' command first)")
-    return link.resolve()
+    """Make ``build`` the active one, after checking that it loads."""
+    load_index(build)
+    layout.point_active(index_root, build)
 
 
 def load_index(path: Path, expected_checksum: str | None = None) -> SearchIndex:
     """Load a build (or the active build under an index root), checking its manifest."""
-    build = active_build(path)
-    manifest_file = build / MANIFEST
-    if not manifest_file.is_file():
-        raise SearchIndexError(f"{build} is not a complete index: {MANIFEST} is missing")
-    manifest = json.loads(manifest_file.read_text())
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise SearchIndexError(
-            f"{build}: index format {manifest.get('format_version')} is not the supported {FORMAT_VERSION}; reindex")
+    build = layout.active_build(path)
+    manifest = layout.read_manifest(build)
     if expected_checksum and manifest["model_checksum"] != expected_checksum:
         raise SearchIndexError(
             f"{build} was built with model {manifest['model_checksum'][:12]}, not the loaded model "
             f"{expected_checksum[:12]}; reindex with the current model")
-    table = json.loads((build / TABLE).read_text())
-    if len(table) != manifest["collection_size"]:
-        raise SearchIndexError(
-            f"{build}: {TABLE} lists {len(table)} images but the manifest says {manifest['collection_size']}")
+    table = layout.read_table(build, manifest)
     trees, vectors = {}, {}
     for variant, dim in manifest["variants"].items():
         try:
-            trees[variant] = joblib.load(build / f"tree_{variant}.joblib")
-            vectors[variant] = np.load(build / f"vectors_{variant}.npy", mmap_mode="r")
+            trees[variant] = joblib.load(layout.tree_file(build, variant))
+            vectors[variant] = np.load(layout.vectors_file(build, variant), mmap_mode="r")
         except FileNotFoundError as exc:
             raise SearchIndexError(f"{build}: file missing for variant '{variant}': {exc.filename}") from exc
         if vectors[variant].shape != (len(table), dim):
             raise SearchIndexError(
                 f"{build}: '{variant}' vectors are {vectors[variant].shape}, manifest says ({len(table)}, {dim})")
-    pca_file = build / "pca.joblib"
+    pca_file = layout.pca_file(build)
     local = None
     if manifest.get("local"):
-        local = LocalStore.open(build / LOCAL)
+        local = LocalStore.open(layout.local_dir(build))
         if len(local) != len(table) or local.meta["extractor"] != manifest["local"]["extractor"]:
             raise SearchIndexError(f"{build}: the local-feature store does not match the index table")
     return SearchIndex(
@@ -211,12 +168,3 @@ def load_index(path: Path, expected_checksum: str | None = None) -> SearchIndex:
         labels=[row["label"] for row in table], collection_root=Path(manifest["collection_root"]),
         trees=trees, vectors=vectors, pca=joblib.load(pca_file) if pca_file.is_file() else None,
         local=local)
-
-
-def indexed_collection(index: SearchIndex) -> Collection:
-    """The collection an index was built from, labels included, as its table recorded it."""
-    from .collection import ImageRecord
-
-    records = [ImageRecord(i, p, index.collection_root / p, label)
-               for i, p, label in zip(index.image_ids, index.relpaths, index.labels)]
-    return Collection(index.collection_root, records)

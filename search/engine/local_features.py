@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .attention import TrainedAttention
+from .config import LocalSettings
 from .model import TrainedModel
 
 STRIDE = 16
@@ -33,16 +34,6 @@ class LocalFeatures:
 
     def take(self, rows) -> "LocalFeatures":
         return LocalFeatures(self.keypoints[rows], self.scales[rows], self.scores[rows], self.descriptors[rows])
-
-
-@dataclass(frozen=True)
-class LocalSettings:
-    """Built by ``EngineConfig.local_settings()``, where the defaults live."""
-    scales: tuple[float, ...]  # image pyramid, relative to the base size
-    max_keypoints: int
-    score_threshold: float  # attention below this never makes a keypoint
-    base_max_side: int  # the image is first shrunk to at most this, then the pyramid applied
-    min_side: int = 32  # pyramid levels smaller than this are skipped
 
 
 @dataclass

@@ -11,7 +11,6 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import joblib
 import numpy as np
@@ -22,11 +21,11 @@ from .errors import ImageError, SearchIndexError
 from .features import l2_normalise
 from .images import open_image
 from .local_features import LocalFeatures, empty_features
+from .progress import Progress, no_progress
 
 META = "meta.json"
 ARRAYS = ("keypoints", "scales", "scores", "descriptors")
-
-Progress = Callable[[int, int], None]
+STAGE = "local features"
 
 
 def fingerprint(path: Path) -> str:
@@ -64,10 +63,7 @@ class LocalStore:
 
     def reduce(self, features: LocalFeatures) -> LocalFeatures:
         """Project raw descriptors (e.g. a query's) with this store's PCA."""
-        if len(features) == 0:
-            return empty_features(self.pca.n_components_)
-        reduced = l2_normalise(self.pca.transform(features.descriptors))
-        return LocalFeatures(features.keypoints, features.scales, features.scores, reduced)
+        return reduce_descriptors(self.pca, features)
 
 
 def _extract(extractor, record: ImageRecord) -> LocalFeatures | str:
@@ -79,7 +75,7 @@ def _extract(extractor, record: ImageRecord) -> LocalFeatures | str:
 
 def build_local_store(path: Path, records: list[ImageRecord], extractor, pca_dim: int = 40,
                       previous: LocalStore | None = None, pca_sample_images: int = 200, seed: int = 0,
-                      progress: Progress | None = None) -> dict:
+                      progress: Progress = no_progress) -> dict:
     """Extract (or reuse) local features for ``records`` in order and write the store at ``path``."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -105,25 +101,23 @@ def build_local_store(path: Path, records: list[ImageRecord], extractor, pca_dim
             result = _extract(extractor, records[i])
             raw[i] = result
             done += 1
-            if progress:
-                progress(done, len(records))
+            progress(STAGE, done, len(records))
         descriptors = [r.descriptors for r in raw.values() if isinstance(r, LocalFeatures) and len(r)]
         if not descriptors:
             raise SearchIndexError("no local features could be extracted to fit the PCA")
         stacked = np.concatenate(descriptors)
         pca = PCA(n_components=min(pca_dim, stacked.shape[1], len(stacked)), random_state=seed).fit(stacked)
         for i, result in raw.items():
-            rows[i] = result if isinstance(result, str) else _reduce(pca, result)
+            rows[i] = result if isinstance(result, str) else reduce_descriptors(pca, result)
         to_extract = [i for i in to_extract if i not in raw]
     for i, j in reusable.items():
         rows[i] = previous.features(j)
         done += 1
     for i in to_extract:
         result = _extract(extractor, records[i])
-        rows[i] = result if isinstance(result, str) else _reduce(pca, result)
+        rows[i] = result if isinstance(result, str) else reduce_descriptors(pca, result)
         done += 1
-        if progress:
-            progress(done, len(records))
+        progress(STAGE, done, len(records))
     for i, row in enumerate(rows):
         if isinstance(row, str):
             skipped.append((records[i].relpath, row))
@@ -145,7 +139,8 @@ def build_local_store(path: Path, records: list[ImageRecord], extractor, pca_dim
     return meta
 
 
-def _reduce(pca: PCA, features: LocalFeatures) -> LocalFeatures:
+def reduce_descriptors(pca: PCA, features: LocalFeatures) -> LocalFeatures:
+    """Raw descriptors projected with ``pca`` and made unit length again."""
     if len(features) == 0:
         return empty_features(pca.n_components_)
     return LocalFeatures(features.keypoints, features.scales, features.scores,

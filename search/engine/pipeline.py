@@ -1,38 +1,68 @@
 """The search itself: image -> global features -> coarse candidates from the
-ball tree -> (fine stage) local features verified by RANSAC -> top k.
+ball tree -> (fine stage) local features verified by RANSAC -> ranking.
 
-``RetrievalEngine`` holds one loaded model, attention head and index; build
-it once per process (a worker, a command) and call ``search`` per query.
+``RetrievalEngine`` holds one loaded model, attention head and index (open one
+with ``workflows.open_engine``) and has one ranking method, ``rank``: the site's
+worker, the ``search`` command, ``evaluate``, ``sweep_candidates`` and
+``benchmark_fine`` all go through it.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from .attention import TrainedAttention, load_attention
+from .attention import TrainedAttention
 from .config import EngineConfig
-from .errors import EngineError, SearchIndexError
-from .features import VARIANTS, embed_batch, l2_normalise, variant_vectors
+from .errors import SearchIndexError
+from .features import embed_batch, l2_normalise, variant_vectors
 from .images import open_image
-from .index import SearchIndex, load_index
+from .index import SearchIndex
 from .local_features import AttentionExtractor, LocalFeatures
-from .model import TrainedModel, load_classifier, pick_device
-from .verification import verify_candidates
-
-FINE_SUFFIX = "+attention"
-# The paper's Table 1: each global variant alone, and followed by the fine stage.
-METHODS = tuple(VARIANTS) + tuple(v + FINE_SUFFIX for v in VARIANTS)
-DEFAULT_METHOD = "penultimate" + FINE_SUFFIX
+from .methods import DEFAULT_METHOD, METHODS, parse_method
+from .model import TrainedModel
+from .progress import Progress, elapsed_ms, no_progress
+from .verification import Verification, verify_candidates
 
 
-def parse_method(method: str) -> tuple[str, bool]:
-    """``"pca+attention"`` -> (``"pca"``, True)."""
-    if method not in METHODS:
-        raise EngineError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    return method.removesuffix(FINE_SUFFIX), method.endswith(FINE_SUFFIX)
+@dataclass
+class QueryFeatures:
+    """What a query image is reduced to: its global vectors and, for the fine stage, its
+    local features (reduced like the index's). Computed once, ranked by any method."""
+    vectors: dict[str, np.ndarray]
+    local: LocalFeatures | None = None
+    timings_ms: dict = field(default_factory=dict)
+
+
+@dataclass
+class Ranking:
+    """One method's answer to one query, before it is cut to k.
+
+    ``positions`` / ``distances`` are the coarse order (nearest first, as deep as asked);
+    for a fine method the first ``n_candidates`` of them were verified, ``verifications``
+    holding one result each in that order. ``order`` ranks all of ``positions``: the
+    verified candidates by inliers, then the rest in coarse order (the fallback)."""
+    method: str
+    positions: np.ndarray
+    distances: np.ndarray
+    order: np.ndarray
+    n_candidates: int
+    verifications: list[Verification]
+    min_inliers: int
+    timings_ms: dict
+
+    @property
+    def inliers(self) -> np.ndarray:
+        return np.array([v.inliers for v in self.verifications], dtype=np.int64)
+
+    @property
+    def n_verified(self) -> int:
+        return int((self.inliers >= self.min_inliers).sum())
+
+    @property
+    def ranked_positions(self) -> np.ndarray:
+        return self.positions[self.order]
 
 
 @dataclass
@@ -71,37 +101,42 @@ class RetrievalEngine:
                           if attention is not None else None)
         self.verify_settings = config.verify_settings()
 
-    @classmethod
-    def open(cls, config: EngineConfig, model_path: Path | None = None, index_path: Path | None = None,
-             attention_path: Path | None = None) -> "RetrievalEngine":
-        device = pick_device(config.device)
-        model = load_classifier(model_path or config.default_model_path, device)
-        index = load_index(index_path or config.index_root, expected_checksum=model.checksum)
-        attention = None
-        if index.local is not None:
-            attention = load_attention(attention_path or config.default_attention_path, model, device)
-        engine = cls(model, index, device, config, attention)
-        if engine.extractor is not None and index.local.meta["extractor"] != engine.extractor.checksum:
-            raise SearchIndexError(
-                f"{index.path}: local features were extracted with other settings or another attention "
-                "head than the loaded ones; reindex")
-        return engine
-
     @property
     def methods(self) -> list[str]:
         fine = self.index.local is not None and self.extractor is not None
         return [m for m in METHODS if parse_method(m)[0] in self.index.variants and (fine or "+" not in m)]
 
-    def query_vectors(self, image) -> dict[str, np.ndarray]:
-        """All global feature variants of one PIL image."""
+    @property
+    def default_method(self) -> str:
+        """Penultimate features + attention, or penultimate alone on an index without local features."""
+        return DEFAULT_METHOD if DEFAULT_METHOD in self.methods else "penultimate"
+
+    def _parse(self, method: str) -> tuple[str, bool]:
+        variant, fine = parse_method(method)
+        if fine and (self.index.local is None or self.extractor is None):
+            raise SearchIndexError(f"index {self.index.path} has no local features; method {method} needs them")
+        return variant, fine
+
+    def query_features(self, image, local: bool, progress: Progress = no_progress) -> QueryFeatures:
+        """Global vectors of a PIL image (or path), and its local features when ``local``."""
+        if not hasattr(image, "convert"):
+            image = open_image(image)
+        progress("global features", 0, 1)
+        started = time.perf_counter()
         penultimate, logits = embed_batch(self.model, [image], self.device)
-        return variant_vectors(penultimate, logits, self.index.pca)
+        query = QueryFeatures(variant_vectors(penultimate, logits, self.index.pca))
+        query.timings_ms["global_features"] = elapsed_ms(started)
+        if local:
+            if self.index.local is None or self.extractor is None:
+                raise SearchIndexError(f"index {self.index.path} has no local features; the fine stage needs them")
+            progress("local features", 0, 1)
+            started = time.perf_counter()
+            query.local = self.index.local.reduce(self.extractor.extract(image))
+            query.timings_ms["local_features"] = elapsed_ms(started)
+        return query
 
-    def query_local(self, image) -> LocalFeatures:
-        return self.index.local.reduce(self.extractor.extract(image))
-
-    def rank(self, vectors: dict[str, np.ndarray], variant: str, n: int,
-             exclude_ids: frozenset[str] = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+    def coarse_order(self, vectors: dict[str, np.ndarray], variant: str, n: int,
+                     exclude_ids: frozenset[str] = frozenset()) -> tuple[np.ndarray, np.ndarray]:
         """Positions and distances of the ``n`` nearest images, skipping ``exclude_ids``.
 
         With ``query_expansion`` = e > 0 (average query expansion, Chum et al. 2007) the
@@ -122,61 +157,63 @@ class RetrievalEngine:
             positions, distances = positions[keep], distances[keep]
         return positions[:n], distances[:n]
 
-    def verify(self, query: LocalFeatures, positions: np.ndarray):
+    def verify(self, query: LocalFeatures, positions: np.ndarray,
+               progress: Progress = no_progress) -> list[Verification]:
         store = self.index.local
         candidates = [store.features(int(p)) for p in positions]
         return verify_candidates(query.keypoints, query.descriptors,
-                                 [(c.keypoints, c.descriptors) for c in candidates], self.verify_settings)
+                                 [(c.keypoints, c.descriptors) for c in candidates], self.verify_settings,
+                                 progress)
 
-    @property
-    def default_method(self) -> str:
-        """Penultimate features + attention, or penultimate alone on an index without local features."""
-        return DEFAULT_METHOD if DEFAULT_METHOD in self.methods else "penultimate"
-
-    def search(self, image, method: str | None = None, n_candidates: int | None = None,
-               k: int | None = None, exclude_ids=(), progress=None) -> SearchResponse:
-        """Coarse candidates, then (for ``+attention`` methods) verification and the coarse fallback."""
-        if not hasattr(image, "convert"):
-            image = open_image(image)
-        method = method or self.default_method
-        variant, fine = parse_method(method)
-        if fine and self.index.local is None:
-            raise SearchIndexError(f"index {self.index.path} has no local features; method {method} needs them")
-        k = k or self.config.top_k
-        n_candidates = max(k, n_candidates or self.config.n_candidates) if fine else k
+    def rank(self, query: QueryFeatures, method: str, n_candidates: int | None = None, depth: int | None = None,
+             exclude_ids=frozenset(), progress: Progress = no_progress) -> Ranking:
+        """The coarse order ``depth`` deep (default: the candidates), its first ``n_candidates``
+        verified for a fine method (default: the ``n_candidates`` setting), and the final order."""
+        variant, fine = self._parse(method)
+        n_candidates = n_candidates or self.config.n_candidates
+        depth = max(depth or n_candidates, n_candidates if fine else 1)
         timings = {}
         started = time.perf_counter()
-        vectors = self.query_vectors(image)
-        timings["global_features"] = _ms(started)
-        started = time.perf_counter()
-        positions, distances = self.rank(vectors, variant, n_candidates, frozenset(exclude_ids))
-        timings["coarse"] = _ms(started)
-        if progress:
-            progress("coarse", len(positions), len(positions))
-        if not fine:
-            results = [self._result(rank, p, d) for rank, (p, d) in enumerate(zip(positions, distances), 1)]
-            return SearchResponse(results, method, len(positions), 0, timings)
+        positions, distances = self.coarse_order(query.vectors, variant, depth, frozenset(exclude_ids))
+        timings["coarse"] = elapsed_ms(started)
+        progress("coarse", len(positions), len(positions))
+        verifications: list[Verification] = []
+        order = np.arange(len(positions))
+        n_verify = min(n_candidates, len(positions)) if fine else 0
+        if fine:
+            if query.local is None:
+                raise SearchIndexError(f"method {method} needs the query's local features")
+            started = time.perf_counter()
+            verifications = self.verify(query.local, positions[:n_verify], progress)
+            timings["verification"] = elapsed_ms(started)
+            inliers = np.array([v.inliers for v in verifications], dtype=np.int64)
+            order[:n_verify] = fine_order(inliers, self.config.min_inliers)
+        return Ranking(method, positions, distances, order, n_verify, verifications, self.config.min_inliers,
+                       timings)
 
-        started = time.perf_counter()
-        query = self.query_local(image)
-        timings["local_features"] = _ms(started)
-        started = time.perf_counter()
-        verifications = self.verify(query, positions)
-        timings["verification"] = _ms(started)
-        inliers = np.array([v.inliers for v in verifications])
-        verified = inliers >= self.config.min_inliers
-        order = fine_order(inliers, self.config.min_inliers)[:k]
+    def search(self, image, method: str | None = None, n_candidates: int | None = None,
+               k: int | None = None, exclude_ids=(), progress: Progress = no_progress) -> SearchResponse:
+        """The top k: coarse candidates, then (for ``+attention`` methods) verification and the
+        coarse fallback; every stage reported through ``progress``."""
+        method = method or self.default_method
+        _, fine = self._parse(method)
+        k = k or self.config.top_k
+        n_candidates = max(k, n_candidates or self.config.n_candidates) if fine else k
+        query = self.query_features(image, local=fine, progress=progress)
+        ranking = self.rank(query, method, n_candidates, exclude_ids=exclude_ids, progress=progress)
         results = []
-        for rank, i in enumerate(order, 1):
-            result = self._result(rank, positions[i], distances[i])
-            v = verifications[i]
-            result.inliers = int(v.inliers)
-            if verified[i]:
-                result.stage = "verified"
-                result.query_points = v.query_points.round(1).tolist()
-                result.result_points = v.candidate_points.round(1).tolist()
+        for rank, i in enumerate(ranking.order[:k], 1):
+            result = self._result(rank, ranking.positions[i], ranking.distances[i])
+            if i < ranking.n_candidates:
+                v = ranking.verifications[i]
+                result.inliers = int(v.inliers)
+                if v.inliers >= self.config.min_inliers:
+                    result.stage = "verified"
+                    result.query_points = v.query_points.round(1).tolist()
+                    result.result_points = v.candidate_points.round(1).tolist()
             results.append(result)
-        return SearchResponse(results, method, len(positions), int(verified.sum()), timings)
+        timings = dict(query.timings_ms, **ranking.timings_ms)
+        return SearchResponse(results, method, len(ranking.positions), ranking.n_verified, timings)
 
     def _result(self, rank: int, position: int, distance: float) -> SearchResult:
         index = self.index
@@ -190,7 +227,3 @@ def fine_order(inliers: np.ndarray, min_inliers: int) -> np.ndarray:
     inliers = np.asarray(inliers)
     verified = inliers >= min_inliers
     return np.lexsort((np.arange(len(inliers)), -np.where(verified, inliers, 0), ~verified))
-
-
-def _ms(started: float) -> float:
-    return 1000 * (time.perf_counter() - started)

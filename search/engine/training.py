@@ -13,11 +13,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
-
 import numpy as np
 import torch
-from PIL import Image
 from sklearn.model_selection import train_test_split
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, Dataset
@@ -26,11 +23,12 @@ from tqdm import tqdm
 from .backbones import build_backbone
 from .collection import Collection, ImageRecord
 from .config import EngineConfig
-from .errors import CollectionError, ImageError
-from .images import open_image
+from .errors import CollectionError
+from .images import load_resized
 from .model import eval_transform, pick_device, save_classifier, train_transform
+from .progress import Progress, no_progress
 
-Progress = Callable[[dict], None]
+STAGE = "train classifier"
 
 
 @dataclass
@@ -43,6 +41,7 @@ class Split:
 class TrainingResult:
     checksum: str
     classes: list[str]
+    split: Split
     history: list[dict] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
@@ -61,26 +60,6 @@ def stratified_split(records: list[ImageRecord], val_fraction: float, seed: int)
         raise CollectionError(f"classes with fewer than 2 labelled images cannot be split: {too_small}")
     train, val = train_test_split(records, test_size=val_fraction, random_state=seed, stratify=labels)
     return Split(list(train), list(val))
-
-
-def load_resized(records: list[ImageRecord], max_side: int,
-                 square: bool = False) -> tuple[list, list[tuple[str, str]]]:
-    """Decode every image once, shrunk so its longer side is ``max_side``
-    (or squashed to ``max_side`` square); unreadable ones are reported."""
-    images, skipped = [], []
-    for record in tqdm(records, desc="reading images", unit="img", leave=False):
-        try:
-            image = open_image(record.path)
-        except ImageError as exc:
-            skipped.append((record.relpath, str(exc)))
-            images.append(None)
-            continue
-        if square:
-            image = image.resize((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
-        else:
-            image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-        images.append(image)
-    return images, skipped
 
 
 class _ImageDataset(Dataset):
@@ -103,7 +82,7 @@ def _loader(records, images, class_index, transform, batch_size, shuffle, seed):
 
 def train_classifier(collection: Collection, config: EngineConfig, out_path,
                      split: Split | None = None, epochs: int | None = None,
-                     progress: Progress | None = None) -> TrainingResult:
+                     progress: Progress = no_progress) -> TrainingResult:
     """Fine-tune ``config.backbone`` on the labelled images of ``collection`` and save it at ``out_path``."""
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
@@ -151,6 +130,7 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
     history = []
     averaged = WeightAverage(first_epoch=epochs - min(config.average_last_epochs, epochs) + 1)
     started = time.monotonic()
+    progress(STAGE, 0, epochs)
     for epoch in range(1, epochs + 1):
         backbone.train()
         total_loss, seen = 0.0, 0
@@ -170,8 +150,7 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
                "elapsed_s": round(time.monotonic() - started, 1)}
         history.append(row)
         tqdm.write(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val accuracy {val_accuracy:.4f}")
-        if progress:
-            progress(dict(row, epochs=epochs))
+        progress(STAGE, epoch, epochs)
         averaged.add(epoch, backbone)
 
     if averaged.count > 1:
@@ -197,7 +176,7 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
         "skipped": skipped_train + skipped_val,
     }
     checksum = save_classifier(out_path, backbone.cpu(), classes, config.image_size, info)
-    return TrainingResult(checksum, classes, history, skipped_train + skipped_val)
+    return TrainingResult(checksum, classes, split, history, skipped_train + skipped_val)
 
 
 class WeightAverage:

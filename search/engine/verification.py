@@ -14,26 +14,13 @@ import cv2
 import numpy as np
 import torch
 
+from .config import EngineConfig, VerifySettings
+from .progress import Progress, no_progress
+
 RANSAC_METHODS = {"ransac": cv2.RANSAC, "usac_magsac": cv2.USAC_MAGSAC, "usac_accurate": cv2.USAC_ACCURATE}
 
 
-@dataclass(frozen=True)
-class VerifySettings:
-    """Built by ``EngineConfig.verify_settings()``, where the defaults live."""
-    ratio: float  # Lowe's ratio test: best / second-best distance below this
-    max_distance: float  # L2 distance between unit descriptors above which no match
-    mutual: bool  # keep a match only when it is nearest both ways
-    reprojection_px: float  # RANSAC inlier threshold, in original-image pixels
-    max_iters: int
-    method: str  # ransac | usac_magsac | usac_accurate
-    min_matches: int = 4  # fewer tentative matches: not worth a RANSAC run (3 fit an affine)
-    confidence: float = 0.99
-    block_size: int = 64  # candidates per batched matrix product
-
-
 def default_settings() -> VerifySettings:
-    from .config import EngineConfig
-
     return EngineConfig().verify_settings()
 
 
@@ -107,15 +94,19 @@ def fit_affine(query_points: np.ndarray, candidate_points: np.ndarray, settings:
 
 def verify_candidates(query_keypoints: np.ndarray, query_descriptors: np.ndarray,
                       candidates: list[tuple[np.ndarray, np.ndarray]],
-                      settings: VerifySettings | None = None) -> list[Verification]:
-    """Verify each (keypoints, descriptors) candidate against the query, in blocks."""
+                      settings: VerifySettings | None = None,
+                      progress: Progress = no_progress) -> list[Verification]:
+    """Verify each (keypoints, descriptors) candidate against the query, in blocks;
+    ``progress("verifying", done, total)`` after each block."""
     settings = settings or default_settings()
     results: list[Verification] = []
+    progress("verifying", 0, len(candidates))
     for start in range(0, len(candidates), settings.block_size):
         block = candidates[start:start + settings.block_size]
         pairs = match_block(query_descriptors, [descriptors for _, descriptors in block], settings)
         for (keypoints, _), pair in zip(block, pairs):
             results.append(fit_affine(query_keypoints[pair[:, 0]], keypoints[pair[:, 1]], settings))
+        progress("verifying", len(results), len(candidates))
     return results
 
 

@@ -63,15 +63,12 @@ class EngineCommand(BaseCommand):
 
 
 class StageBars:
-    """A progress callback ``(stage, done, total)`` drawing one tqdm bar per stage."""
+    """The engine's progress callback ``(stage, done, total)`` drawn as one tqdm bar per stage;
+    use it as a context manager so the bars are closed."""
 
     def __init__(self, unit: str = "img"):
         self.bars = {}
         self.unit = unit
-
-    def stage(self, name: str):
-        """A ``(done, total)`` callback for work that has a single stage."""
-        return lambda done, total: self(name, done, total)
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         from tqdm import tqdm
@@ -85,3 +82,9 @@ class StageBars:
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
+
+    def __enter__(self) -> "StageBars":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

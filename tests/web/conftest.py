@@ -35,7 +35,7 @@ def site_index(tiny_fine_engine, engine_config):
     and fine index, as `train` and `index` would have left them."""
     from django.conf import settings
 
-    from search.engine.index import active_build
+    from search.engine.layout import active_build
 
     data_dir = Path(settings.RETRIEVAL.data_dir)
     shutil.copytree(engine_config.model_dir, data_dir / "models", dirs_exist_ok=True)

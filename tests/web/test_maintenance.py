@@ -37,20 +37,25 @@ def test_api_reports_form_errors_as_json(client):
     assert "not an image file" in response.json()["errors"]["image"][0]
 
 
-def test_search_progress_reports_coarse_then_verifying_n_of_n(tiny_fine_engine):
-    from search.jobs import ReportingEngine
+def test_search_progress_reports_every_stage_then_verifying_n_of_n(tiny_fine_engine):
+    from dataclasses import replace
+
+    from search.engine.pipeline import RetrievalEngine
 
     e = tiny_fine_engine
-    engine = ReportingEngine(e.model, e.index, e.device, e.config, e.attention)
+    engine = RetrievalEngine(e.model, e.index, "cpu", e.config.replace(n_candidates=40), e.attention)
+    engine.verify_settings = replace(engine.verify_settings, block_size=16)  # 40 candidates: three blocks
     calls = []
     engine.search(corel_image(450), "penultimate+attention", k=5, progress=lambda *a: calls.append(a))
-    stages = [c[0] for c in calls]
-    assert stages[0] == "coarse" and stages[-1] == "verifying"
-    assert calls[-1][1] == calls[-1][2] == len(e.index)
+    stages = list(dict.fromkeys(c[0] for c in calls))
+    assert stages == ["global features", "local features", "coarse", "verifying"]
+    verifying = [c[1:] for c in calls if c[0] == "verifying"]
+    assert verifying == [(0, 40), (16, 40), (32, 40), (40, 40)]
 
 
 def test_retrain_trains_aside_then_switches_model_and_index(site_index, settings):
-    from search.engine.index import active_build, load_index
+    from search.engine.index import load_index
+    from search.engine.layout import active_build
     from search.engine.model import file_checksum
     from search.maintenance import run_maintenance
 
@@ -83,7 +88,8 @@ def test_staff_form_refuses_a_folder_that_is_not_there(client, django_user_model
 
 
 def test_reindex_of_another_folder_adds_its_images(site_index, tmp_path, settings):
-    from search.engine.index import activate_build, active_build, load_index
+    from search.engine.index import activate_build, load_index
+    from search.engine.layout import active_build
     from search.maintenance import run_maintenance
 
     folder = tmp_path / "more"

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_a_search_whose_worker_was_killed_is_redone_by_the_next_worker(site_index, settings):
-    from workers.tasks import run_search
+    from search.tasks import run_search
 
     queue = f"killed-{uuid.uuid4().hex[:6]}"
     # the visibility timeout is read by the consumer: short for the second worker only

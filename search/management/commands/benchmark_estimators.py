@@ -7,7 +7,7 @@ import numpy as np
 from django.core.management.base import CommandError
 
 from ...engine.images import open_image
-from ...engine.pipeline import RetrievalEngine
+from ...engine.workflows import open_engine
 from ...engine.verification import RANSAC_METHODS, verify_candidates
 from ..base import EngineCommand
 
@@ -32,10 +32,10 @@ class Command(EngineCommand):
         paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         if len(paths) < 2 * group_size:
             raise CommandError(f"{folder}: need at least two groups of {group_size} images")
-        engine = RetrievalEngine.open(config, options["model"], options["index_dir"])
+        engine = open_engine(config, options["index_dir"], options["model"])
         if engine.extractor is None:
             raise CommandError("the active index has no local features; index with the attention head first")
-        features = [engine.query_local(open_image(p)) for p in paths]
+        features = [engine.query_features(open_image(p), local=True).local for p in paths]
         candidates = [(f.keypoints, f.descriptors) for f in features]
         groups = np.arange(len(paths)) // group_size
         same = groups[:, None] == groups[None, :]

@@ -1,12 +1,12 @@
 import json
 import resource
-import time
 from pathlib import Path
 
 import numpy as np
+from django.core.management.base import CommandError
 
-from ...engine.images import open_image
-from ...engine.pipeline import RetrievalEngine
+from ...engine.methods import DEFAULT_METHOD, METHODS, is_fine
+from ...engine.workflows import open_engine
 from ..base import EngineCommand
 
 
@@ -17,32 +17,28 @@ class Command(EngineCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--counts", default="100,1000")
+        parser.add_argument("--method", choices=[m for m in METHODS if is_fine(m)], default=DEFAULT_METHOD)
         parser.add_argument("--out", type=Path, help="JSON to write (default: <data dir>/reports/benchmark_fine.json)")
         self.add_query_arguments(parser, default="all")
         self.add_model_arguments(parser)
 
-    def handle(self, *args, counts, out, **options):
+    def handle(self, *args, counts, method, out, **options):
         config = self.config(options)
-        engine = RetrievalEngine.open(config, options["model"], options["index_dir"])
-        options.setdefault("limit", None)
-        query_ids = self.query_ids(options | {"limit": options["limit"] or 20}, engine)
-        position_of = {image_id: p for p, image_id in enumerate(engine.index.image_ids)}
-        queries = [position_of[q] for q in query_ids if q in position_of]
+        engine = open_engine(config, options["index_dir"], options["model"])
+        if method not in engine.methods:
+            raise CommandError(f"the index does not support {method}; it offers {', '.join(engine.methods)}")
+        query_ids = self.query_ids(options | {"limit": options.get("limit") or 20}, engine)
+        queries = [engine.index.positions[q] for q in query_ids if q in engine.index.positions]
         rows = []
         for n in [int(c) for c in counts.split(",") if c.strip()]:
             n = min(n, len(engine.index) - 1)
             local_ms, verify_ms, pairs = [], [], 0
             for position in queries:
-                image = open_image(engine.index.path_of(position))
-                vectors = engine.query_vectors(image)
-                candidates, _ = engine.rank(vectors, "penultimate", n)
-                started = time.perf_counter()
-                local = engine.query_local(image)
-                local_ms.append(1000 * (time.perf_counter() - started))
-                started = time.perf_counter()
-                engine.verify(local, candidates)
-                verify_ms.append(1000 * (time.perf_counter() - started))
-                pairs += len(candidates)
+                query = engine.query_features(engine.index.path_of(position), local=True)
+                ranking = engine.rank(query, method, n)
+                local_ms.append(query.timings_ms["local_features"])
+                verify_ms.append(ranking.timings_ms["verification"])
+                pairs += ranking.n_candidates
             row = {"n_candidates": n, "queries": len(queries),
                    "query_local_features_ms": float(np.mean(local_ms)),
                    "verification_ms_per_query": float(np.mean(verify_ms)),
@@ -58,8 +54,9 @@ class Command(EngineCommand):
                           f"{engine.index.local.meta['total_keypoints']} local features; device {engine.device}")
         out = out or config.reports_dir / "benchmark_fine.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"rows": rows, "peak_rss_mib": peak_mib, "index": str(engine.index.path),
-                                   "collection_size": len(engine.index), "device": str(engine.device),
+        out.write_text(json.dumps({"rows": rows, "method": method, "peak_rss_mib": peak_mib,
+                                   "index": str(engine.index.path), "collection_size": len(engine.index),
+                                   "device": str(engine.device),
                                    "settings": {"local": str(config.local_settings()),
                                                 "verify": str(config.verify_settings())}}, indent=2))
         self.stdout.write(f"wrote {out}")

@@ -5,9 +5,11 @@ from pathlib import Path
 from django.core.management.base import CommandError
 
 from ...engine.evaluation import evaluate_methods, format_table, write_report
-from ...engine.index import build_index, indexed_collection, load_index
+from ...engine.index import build_index, load_index
+from ...engine.methods import METHODS
 from ...engine.model import imagenet_model
-from ...engine.pipeline import METHODS, RetrievalEngine
+from ...engine.pipeline import RetrievalEngine
+from ...engine.workflows import open_engine
 from ..base import EngineCommand, StageBars
 
 
@@ -27,16 +29,12 @@ class Command(EngineCommand):
         self.add_model_arguments(parser)
 
     def run(self, engine, query_ids, methods, label, n_candidates):
-        bars = StageBars(unit="query")
-        try:
-            return evaluate_methods(engine, query_ids, methods, label, n_candidates=n_candidates,
-                                    progress=bars.stage(f"evaluating {label}"))
-        finally:
-            bars.close()
+        with StageBars(unit="query") as bars:
+            return evaluate_methods(engine, query_ids, methods, label, n_candidates=n_candidates, progress=bars)
 
     def handle(self, *args, queries, methods, n_candidates, no_baseline, out, **options):
         config = self.config(options)
-        engine = RetrievalEngine.open(config, options["model"], options["index_dir"])
+        engine = open_engine(config, options["index_dir"], options["model"])
         query_ids = self.query_ids(options | {"queries": queries}, engine)
         methods = [m.strip() for m in methods.split(",") if m.strip()]
         unknown = sorted(set(methods) - set(METHODS))
@@ -46,11 +44,9 @@ class Command(EngineCommand):
         if not no_baseline:
             baseline = imagenet_model(engine.model.name, engine.model.image_size, engine.device,
                                       config.resnet18_weights if engine.model.name == "resnet18" else None)
-            with tempfile.TemporaryDirectory(prefix="baseline-index-") as tmp:
-                bars = StageBars()
-                build = build_index(indexed_collection(engine.index), baseline, Path(tmp), config,
+            with tempfile.TemporaryDirectory(prefix="baseline-index-") as tmp, StageBars() as bars:
+                build = build_index(engine.index.collection(), baseline, Path(tmp), config,
                                     engine.device, variants=("pca", "penultimate"), progress=bars)
-                bars.close()
                 baseline_engine = RetrievalEngine(baseline, load_index(build), engine.device, config)
                 scores += self.run(baseline_engine, query_ids, ["pca", "penultimate"], "imagenet", None)
         self.stdout.write(format_table(scores))

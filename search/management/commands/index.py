@@ -1,8 +1,6 @@
-from ...engine.attention import load_attention
 from ...engine.collection import scan_collection
-from ...engine.index import build_index, load_index
-from ...engine.local_features import AttentionExtractor
-from ...engine.model import load_classifier, pick_device
+from ...engine.index import load_index
+from ...engine.workflows import index_collection, load_models
 from ..base import EngineCommand, StageBars
 
 
@@ -19,20 +17,12 @@ class Command(EngineCommand):
 
     def handle(self, *args, **options):
         config = self.config(options)
-        device = pick_device(config.device)
-        model = load_classifier(options["model"] or config.default_model_path, device)
-        extractor = None
-        if not options["no_local"]:
-            attention = load_attention(options["attention"] or config.default_attention_path, model, device)
-            extractor = AttentionExtractor(model, attention, config.local_settings(), device)
+        models = load_models(config, options["model"], options["attention"], attention=not options["no_local"])
         collection = scan_collection(options["collection"] or config.collection_dir,
                                      options["labels"], tuple(options["exclude_label"]))
-        bars = StageBars()
-        index_root = options["index_dir"] or config.index_root
-        build = build_index(collection, model, index_root, config, device, progress=bars,
-                            local_extractor=extractor)
-        bars.close()
-        index = load_index(build, expected_checksum=model.checksum)
+        with StageBars() as bars:
+            build = index_collection(collection, models, config, options["index_dir"], progress=bars)
+        index = load_index(build, expected_checksum=models.model.checksum)
         for relpath, reason in index.manifest["skipped"]:
             self.stderr.write(f"skipped {relpath}: {reason}")
         local = index.manifest["local"]

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from django.core.management.base import CommandError
 
-from ...engine.collection import scan_collection, write_labels_csv
+from ...engine.collection import folder_labels, scan_collection, write_labels_csv
 from ..base import EngineCommand
 
 PRESETS = {
@@ -44,7 +44,7 @@ class Command(EngineCommand):
                     raise CommandError(f"{record.relpath}: class {number} has no name in --class-names")
                 labels[record.relpath] = names[number] if names else str(number)
         else:
-            labels = {r.relpath: r.relpath.split("/", 1)[0] for r in collection.records if "/" in r.relpath}
+            labels = folder_labels(r.relpath for r in collection.records)
             if not labels:
                 raise CommandError(f"{folder}: no sub-folders to take labels from; give --stem-divisor or --preset")
         write_labels_csv(out, labels)

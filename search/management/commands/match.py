@@ -1,14 +1,12 @@
 from pathlib import Path
 
-from ...engine.attention import load_attention
+from ...engine import layout
 from ...engine.drawing import draw_correspondences, save_png
 from ...engine.errors import SearchIndexError
 from ...engine.images import open_image
-from ...engine.index import load_index
-from ...engine.local_features import AttentionExtractor
 from ...engine.local_store import LocalStore
-from ...engine.model import load_classifier, pick_device
 from ...engine.verification import verify_affine
+from ...engine.workflows import load_models
 from ..base import EngineCommand
 
 
@@ -25,14 +23,12 @@ class Command(EngineCommand):
 
     def handle(self, *args, image_a, image_b, out, **options):
         config = self.config(options)
-        device = pick_device(config.device)
-        model = load_classifier(options["model"] or config.default_model_path, device)
-        attention = load_attention(options["attention"] or config.default_attention_path, model, device)
-        extractor = AttentionExtractor(model, attention, config.local_settings(), device)
+        extractor = load_models(config, options["model"], options["attention"], attention=True).extractor
         a, b = open_image(image_a), open_image(image_b)
         features_a, features_b = extractor.extract(a), extractor.extract(b)
         try:  # descriptors as the index stores them (PCA-reduced), when an index is there
-            store: LocalStore | None = load_index(options["index_dir"] or config.index_root).local
+            store: LocalStore | None = LocalStore.open(
+                layout.local_dir(layout.active_build(options["index_dir"] or config.index_root)))
         except SearchIndexError:
             store = None
         if store is not None and store.meta["extractor"] == extractor.checksum:

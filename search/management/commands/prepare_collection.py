@@ -6,7 +6,7 @@ from pathlib import Path
 
 from django.core.management import call_command
 
-from ...engine.index import ACTIVE
+from ...engine import layout
 from ..base import EngineCommand
 from .make_labels import PRESETS
 
@@ -37,8 +37,8 @@ class Command(EngineCommand):
             self.stdout.write(f"classifier: {config.default_model_path} exists (delete it to retrain)")
         else:
             call_command("train", **shared)
-        if (config.index_root / ACTIVE).exists():
-            self.stdout.write(f"index: {config.index_root / ACTIVE} is active (run 'index' to rebuild)")
+        if layout.has_active(config.index_root):
+            self.stdout.write(f"index: {layout.active_build(config.index_root)} is active (run 'index' to rebuild)")
         else:
             call_command("index", **shared)
         self.stdout.write(self.style.SUCCESS(f"{collection} is ready to search"))

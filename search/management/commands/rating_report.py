@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand
 
 from ...conf import engine_config
-from ...reports import job_precisions, label_precisions, method_precisions
+from ...reports import job_precisions, method_rows
 
 
 class Command(BaseCommand):
@@ -12,10 +12,10 @@ class Command(BaseCommand):
         if not rows:
             self.stdout.write("no ratings yet")
             return
-        labels = label_precisions(engine_config().reports_dir)
+        methods, _ = method_rows(rows, engine_config().reports_dir)
         self.stdout.write(f"{'method':<24} {'queries':>7} {'rated':>5} {'P@10 (rated)':>12} {'P@10 (labels)':>13}")
-        for m in method_precisions(rows):
-            label = labels.get(m["method"])
+        for m in methods:
+            label = m["label_precision"]
             self.stdout.write(f"{m['method']:<24} {m['queries']:>7} {m['rated']:>5} {m['precision_at_10']:>12.3f} "
                               f"{'-' if label is None else f'{label:.3f}':>13}")
         self.stdout.write("")

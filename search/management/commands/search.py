@@ -1,6 +1,7 @@
 from pathlib import Path
 
-from ...engine.pipeline import DEFAULT_METHOD, METHODS, RetrievalEngine
+from ...engine.methods import DEFAULT_METHOD, METHODS
+from ...engine.workflows import open_engine
 from ..base import EngineCommand
 
 
@@ -18,7 +19,7 @@ class Command(EngineCommand):
 
     def handle(self, *args, image, method, k, n_candidates, **options):
         config = self.config(options)
-        engine = RetrievalEngine.open(config, options["model"], options["index_dir"])
+        engine = open_engine(config, options["index_dir"], options["model"])
         response = engine.search(image, method, n_candidates, k)
         self.stdout.write(f"{'rank':>4}  {'distance':>8}  {'inliers':>7}  {'stage':<8}  {'label':<12} path")
         for r in response.results:

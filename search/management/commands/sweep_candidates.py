@@ -3,7 +3,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ...engine.evaluation import format_sweep, plot_sweep, sweep_candidates
-from ...engine.pipeline import DEFAULT_METHOD, METHODS, RetrievalEngine
+from ...engine.methods import DEFAULT_METHOD, METHODS, is_fine
+from ...engine.workflows import open_engine
 from ..base import EngineCommand, StageBars
 
 
@@ -14,21 +15,18 @@ class Command(EngineCommand):
     def add_arguments(self, parser):
         parser.add_argument("--counts", default="10,50,100,500,1000,4000",
                             help="comma-separated candidate counts")
-        parser.add_argument("--method", choices=[m for m in METHODS if "+" in m], default=DEFAULT_METHOD)
+        parser.add_argument("--method", choices=[m for m in METHODS if is_fine(m)], default=DEFAULT_METHOD)
         parser.add_argument("--out-dir", type=Path, help="where the JSON and PNG go (default: <data dir>/reports)")
         self.add_query_arguments(parser)
         self.add_model_arguments(parser)
 
     def handle(self, *args, counts, method, out_dir, **options):
         config = self.config(options)
-        engine = RetrievalEngine.open(config, options["model"], options["index_dir"])
+        engine = open_engine(config, options["index_dir"], options["model"])
         query_ids = self.query_ids(options, engine)
-        bars = StageBars(unit="query")
-        try:
+        with StageBars(unit="query") as bars:
             points = sweep_candidates(engine, query_ids, method, [int(c) for c in counts.split(",") if c.strip()],
-                                      progress=bars.stage("sweeping"))
-        finally:
-            bars.close()
+                                      progress=bars)
         self.stdout.write(format_sweep(points))
         out_dir = out_dir or config.reports_dir
         out_dir.mkdir(parents=True, exist_ok=True)

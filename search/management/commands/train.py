@@ -2,11 +2,10 @@ from pathlib import Path
 
 from django.core.management.base import CommandError
 
-from ...engine.attention import train_attention
 from ...engine.collection import read_list_file, scan_collection
-from ...engine.model import load_classifier, pick_device
-from ...engine.training import Split, train_classifier
-from ..base import EngineCommand
+from ...engine.training import Split
+from ...engine.workflows import train_models
+from ..base import EngineCommand, StageBars
 
 
 class Command(EngineCommand):
@@ -42,20 +41,18 @@ class Command(EngineCommand):
             val = [p for p in read_list_file(options["val_list"]) if p in labelled]
             split = Split(collection.subset(train).records, collection.subset(val).records)
         out = options["out"] or config.default_model_path
-        result = train_classifier(collection, config, out, split=split, epochs=options["epochs"])
+        with StageBars(unit="epoch") as bars:
+            trained = train_models(collection, config, out, options["attention_out"], split=split,
+                                   epochs=options["epochs"], with_attention=not options["no_attention"],
+                                   progress=bars)
+        result = trained.training
         for relpath, reason in result.skipped:
             self.stderr.write(f"skipped {relpath}: {reason}")
         self.stdout.write(self.style.SUCCESS(
             f"saved {out} ({len(result.classes)} classes); validation accuracy {result.val_accuracy:.4f}"))
-        if options["no_attention"]:
+        if trained.attention is None:
             return
-        device = pick_device(config.device)
-        model = load_classifier(out, device)
-        by_id = {r.image_id: r for r in collection.records}
-        attention = train_attention(
-            model, [by_id[i] for i in model.info["train_ids"]], [by_id[i] for i in model.info["val_ids"]],
-            options["attention_out"] or config.default_attention_path, device,
-            epochs=config.attention_epochs, learning_rate=config.attention_learning_rate, seed=config.seed)
+        attention = trained.attention
         last = attention.info["history"][-1]
         self.stdout.write(self.style.SUCCESS(
             f"saved {attention.path}: attention head train loss {last['train_loss']:.4f}, "

@@ -1,0 +1,159 @@
+"""The index's on-disk layout, and the only module that knows it::
+
+    <index root>/builds/<stamp>/           a complete build (manifest.json written last)
+    <index root>/builds/<stamp>.partial/   a build in progress, never read
+    <index root>/active -> builds/<stamp>  symlink, switched atomically
+    <build>/manifest.json  images.json  tree_<variant>.joblib  vectors_<variant>.npy
+            pca.joblib  local/ (the local-feature store)
+
+A build is made beside the active one and only becomes active when complete,
+so a failed build leaves the old index serving. This module reads and writes
+paths and JSON only (no NumPy, no models): the web process looks up an image's
+path and label through ``catalog`` without loading an index.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import SearchIndexError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TABLE = "images.json"
+ACTIVE = "active"
+BUILDS = "builds"
+LOCAL = "local"
+PARTIAL_SUFFIX = ".partial"
+
+
+def tree_file(build: Path, variant: str) -> Path:
+    return Path(build) / f"tree_{variant}.joblib"
+
+
+def vectors_file(build: Path, variant: str) -> Path:
+    return Path(build) / f"vectors_{variant}.npy"
+
+
+def pca_file(build: Path) -> Path:
+    return Path(build) / "pca.joblib"
+
+
+def local_dir(build: Path) -> Path:
+    return Path(build) / LOCAL
+
+
+def new_build(index_root: Path) -> tuple[Path, Path]:
+    """A fresh ``(partial, final)`` pair of build folders; the partial one is created."""
+    builds = Path(index_root) / BUILDS
+    builds.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    final = builds / stamp
+    partial = final.with_name(final.name + PARTIAL_SUFFIX)
+    partial.mkdir()
+    return partial, final
+
+
+def finish_build(partial: Path, final: Path) -> Path:
+    """A partial build becomes a complete one (readers never see it half written)."""
+    Path(partial).rename(final)
+    return Path(final)
+
+
+def point_active(index_root: Path, build: Path) -> None:
+    """Point ``active`` at ``build`` with one atomic rename of a symlink."""
+    index_root = Path(index_root)
+    link = index_root / ACTIVE
+    tmp = index_root / f".{ACTIVE}.{uuid.uuid4().hex[:6]}"
+    os.symlink(Path(build).resolve().relative_to(index_root.resolve()), tmp)
+    os.replace(tmp, link)
+
+
+def active_build(index_root: Path) -> Path:
+    """The build the ``active`` link points at, or ``index_root`` itself when it is a build."""
+    index_root = Path(index_root)
+    if (index_root / MANIFEST).is_file():
+        return index_root
+    link = index_root / ACTIVE
+    if not link.exists():
+        raise SearchIndexError(f"no index at {index_root} (run the 'index' command first)")
+    return link.resolve()
+
+
+def has_active(index_root: Path) -> bool:
+    return (Path(index_root) / ACTIVE).exists()
+
+
+def read_manifest(build: Path) -> dict:
+    """The manifest of a complete build of the supported format."""
+    manifest_file = Path(build) / MANIFEST
+    if not manifest_file.is_file():
+        raise SearchIndexError(f"{build} is not a complete index: {MANIFEST} is missing")
+    manifest = json.loads(manifest_file.read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise SearchIndexError(
+            f"{build}: index format {manifest.get('format_version')} is not the supported {FORMAT_VERSION}; reindex")
+    return manifest
+
+
+def write_manifest(build: Path, manifest: dict) -> None:
+    (Path(build) / MANIFEST).write_text(json.dumps({"format_version": FORMAT_VERSION, **manifest}, indent=2))
+
+
+def read_table(build: Path, manifest: dict) -> list[dict]:
+    """The image table (``id``, ``path`` relative to the collection root, ``label``), checked
+    against the manifest's size."""
+    table = json.loads((Path(build) / TABLE).read_text())
+    if len(table) != manifest["collection_size"]:
+        raise SearchIndexError(
+            f"{build}: {TABLE} lists {len(table)} images but the manifest says {manifest['collection_size']}")
+    return table
+
+
+def write_table(build: Path, rows: list[dict]) -> None:
+    (Path(build) / TABLE).write_text(json.dumps(rows))
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """One build's images by id: what the site needs to serve and label them."""
+    build: Path
+    collection_root: Path
+    rows: dict[str, dict]  # image id -> {"id", "path", "label"}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def path_of(self, image_id: str) -> Path | None:
+        row = self.rows.get(image_id)
+        return None if row is None else self.collection_root / row["path"]
+
+    def label_of(self, image_id: str) -> str | None:
+        row = self.rows.get(image_id)
+        return None if row is None else row["label"]
+
+    @property
+    def labels(self) -> list[str]:
+        return sorted({row["label"] for row in self.rows.values() if row["label"]})
+
+
+def read_catalog(build: Path) -> Catalog:
+    manifest = read_manifest(build)
+    rows = {row["id"]: row for row in read_table(build, manifest)}
+    return Catalog(Path(build), Path(manifest["collection_root"]), rows)
+
+
+_catalogs: dict[Path, Catalog] = {}
+
+
+def catalog(index_root: Path) -> Catalog:
+    """The active build's catalog, read once per build (re-read when ``active`` moves)."""
+    build = active_build(index_root)
+    cached = _catalogs.get(Path(index_root))
+    if cached is None or cached.build != build:
+        cached = _catalogs[Path(index_root)] = read_catalog(build)
+    return cached

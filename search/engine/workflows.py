@@ -1,0 +1,110 @@
+"""The stage chains every caller needs, written once: train the classifier and
+then the attention head on a collection; load a trained model with its
+attention head and extractor; index a collection; open an engine on a build.
+Commands, the site's tasks and the tests call these instead of wiring the
+stages themselves."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .attention import TrainedAttention, load_attention, train_attention
+from .collection import Collection
+from .config import EngineConfig
+from .errors import SearchIndexError
+from .index import build_index, load_index
+from .local_features import AttentionExtractor
+from .model import TrainedModel, load_classifier, pick_device
+from .pipeline import RetrievalEngine
+from .progress import Progress, no_progress
+from .training import Split, TrainingResult, train_classifier
+
+
+@dataclass
+class Models:
+    """A classifier, its attention head (None: global features only) and the extractor
+    that goes with both."""
+    model: TrainedModel
+    attention: TrainedAttention | None
+    extractor: AttentionExtractor | None
+    device: object
+
+
+@dataclass
+class TrainedModels(Models):
+    training: TrainingResult | None = None
+
+    @property
+    def split(self) -> Split:
+        return self.training.split
+
+
+def _models(model: TrainedModel, attention: TrainedAttention | None, config: EngineConfig, device) -> Models:
+    extractor = (AttentionExtractor(model, attention, config.local_settings(), device)
+                 if attention is not None else None)
+    return Models(model, attention, extractor, device)
+
+
+def train_models(collection: Collection, config: EngineConfig, model_path: Path | None = None,
+                 attention_path: Path | None = None, split: Split | None = None, epochs: int | None = None,
+                 with_attention: bool = True, progress: Progress = no_progress) -> TrainedModels:
+    """Fine-tune the classifier on ``collection`` (saved at ``model_path``), reload it from
+    disk, and train the attention head on the same split (saved at ``attention_path``)."""
+    model_path = Path(model_path or config.default_model_path)
+    attention_path = Path(attention_path or config.default_attention_path)
+    training = train_classifier(collection, config, model_path, split=split, epochs=epochs, progress=progress)
+    device = pick_device(config.device)
+    model = load_classifier(model_path, device)
+    attention = None
+    if with_attention:
+        train_attention(model, training.split.train, training.split.val, attention_path, device,
+                        epochs=config.attention_epochs, learning_rate=config.attention_learning_rate,
+                        seed=config.seed, progress=progress)
+        attention = load_attention(attention_path, model, device)
+    models = _models(model, attention, config, device)
+    return TrainedModels(models.model, models.attention, models.extractor, device, training)
+
+
+def load_models(config: EngineConfig, model_path: Path | None = None, attention_path: Path | None = None,
+                attention: bool | None = None) -> Models:
+    """The trained classifier and attention head from disk. ``attention``: True requires the
+    head, False skips it, None loads it when its file is there."""
+    device = pick_device(config.device)
+    model = load_classifier(Path(model_path or config.default_model_path), device)
+    attention_path = Path(attention_path or config.default_attention_path)
+    head = None
+    if attention or (attention is None and attention_path.is_file()):
+        head = load_attention(attention_path, model, device)
+    return _models(model, head, config, device)
+
+
+def index_collection(collection: Collection, models: Models, config: EngineConfig, index_root: Path | None = None,
+                     activate: bool = True, progress: Progress = no_progress) -> Path:
+    """A new build of ``collection`` (global features, trees, and local features when the
+    models have an attention head); active once complete unless ``activate`` is False."""
+    return build_index(collection, models.model, Path(index_root or config.index_root), config, models.device,
+                       activate=activate, progress=progress, local_extractor=models.extractor)
+
+
+def open_engine(config: EngineConfig, build: Path | None = None, model_path: Path | None = None,
+                attention_path: Path | None = None) -> RetrievalEngine:
+    """An engine on ``build`` (default: the active build under the index root), with the model
+    it was built with and, when the build has local features, the attention head."""
+    models = load_models(config, model_path, attention=False)
+    index = load_index(build or config.index_root, expected_checksum=models.model.checksum)
+    attention = None
+    if index.local is not None:
+        attention = load_attention(Path(attention_path or config.default_attention_path), models.model,
+                                   models.device)
+    engine = RetrievalEngine(models.model, index, models.device, config, attention)
+    if engine.extractor is not None and index.local.meta["extractor"] != engine.extractor.checksum:
+        raise SearchIndexError(
+            f"{index.path}: local features were extracted with other settings or another attention "
+            "head than the loaded ones; reindex")
+    return engine
+
+
+def engine_for(models: Models, build: Path, config: EngineConfig) -> RetrievalEngine:
+    """An engine on a build just made with ``models`` (no reload from disk)."""
+    index = load_index(build, expected_checksum=models.model.checksum)
+    return RetrievalEngine(models.model, index, models.device, config, models.attention)

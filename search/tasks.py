@@ -1,0 +1,20 @@
+"""Celery tasks (found by the app's autodiscovery): each takes a row id only and calls the
+matching function of ``search.jobs`` or ``search.maintenance``, which is idempotent (a
+finished row is left alone). The web process never imports this module: it enqueues by
+name through ``search.queue``, so it does not load the engine."""
+from celery import shared_task
+
+from .jobs import run_search_job
+from .maintenance import run_maintenance
+from .queue import MAINTAIN, RUN_SEARCH
+
+
+@shared_task(name=RUN_SEARCH, acks_late=True, reject_on_worker_lost=True)
+def run_search(job_id: int) -> str:
+    return run_search_job(job_id)
+
+
+@shared_task(name=MAINTAIN, acks_late=True, reject_on_worker_lost=True)
+def maintain(run_id: int) -> str:
+    """A reindex or a retrain, as the run's ``kind`` says."""
+    return run_maintenance(run_id)
