@@ -1,0 +1,68 @@
+"""Fast tier: the index layout (builds, the active link, manifest, image table, catalog)
+on hand-written builds."""
+import json
+
+import pytest
+
+from search.engine import layout
+from search.engine.errors import SearchIndexError
+
+
+def write_build(index_root, rows, collection_root="/photos", activate=True):
+    partial, final = layout.new_build(index_root)
+    assert partial.name.endswith(".partial") and not final.exists()
+    layout.write_table(partial, rows)
+    layout.write_manifest(partial, {"collection_root": collection_root, "collection_size": len(rows)})
+    layout.finish_build(partial, final)
+    if activate:
+        layout.point_active(index_root, final)
+    return final
+
+
+ROWS = [{"id": "a1", "path": "cats/1.jpg", "label": "cats"}, {"id": "b2", "path": "2.jpg", "label": None}]
+
+
+def test_catalog_serves_paths_and_labels_by_id(tmp_path):
+    build = write_build(tmp_path, ROWS)
+    catalog = layout.catalog(tmp_path)
+    assert catalog.build == build.resolve() and len(catalog) == 2
+    assert str(catalog.path_of("a1")) == "/photos/cats/1.jpg" and catalog.label_of("b2") is None
+    assert catalog.path_of("nope") is None and catalog.labels == ["cats"]
+    assert layout.catalog(tmp_path) is catalog  # read once per build
+
+
+def test_catalog_follows_the_active_link(tmp_path):
+    write_build(tmp_path, ROWS)
+    first = layout.catalog(tmp_path)
+    second_build = write_build(tmp_path, ROWS[:1], collection_root="/elsewhere")
+    second = layout.catalog(tmp_path)
+    assert second.build == second_build.resolve() and len(second) == 1
+    assert str(second.path_of("a1")) == "/elsewhere/cats/1.jpg"
+    assert first.build != second.build  # the old build's catalog stays readable for searches in flight
+    assert layout.read_catalog(first.build).path_of("b2") is not None
+
+
+def test_active_link_and_missing_index(tmp_path):
+    assert not layout.has_active(tmp_path)
+    with pytest.raises(SearchIndexError, match="run the 'index' command first"):
+        layout.active_build(tmp_path)
+    build = write_build(tmp_path, ROWS)
+    assert layout.has_active(tmp_path) and layout.active_build(tmp_path) == build.resolve()
+    assert layout.active_build(build) == build  # a build is its own root
+    assert (tmp_path / "active").is_symlink() and not (tmp_path / "active").readlink().is_absolute()
+
+
+def test_incomplete_or_foreign_builds_are_refused(tmp_path):
+    build = write_build(tmp_path, ROWS, activate=False)
+    manifest = json.loads((build / layout.MANIFEST).read_text())
+    manifest["collection_size"] = 3
+    (build / layout.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(SearchIndexError, match="lists 2 images but the manifest says 3"):
+        layout.read_catalog(build)
+    manifest["format_version"] = 99
+    (build / layout.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(SearchIndexError, match="index format 99 is not the supported 1; reindex"):
+        layout.read_manifest(build)
+    (build / layout.MANIFEST).unlink()
+    with pytest.raises(SearchIndexError, match="is not a complete index"):
+        layout.read_manifest(build)

@@ -1,0 +1,80 @@
+"""Fast tier: descriptor matching, the affine fit, the fine order and the evaluation
+metrics on synthetic data whose answer is known."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from search.engine.config import EngineConfig
+from search.engine.evaluation import average_precision, precision_at_k
+from search.engine.pipeline import fine_order
+from search.engine.verification import fit_affine, match_block, verify_candidates
+
+SETTINGS = EngineConfig().verify_settings()
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_matching_finds_the_same_descriptors_in_a_shuffled_candidate():
+    rng = np.random.default_rng(0)
+    query = unit(rng.normal(size=(50, 40)))
+    permutation = rng.permutation(50)
+    noisy = unit(query[permutation] + rng.normal(scale=0.01, size=(50, 40)))
+    unrelated = unit(rng.normal(size=(60, 40)))
+    same, other = match_block(query, [noisy, unrelated], SETTINGS)
+    assert len(same) == 50
+    np.testing.assert_array_equal(permutation[same[:, 1]], same[:, 0])
+    assert len(other) < 5  # random 40-d unit vectors are far apart (distance ~ sqrt(2))
+
+
+def test_mutual_check_drops_a_candidate_descriptor_claimed_twice():
+    query = unit(np.array([[1, 0, 0], [0.99, 0.14, 0], [0, 0, 1]], dtype=np.float32))
+    candidate = unit(np.array([[1, 0.05, 0], [0, 0.1, 1], [0, 1, 0]], dtype=np.float32))
+    loose = replace(SETTINGS, mutual=False, ratio=1.0)
+    assert sorted(map(tuple, match_block(query, [candidate], loose)[0])) == [(0, 0), (1, 0), (2, 1)]
+    strict = replace(loose, mutual=True)
+    assert sorted(map(tuple, match_block(query, [candidate], strict)[0])) == [(0, 0), (2, 1)]
+
+
+def test_affine_fit_recovers_a_known_transform_and_rejects_outliers():
+    rng = np.random.default_rng(1)
+    points = rng.uniform(0, 400, size=(40, 2)).astype(np.float32)
+    affine = np.array([[0.9, -0.2, 30], [0.25, 1.1, -12]], dtype=np.float32)
+    moved = points @ affine[:, :2].T + affine[:, 2]
+    moved[:10] = rng.uniform(0, 400, size=(10, 2))  # ten wrong matches
+    result = fit_affine(points, moved, SETTINGS)
+    assert result.inliers >= 30 and result.matches == 40
+    np.testing.assert_allclose(result.affine, affine, atol=0.05 * np.abs(affine).max())
+    assert fit_affine(points[:3], moved[:3], SETTINGS).inliers == 0  # too few to try
+
+
+def test_verify_candidates_reports_each_block():
+    rng = np.random.default_rng(2)
+    query = unit(rng.normal(size=(20, 8)))
+    keypoints = rng.uniform(0, 100, size=(20, 2)).astype(np.float32)
+    candidates = [(keypoints + 5, query)] * 5
+    calls = []
+    results = verify_candidates(keypoints, query, candidates, replace(SETTINGS, block_size=2),
+                                progress=lambda *a: calls.append(a))
+    assert [r.inliers for r in results] == [20] * 5
+    assert calls == [("verifying", 0, 5), ("verifying", 2, 5), ("verifying", 4, 5), ("verifying", 5, 5)]
+
+
+def test_fine_order_puts_verified_first_by_inliers_then_the_coarse_order():
+    inliers = np.array([3, 20, 0, 9, 20, 7, 8])
+    # verified (>= 8): 20 (pos 1), 20 (pos 4, tie kept in coarse order), 9 (pos 3), 8 (pos 6); then 0, 2, 5
+    assert fine_order(inliers, 8).tolist() == [1, 4, 3, 6, 0, 2, 5]
+    assert fine_order(np.zeros(3, int), 8).tolist() == [0, 1, 2]
+
+
+def test_precision_and_ap_by_hand():
+    ranking = np.array([1, 0, 1, 0, 0, 1, 0, 0, 0, 0], dtype=bool)
+    assert precision_at_k(ranking, 10) == pytest.approx(0.3)
+    assert precision_at_k(ranking, 3) == pytest.approx(2 / 3)
+    # relevant at ranks 1, 3, 6: (1/1 + 2/3 + 3/6) / 3
+    assert average_precision(ranking) == pytest.approx((1 + 2 / 3 + 0.5) / 3)
+    # a fourth relevant item never retrieved counts as precision 0
+    assert average_precision(ranking, n_relevant=4) == pytest.approx((1 + 2 / 3 + 0.5) / 4)
+    assert average_precision(np.zeros(5, dtype=bool)) == 0.0

@@ -1,0 +1,63 @@
+"""Fast tier: method names, the configuration and the progress helpers (no model, no services)."""
+import os
+from pathlib import Path
+
+import pytest
+
+from search.engine.config import EngineConfig
+from search.engine.errors import EngineError
+from search.engine.methods import DEFAULT_METHOD, METHODS, is_fine, method_label, parse_method
+from search.engine.progress import Throttle
+
+
+def test_the_six_methods_of_table_1():
+    assert METHODS == ("logits", "pca", "penultimate", "logits+attention", "pca+attention",
+                       "penultimate+attention")
+    assert parse_method("pca+attention") == ("pca", True) and parse_method("logits") == ("logits", False)
+    assert DEFAULT_METHOD == "penultimate+attention" and is_fine(DEFAULT_METHOD)
+    with pytest.raises(EngineError, match="unknown method 'colour'"):
+        parse_method("colour")
+
+
+def test_method_labels_follow_the_pca_setting():
+    assert method_label("pca", 32) == "PCA-32 (coarse only)"
+    assert method_label("pca+attention", 64) == "PCA-64 + attention verification"
+    assert method_label(DEFAULT_METHOD, 32).endswith("(best)")
+
+
+def test_environment_overrides_with_types():
+    config = EngineConfig.from_env({"RETRIEVAL_EPOCHS": "3", "RETRIEVAL_LEARNING_RATE": "0.5",
+                                    "RETRIEVAL_DATA_DIR": "/tmp/x", "RETRIEVAL_BACKBONE": "resnet18",
+                                    "RETRIEVAL_MATCH_MUTUAL": "off"})
+    assert config.epochs == 3 and config.learning_rate == 0.5
+    assert config.data_dir == Path("/tmp/x") and config.index_root == Path("/tmp/x/index")
+    assert config.backbone == "resnet18" and config.match_mutual is False
+    assert EngineConfig.from_env({}).backbone == "efficientnet_lite0"
+
+
+def test_bad_value_names_the_variable():
+    with pytest.raises(ValueError, match="RETRIEVAL_EPOCHS='many'"):
+        EngineConfig.from_env({"RETRIEVAL_EPOCHS": "many"})
+    with pytest.raises(ValueError, match="RETRIEVAL_MATCH_MUTUAL='maybe'"):
+        EngineConfig.from_env({"RETRIEVAL_MATCH_MUTUAL": "maybe"})
+
+
+def test_django_settings_use_the_environment(settings):
+    assert isinstance(settings.RETRIEVAL, EngineConfig)
+    assert settings.RETRIEVAL.data_dir == Path(os.environ["RETRIEVAL_DATA_DIR"])  # set by tests/testenv.py
+
+
+def test_settings_objects_carry_the_config_values():
+    config = EngineConfig(local_scales="0.5, 1.0", local_max_keypoints=120, match_ratio=0.8, min_inliers=9)
+    local, verify = config.local_settings(), config.verify_settings()
+    assert local.scales == (0.5, 1.0) and local.max_keypoints == 120
+    assert verify.ratio == 0.8 and verify.method == "ransac"
+
+
+def test_throttle_passes_new_stages_and_ends_and_drops_the_rest():
+    calls = []
+    throttle = Throttle(lambda *a: calls.append(a), interval=3600)
+    for done in range(5):
+        throttle("verifying", done, 4)
+    throttle("coarse", 1, 1)
+    assert calls == [("verifying", 0, 4), ("verifying", 4, 4), ("coarse", 1, 1)]
