@@ -15,9 +15,8 @@ from search.engine.workflows import engine_for, index_collection, train_models
 
 from .conftest import COREL, COREL_CLASSES, DATASETS
 
-# The module fixture trains on all of Corel-1k and indexes it (32 min of training plus 6 min in
-# a CI run on the slowest 2-core machine seen, 5 min per epoch); pytest-timeout counts fixture
-# setup against the first test.
+# The module fixture trains on all of Corel-1k and indexes it (tens of minutes on 2 cores);
+# pytest-timeout counts fixture setup against the first test.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 BOOFCV = DATASETS / "boofcv-scene"
@@ -38,8 +37,8 @@ def corel(tmp_path_factory, engine_config):
 
 
 def test_corel_classifier_and_attention_head_train(corel):
-    # Issue target: 0.97. Measured 0.98 and 0.975 (288x288 input, 6 epochs, seed 0) on two
-    # machines; training on CPU repeats to the last digit on one machine, not across machines.
+    # Issue target: 0.97. Training on CPU repeats on one machine, not across machines
+    # (figures per machine: RESULTS.md).
     result = corel["result"]
     print("classifier history", json.dumps(result.history))
     history = corel["attention"].info["history"]
@@ -61,10 +60,8 @@ def test_corel_table1_targets_and_baseline(corel, tmp_path):
               f"verified/query {s.mean_verified:.1f}")
     coarse = [scores[v] for v in ("logits", "pca", "penultimate")]
     best = max(coarse, key=lambda s: s.precision_at_10)
-    # Issue targets: P@10 >= 0.98 and mAP >= 0.95. Training on CPU repeats on one machine,
-    # not across machines. Best P@10 with the last epoch's weights, four trainings: 0.9820,
-    # 0.9760, 0.9795, 0.9815; with the average of epochs 4-6 (the default since): 0.9890 and
-    # 0.9815 (README). The guard leaves one query's worth of room below the target.
+    # Issue targets: P@10 >= 0.98 and mAP >= 0.95. The P@10 target sits inside the spread
+    # between machines (RESULTS.md); the guard leaves one query's worth of room below it.
     print(f"best coarse P@10 {best.precision_at_10:.4f} (issue target 0.98)")
     assert best.precision_at_10 >= 0.975
     assert max(s.mean_ap for s in coarse) >= 0.95
@@ -109,8 +106,7 @@ def test_boofcv_instances_among_corel_distractors(corel, tmp_path):
     print("boofcv top-2 sibling hits of 24:", hits,
           "median inliers true/false:", np.median(inliers_true), np.median(inliers_false or [0]))
     assert hits["penultimate+attention"] >= 22
-    # Verification must beat coarse-only where coarse-only leaves room. Measured: penultimate
-    # alone already finds all 24 (nothing left to beat), logits alone 21 of 24 (a 10-class
-    # space cannot tell instances apart well), logits + verification 23.
+    # Verification must beat coarse-only where coarse-only leaves room (penultimate alone may
+    # already find all 24: then there is nothing left to beat).
     assert hits["penultimate+attention"] >= hits["penultimate"]
     assert hits["logits+attention"] > hits["logits"] or hits["logits"] == len(group)

@@ -1,7 +1,7 @@
 """Global features: one batched forward pass gives the penultimate vector and
 the logits; the PCA reduction is fitted on the collection.
 
-Normalisation (measured on Corel-1k, see README): the penultimate vector is
+Normalisation (chosen on Corel-1k, RESULTS.md): the penultimate vector is
 L2-normalised, so Euclidean distance in the ball tree ranks like cosine
 similarity; the PCA is fitted on those normalised vectors and its output is
 L2-normalised again; logits are L2-normalised too.

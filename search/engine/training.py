@@ -6,7 +6,7 @@ weights are the average of the last few epochs' weights (stochastic weight
 averaging, Izmailov et al. 2018) with BatchNorm statistics recomputed: the
 last epoch's weights differ from machine to machine (CPU float sums differ)
 and with them a few borderline images; the average retrieved better on the
-Corel-1k runs measured (README).
+Corel-1k runs measured (RESULTS.md).
 """
 from __future__ import annotations
 
