@@ -2,11 +2,14 @@
 engine errors turned into a clean ``CommandError`` (no traceback)."""
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
 
 from ..conf import engine_config
+from ..engine.collection import read_list_file, stable_id
 from ..engine.errors import EngineError
 
 
@@ -30,10 +33,6 @@ class EngineCommand(BaseCommand):
         parser.add_argument("--limit", type=int, help="use only the first N queries (seeded shuffle)")
 
     def query_ids(self, options, engine) -> list[str]:
-        import random
-
-        from ..engine.collection import read_list_file, stable_id
-
         spec = options["queries"]
         if spec == "val":
             ids = engine.model.info.get("val_ids")
@@ -71,8 +70,6 @@ class StageBars:
         self.unit = unit
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        from tqdm import tqdm
-
         bar = self.bars.get(stage)
         if bar is None:
             bar = self.bars[stage] = tqdm(total=total, desc=stage, unit=self.unit)

@@ -9,22 +9,31 @@ from pathlib import Path
 ENGINE = Path(__file__).resolve().parents[2] / "search" / "engine"
 
 
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ENGINE).with_suffix("").parts
+    return ".".join(p for p in parts if p != "__init__") or "__init__"
+
+
 def engine_imports() -> dict[str, set[str]]:
-    """module -> engine modules it imports (relative imports, at any depth in the file)."""
+    """module -> engine modules it imports (relative imports, at any depth in the file).
+    ``from . import name`` counts as importing the package when ``name`` is not a module."""
+    paths = list(ENGINE.rglob("*.py"))
+    modules = {module_name(p) for p in paths}
     graph = {}
-    for path in ENGINE.rglob("*.py"):
-        parts = path.relative_to(ENGINE).with_suffix("").parts
-        name = ".".join(p for p in parts if p != "__init__") or "__init__"
-        package = parts[:-1]
+    for path in paths:
+        package = path.relative_to(ENGINE).parts[:-1]
         targets = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level:
-                base = list(package)[: len(package) - (node.level - 1)] if node.level > 1 else list(package)
-                if node.module:
-                    targets.add(".".join(base + node.module.split(".")))
-                else:
-                    targets.update(".".join(base + [alias.name]) for alias in node.names)
-        graph[name] = targets
+            if not (isinstance(node, ast.ImportFrom) and node.level):
+                continue
+            base = list(package[: len(package) - (node.level - 1)])
+            if node.module:
+                targets.add(".".join(base + node.module.split(".")))
+                continue
+            for alias in node.names:
+                name = ".".join(base + [alias.name])
+                targets.add(name if name in modules else ".".join(base) or "__init__")
+        graph[module_name(path)] = targets
     return graph
 
 
@@ -55,6 +64,7 @@ def test_the_engine_has_no_import_loops():
     graph = engine_imports()
     assert {"pipeline", "config", "layout", "backbones", "backbones.resnet"} <= set(graph)
     assert "verification" not in graph["config"] and "config" in graph["verification"]
+    assert graph["backbones.resnet"] >= {"errors", "backbones.base"} and "backbones.resnet" in graph["backbones"]
     assert find_cycle(graph) is None, f"import loop: {' -> '.join(find_cycle(graph))}"
 
 

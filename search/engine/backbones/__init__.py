@@ -1,66 +1,23 @@
-"""Backbones behind one small interface, so that adding a third is one module.
+"""Backbones behind one small interface (``base.Backbone``), so that adding a third is one module.
 
-Each module exposes ``build(num_classes, pretrained, weights_path) ->
-Backbone``; ``BACKBONES`` maps the setting's name to the module.
+Each module exposes ``build(num_classes, pretrained, weights_path) -> Backbone``;
+``BACKBONES`` maps the setting's name to the module.
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 from ..errors import ModelError
+from . import efficientnet_lite, resnet
+from .base import Backbone
 
-
-class Backbone(nn.Module):
-    """An ImageNet CNN split where the retrieval method needs it.
-
-    ``pooled`` gives the penultimate vector (global feature), ``classify`` the
-    logits of the collection's classes, ``feature_map`` the stride-16 map that
-    local features are computed from.
-    """
-
-    name: str = ""
-    feature_dim: int = 0
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-
-    def __init__(self, num_classes: int):
-        super().__init__()
-        self.num_classes = num_classes
-        self.dropout = nn.Dropout(0.2)
-        self.classifier = nn.Linear(self.feature_dim, num_classes)
-
-    local_dim: int = 0  # channels of the stride-16 map
-
-    def pooled(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def local_map(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        """The stride-16 feature map (B, local_dim, H/16, W/16) local descriptors are taken from."""
-        raise NotImplementedError
-
-    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(pooled))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.pooled(images))
-
-    def head_parameters(self):
-        return self.classifier.parameters()
-
-
-def _modules():
-    from . import efficientnet_lite, resnet
-    return {"efficientnet_lite0": efficientnet_lite, "resnet18": resnet}
+BACKBONES = {"efficientnet_lite0": efficientnet_lite, "resnet18": resnet}
 
 
 def backbone_names() -> list[str]:
-    return sorted(_modules())
+    return sorted(BACKBONES)
 
 
 def build_backbone(name: str, num_classes: int, pretrained: bool = True,
                    weights_path: str | None = None) -> Backbone:
-    modules = _modules()
-    if name not in modules:
-        raise ModelError(f"unknown backbone {name!r}; choose one of {', '.join(sorted(modules))}")
-    return modules[name].build(num_classes, pretrained=pretrained, weights_path=weights_path or None)
+    if name not in BACKBONES:
+        raise ModelError(f"unknown backbone {name!r}; choose one of {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[name].build(num_classes, pretrained=pretrained, weights_path=weights_path or None)

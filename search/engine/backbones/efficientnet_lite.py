@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
-from . import Backbone
+from .base import Backbone
 
 
 class EfficientNetLite0(Backbone):

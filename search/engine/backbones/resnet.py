@@ -13,7 +13,7 @@ import torchvision
 from torchvision.models import ResNet18_Weights
 
 from ..errors import ModelError
-from . import Backbone
+from .base import Backbone
 
 
 class ResNet18(Backbone):
