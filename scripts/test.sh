@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: sets up what it needs, then runs pytest (fast tests
-# and the slow group marked "slow"). Extra arguments go to pytest, e.g.
+# The whole test suite: sets up what it needs, then runs pytest (the fast tier,
+# the tests on a tiny trained model, the web tests and the slow group marked
+# "slow"). Extra arguments go to pytest, e.g.
+#   bash scripts/test.sh tests/fast      # the fast tier: under a minute, no model, no services
 #   bash scripts/test.sh -m "not slow"
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
