@@ -147,3 +147,24 @@ def test_benchmark_estimators_separates_true_from_unrelated_pairs(tiny_fine_engi
     with pytest.raises(CommandError, match="unknown method"):
         run("benchmark_estimators", str(folder), "--methods", "lmeds", "--repeats", "1",
             "--index-dir", str(tiny_fine_engine.index.path), "--out", str(out))
+
+
+def test_benchmark_fine_splits_the_time_and_tops_up_with_synthetic_candidates(tiny_fine_engine, engine_config,
+                                                                            tmp_path, settings):
+    settings.RETRIEVAL = engine_config
+    queries = tmp_path / "queries.txt"
+    queries.write_text("buses/300.jpg\ndinosaurs/400.jpg\n")
+    out = tmp_path / "bench.json"
+    stdout, _ = run("benchmark_fine", "--counts", "10,100", "--queries", str(queries),
+                    "--index-dir", str(tiny_fine_engine.index.path), "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["n_candidates"] for r in rows] == [10, 100] and all(r["queries"] == 2 for r in rows)
+    # the collection has 40 images: 60 of the 100 candidates are variations of them
+    assert rows[0]["synthetic_share"] == 0 and rows[1]["synthetic_share"] == pytest.approx(0.6)
+    for row in rows:
+        assert row["ms_per_candidate"] == pytest.approx(row["matching_ms_per_candidate"]
+                                                        + row["ransac_ms_per_candidate"])
+    # each query is its own nearest image; its scaled and shifted copy verifies too
+    assert rows[0]["verified_per_query"] >= 1
+    assert rows[1]["verified_per_query"] >= rows[0]["verified_per_query"] + 1
+    assert "synthetic" in stdout and "RANSAC" in stdout

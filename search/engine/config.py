@@ -34,6 +34,8 @@ class VerifySettings:
     reprojection_px: float  # RANSAC inlier threshold, in original-image pixels
     max_iters: int
     method: str  # ransac | usac_magsac | usac_accurate
+    verify_top: int  # more candidates than this: pre-score all, match and fit the best this many (0: all)
+    prescore_keypoints: int  # the query's strongest descriptors used for the pre-score
     min_matches: int = 4  # fewer tentative matches: not worth a RANSAC run (3 fit an affine)
     confidence: float = 0.99
     block_size: int = 64  # candidates per batched matrix product
@@ -95,6 +97,11 @@ class EngineConfig:
     ransac_max_iters: int = 1000
     ransac_method: str = "ransac"
     min_inliers: int = 8  # fewer: the candidate does not count as verified
+    # With more coarse candidates than verify_top, each is pre-scored by tentative matches of the
+    # query's prescore_keypoints strongest descriptors, and only the verify_top best are matched in
+    # full and fitted with RANSAC (0: verify every candidate).
+    verify_top: int = 0
+    prescore_keypoints: int = 100
 
     @property
     def model_dir(self) -> Path:
@@ -124,7 +131,8 @@ class EngineConfig:
     def verify_settings(self) -> "VerifySettings":
         return VerifySettings(ratio=self.match_ratio, max_distance=self.match_max_distance,
                               mutual=self.match_mutual, reprojection_px=self.ransac_reprojection_px,
-                              max_iters=self.ransac_max_iters, method=self.ransac_method)
+                              max_iters=self.ransac_max_iters, method=self.ransac_method,
+                              verify_top=self.verify_top, prescore_keypoints=self.prescore_keypoints)
 
     def replace(self, **changes) -> "EngineConfig":
         return dataclasses.replace(self, **changes)

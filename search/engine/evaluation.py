@@ -86,11 +86,11 @@ def evaluate_methods(engine: RetrievalEngine, query_ids: Iterable[str], methods:
             relevant = labels[ranking.ranked_positions] == query_label
             stats[method]["p"].append(precision_at_k(relevant, k))
             stats[method]["ap"].append(average_precision(relevant, class_sizes[query_label] - 1))
-            timings = dict(ranking.timings_ms, global_features=query.timings_ms["global_features"])
+            ms = query.timings_ms["global_features"] + ranking.timings_ms["coarse"]
             if is_fine(method):
-                timings["local_features"] = query.timings_ms["local_features"]
+                ms += query.timings_ms["local_features"] + ranking.timings_ms["verification"]
                 stats[method]["verified"].append(ranking.n_verified)
-            stats[method]["ms"].append(sum(timings.values()))
+            stats[method]["ms"].append(ms)
         progress(stage, done, len(queries))
     scores = []
     for method in methods:

@@ -157,13 +157,15 @@ class RetrievalEngine:
             positions, distances = positions[keep], distances[keep]
         return positions[:n], distances[:n]
 
-    def verify(self, query: LocalFeatures, positions: np.ndarray,
-               progress: Progress = no_progress) -> list[Verification]:
+    def candidate_features(self, positions: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(keypoints, descriptors) of each indexed image at ``positions``, from the store."""
         store = self.index.local
-        candidates = [store.features(int(p)) for p in positions]
-        return verify_candidates(query.keypoints, query.descriptors,
-                                 [(c.keypoints, c.descriptors) for c in candidates], self.verify_settings,
-                                 progress)
+        return [(c.keypoints, c.descriptors) for c in (store.features(int(p)) for p in positions)]
+
+    def verify(self, query: LocalFeatures, positions: np.ndarray, progress: Progress = no_progress,
+               timings_ms: dict | None = None) -> list[Verification]:
+        return verify_candidates(query.keypoints, query.descriptors, self.candidate_features(positions),
+                                 self.verify_settings, progress, timings_ms)
 
     def rank(self, query: QueryFeatures, method: str, n_candidates: int | None = None, depth: int | None = None,
              exclude_ids=frozenset(), progress: Progress = no_progress) -> Ranking:
@@ -184,7 +186,7 @@ class RetrievalEngine:
             if query.local is None:
                 raise SearchIndexError(f"method {method} needs the query's local features")
             started = time.perf_counter()
-            verifications = self.verify(query.local, positions[:n_verify], progress)
+            verifications = self.verify(query.local, positions[:n_verify], progress, timings)
             timings["verification"] = elapsed_ms(started)
             inliers = np.array([v.inliers for v in verifications], dtype=np.int64)
             order[:n_verify] = fine_order(inliers, self.config.min_inliers)

@@ -8,6 +8,7 @@ that has enough matches to fit a model.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import cv2
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from .config import EngineConfig, VerifySettings
-from .progress import Progress, no_progress
+from .progress import Progress, elapsed_ms, no_progress
 
 RANSAC_METHODS = {"ransac": cv2.RANSAC, "usac_magsac": cv2.USAC_MAGSAC, "usac_accurate": cv2.USAC_ACCURATE}
 
@@ -44,8 +45,10 @@ def _pad(descriptor_sets: list[np.ndarray], dim: int) -> tuple[torch.Tensor, tor
     return padded, valid
 
 
-def match_block(query: np.ndarray, candidates: list[np.ndarray], settings: VerifySettings) -> list[np.ndarray]:
-    """Tentative matches of ``query`` (Q, d) against each candidate (M_i, d): a list of (K_i, 2) index pairs.
+def _tentative(query: np.ndarray, candidates: list[np.ndarray],
+               settings: VerifySettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each candidate and query descriptor: whether it has a tentative match (``keep``,
+    (C, Q)) and which candidate descriptor that is (``best``, (C, Q)).
 
     Descriptors are unit vectors, so squared distance = 2 - 2 * similarity.
     Candidates are zero-padded to one length: a padded slot has similarity 0
@@ -53,8 +56,6 @@ def match_block(query: np.ndarray, candidates: list[np.ndarray], settings: Verif
     checked) and as a second-best it only makes the ratio test pass, as an
     absent second neighbour does.
     """
-    if len(query) == 0 or not candidates:
-        return [np.zeros((0, 2), np.int64) for _ in candidates]
     q = torch.from_numpy(np.asarray(query, dtype=np.float32))
     padded, valid = _pad(candidates, q.shape[1])
     similarity = torch.einsum("qd,cmd->cqm", q, padded)  # (C, Q, M)
@@ -69,11 +70,34 @@ def match_block(query: np.ndarray, candidates: list[np.ndarray], settings: Verif
         # mutual: no other query descriptor is closer to this candidate descriptor
         column_best = similarity.amax(dim=1)  # (C, M)
         keep &= top[..., 0] >= torch.gather(column_best, 1, best)
+    return keep, best
+
+
+def match_block(query: np.ndarray, candidates: list[np.ndarray], settings: VerifySettings) -> list[np.ndarray]:
+    """Tentative matches of ``query`` (Q, d) against each candidate (M_i, d): a list of (K_i, 2) index pairs."""
+    if len(query) == 0 or not candidates:
+        return [np.zeros((0, 2), np.int64) for _ in candidates]
+    keep, best = _tentative(query, candidates, settings)
     pairs = []
     for c in range(len(candidates)):
         query_idx = torch.nonzero(keep[c]).flatten()
         pairs.append(torch.stack([query_idx, best[c, query_idx]], dim=1).numpy())
     return pairs
+
+
+def prescore(query: np.ndarray, candidates: list[np.ndarray], settings: VerifySettings) -> np.ndarray:
+    """A cheap score per candidate: how many of the query's strongest descriptors (the first
+    ``prescore_keypoints``; extractors return them by attention, best first) have a tentative
+    match in it. Computed in large blocks, with no geometry."""
+    query = np.asarray(query)[: settings.prescore_keypoints]
+    counts = np.zeros(len(candidates), dtype=np.int64)
+    if len(query) == 0:
+        return counts
+    block = settings.block_size * 4
+    for start in range(0, len(candidates), block):
+        keep, _ = _tentative(query, candidates[start:start + block], settings)
+        counts[start:start + block] = keep.sum(dim=1).numpy()
+    return counts
 
 
 def fit_affine(query_points: np.ndarray, candidate_points: np.ndarray, settings: VerifySettings) -> Verification:
@@ -95,18 +119,39 @@ def fit_affine(query_points: np.ndarray, candidate_points: np.ndarray, settings:
 def verify_candidates(query_keypoints: np.ndarray, query_descriptors: np.ndarray,
                       candidates: list[tuple[np.ndarray, np.ndarray]],
                       settings: VerifySettings | None = None,
-                      progress: Progress = no_progress) -> list[Verification]:
-    """Verify each (keypoints, descriptors) candidate against the query, in blocks;
-    ``progress("verifying", done, total)`` after each block."""
+                      progress: Progress = no_progress, timings_ms: dict | None = None) -> list[Verification]:
+    """Verify each (keypoints, descriptors) candidate against the query, in blocks.
+
+    With more than ``verify_top`` candidates (0: no limit), all are pre-scored first and
+    only the ``verify_top`` best are matched in full and fitted; the others keep zero
+    inliers (unverified). ``progress`` gets ``("pre-scoring" | "verifying", done, total)``;
+    ``timings_ms``, when given, gets the milliseconds spent pre-scoring, matching and in
+    RANSAC added to it."""
     settings = settings or default_settings()
-    results: list[Verification] = []
-    progress("verifying", 0, len(candidates))
-    for start in range(0, len(candidates), settings.block_size):
-        block = candidates[start:start + settings.block_size]
-        pairs = match_block(query_descriptors, [descriptors for _, descriptors in block], settings)
-        for (keypoints, _), pair in zip(block, pairs):
-            results.append(fit_affine(query_keypoints[pair[:, 0]], keypoints[pair[:, 1]], settings))
-        progress("verifying", len(results), len(candidates))
+    results = [Verification() for _ in candidates]
+    spent = {"prescore": 0.0, "matching": 0.0, "ransac": 0.0}
+    chosen = np.arange(len(candidates))
+    if settings.verify_top and len(candidates) > settings.verify_top:
+        progress("pre-scoring", 0, len(candidates))
+        started = time.perf_counter()
+        scores = prescore(query_descriptors, [descriptors for _, descriptors in candidates], settings)
+        chosen = np.sort(np.argsort(-scores, kind="stable")[: settings.verify_top])
+        spent["prescore"] += elapsed_ms(started)
+        progress("pre-scoring", len(candidates), len(candidates))
+    progress("verifying", 0, len(chosen))
+    for start in range(0, len(chosen), settings.block_size):
+        block = chosen[start:start + settings.block_size]
+        started = time.perf_counter()
+        pairs = match_block(query_descriptors, [candidates[i][1] for i in block], settings)
+        spent["matching"] += elapsed_ms(started)
+        started = time.perf_counter()
+        for i, pair in zip(block, pairs):
+            results[i] = fit_affine(query_keypoints[pair[:, 0]], candidates[i][0][pair[:, 1]], settings)
+        spent["ransac"] += elapsed_ms(started)
+        progress("verifying", min(start + settings.block_size, len(chosen)), len(chosen))
+    if timings_ms is not None:
+        for name, ms in spent.items():
+            timings_ms[name] = timings_ms.get(name, 0.0) + ms
     return results
 
 

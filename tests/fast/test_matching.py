@@ -78,3 +78,42 @@ def test_precision_and_ap_by_hand():
     # a fourth relevant item never retrieved counts as precision 0
     assert average_precision(ranking, n_relevant=4) == pytest.approx((1 + 2 / 3 + 0.5) / 4)
     assert average_precision(np.zeros(5, dtype=bool)) == 0.0
+
+
+def test_synthetic_candidates_are_variations_of_the_real_ones():
+    from search.management.commands.benchmark_fine import synthetic_candidates
+
+    rng = np.random.default_rng(3)
+    real = [(rng.uniform(0, 300, size=(30, 2)).astype(np.float32), unit(rng.normal(size=(30, 8))))
+            for _ in range(3)]
+    out = synthetic_candidates(real, 7)
+    assert len(out) == 7 and all(out[i] is real[i] for i in range(3))
+    for i in range(3, 7):
+        keypoints, descriptors = out[i]
+        source_keypoints, source_descriptors = real[i % 3]
+        rows = [int(np.flatnonzero((source_descriptors == d).all(1))[0]) for d in descriptors]
+        assert sorted(rows) == list(range(30)) and rows != list(range(30))  # same rows, another order
+        fitted = fit_affine(source_keypoints[rows], keypoints, SETTINGS)
+        assert fitted.inliers == 30  # the keypoints moved by one similarity transform
+
+
+def test_prescore_sends_only_the_best_candidates_to_ransac():
+    rng = np.random.default_rng(4)
+    query = unit(rng.normal(size=(60, 16)))
+    keypoints = rng.uniform(0, 300, size=(60, 2)).astype(np.float32)
+    unrelated = [(rng.uniform(0, 300, size=(60, 2)).astype(np.float32), unit(rng.normal(size=(60, 16))))
+                 for _ in range(30)]
+    # two true candidates: the query's descriptors (slightly noisy), keypoints moved rigidly
+    true = [(keypoints + 7, unit(query + rng.normal(scale=0.02, size=query.shape))) for _ in range(2)]
+    candidates = unrelated[:11] + true[:1] + unrelated[11:] + true[1:]
+    full = verify_candidates(keypoints, query, candidates, SETTINGS)
+    calls = []
+    limited = replace(SETTINGS, verify_top=4, prescore_keypoints=20)
+    pruned = verify_candidates(keypoints, query, candidates, limited, progress=lambda *a: calls.append(a))
+    assert [r.inliers for r in full][11] == 60 and full[-1].inliers == 60
+    assert pruned[11].inliers == 60 and pruned[-1].inliers == 60  # the true ones are pre-scored in
+    assert sum(r.matches > 0 for r in pruned) <= 4  # at most 4 matched in full
+    assert calls[0] == ("pre-scoring", 0, 32) and calls[-1] == ("verifying", 4, 4)
+    # with room for every candidate, the pre-score changes nothing
+    roomy = verify_candidates(keypoints, query, candidates, replace(limited, verify_top=32))
+    assert [r.inliers for r in roomy] == [r.inliers for r in full]
