@@ -165,7 +165,7 @@ class RetrievalEngine:
     def verify(self, query: LocalFeatures, positions: np.ndarray, progress: Progress = no_progress,
                timings_ms: dict | None = None) -> list[Verification]:
         return verify_candidates(query.keypoints, query.descriptors, self.candidate_features(positions),
-                                 self.verify_settings, progress, timings_ms)
+                                 self.verify_settings, progress, timings_ms, self.device)
 
     def rank(self, query: QueryFeatures, method: str, n_candidates: int | None = None, depth: int | None = None,
              exclude_ids=frozenset(), progress: Progress = no_progress) -> Ranking:

@@ -45,8 +45,8 @@ def _pad(descriptor_sets: list[np.ndarray], dim: int) -> tuple[torch.Tensor, tor
     return padded, valid
 
 
-def _tentative(query: np.ndarray, candidates: list[np.ndarray],
-               settings: VerifySettings) -> tuple[torch.Tensor, torch.Tensor]:
+def _tentative(query: np.ndarray, candidates: list[np.ndarray], settings: VerifySettings,
+               device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """For each candidate and query descriptor: whether it has a tentative match (``keep``,
     (C, Q)) and which candidate descriptor that is (``best``, (C, Q)).
 
@@ -54,10 +54,12 @@ def _tentative(query: np.ndarray, candidates: list[np.ndarray],
     Candidates are zero-padded to one length: a padded slot has similarity 0
     (distance sqrt(2)), so it is never kept as a best match (``valid`` is
     checked) and as a second-best it only makes the ratio test pass, as an
-    absent second neighbour does.
+    absent second neighbour does. The products run on ``device``; the answer comes back
+    on the CPU.
     """
-    q = torch.from_numpy(np.asarray(query, dtype=np.float32))
+    q = torch.from_numpy(np.asarray(query, dtype=np.float32)).to(device)
     padded, valid = _pad(candidates, q.shape[1])
+    padded, valid = padded.to(device), valid.to(device)
     similarity = torch.einsum("qd,cmd->cqm", q, padded)  # (C, Q, M)
     k = min(2, similarity.shape[2])
     top, nearest = similarity.topk(k, dim=2)  # (C, Q, k)
@@ -70,14 +72,15 @@ def _tentative(query: np.ndarray, candidates: list[np.ndarray],
         # mutual: no other query descriptor is closer to this candidate descriptor
         column_best = similarity.amax(dim=1)  # (C, M)
         keep &= top[..., 0] >= torch.gather(column_best, 1, best)
-    return keep, best
+    return keep.cpu(), best.cpu()
 
 
-def match_block(query: np.ndarray, candidates: list[np.ndarray], settings: VerifySettings) -> list[np.ndarray]:
+def match_block(query: np.ndarray, candidates: list[np.ndarray], settings: VerifySettings,
+                device="cpu") -> list[np.ndarray]:
     """Tentative matches of ``query`` (Q, d) against each candidate (M_i, d): a list of (K_i, 2) index pairs."""
     if len(query) == 0 or not candidates:
         return [np.zeros((0, 2), np.int64) for _ in candidates]
-    keep, best = _tentative(query, candidates, settings)
+    keep, best = _tentative(query, candidates, settings, device)
     pairs = []
     for c in range(len(candidates)):
         query_idx = torch.nonzero(keep[c]).flatten()
@@ -85,7 +88,8 @@ def match_block(query: np.ndarray, candidates: list[np.ndarray], settings: Verif
     return pairs
 
 
-def prescore(query: np.ndarray, candidates: list[np.ndarray], settings: VerifySettings) -> np.ndarray:
+def prescore(query: np.ndarray, candidates: list[np.ndarray], settings: VerifySettings,
+             device="cpu") -> np.ndarray:
     """A cheap score per candidate: how many of the query's strongest descriptors (the first
     ``prescore_keypoints``; extractors return them by attention, best first) have a tentative
     match in it. Computed in large blocks, with no geometry."""
@@ -95,7 +99,7 @@ def prescore(query: np.ndarray, candidates: list[np.ndarray], settings: VerifySe
         return counts
     block = settings.block_size * 4
     for start in range(0, len(candidates), block):
-        keep, _ = _tentative(query, candidates[start:start + block], settings)
+        keep, _ = _tentative(query, candidates[start:start + block], settings, device)
         counts[start:start + block] = keep.sum(dim=1).numpy()
     return counts
 
@@ -119,8 +123,10 @@ def fit_affine(query_points: np.ndarray, candidate_points: np.ndarray, settings:
 def verify_candidates(query_keypoints: np.ndarray, query_descriptors: np.ndarray,
                       candidates: list[tuple[np.ndarray, np.ndarray]],
                       settings: VerifySettings | None = None,
-                      progress: Progress = no_progress, timings_ms: dict | None = None) -> list[Verification]:
-    """Verify each (keypoints, descriptors) candidate against the query, in blocks.
+                      progress: Progress = no_progress, timings_ms: dict | None = None,
+                      device="cpu") -> list[Verification]:
+    """Verify each (keypoints, descriptors) candidate against the query, in blocks (descriptor
+    products on ``device``: a GPU when the engine has one; RANSAC on the CPU).
 
     With more than ``verify_top`` candidates (0: no limit), all are pre-scored first and
     only the ``verify_top`` best are matched in full and fitted; the others keep zero
@@ -134,7 +140,7 @@ def verify_candidates(query_keypoints: np.ndarray, query_descriptors: np.ndarray
     if settings.verify_top and len(candidates) > settings.verify_top:
         progress("pre-scoring", 0, len(candidates))
         started = time.perf_counter()
-        scores = prescore(query_descriptors, [descriptors for _, descriptors in candidates], settings)
+        scores = prescore(query_descriptors, [descriptors for _, descriptors in candidates], settings, device)
         chosen = np.sort(np.argsort(-scores, kind="stable")[: settings.verify_top])
         spent["prescore"] += elapsed_ms(started)
         progress("pre-scoring", len(candidates), len(candidates))
@@ -142,7 +148,7 @@ def verify_candidates(query_keypoints: np.ndarray, query_descriptors: np.ndarray
     for start in range(0, len(chosen), settings.block_size):
         block = chosen[start:start + settings.block_size]
         started = time.perf_counter()
-        pairs = match_block(query_descriptors, [candidates[i][1] for i in block], settings)
+        pairs = match_block(query_descriptors, [candidates[i][1] for i in block], settings, device)
         spent["matching"] += elapsed_ms(started)
         started = time.perf_counter()
         for i, pair in zip(block, pairs):

@@ -117,3 +117,17 @@ def test_prescore_sends_only_the_best_candidates_to_ransac():
     # with room for every candidate, the pre-score changes nothing
     roomy = verify_candidates(keypoints, query, candidates, replace(limited, verify_top=32))
     assert [r.inliers for r in roomy] == [r.inliers for r in full]
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device on this machine")
+def test_matching_on_cuda_gives_the_cpu_answer():
+    rng = np.random.default_rng(5)
+    query = unit(rng.normal(size=(80, 40)))
+    keypoints = rng.uniform(0, 300, size=(80, 2)).astype(np.float32)
+    candidates = [(rng.uniform(0, 300, size=(70, 2)).astype(np.float32),
+                   unit(np.concatenate([query[:30] + rng.normal(scale=0.05, size=(30, 40)),
+                                        rng.normal(size=(40, 40))]))) for _ in range(50)]
+    settings = replace(SETTINGS, verify_top=20, prescore_keypoints=40)
+    cpu = verify_candidates(keypoints, query, candidates, settings)
+    gpu = verify_candidates(keypoints, query, candidates, settings, device="cuda")
+    assert [(r.inliers, r.matches) for r in gpu] == [(r.inliers, r.matches) for r in cpu]

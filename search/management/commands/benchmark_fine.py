@@ -58,7 +58,7 @@ class Command(EngineCommand):
                 synthetic += len(candidates) - len(real)
                 timings = {}
                 results = verify_candidates(query.local.keypoints, query.local.descriptors, candidates,
-                                            engine.verify_settings, timings_ms=timings)
+                                            engine.verify_settings, timings_ms=timings, device=engine.device)
                 verified += sum(r.inliers >= config.min_inliers for r in results)
                 totals["local_features"] += query.timings_ms["local_features"]
                 for stage in ("prescore", "matching", "ransac"):
