@@ -68,14 +68,13 @@ def _scan(config, run: MaintenanceRun) -> Collection:
     return scan_collection(root, labels)
 
 
-def _build(config, run, models: Models, report: RunLog, activate: bool) -> Path:
-    collection = _scan(config, run)
+def _build(config, collection: Collection, models: Models, report: RunLog, activate: bool) -> Path:
     report.line(f"collection {collection.root}: {len(collection)} images, {len(collection.labelled())} labelled")
     return index_collection(collection, models, config, activate=activate, progress=report)
 
 
 def reindex(config, report: RunLog, run: MaintenanceRun) -> Path:
-    return _build(config, run, load_models(config), report, activate=True)
+    return _build(config, _scan(config, run), load_models(config), report, activate=True)
 
 
 def retrain(config, report: RunLog, run: MaintenanceRun) -> Path:
@@ -88,7 +87,7 @@ def retrain(config, report: RunLog, run: MaintenanceRun) -> Path:
     report.line(f"training on {len(collection.labelled())} labelled images of {collection.root}")
     models = train_models(collection, config, staging / "classifier.pt", staging / "attention.pt", progress=report)
     report.line(f"classifier validation accuracy {models.training.val_accuracy:.4f}")
-    build = _build(config, run, models, report, activate=False)
+    build = _build(config, collection, models, report, activate=False)
     for source in staging.iterdir():
         shutil.copy2(source, config.model_dir / (source.name + ".tmp"))
         (config.model_dir / (source.name + ".tmp")).replace(config.model_dir / source.name)

@@ -113,9 +113,13 @@ class RetrievalEngine:
 
     def _parse(self, method: str) -> tuple[str, bool]:
         variant, fine = parse_method(method)
-        if fine and (self.index.local is None or self.extractor is None):
-            raise SearchIndexError(f"index {self.index.path} has no local features; method {method} needs them")
+        if fine:
+            self._require_local(f"method {method}")
         return variant, fine
+
+    def _require_local(self, what: str) -> None:
+        if self.index.local is None or self.extractor is None:
+            raise SearchIndexError(f"index {self.index.path} has no local features; {what} needs them")
 
     def query_features(self, image, local: bool, progress: Progress = no_progress) -> QueryFeatures:
         """Global vectors of a PIL image (or path), and its local features when ``local``."""
@@ -127,8 +131,7 @@ class RetrievalEngine:
         query = QueryFeatures(variant_vectors(penultimate, logits, self.index.pca))
         query.timings_ms["global_features"] = elapsed_ms(started)
         if local:
-            if self.index.local is None or self.extractor is None:
-                raise SearchIndexError(f"index {self.index.path} has no local features; the fine stage needs them")
+            self._require_local("the fine stage")
             progress("local features", 0, 1)
             started = time.perf_counter()
             query.local = self.index.local.reduce(self.extractor.extract(image))

@@ -61,8 +61,7 @@ def train_models(collection: Collection, config: EngineConfig, model_path: Path 
                         epochs=config.attention_epochs, learning_rate=config.attention_learning_rate,
                         seed=config.seed, progress=progress)
         attention = load_attention(attention_path, model, device)
-    models = _models(model, attention, config, device)
-    return TrainedModels(models.model, models.attention, models.extractor, device, training)
+    return TrainedModels(**vars(_models(model, attention, config, device)), training=training)
 
 
 def load_models(config: EngineConfig, model_path: Path | None = None, attention_path: Path | None = None,
