@@ -51,6 +51,26 @@ def test_train_index_search_evaluate(tiny_collection_dir, tmp_path, settings):
     assert all(m["n_queries"] == 40 for m in data["methods"])
     assert "P@10" in stdout and "imagenet penultimate" in stdout
 
+    # the instance benchmark: generated from the collection, scored by evaluate --instance
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for number in (600, 601, 602):
+        (outside / f"{number}.jpg").symlink_to(corel_image(number))
+    stdout, _ = run("prepare_instance_benchmark", "--collection", str(tiny_collection_dir), "--backgrounds",
+                    str(outside), "--per-family", "1", "--unrelated", "2")
+    assert "9 instance queries (1 x 9 families) and 2 unrelated queries" in stdout
+    bench = tmp_path / "instance-benchmark"
+    stdout, _ = run("evaluate", "--instance", str(bench), "--methods", "penultimate,penultimate+attention",
+                    "--n-candidates", "20", "--out", str(report))
+    data = json.loads(report.read_text())
+    rows = {(m["method"], m["family"]): m for m in data["methods"]}
+    assert {m for m, _ in rows} == {"fine-tuned penultimate", "fine-tuned penultimate+attention",
+                                    "imagenet pca", "imagenet penultimate"}
+    assert rows["fine-tuned penultimate+attention", "all"]["n_queries"] == 9
+    assert rows["fine-tuned penultimate+attention", "unrelated"]["n_queries"] == 2
+    assert data["context"]["instance_benchmark"] == str(bench)
+    assert "R@1" in stdout and "cR@4000" in stdout and "unrelated" in stdout
+
     # prepare_collection (demo.sh, compose's setup): writes a preset's labels, keeps what is done
     corel_folder = tmp_path / "corel-numbers"
     corel_folder.mkdir()

@@ -31,3 +31,41 @@ def test_evaluate_matches_brute_force_on_the_tiny_index(tiny_engine):
         assert scores[variant].precision_at_10 == pytest.approx(np.mean(precisions), abs=1e-9)
         assert scores[variant].mean_ap == pytest.approx(np.mean(aps), abs=1e-6)
         assert scores[variant].stage == "coarse" and scores[variant].n_candidates == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_instance_benchmark(tiny_collection_dir, tmp_path_factory):
+    """Two queries per family from the tiny collection; backgrounds and three unrelated
+    queries from Corel flowers, a class the tiny collection does not hold."""
+    from search.engine.instance_benchmark import build_instance_benchmark
+
+    from .conftest import corel_image
+
+    outside = tmp_path_factory.mktemp("flowers")
+    for number in range(600, 610):
+        (outside / f"{number}.jpg").symlink_to(corel_image(number))
+    return build_instance_benchmark(tiny_collection_dir, tmp_path_factory.mktemp("bench"), outside,
+                                    per_family=2, n_unrelated=3, seed=0)
+
+
+def test_instance_evaluation_finds_the_sources_of_photometric_queries(tiny_fine_engine, tiny_instance_benchmark):
+    from search.engine.instance_benchmark import FAMILIES
+    from search.engine.instance_evaluation import evaluate_instances
+
+    scores = evaluate_instances(tiny_fine_engine, tiny_instance_benchmark, ["penultimate", "penultimate+attention"],
+                                n_candidates=40, depths=(1, 5, 20))
+    table = {(s.method, s.family): s for s in scores}
+    assert set(table) == {(m, f) for m in ("penultimate", "penultimate+attention")
+                          for f in ("all", *FAMILIES, "unrelated")}
+    for method in ("penultimate", "penultimate+attention"):
+        assert table[method, "all"].n_queries == 18 and table[method, "unrelated"].n_queries == 3
+        assert table[method, "unrelated"].recall_at_1 is None
+        for family in ("jpeg", "photometric", "scale", "blur"):  # the same picture, pixels changed
+            assert table["penultimate+attention", family].recall_at_1 == 1.0, family
+    coarse = table["penultimate", "all"]
+    # coarse-only: the final order is the coarse order
+    assert coarse.recall_at_1 == coarse.coarse_recall[1] and coarse.recall_at_5 == coarse.coarse_recall[5]
+    assert coarse.verified_at_1 == 0 and coarse.n_candidates == 0
+    fine = table["penultimate+attention", "all"]
+    assert fine.recall_at_1 >= 0.8 and fine.verified_at_1 >= fine.recall_at_1 - 0.2
+    assert fine.n_candidates == 40 and fine.coarse_recall[20] >= coarse.recall_at_1

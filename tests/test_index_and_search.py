@@ -137,3 +137,21 @@ def test_query_expansion_searches_with_the_average_of_the_nearest(tiny_engine):
     positions, got = expanded.coarse_order(vectors, "pca", 10, exclude)
     np.testing.assert_array_equal(positions, np.argsort(distances)[:10])
     np.testing.assert_allclose(got, np.sort(distances)[:10], atol=1e-4)
+
+
+def test_alpha_query_expansion_weights_neighbours_by_similarity(tiny_engine):
+    index = tiny_engine.index
+    plain = with_settings(tiny_engine, query_expansion=0)
+    weighted = with_settings(tiny_engine, query_expansion=3, query_expansion_alpha=3.0)
+    vectors = plain.query_features(open_image(index.path_of(5)), local=False).vectors
+    nearest, near_distances = plain.coarse_order(vectors, "penultimate", 3)
+    similarity = 1 - near_distances ** 2 / 2
+    matrix = np.asarray(index.vectors["penultimate"])
+    query = vectors["penultimate"][0] + (similarity[:, None] ** 3 * matrix[nearest]).sum(0)
+    query /= np.linalg.norm(query)
+    distances = np.linalg.norm(matrix - query, axis=1)
+    positions, got = weighted.coarse_order(vectors, "penultimate", 10)
+    np.testing.assert_array_equal(positions, np.argsort(distances)[:10])
+    np.testing.assert_allclose(got, np.sort(distances)[:10], atol=1e-4)
+    # the query itself is its own nearest (similarity 1, weight 1); the others weigh less than plain QE's 1
+    assert nearest[0] == 5 and similarity[0] == pytest.approx(1, abs=1e-4) and (similarity[1:] ** 3 < 0.9).all()

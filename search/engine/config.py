@@ -49,7 +49,8 @@ def _default_data_dir() -> Path:
 class EngineConfig:
     # Where trained models, indexes and reports go.
     data_dir: Path = field(default_factory=_default_data_dir)
-    # The demo collection (read-only, never copied into the repository).
+    # The shared, read-only image sets (never copied into the repository) and the demo collection.
+    datasets_dir: Path = field(default_factory=lambda: REPO_ROOT.parent / "shared" / "datasets")
     collection_dir: Path = field(
         default_factory=lambda: REPO_ROOT.parent / "shared" / "datasets" / "corel1k" / "images")
 
@@ -77,6 +78,9 @@ class EngineConfig:
     # Average query expansion: the query vector is averaged with its nearest
     # images before the search (0: off); why 3 and not more: RESULTS.md.
     query_expansion: int = 3
+    # 0: the neighbours are averaged in plainly; > 0: each is weighted by its cosine similarity to
+    # the query to this power (alpha-QE, Radenovic et al. 2018), so far-off neighbours count little.
+    query_expansion_alpha: float = 0.0
     top_k: int = 10
     leaf_size: int = 40
 

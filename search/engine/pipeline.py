@@ -143,13 +143,19 @@ class RetrievalEngine:
         """Positions and distances of the ``n`` nearest images, skipping ``exclude_ids``.
 
         With ``query_expansion`` = e > 0 (average query expansion, Chum et al. 2007) the
-        query vector is first averaged with its e nearest images and searched again:
-        distances are then to that expanded query."""
+        query vector is first averaged with its e nearest images (weighted by similarity **
+        ``query_expansion_alpha`` when that is > 0) and searched again: distances are then to
+        that expanded query."""
         vector = np.atleast_2d(vectors[variant])
-        expand = self.config.query_expansion
+        expand, alpha = self.config.query_expansion, self.config.query_expansion_alpha
         if expand > 0:
-            first, _ = self._nearest(vector, variant, expand, exclude_ids)
-            vector = l2_normalise(vector + np.asarray(self.index.vectors[variant][np.sort(first)]).sum(0))
+            first, distances = self._nearest(vector, variant, expand, exclude_ids)
+            ascending = np.argsort(first)  # memory-mapped rows read in file order
+            first, distances = first[ascending], distances[ascending]
+            # unit vectors: cosine similarity = 1 - d^2 / 2
+            weights = np.ones(len(first)) if alpha <= 0 else np.clip(1 - distances ** 2 / 2, 0, None) ** alpha
+            neighbours = np.asarray(self.index.vectors[variant][first])
+            vector = l2_normalise(vector + (weights[:, None] * neighbours).sum(0))
         return self._nearest(vector, variant, n, exclude_ids)
 
     def _nearest(self, vector: np.ndarray, variant: str, n: int,

@@ -6,6 +6,8 @@ from django.core.management.base import CommandError
 
 from ...engine.evaluation import evaluate_methods, format_table, write_report
 from ...engine.index import build_index, load_index
+from ...engine.instance_benchmark import load_instance_benchmark
+from ...engine.instance_evaluation import evaluate_instances, format_instance_table
 from ...engine.methods import METHODS
 from ...engine.model import imagenet_model
 from ...engine.pipeline import RetrievalEngine
@@ -25,6 +27,9 @@ class Command(EngineCommand):
         parser.add_argument("--n-candidates", type=int, help="coarse candidates verified by the fine methods")
         parser.add_argument("--no-baseline", action="store_true",
                             help="skip the ImageNet (no fine-tuning) baseline")
+        parser.add_argument("--instance", type=Path, metavar="DIR",
+                            help="score an instance benchmark (made by prepare_instance_benchmark) instead of "
+                                 "label-based queries: R@1, R@5, mAP@5 and coarse recall, per family")
         parser.add_argument("--out", type=Path, help="JSON report (default: <data dir>/reports/evaluate-<time>.json)")
         self.add_model_arguments(parser)
 
@@ -32,26 +37,46 @@ class Command(EngineCommand):
         with StageBars(unit="query") as bars:
             return evaluate_methods(engine, query_ids, methods, label, n_candidates=n_candidates, progress=bars)
 
-    def handle(self, *args, queries, methods, n_candidates, no_baseline, out, **options):
+    def run_instances(self, engine, benchmark, methods, label, n_candidates):
+        with StageBars(unit="query") as bars:
+            scores = evaluate_instances(engine, benchmark, methods, n_candidates, progress=bars)
+        for score in scores:
+            score.method = f"{label} {score.method}"
+        return scores
+
+    def baseline_engine(self, engine, config, tmp):
+        """The same collection indexed with the ImageNet backbone, no fine-tuning (coarse variants)."""
+        baseline = imagenet_model(engine.model.name, engine.model.image_size, engine.device,
+                                  config.resnet18_weights if engine.model.name == "resnet18" else None)
+        with StageBars() as bars:
+            build = build_index(engine.index.collection(), baseline, Path(tmp), config,
+                                engine.device, variants=("pca", "penultimate"), progress=bars)
+        return RetrievalEngine(baseline, load_index(build), engine.device, config)
+
+    def handle(self, *args, queries, methods, n_candidates, no_baseline, instance, out, **options):
         config = self.config(options)
         engine = open_engine(config, options["index_dir"], options["model"])
-        query_ids = self.query_ids(options | {"queries": queries}, engine)
         methods = [m.strip() for m in methods.split(",") if m.strip()]
         unknown = sorted(set(methods) - set(METHODS))
         if unknown:
             raise CommandError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-        scores = self.run(engine, query_ids, methods, "fine-tuned", n_candidates)
+        if instance:
+            benchmark = load_instance_benchmark(instance)
+            scores = self.run_instances(engine, benchmark, methods, "fine-tuned", n_candidates)
+            run_baseline = lambda baseline: self.run_instances(baseline, benchmark, ["pca", "penultimate"],
+                                                               "imagenet", None)
+            table = format_instance_table
+        else:
+            query_ids = self.query_ids(options | {"queries": queries}, engine)
+            scores = self.run(engine, query_ids, methods, "fine-tuned", n_candidates)
+            run_baseline = lambda baseline: self.run(baseline, query_ids, ["pca", "penultimate"], "imagenet", None)
+            table = format_table
         if not no_baseline:
-            baseline = imagenet_model(engine.model.name, engine.model.image_size, engine.device,
-                                      config.resnet18_weights if engine.model.name == "resnet18" else None)
-            with tempfile.TemporaryDirectory(prefix="baseline-index-") as tmp, StageBars() as bars:
-                build = build_index(engine.index.collection(), baseline, Path(tmp), config,
-                                    engine.device, variants=("pca", "penultimate"), progress=bars)
-                baseline_engine = RetrievalEngine(baseline, load_index(build), engine.device, config)
-                scores += self.run(baseline_engine, query_ids, ["pca", "penultimate"], "imagenet", None)
-        self.stdout.write(format_table(scores))
+            with tempfile.TemporaryDirectory(prefix="baseline-index-") as tmp:
+                scores += run_baseline(self.baseline_engine(engine, config, tmp))
+        self.stdout.write(table(scores))
         out = out or config.reports_dir / f"evaluate-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"
-        write_report(out, scores, {
+        write_report(out, scores, {"instance_benchmark": str(instance) if instance else None,
             "index": str(engine.index.path), "collection_size": len(engine.index),
             "model": str(engine.model.path), "backbone": engine.model.name, "queries": queries,
             "val_accuracy": engine.model.info.get("val_accuracy"), "device": str(engine.device)})

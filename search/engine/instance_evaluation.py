@@ -1,0 +1,123 @@
+"""Instance-level evaluation on an ``InstanceBenchmark``: does each method find the one
+image a query photo was taken of, and does it stay quiet on unrelated queries?
+
+Per method and per transformation family: R@1, R@5, mAP@5 (one relevant image, so AP@5
+is 1/rank within the first five), the coarse stage's recall at several depths (what
+verification can rescue at that candidate count), the share of queries whose first
+result is verified, and mean query time. For unrelated queries only the verified share
+counts: every verified first result there is a false positive.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import EngineError
+from .instance_benchmark import InstanceBenchmark
+from .methods import is_fine
+from .pipeline import RetrievalEngine
+from .progress import Progress, no_progress
+
+RECALL_DEPTHS = (20, 100, 1000, 4000)
+NOT_FOUND = np.iinfo(np.int64).max
+
+
+@dataclass
+class InstanceScore:
+    method: str
+    family: str  # a transformation family, "all" (every instance query) or "unrelated"
+    n_queries: int
+    recall_at_1: float | None  # None for unrelated queries, which have nothing to find
+    recall_at_5: float | None
+    map_at_5: float | None
+    coarse_recall: dict[int, float]  # depth -> share of queries whose source the coarse stage ranks above it
+    verified_at_1: float  # share of queries whose first result is verified
+    query_ms: float
+    n_candidates: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def rank_of(ranked_positions: np.ndarray, target: int) -> int:
+    """0-based rank of ``target`` in ``ranked_positions``; NOT_FOUND when absent."""
+    hits = np.flatnonzero(np.asarray(ranked_positions) == target)
+    return int(hits[0]) if len(hits) else NOT_FOUND
+
+
+def _summarise(method, family, rows, depths, n_candidates) -> InstanceScore:
+    final = np.array([r["final"] for r in rows], dtype=np.int64)
+    coarse = np.array([r["coarse"] for r in rows], dtype=np.int64)
+    instance = family != "unrelated"
+    ap5 = np.where(final < 5, 1.0 / (np.minimum(final, 4) + 1.0), 0.0)
+    return InstanceScore(
+        method, family, len(rows),
+        float((final < 1).mean()) if instance else None,
+        float((final < 5).mean()) if instance else None,
+        float(ap5.mean()) if instance else None,
+        {d: float((coarse < d).mean()) for d in depths} if instance else {},
+        float(np.mean([r["verified"] for r in rows])), float(np.mean([r["ms"] for r in rows])), n_candidates)
+
+
+def evaluate_instances(engine: RetrievalEngine, benchmark: InstanceBenchmark, methods, n_candidates: int | None = None,
+                       depths=RECALL_DEPTHS, progress: Progress = no_progress) -> list[InstanceScore]:
+    """Score ``methods`` on every query of ``benchmark`` against ``engine``'s index (which must
+    hold the benchmark's collection)."""
+    index = engine.index
+    position_of = {p: i for i, p in enumerate(index.relpaths)}
+    methods = [m for m in methods if m in engine.methods]
+    if not methods:
+        raise EngineError(f"none of the methods can run on {index.path} (it offers {', '.join(engine.methods)})")
+    queries, skipped = [], []
+    for q in benchmark.queries:
+        if q.source is None or q.source in position_of:
+            queries.append(q)
+        else:
+            skipped.append(q.file)
+    if not any(q.source for q in queries):
+        raise EngineError(f"none of the benchmark's sources is in {index.path}: index {benchmark.collection_root}")
+    n_candidates = min(n_candidates or engine.config.n_candidates, len(index))
+    depth = min(len(index), max(max(depths), n_candidates))
+    any_fine = any(is_fine(m) for m in methods)
+    rows = {m: [] for m in methods}
+    for done, q in enumerate(queries, 1):
+        query = engine.query_features(benchmark.path_of(q), local=any_fine)
+        for method in methods:
+            ranking = engine.rank(query, method, n_candidates, depth=depth)
+            target = position_of[q.source] if q.source else -1
+            first = ranking.order[0]
+            verified = bool(first < ranking.n_candidates
+                            and ranking.verifications[first].inliers >= ranking.min_inliers)
+            ms = query.timings_ms["global_features"] + sum(ranking.timings_ms.get(k, 0.0)
+                                                           for k in ("coarse", "verification"))
+            if is_fine(method):
+                ms += query.timings_ms["local_features"]
+            rows[method].append({"family": q.family, "final": rank_of(ranking.ranked_positions, target),
+                                 "coarse": rank_of(ranking.positions, target), "verified": verified, "ms": ms})
+        progress("instance queries", done, len(queries))
+    scores = []
+    families = [f for f in benchmark.families if any(q.family == f for q in queries)]
+    for method in methods:
+        n = n_candidates if is_fine(method) else 0
+        instance_rows = [r for r in rows[method] if r["family"] != "unrelated"]
+        scores.append(_summarise(method, "all", instance_rows, depths, n))
+        scores[-1].skipped = skipped
+        for family in families:
+            scores.append(_summarise(method, family, [r for r in rows[method] if r["family"] == family], depths, n))
+    return scores
+
+
+def format_instance_table(scores: list[InstanceScore], families: bool = True) -> str:
+    depths = sorted({d for s in scores for d in s.coarse_recall})
+    header = (f"{'method':<26} {'family':<12} {'n':>4} {'R@1':>6} {'R@5':>6} {'mAP@5':>6} "
+              + " ".join(f"{'cR@' + str(d):>7}" for d in depths) + f" {'verif@1':>7} {'ms':>7}")
+    lines = [header, "-" * len(header)]
+    for s in scores:
+        if not families and s.family not in ("all", "unrelated"):
+            continue
+        def fmt(x):
+            return f"{'-':>6}" if x is None else f"{x:>6.3f}"
+        lines.append(f"{s.method:<26} {s.family:<12} {s.n_queries:>4d} {fmt(s.recall_at_1)} {fmt(s.recall_at_5)} "
+                     f"{fmt(s.map_at_5)} " + " ".join(f"{s.coarse_recall[d]:>7.3f}" if d in s.coarse_recall
+                                                      else f"{'-':>7}" for d in depths)
+                     + f" {s.verified_at_1:>7.3f} {s.query_ms:>7.1f}")
+    return "\n".join(lines)
