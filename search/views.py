@@ -18,6 +18,7 @@ from django.views.decorators.http import require_POST
 from . import collection_files
 from .conf import engine_config
 from .engine.errors import EngineError, SearchIndexError
+from .engine.methods import is_fine
 from .forms import CollectionUploadForm, MaintenanceForm, SearchForm
 from .models import MaintenanceRun, Rating, SearchJob, Status
 from .queue import enqueue_maintenance, enqueue_search
@@ -70,6 +71,7 @@ def job_payload(request, job: SearchJob) -> dict:
         results.append({
             "rank": r["rank"], "image_id": r["image_id"], "relpath": r["relpath"], "label": r["label"],
             "distance": r["distance"], "stage": r["stage"], "inliers": r["inliers"],
+            "confidence": r.get("confidence", 0.0),
             "thumbnail_url": reverse("thumbnail", args=[r["image_id"]]),
             "image_url": reverse("collection_image", args=[r["image_id"]]),
             "match_url": reverse("match", args=[job.pk, r["rank"]]),
@@ -80,6 +82,8 @@ def job_payload(request, job: SearchJob) -> dict:
         "status": job.status, "stage": job.stage, "progress": {"done": job.progress_done, "total": job.progress_total},
         "error": job.error or None, "method": job.method, "k": job.k, "index_build": job.index_build or None,
         "n_candidates": job.n_candidates, "n_verified": job.n_verified, "timings_ms": job.timings_ms,
+        # fine methods: whether any result is a confident (verified) match; None for coarse-only methods
+        "confident_match": (job.n_verified > 0 if is_fine(job.method) else None) if job.status == Status.DONE else None,
         "created": job.created.isoformat(), "finished": job.finished.isoformat() if job.finished else None,
         "query_url": reverse("query_image", args=[job.pk]),
         "results": results,

@@ -70,6 +70,13 @@ def test_train_index_search_evaluate(tiny_collection_dir, tmp_path, settings):
     assert rows["fine-tuned penultimate+attention", "unrelated"]["n_queries"] == 2
     assert data["context"]["instance_benchmark"] == str(bench)
     assert "R@1" in stdout and "cR@4000" in stdout and "unrelated" in stdout
+    stdout, _ = run("sweep_candidates", "--instance", str(bench), "--counts", "5,20", "--out-dir", str(tmp_path))
+    points = json.loads((tmp_path / "sweep_instance.json").read_text())["points"]
+    assert [(p["method"], p["family"], p["n_queries"]) for p in points] == [
+        ("penultimate+attention@5", "all", 9), ("penultimate+attention@5", "unrelated", 2),
+        ("penultimate+attention@20", "all", 9), ("penultimate+attention@20", "unrelated", 2)]
+    # more candidates verified: the coarse stage hands verification at least as many sources
+    assert points[2]["coarse_recall"]["20"] >= points[0]["coarse_recall"]["5"]
 
     # prepare_collection (demo.sh, compose's setup): writes a preset's labels, keeps what is done
     corel_folder = tmp_path / "corel-numbers"

@@ -126,3 +126,24 @@ def test_fallback_fills_k_with_coarse_results(tiny_fine_engine):
 def test_methods_offered_follow_the_index(tiny_fine_engine, tiny_engine):
     assert len(tiny_fine_engine.methods) == 6
     assert tiny_engine.methods == ["logits", "pca", "penultimate"]
+
+
+def test_a_verified_result_must_be_confident(tiny_fine_engine):
+    from search.engine.confidence import Calibration
+    from search.engine.pipeline import RetrievalEngine
+
+    engine = tiny_fine_engine
+    image = engine.index.path_of(12)
+    response = engine.search(image, "penultimate+attention", n_candidates=40, k=10)
+    verified = [r for r in response.results if r.stage == "verified"]
+    assert verified and all(r.confidence >= engine.config.min_confidence for r in verified)
+    assert response.n_verified == len(verified)  # k covers every verified candidate here
+
+    # a calibration that trusts nothing: the same inliers, nothing verified, the coarse order kept
+    doubtful = RetrievalEngine(engine.model, engine.index, "cpu", engine.config, engine.attention,
+                               Calibration((0.0,) * 6, -20.0, "trusts nothing"))
+    quiet = doubtful.search(image, "penultimate+attention", n_candidates=40, k=10)
+    coarse = engine.search(image, "penultimate", k=10)
+    assert quiet.n_verified == 0 and all(r.stage == "coarse" and r.confidence < 1e-6 for r in quiet.results)
+    assert [r.inliers for r in quiet.results][0] == response.results[0].inliers  # the query itself, still matched
+    assert [r.image_id for r in quiet.results] == [r.image_id for r in coarse.results]

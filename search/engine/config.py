@@ -101,6 +101,12 @@ class EngineConfig:
     ransac_max_iters: int = 1000
     ransac_method: str = "ransac"
     min_inliers: int = 8  # fewer: the candidate does not count as verified
+    # A verified result must also be this sure to show the same object (the calibrated probability
+    # of confidence.py); below it, it is a coarse fallback. Measured: RESULTS.md.
+    min_confidence: float = 0.5
+    # The confidence calibration (calibrate writes <data dir>/models/calibration.json); empty: that
+    # file when it exists, else the one fitted on the public instance benchmark.
+    calibration_path: str = ""
     # With more coarse candidates than verify_top, each is pre-scored by tentative matches of the
     # query's prescore_keypoints strongest descriptors, and only the verify_top best are matched in
     # full and fitted with RANSAC (0: verify every candidate). Measured: RESULTS.md.
@@ -126,6 +132,14 @@ class EngineConfig:
     @property
     def default_attention_path(self) -> Path:
         return self.model_dir / "attention.pt"
+
+    @property
+    def calibration_file(self) -> Path | None:
+        """The confidence calibration to use; None: the packaged one (confidence.DEFAULT_CALIBRATION)."""
+        if self.calibration_path:
+            return Path(self.calibration_path)
+        fitted = self.model_dir / "calibration.json"
+        return fitted if fitted.is_file() else None
 
     def local_settings(self) -> "LocalSettings":
         return LocalSettings(scales=tuple(float(s) for s in self.local_scales.split(",") if s.strip()),

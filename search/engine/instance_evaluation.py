@@ -58,15 +58,12 @@ def _summarise(method, family, rows, depths, n_candidates) -> InstanceScore:
         float(np.mean([r["verified"] for r in rows])), float(np.mean([r["ms"] for r in rows])), n_candidates)
 
 
-def evaluate_instances(engine: RetrievalEngine, benchmark: InstanceBenchmark, methods, n_candidates: int | None = None,
-                       depths=RECALL_DEPTHS, progress: Progress = no_progress) -> list[InstanceScore]:
-    """Score ``methods`` on every query of ``benchmark`` against ``engine``'s index (which must
-    hold the benchmark's collection)."""
+def _score_runs(engine: RetrievalEngine, benchmark: InstanceBenchmark, runs: list[tuple[str, int]], depths,
+                progress: Progress) -> tuple[dict, list, list[str]]:
+    """Each benchmark query's features once, ranked by every (method, n_candidates) run: one row
+    per run and query (final and coarse rank of the source, verified first result, time)."""
     index = engine.index
     position_of = {p: i for i, p in enumerate(index.relpaths)}
-    methods = [m for m in methods if m in engine.methods]
-    if not methods:
-        raise EngineError(f"none of the methods can run on {index.path} (it offers {', '.join(engine.methods)})")
     queries, skipped = [], []
     for q in benchmark.queries:
         if q.source is None or q.source in position_of:
@@ -75,34 +72,60 @@ def evaluate_instances(engine: RetrievalEngine, benchmark: InstanceBenchmark, me
             skipped.append(q.file)
     if not any(q.source for q in queries):
         raise EngineError(f"none of the benchmark's sources is in {index.path}: index {benchmark.collection_root}")
-    n_candidates = min(n_candidates or engine.config.n_candidates, len(index))
-    depth = min(len(index), max(max(depths), n_candidates))
-    any_fine = any(is_fine(m) for m in methods)
-    rows = {m: [] for m in methods}
+    depth = min(len(index), max(max(depths), *(n for _, n in runs)))
+    any_fine = any(is_fine(m) for m, _ in runs)
+    rows = {run: [] for run in runs}
     for done, q in enumerate(queries, 1):
         query = engine.query_features(benchmark.path_of(q), local=any_fine)
-        for method in methods:
+        target = position_of[q.source] if q.source else -1
+        for method, n_candidates in runs:
             ranking = engine.rank(query, method, n_candidates, depth=depth)
-            target = position_of[q.source] if q.source else -1
             first = ranking.order[0]
-            verified = bool(first < ranking.n_candidates
-                            and ranking.verifications[first].inliers >= ranking.min_inliers)
+            verified = bool(first < ranking.n_candidates and ranking.verified[first])
             ms = query.timings_ms["global_features"] + sum(ranking.timings_ms.get(k, 0.0)
                                                            for k in ("coarse", "verification"))
             if is_fine(method):
                 ms += query.timings_ms["local_features"]
-            rows[method].append({"family": q.family, "final": rank_of(ranking.ranked_positions, target),
-                                 "coarse": rank_of(ranking.positions, target), "verified": verified, "ms": ms})
+            rows[method, n_candidates].append({
+                "family": q.family, "final": rank_of(ranking.ranked_positions, target),
+                "coarse": rank_of(ranking.positions, target), "verified": verified, "ms": ms})
         progress("instance queries", done, len(queries))
-    scores = []
     families = [f for f in benchmark.families if any(q.family == f for q in queries)]
-    for method in methods:
-        n = n_candidates if is_fine(method) else 0
-        instance_rows = [r for r in rows[method] if r["family"] != "unrelated"]
+    return rows, families, skipped
+
+
+def evaluate_instances(engine: RetrievalEngine, benchmark: InstanceBenchmark, methods, n_candidates: int | None = None,
+                       depths=RECALL_DEPTHS, progress: Progress = no_progress) -> list[InstanceScore]:
+    """Score ``methods`` on every query of ``benchmark`` against ``engine``'s index (which must
+    hold the benchmark's collection): an "all" row, then one per family, per method."""
+    methods = [m for m in methods if m in engine.methods]
+    if not methods:
+        raise EngineError(f"none of the methods can run on {engine.index.path} (it offers {', '.join(engine.methods)})")
+    n_candidates = min(n_candidates or engine.config.n_candidates, len(engine.index))
+    runs = [(m, n_candidates if is_fine(m) else 0) for m in methods]
+    rows, families, skipped = _score_runs(engine, benchmark, runs, depths, progress)
+    scores = []
+    for method, n in runs:
+        instance_rows = [r for r in rows[method, n] if r["family"] != "unrelated"]
         scores.append(_summarise(method, "all", instance_rows, depths, n))
         scores[-1].skipped = skipped
         for family in families:
-            scores.append(_summarise(method, family, [r for r in rows[method] if r["family"] == family], depths, n))
+            scores.append(_summarise(method, family, [r for r in rows[method, n] if r["family"] == family], depths, n))
+    return scores
+
+
+def sweep_instances(engine: RetrievalEngine, benchmark: InstanceBenchmark, method: str, counts,
+                    progress: Progress = no_progress) -> list[InstanceScore]:
+    """The candidate-count sweep on an instance benchmark: per count, the instance queries' R@1,
+    R@5 and coarse recall at that depth, and the unrelated queries' verified share."""
+    counts = sorted({min(int(c), len(engine.index)) for c in counts})
+    rows, _, skipped = _score_runs(engine, benchmark, [(method, c) for c in counts], counts, progress)
+    scores = []
+    for c in counts:
+        for family, keep in (("all", lambda r: r["family"] != "unrelated"), ("unrelated", lambda r: r["family"] == "unrelated")):
+            chosen = [r for r in rows[method, c] if keep(r)]
+            if chosen:
+                scores.append(_summarise(f"{method}@{c}", family, chosen, (c,), c))
     return scores
 
 
@@ -121,3 +144,54 @@ def format_instance_table(scores: list[InstanceScore], families: bool = True) ->
                                                       else f"{'-':>7}" for d in depths)
                      + f" {s.verified_at_1:>7.3f} {s.query_ms:>7.1f}")
     return "\n".join(lines)
+
+
+@dataclass
+class PairEvidence:
+    """The verification evidence of every (query, candidate) pair with inliers, from a benchmark:
+    what the confidence is fitted and checked on."""
+    evidence: np.ndarray  # (P, len(EVIDENCE))
+    inliers: np.ndarray  # (P,)
+    same: np.ndarray  # (P,) the candidate is the query's source
+    query: np.ndarray  # (P,) index of the pair's query in ``families``
+    families: list[str]  # one per query ("unrelated" for unrelated queries)
+
+
+def collect_pair_evidence(engine: RetrievalEngine, benchmark: InstanceBenchmark, method: str,
+                          n_candidates: int | None = None, progress: Progress = no_progress) -> PairEvidence:
+    if not is_fine(method):
+        raise EngineError(f"the confidence comes from verification; {method} has none")
+    position_of = {p: i for i, p in enumerate(engine.index.relpaths)}
+    queries = [q for q in benchmark.queries if q.source is None or q.source in position_of]
+    parts, families = [], []
+    for number, q in enumerate(queries):
+        query = engine.query_features(benchmark.path_of(q), local=True)
+        ranking = engine.rank(query, method, n_candidates)
+        target = position_of[q.source] if q.source else -1
+        rows = np.flatnonzero(ranking.evidence[:, 0] > 0)
+        parts.append((ranking.evidence[rows], ranking.inliers[rows], ranking.positions[rows] == target,
+                      np.full(len(rows), number)))
+        families.append(q.family)
+        progress("pairs", number + 1, len(queries))
+    width = len(engine.calibration.weights)
+    if not parts:
+        return PairEvidence(np.zeros((0, width)), np.zeros(0, int), np.zeros(0, bool), np.zeros(0, int), [])
+    evidence, inliers, same, query = (np.concatenate([p[i] for p in parts]) for i in range(4))
+    return PairEvidence(evidence.reshape(-1, width), inliers, same.astype(bool), query, families)
+
+
+def verified_shares(pairs: PairEvidence, verified: np.ndarray, queries: np.ndarray) -> dict:
+    """For the given queries, with ``verified`` marking the pairs that pass: the share of instance
+    queries whose source passes (found), the share with a passing wrong image (false), and of
+    unrelated queries the share with any passing image (every one a false positive)."""
+    families = np.array(pairs.families)
+    unrelated = families[queries] == "unrelated"
+    def share(mask_of_pairs, among):
+        hit = np.zeros(len(families), bool)
+        hit[pairs.query[mask_of_pairs]] = True
+        return float(hit[among].mean()) if len(among) else float("nan")
+    instance_q, unrelated_q = queries[~unrelated], queries[unrelated]
+    return {"instance_queries": len(instance_q), "unrelated_queries": len(unrelated_q),
+            "source_verified": share(verified & pairs.same, instance_q),
+            "wrong_verified": share(verified & ~pairs.same, instance_q),
+            "unrelated_verified": share(verified, unrelated_q)}

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .attention import TrainedAttention
+from .confidence import EVIDENCE, Calibration, load_calibration, match_evidence
 from .config import EngineConfig
 from .errors import SearchIndexError
 from .features import embed_batch, l2_normalise, variant_vectors
@@ -41,15 +42,19 @@ class Ranking:
 
     ``positions`` / ``distances`` are the coarse order (nearest first, as deep as asked);
     for a fine method the first ``n_candidates`` of them were verified, ``verifications``
-    holding one result each in that order. ``order`` ranks all of ``positions``: the
-    verified candidates by inliers, then the rest in coarse order (the fallback)."""
+    holding one result each in that order, with its ``confidence`` (the calibrated probability
+    of showing the same object) and whether it counts as ``verified`` (confident and with
+    ``min_inliers``). ``order`` ranks all of ``positions``: the verified candidates by inliers,
+    then the rest in coarse order (the fallback)."""
     method: str
     positions: np.ndarray
     distances: np.ndarray
     order: np.ndarray
     n_candidates: int
     verifications: list[Verification]
-    min_inliers: int
+    evidence: np.ndarray  # (n_candidates, len(confidence.EVIDENCE)): what the confidence was judged on
+    confidence: np.ndarray
+    verified: np.ndarray
     timings_ms: dict
 
     @property
@@ -58,7 +63,7 @@ class Ranking:
 
     @property
     def n_verified(self) -> int:
-        return int((self.inliers >= self.min_inliers).sum())
+        return int(self.verified.sum())
 
     @property
     def ranked_positions(self) -> np.ndarray:
@@ -73,8 +78,9 @@ class SearchResult:
     path: str
     distance: float
     label: str | None
-    stage: str = "coarse"  # "verified" (scored by inliers) or "coarse" (fallback / coarse-only)
+    stage: str = "coarse"  # "verified" (a confident match, scored by inliers) or "coarse" (fallback / coarse-only)
     inliers: int = 0
+    confidence: float = 0.0  # calibrated probability that it shows the same object (fine methods)
     # inlier correspondences, (query x, y) -> (result x, y), in original pixels
     query_points: list = field(default_factory=list)
     result_points: list = field(default_factory=list)
@@ -94,9 +100,10 @@ class SearchResponse:
 
 class RetrievalEngine:
     def __init__(self, model: TrainedModel, index: SearchIndex, device, config: EngineConfig,
-                 attention: TrainedAttention | None = None):
+                 attention: TrainedAttention | None = None, calibration: Calibration | None = None):
         self.model, self.index, self.device, self.config = model, index, device, config
         self.attention = attention
+        self.calibration = calibration or load_calibration(config.calibration_file)
         self.extractor = (AttentionExtractor(model, attention, config.local_settings(), device)
                           if attention is not None else None)
         self.verify_settings = config.verify_settings()
@@ -172,9 +179,19 @@ class RetrievalEngine:
         return [(c.keypoints, c.descriptors) for c in (store.features(int(p)) for p in positions)]
 
     def verify(self, query: LocalFeatures, positions: np.ndarray, progress: Progress = no_progress,
-               timings_ms: dict | None = None) -> list[Verification]:
-        return verify_candidates(query.keypoints, query.descriptors, self.candidate_features(positions),
+               timings_ms: dict | None = None, candidates=None) -> list[Verification]:
+        candidates = candidates if candidates is not None else self.candidate_features(positions)
+        return verify_candidates(query.keypoints, query.descriptors, candidates,
                                  self.verify_settings, progress, timings_ms, self.device)
+
+    def judge(self, query: LocalFeatures, verifications: list[Verification], candidate_keypoints,
+              distances: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each verification's evidence, its confidence, and whether it counts as verified: at
+        least ``min_inliers`` inliers and a confidence of at least ``min_confidence``."""
+        evidence = match_evidence(verifications, query.keypoints, candidate_keypoints, distances)
+        confidence = self.calibration.probability(evidence)
+        inliers = np.array([v.inliers for v in verifications], dtype=np.int64)
+        return evidence, confidence, (inliers >= self.config.min_inliers) & (confidence >= self.config.min_confidence)
 
     def rank(self, query: QueryFeatures, method: str, n_candidates: int | None = None, depth: int | None = None,
              exclude_ids=frozenset(), progress: Progress = no_progress) -> Ranking:
@@ -191,15 +208,19 @@ class RetrievalEngine:
         verifications: list[Verification] = []
         order = np.arange(len(positions))
         n_verify = min(n_candidates, len(positions)) if fine else 0
+        evidence = np.zeros((n_verify, len(EVIDENCE)))
+        confidence, verified = np.zeros(n_verify), np.zeros(n_verify, dtype=bool)
         if fine:
             if query.local is None:
                 raise SearchIndexError(f"method {method} needs the query's local features")
             started = time.perf_counter()
-            verifications = self.verify(query.local, positions[:n_verify], progress, timings)
+            candidates = self.candidate_features(positions[:n_verify])
+            verifications = self.verify(query.local, positions[:n_verify], progress, timings, candidates)
+            evidence, confidence, verified = self.judge(query.local, verifications, [k for k, _ in candidates],
+                                              distances[:n_verify])
             timings["verification"] = elapsed_ms(started)
-            inliers = np.array([v.inliers for v in verifications], dtype=np.int64)
-            order[:n_verify] = fine_order(inliers, self.config.min_inliers)
-        return Ranking(method, positions, distances, order, n_verify, verifications, self.config.min_inliers,
+            order[:n_verify] = fine_order(np.array([v.inliers for v in verifications], dtype=np.int64), verified)
+        return Ranking(method, positions, distances, order, n_verify, verifications, evidence, confidence, verified,
                        timings)
 
     def search(self, image, method: str | None = None, n_candidates: int | None = None,
@@ -218,7 +239,8 @@ class RetrievalEngine:
             if i < ranking.n_candidates:
                 v = ranking.verifications[i]
                 result.inliers = int(v.inliers)
-                if v.inliers >= self.config.min_inliers:
+                result.confidence = round(float(ranking.confidence[i]), 3)
+                if ranking.verified[i]:
                     result.stage = "verified"
                     result.query_points = v.query_points.round(1).tolist()
                     result.result_points = v.candidate_points.round(1).tolist()
@@ -232,9 +254,8 @@ class RetrievalEngine:
                             str(index.path_of(position)), float(distance), index.labels[position])
 
 
-def fine_order(inliers: np.ndarray, min_inliers: int) -> np.ndarray:
+def fine_order(inliers: np.ndarray, verified: np.ndarray) -> np.ndarray:
     """Candidates (given in coarse order) re-ranked: verified ones first by inlier count,
     ties kept in coarse order, then the unverified ones as the coarse fallback."""
-    inliers = np.asarray(inliers)
-    verified = inliers >= min_inliers
+    inliers, verified = np.asarray(inliers), np.asarray(verified, dtype=bool)
     return np.lexsort((np.arange(len(inliers)), -np.where(verified, inliers, 0), ~verified))

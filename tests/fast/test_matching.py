@@ -65,8 +65,11 @@ def test_verify_candidates_reports_each_block():
 def test_fine_order_puts_verified_first_by_inliers_then_the_coarse_order():
     inliers = np.array([3, 20, 0, 9, 20, 7, 8])
     # verified (>= 8): 20 (pos 1), 20 (pos 4, tie kept in coarse order), 9 (pos 3), 8 (pos 6); then 0, 2, 5
-    assert fine_order(inliers, 8).tolist() == [1, 4, 3, 6, 0, 2, 5]
-    assert fine_order(np.zeros(3, int), 8).tolist() == [0, 1, 2]
+    assert fine_order(inliers, inliers >= 8).tolist() == [1, 4, 3, 6, 0, 2, 5]
+    assert fine_order(np.zeros(3, int), np.zeros(3, bool)).tolist() == [0, 1, 2]
+    # verified means confident, not only many inliers: an unconfident 20 stays in the fallback
+    confident = (inliers >= 8) & (np.arange(7) != 4)
+    assert fine_order(inliers, confident).tolist() == [1, 3, 6, 0, 2, 4, 5]
 
 
 def test_precision_and_ap_by_hand():

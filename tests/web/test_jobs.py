@@ -45,6 +45,11 @@ def test_api_search_runs_on_the_worker_and_returns_same_class_results(client, ce
     assert [r["rank"] for r in body["results"]] == [1, 2, 3, 4, 5]
     assert body["results"][0]["label"] == "dinosaurs"
     assert {r["stage"] for r in body["results"]} <= {"verified", "coarse"}
+    # a verified badge means a confident match; the answer says whether there is one
+    assert body["confident_match"] == any(r["stage"] == "verified" for r in body["results"]) == (body["n_verified"] > 0)
+    min_confidence = settings.RETRIEVAL.min_confidence
+    assert all(r["confidence"] >= min_confidence for r in body["results"] if r["stage"] == "verified")
+    assert all(0 <= r["confidence"] <= 1 for r in body["results"])
     assert "path" not in json.dumps(body["results"][0]).replace("relpath", "")  # no server paths leak
 
     # the result's image is served by id, its correspondences are drawn
@@ -60,6 +65,8 @@ def test_api_search_runs_on_the_worker_and_returns_same_class_results(client, ce
 def test_coarse_method_and_rating_and_report(client, celery_worker_process):
     job = finished_job(api_search(client, 301, method="logits", k=10)["id"])  # a bus
     assert job.status == Status.DONE and all(r["stage"] == "coarse" for r in job.results)
+    body = client.get(f"/api/searches/{job.pk}").json()
+    assert body["confident_match"] is None and all(r["confidence"] == 0 for r in body["results"])
     first, second = job.results[0]["image_id"], job.results[1]["image_id"]
     rate = lambda image_id, value: client.post(f"/jobs/{job.pk}/rate", json.dumps(
         {"image_id": image_id, "value": value}), content_type="application/json")

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from ...engine.methods import DEFAULT_METHOD, METHODS
+from ...engine.methods import DEFAULT_METHOD, METHODS, is_fine
 from ...engine.workflows import open_engine
 from ..base import EngineCommand
 
@@ -21,9 +21,12 @@ class Command(EngineCommand):
         config = self.config(options)
         engine = open_engine(config, options["index_dir"], options["model"])
         response = engine.search(image, method, n_candidates, k)
-        self.stdout.write(f"{'rank':>4}  {'distance':>8}  {'inliers':>7}  {'stage':<8}  {'label':<12} path")
+        self.stdout.write(f"{'rank':>4}  {'distance':>8}  {'inliers':>7}  {'sure':>5}  {'stage':<8}  {'label':<12} path")
         for r in response.results:
-            self.stdout.write(f"{r.rank:>4}  {r.distance:>8.4f}  {r.inliers:>7}  {r.stage:<8}  "
+            self.stdout.write(f"{r.rank:>4}  {r.distance:>8.4f}  {r.inliers:>7}  {r.confidence:>5.2f}  {r.stage:<8}  "
                               f"{str(r.label or '-'):<12} {r.path}")
+        if is_fine(response.method) and response.n_verified == 0:
+            self.stdout.write("no confident match: nothing was verified to show the same thing; "
+                              "the results are the nearest by overall look")
         self.stdout.write(f"verified {response.n_verified} of {response.n_candidates} candidates; "
                           + ", ".join(f"{k} {v:.1f} ms" for k, v in response.timings_ms.items()))
