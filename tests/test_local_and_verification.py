@@ -141,7 +141,7 @@ def test_a_verified_result_must_be_confident(tiny_fine_engine):
 
     # a calibration that trusts nothing: the same inliers, nothing verified, the coarse order kept
     doubtful = RetrievalEngine(engine.model, engine.index, "cpu", engine.config, engine.attention,
-                               Calibration((0.0,) * 6, -20.0, "trusts nothing"))
+                               Calibration((0.0,) * 7, -20.0, "trusts nothing"))
     quiet = doubtful.search(image, "penultimate+attention", n_candidates=40, k=10)
     coarse = engine.search(image, "penultimate", k=10)
     assert quiet.n_verified == 0 and all(r.stage == "coarse" and r.confidence < 1e-6 for r in quiet.results)

@@ -6,8 +6,9 @@ An inlier count alone is not that: a class-level collection gives 8-20 inliers b
 different objects of one kind (repeated texture, a grid of stride-16 keypoints and a 12 px
 threshold), and a degenerate affine (squashed to a line or a point) collects inliers too.
 So the evidence is the inliers together with what makes them believable: the share of
-tentative matches they are, how much of the query they cover, whether the affine is a
-plausible view change, and the coarse similarity.
+tentative matches they are, how much of the query and of the candidate they cover, whether
+the affine is a plausible view change (anisotropy), the coarse similarity, and how far they
+stand above the query's floor of chance inliers.
 """
 from __future__ import annotations
 
@@ -21,7 +22,12 @@ from .errors import EngineError
 from .verification import Verification
 
 EVIDENCE = ("log_inliers", "inlier_share", "query_coverage", "candidate_coverage", "log_anisotropy",
-            "coarse_similarity")
+            "coarse_similarity", "inlier_excess")
+# The query's own level of chance inliers: the inlier count of its FLOOR_RANK-th best fitted
+# candidate. Chance inliers vary tenfold between queries (textured, repetitive images collect
+# more), so how far a candidate stands above that floor says more than its raw count; the tenth
+# leaves room for nine true matches (several photos of one object) above it.
+FLOOR_RANK = 10
 # The calibration fitted on the public instance benchmark (RESULTS.md), used until a deployment
 # fits its own with ``calibrate`` (written next to the models).
 DEFAULT_CALIBRATION = Path(__file__).with_name("calibration.json")
@@ -44,6 +50,10 @@ def match_evidence(verifications: list[Verification], query_keypoints: np.ndarra
     query_spread = max(_spread(query_keypoints), 1e-6)
     rows = np.zeros((len(verifications), len(EVIDENCE)), dtype=np.float64)
     rows[:, 5] = 1.0 - np.asarray(distances[:len(verifications)], dtype=np.float64) ** 2 / 2
+    inliers = np.array([v.inliers if v.affine is not None else 0 for v in verifications], dtype=np.float64)
+    fitted = np.sort(inliers[inliers > 0])[::-1]
+    floor = fitted[min(FLOOR_RANK, len(fitted)) - 1] if len(fitted) else 0.0
+    rows[:, 6] = np.where(inliers > 0, np.log((inliers + 1) / (floor + 1)), 0.0)
     for i, v in enumerate(verifications):  # one small step per fitted candidate (a few hundred at most)
         if v.affine is None or v.inliers == 0:
             continue

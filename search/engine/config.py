@@ -102,8 +102,11 @@ class EngineConfig:
     ransac_method: str = "ransac"
     min_inliers: int = 8  # fewer: the candidate does not count as verified
     # A verified result must also be this sure to show the same object (the calibrated probability
-    # of confidence.py); below it, it is a coarse fallback. Measured: RESULTS.md.
+    # of confidence.py). Candidates with min_inliers and at least rerank_confidence are ranked by
+    # inliers ahead of the coarse order (a true match is often verified but not sure); the rest
+    # keep the coarse order. Why these two: RESULTS.md.
     min_confidence: float = 0.5
+    rerank_confidence: float = 0.01
     # The confidence calibration (calibrate writes <data dir>/models/calibration.json); empty: that
     # file when it exists, else the one fitted on the public instance benchmark.
     calibration_path: str = ""

@@ -44,8 +44,8 @@ class Ranking:
     for a fine method the first ``n_candidates`` of them were verified, ``verifications``
     holding one result each in that order, with its ``confidence`` (the calibrated probability
     of showing the same object) and whether it counts as ``verified`` (confident and with
-    ``min_inliers``). ``order`` ranks all of ``positions``: the verified candidates by inliers,
-    then the rest in coarse order (the fallback)."""
+    ``min_inliers``). ``order`` ranks all of ``positions``: the candidates with ``min_inliers``
+    and at least ``rerank_confidence`` by inliers, then the rest in coarse order (the fallback)."""
     method: str
     positions: np.ndarray
     distances: np.ndarray
@@ -185,13 +185,15 @@ class RetrievalEngine:
                                  self.verify_settings, progress, timings_ms, self.device)
 
     def judge(self, query: LocalFeatures, verifications: list[Verification], candidate_keypoints,
-              distances: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each verification's evidence, its confidence, and whether it counts as verified: at
-        least ``min_inliers`` inliers and a confidence of at least ``min_confidence``."""
+              distances: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Each verification's evidence and confidence; whether it is re-ranked by inliers
+        (``min_inliers`` and ``rerank_confidence``) and whether it counts as verified
+        (``min_inliers`` and ``min_confidence``)."""
         evidence = match_evidence(verifications, query.keypoints, candidate_keypoints, distances)
         confidence = self.calibration.probability(evidence)
-        inliers = np.array([v.inliers for v in verifications], dtype=np.int64)
-        return evidence, confidence, (inliers >= self.config.min_inliers) & (confidence >= self.config.min_confidence)
+        enough = np.array([v.inliers for v in verifications], dtype=np.int64) >= self.config.min_inliers
+        return (evidence, confidence, enough & (confidence >= self.config.rerank_confidence),
+                enough & (confidence >= self.config.min_confidence))
 
     def rank(self, query: QueryFeatures, method: str, n_candidates: int | None = None, depth: int | None = None,
              exclude_ids=frozenset(), progress: Progress = no_progress) -> Ranking:
@@ -210,16 +212,18 @@ class RetrievalEngine:
         n_verify = min(n_candidates, len(positions)) if fine else 0
         evidence = np.zeros((n_verify, len(EVIDENCE)))
         confidence, verified = np.zeros(n_verify), np.zeros(n_verify, dtype=bool)
+        reranked = verified
         if fine:
             if query.local is None:
                 raise SearchIndexError(f"method {method} needs the query's local features")
             started = time.perf_counter()
             candidates = self.candidate_features(positions[:n_verify])
             verifications = self.verify(query.local, positions[:n_verify], progress, timings, candidates)
-            evidence, confidence, verified = self.judge(query.local, verifications, [k for k, _ in candidates],
+            evidence, confidence, reranked, verified = self.judge(query.local, verifications, [k for k, _ in candidates],
                                               distances[:n_verify])
             timings["verification"] = elapsed_ms(started)
-            order[:n_verify] = fine_order(np.array([v.inliers for v in verifications], dtype=np.int64), verified)
+            order[:n_verify] = fine_order(np.array([v.inliers for v in verifications], dtype=np.int64), reranked,
+                                          verified)
         return Ranking(method, positions, distances, order, n_verify, verifications, evidence, confidence, verified,
                        timings)
 
@@ -254,8 +258,10 @@ class RetrievalEngine:
                             str(index.path_of(position)), float(distance), index.labels[position])
 
 
-def fine_order(inliers: np.ndarray, verified: np.ndarray) -> np.ndarray:
-    """Candidates (given in coarse order) re-ranked: verified ones first by inlier count,
-    ties kept in coarse order, then the unverified ones as the coarse fallback."""
-    inliers, verified = np.asarray(inliers), np.asarray(verified, dtype=bool)
-    return np.lexsort((np.arange(len(inliers)), -np.where(verified, inliers, 0), ~verified))
+def fine_order(inliers: np.ndarray, reranked: np.ndarray, verified: np.ndarray | None = None) -> np.ndarray:
+    """Candidates (given in coarse order) re-ranked: the ``verified`` ones first, then the other
+    ``reranked`` ones, each group by inlier count (ties kept in coarse order), then the rest as
+    the coarse fallback."""
+    inliers, reranked = np.asarray(inliers), np.asarray(reranked, dtype=bool)
+    verified = reranked if verified is None else np.asarray(verified, dtype=bool) & reranked
+    return np.lexsort((np.arange(len(inliers)), -np.where(reranked, inliers, 0), ~reranked, ~verified))

@@ -67,9 +67,10 @@ def test_fine_order_puts_verified_first_by_inliers_then_the_coarse_order():
     # verified (>= 8): 20 (pos 1), 20 (pos 4, tie kept in coarse order), 9 (pos 3), 8 (pos 6); then 0, 2, 5
     assert fine_order(inliers, inliers >= 8).tolist() == [1, 4, 3, 6, 0, 2, 5]
     assert fine_order(np.zeros(3, int), np.zeros(3, bool)).tolist() == [0, 1, 2]
-    # verified means confident, not only many inliers: an unconfident 20 stays in the fallback
-    confident = (inliers >= 8) & (np.arange(7) != 4)
-    assert fine_order(inliers, confident).tolist() == [1, 3, 6, 0, 2, 4, 5]
+    # only the re-ranked move (an unlikely 20 stays in the fallback); the verified (confident) ones lead
+    reranked = (inliers >= 8) & (np.arange(7) != 4)
+    assert fine_order(inliers, reranked).tolist() == [1, 3, 6, 0, 2, 4, 5]
+    assert fine_order(inliers, reranked, np.arange(7) == 6).tolist() == [6, 1, 3, 0, 2, 4, 5]
 
 
 def test_precision_and_ap_by_hand():
