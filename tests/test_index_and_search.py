@@ -126,7 +126,8 @@ def test_unreadable_images_are_skipped_and_reported(tiny_model, engine_config, t
 
 def test_query_expansion_searches_with_the_average_of_the_nearest(tiny_engine):
     index = tiny_engine.index
-    plain, expanded = with_settings(tiny_engine, query_expansion=0), with_settings(tiny_engine, query_expansion=3)
+    plain = with_settings(tiny_engine, query_expansion=0)
+    expanded = with_settings(tiny_engine, query_expansion=3, query_expansion_alpha=0.0)
     exclude = frozenset({index.image_ids[12]})
     vectors = plain.query_features(open_image(index.path_of(12)), local=False).vectors
     nearest, _ = plain.coarse_order(vectors, "pca", 3, exclude)
