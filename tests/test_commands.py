@@ -78,6 +78,15 @@ def test_train_index_search_evaluate(tiny_collection_dir, tmp_path, settings):
     # more candidates verified: the coarse stage hands verification at least as many sources
     assert points[2]["coarse_recall"]["20"] >= points[0]["coarse_recall"]["5"]
 
+    # calibrate: fitted on half the queries, reported on the other half beside the plain inlier rule
+    from search.engine.confidence import EVIDENCE, load_calibration
+
+    stdout, _ = run("calibrate", str(bench), "--out", str(tmp_path / "calibration.json"))
+    assert "held-out half" in stdout and "inliers >= 8 (no confidence)" in stdout and "confidence >= 0.5" in stdout
+    calibration = load_calibration(tmp_path / "calibration.json")
+    assert len(calibration.weights) == len(EVIDENCE) and str(bench) in calibration.fitted_on
+    assert calibration.weights[EVIDENCE.index("inlier_excess")] > 0  # standing above the floor: more likely
+
     # prepare_collection (demo.sh, compose's setup): writes a preset's labels, keeps what is done
     corel_folder = tmp_path / "corel-numbers"
     corel_folder.mkdir()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .confidence import EVIDENCE
 from .errors import EngineError
 from .instance_benchmark import InstanceBenchmark
 from .methods import is_fine
@@ -173,7 +174,7 @@ def collect_pair_evidence(engine: RetrievalEngine, benchmark: InstanceBenchmark,
                       np.full(len(rows), number)))
         families.append(q.family)
         progress("pairs", number + 1, len(queries))
-    width = len(engine.calibration.weights)
+    width = len(EVIDENCE)
     if not parts:
         return PairEvidence(np.zeros((0, width)), np.zeros(0, int), np.zeros(0, bool), np.zeros(0, int), [])
     evidence, inliers, same, query = (np.concatenate([p[i] for p in parts]) for i in range(4))
