@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from search.models import Rating
+from search.models import Rating, SearchJob
 from tests.conftest import corel_image
 
 from .conftest import ARTIFACTS
@@ -61,6 +61,13 @@ def test_upload_gallery_rating_report_and_correspondences(page, live_server, cel
     first = page.locator(".result").first
     assert first.locator(".relpath").inner_text().startswith("dinosaurs/")
     assert page.locator(".result").count() == 10
+    # the summary and the badges say whether anything was verified to show the same thing
+    job = SearchJob.objects.latest("pk")
+    summary = page.locator("#job-summary").inner_text()
+    if job.n_verified == 0:
+        assert summary.startswith("No confident match") and first.locator(".stage").inner_text() == "not verified"
+    else:
+        assert f"{job.n_verified} of" in summary and first.locator(".stage").inner_text() == "verified match"
     page.wait_for_function("() => [...document.querySelectorAll('.result img')].every(i => i.complete && i.naturalWidth > 0)")
     shot(page, "gallery.png")
 
