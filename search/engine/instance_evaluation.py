@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .confidence import EVIDENCE
 from .errors import EngineError
 from .instance_benchmark import InstanceBenchmark
 from .methods import is_fine
@@ -59,10 +58,9 @@ def _summarise(method, family, rows, depths, n_candidates) -> InstanceScore:
         float(np.mean([r["verified"] for r in rows])), float(np.mean([r["ms"] for r in rows])), n_candidates)
 
 
-def _score_runs(engine: RetrievalEngine, benchmark: InstanceBenchmark, runs: list[tuple[str, int]], depths,
-                progress: Progress) -> tuple[dict, list, list[str]]:
-    """Each benchmark query's features once, ranked by every (method, n_candidates) run: one row
-    per run and query (final and coarse rank of the source, verified first result, time)."""
+def _answerable(engine: RetrievalEngine, benchmark: InstanceBenchmark) -> tuple[dict, list, list[str]]:
+    """Relative path -> index position, the queries whose source is in the index (and the unrelated
+    ones), and the files of the others."""
     index = engine.index
     position_of = {p: i for i, p in enumerate(index.relpaths)}
     queries, skipped = [], []
@@ -73,6 +71,15 @@ def _score_runs(engine: RetrievalEngine, benchmark: InstanceBenchmark, runs: lis
             skipped.append(q.file)
     if not any(q.source for q in queries):
         raise EngineError(f"none of the benchmark's sources is in {index.path}: index {benchmark.collection_root}")
+    return position_of, queries, skipped
+
+
+def _score_runs(engine: RetrievalEngine, benchmark: InstanceBenchmark, runs: list[tuple[str, int]], depths,
+                progress: Progress) -> tuple[dict, list, list[str]]:
+    """Each benchmark query's features once, ranked by every (method, n_candidates) run: one row
+    per run and query (final and coarse rank of the source, verified first result, time)."""
+    index = engine.index
+    position_of, queries, skipped = _answerable(engine, benchmark)
     depth = min(len(index), max(max(depths), *(n for _, n in runs)))
     any_fine = any(is_fine(m) for m, _ in runs)
     rows = {run: [] for run in runs}
@@ -162,8 +169,7 @@ def collect_pair_evidence(engine: RetrievalEngine, benchmark: InstanceBenchmark,
                           n_candidates: int | None = None, progress: Progress = no_progress) -> PairEvidence:
     if not is_fine(method):
         raise EngineError(f"the confidence comes from verification; {method} has none")
-    position_of = {p: i for i, p in enumerate(engine.index.relpaths)}
-    queries = [q for q in benchmark.queries if q.source is None or q.source in position_of]
+    position_of, queries, _ = _answerable(engine, benchmark)
     parts, families = [], []
     for number, q in enumerate(queries):
         query = engine.query_features(benchmark.path_of(q), local=True)
@@ -174,11 +180,8 @@ def collect_pair_evidence(engine: RetrievalEngine, benchmark: InstanceBenchmark,
                       np.full(len(rows), number)))
         families.append(q.family)
         progress("pairs", number + 1, len(queries))
-    width = len(EVIDENCE)
-    if not parts:
-        return PairEvidence(np.zeros((0, width)), np.zeros(0, int), np.zeros(0, bool), np.zeros(0, int), [])
     evidence, inliers, same, query = (np.concatenate([p[i] for p in parts]) for i in range(4))
-    return PairEvidence(evidence.reshape(-1, width), inliers, same.astype(bool), query, families)
+    return PairEvidence(evidence, inliers, same.astype(bool), query, families)
 
 
 def verified_shares(pairs: PairEvidence, verified: np.ndarray, queries: np.ndarray) -> dict:

@@ -184,14 +184,14 @@ class RetrievalEngine:
         return verify_candidates(query.keypoints, query.descriptors, candidates,
                                  self.verify_settings, progress, timings_ms, self.device)
 
-    def judge(self, query: LocalFeatures, verifications: list[Verification], candidate_keypoints,
-              distances: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def judge(self, query: LocalFeatures, verifications: list[Verification], inliers: np.ndarray,
+              candidate_keypoints, distances: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Each verification's evidence and confidence; whether it is re-ranked by inliers
         (``min_inliers`` and ``rerank_confidence``) and whether it counts as verified
         (``min_inliers`` and ``min_confidence``)."""
         evidence = match_evidence(verifications, query.keypoints, candidate_keypoints, distances)
         confidence = self.calibration.probability(evidence)
-        enough = np.array([v.inliers for v in verifications], dtype=np.int64) >= self.config.min_inliers
+        enough = inliers >= self.config.min_inliers
         return (evidence, confidence, enough & (confidence >= self.config.rerank_confidence),
                 enough & (confidence >= self.config.min_confidence))
 
@@ -212,18 +212,17 @@ class RetrievalEngine:
         n_verify = min(n_candidates, len(positions)) if fine else 0
         evidence = np.zeros((n_verify, len(EVIDENCE)))
         confidence, verified = np.zeros(n_verify), np.zeros(n_verify, dtype=bool)
-        reranked = verified
         if fine:
             if query.local is None:
                 raise SearchIndexError(f"method {method} needs the query's local features")
             started = time.perf_counter()
             candidates = self.candidate_features(positions[:n_verify])
             verifications = self.verify(query.local, positions[:n_verify], progress, timings, candidates)
-            evidence, confidence, reranked, verified = self.judge(query.local, verifications, [k for k, _ in candidates],
-                                              distances[:n_verify])
+            inliers = np.array([v.inliers for v in verifications], dtype=np.int64)
+            evidence, confidence, reranked, verified = self.judge(
+                query.local, verifications, inliers, [k for k, _ in candidates], distances[:n_verify])
             timings["verification"] = elapsed_ms(started)
-            order[:n_verify] = fine_order(np.array([v.inliers for v in verifications], dtype=np.int64), reranked,
-                                          verified)
+            order[:n_verify] = fine_order(inliers, reranked, verified)
         return Ranking(method, positions, distances, order, n_verify, verifications, evidence, confidence, verified,
                        timings)
 
