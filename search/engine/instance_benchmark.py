@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -27,6 +27,9 @@ from .images import open_image
 FAMILIES = ("perspective", "crop", "rotation", "scale", "photometric", "blur", "jpeg", "background", "phone")
 GROUND_TRUTH = "ground_truth.json"
 FILL = (128, 128, 128)  # what a warp or rotation exposes, before a background is pasted in
+# Folders of one collection that hold the same photos under the same file names, so a query made
+# from one has a second right answer: Caltech-101's Faces_easy are tighter crops of its Faces.
+DUPLICATE_FOLDERS = (("Faces", "Faces_easy"),)
 
 
 @dataclass
@@ -35,6 +38,12 @@ class InstanceQuery:
     family: str  # one of FAMILIES, or "unrelated"
     source: str | None  # the correct collection image (relative path); None for unrelated queries
     params: dict
+    also: list[str] = field(default_factory=list)  # other collection images of the same photo (also correct)
+
+    @property
+    def answers(self) -> list[str]:
+        """Every correct collection image: the source, then its duplicates."""
+        return ([self.source] if self.source else []) + list(self.also)
 
 
 @dataclass
@@ -171,6 +180,16 @@ def transform(image: Image.Image, family: str, rng: random.Random,
     raise EngineError(f"unknown transformation family {family!r}; choose one of {', '.join(FAMILIES)}")
 
 
+def duplicates_of(relpath: str, relpaths: set[str]) -> list[str]:
+    """The images of ``relpaths`` that hold the same photo as ``relpath`` (DUPLICATE_FOLDERS)."""
+    folder, _, name = relpath.partition("/")
+    found = []
+    for group in DUPLICATE_FOLDERS:
+        if folder in group:
+            found += [f"{other}/{name}" for other in group if other != folder and f"{other}/{name}" in relpaths]
+    return found
+
+
 def _image_files(root: Path) -> list[Path]:
     return [root / r.relpath for r in scan_collection(root).records]
 
@@ -194,6 +213,7 @@ def build_instance_benchmark(collection_root: Path, out_dir: Path, backgrounds_r
         raise EngineError(f"{backgrounds_root} has {len(outside)} images, fewer than {n_unrelated} unrelated queries")
     rng = random.Random(seed)
     sources = rng.sample(records, n_sources)
+    relpaths = {r.relpath for r in records}
     unrelated = rng.sample(outside, n_unrelated)
     out_dir = Path(out_dir)
     (out_dir / "queries").mkdir(parents=True, exist_ok=True)
@@ -205,7 +225,7 @@ def build_instance_benchmark(collection_root: Path, out_dir: Path, backgrounds_r
         image, params = transform(open_image(record.path), family, query_rng, background)
         name = f"queries/{number:04d}-{family}.jpg"
         image.save(out_dir / name, "JPEG", quality=92)
-        queries.append(InstanceQuery(name, family, record.relpath, params))
+        queries.append(InstanceQuery(name, family, record.relpath, params, duplicates_of(record.relpath, relpaths)))
     for number, path in enumerate(unrelated):
         name = f"queries/u{number:04d}.jpg"
         open_image(path).save(out_dir / name, "JPEG", quality=92)

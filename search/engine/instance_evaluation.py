@@ -38,10 +38,16 @@ class InstanceScore:
     skipped: list[str] = field(default_factory=list)
 
 
-def rank_of(ranked_positions: np.ndarray, target: int) -> int:
-    """0-based rank of ``target`` in ``ranked_positions``; NOT_FOUND when absent."""
-    hits = np.flatnonzero(np.asarray(ranked_positions) == target)
+def rank_of(ranked_positions: np.ndarray, targets) -> int:
+    """0-based rank of the first of ``targets`` (a position or several) in ``ranked_positions``;
+    NOT_FOUND when none is there."""
+    hits = np.flatnonzero(np.isin(np.asarray(ranked_positions), np.atleast_1d(targets)))
     return int(hits[0]) if len(hits) else NOT_FOUND
+
+
+def _targets(query, position_of: dict) -> np.ndarray:
+    """Index positions of a query's correct answers (none for an unrelated query)."""
+    return np.array([position_of[a] for a in query.answers if a in position_of], dtype=np.int64)
 
 
 def _summarise(method, family, rows, depths, n_candidates) -> InstanceScore:
@@ -85,7 +91,7 @@ def _score_runs(engine: RetrievalEngine, benchmark: InstanceBenchmark, runs: lis
     rows = {run: [] for run in runs}
     for done, q in enumerate(queries, 1):
         query = engine.query_features(benchmark.path_of(q), local=any_fine)
-        target = position_of[q.source] if q.source else -1
+        target = _targets(q, position_of)
         for method, n_candidates in runs:
             ranking = engine.rank(query, method, n_candidates, depth=depth)
             first = ranking.order[0]
@@ -160,7 +166,7 @@ class PairEvidence:
     what the confidence is fitted and checked on."""
     evidence: np.ndarray  # (P, len(EVIDENCE))
     inliers: np.ndarray  # (P,)
-    same: np.ndarray  # (P,) the candidate is the query's source
+    same: np.ndarray  # (P,) the candidate is one of the query's answers (its source or a duplicate)
     query: np.ndarray  # (P,) index of the pair's query in ``families``
     families: list[str]  # one per query ("unrelated" for unrelated queries)
 
@@ -174,9 +180,9 @@ def collect_pair_evidence(engine: RetrievalEngine, benchmark: InstanceBenchmark,
     for number, q in enumerate(queries):
         query = engine.query_features(benchmark.path_of(q), local=True)
         ranking = engine.rank(query, method, n_candidates)
-        target = position_of[q.source] if q.source else -1
         rows = np.flatnonzero(ranking.evidence[:, 0] > 0)
-        parts.append((ranking.evidence[rows], ranking.inliers[rows], ranking.positions[rows] == target,
+        same = np.isin(ranking.positions[rows], _targets(q, position_of))
+        parts.append((ranking.evidence[rows], ranking.inliers[rows], same,
                       np.full(len(rows), number)))
         families.append(q.family)
         progress("pairs", number + 1, len(queries))

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from search.engine.errors import EngineError
-from search.engine.instance_benchmark import (FAMILIES, GROUND_TRUTH, build_instance_benchmark,
+from search.engine.instance_benchmark import (FAMILIES, GROUND_TRUTH, build_instance_benchmark, duplicates_of,
                                               load_instance_benchmark, transform)
 from search.engine.instance_evaluation import NOT_FOUND, _summarise, rank_of
 from tests.conftest import corel_image
@@ -83,8 +83,32 @@ def test_too_small_folders_and_unknown_family_are_clear_errors(folders, tmp_path
         load_instance_benchmark(tmp_path)
 
 
+def test_a_duplicate_photo_in_another_folder_is_a_second_answer(tmp_path):
+    """Caltech-101's Faces_easy holds crops of the photos in Faces under the same names."""
+    relpaths = {"Faces/image_0001.jpg", "Faces_easy/image_0001.jpg", "Faces/image_0002.jpg", "cats/image_0001.jpg"}
+    assert duplicates_of("Faces/image_0001.jpg", relpaths) == ["Faces_easy/image_0001.jpg"]
+    assert duplicates_of("Faces_easy/image_0001.jpg", relpaths) == ["Faces/image_0001.jpg"]
+    assert duplicates_of("Faces/image_0002.jpg", relpaths) == []
+    assert duplicates_of("cats/image_0001.jpg", relpaths) == []
+    collection, outside = tmp_path / "caltech", tmp_path / "outside"
+    for folder in ("Faces", "Faces_easy"):
+        (collection / folder).mkdir(parents=True)
+        for number in range(5):
+            (collection / folder / f"image_{number:04d}.jpg").symlink_to(corel_image(number + (0 if folder == "Faces" else 5)))
+    outside.mkdir()
+    (outside / "x.jpg").symlink_to(corel_image(600))
+    bench = build_instance_benchmark(collection, tmp_path / "bench", outside, per_family=1, n_unrelated=1,
+                                     families=("crop", "blur"))
+    for q in bench.queries[:2]:
+        folder, name = q.source.split("/")
+        assert q.answers == [q.source, f"{'Faces_easy' if folder == 'Faces' else 'Faces'}/{name}"]
+    assert bench.queries[2].answers == []
+    assert load_instance_benchmark(tmp_path / "bench").queries == bench.queries
+
+
 def test_rank_and_recall_metrics():
     assert rank_of(np.array([5, 3, 9]), 9) == 2 and rank_of(np.array([5, 3]), 7) == NOT_FOUND
+    assert rank_of(np.array([5, 3, 9]), np.array([9, 3])) == 1 and rank_of(np.array([5]), np.array([], int)) == NOT_FOUND
     rows = [{"final": 0, "coarse": 10, "verified": True, "ms": 10.0},
             {"final": 2, "coarse": 150, "verified": False, "ms": 20.0},
             {"final": 7, "coarse": 5000, "verified": False, "ms": 30.0},
