@@ -204,6 +204,6 @@ def test_benchmark_fine_splits_the_time_and_tops_up_with_synthetic_candidates(ti
                                                         + row["matching_ms_per_candidate"]
                                                         + row["ransac_ms_per_candidate"])
     # each query is its own nearest image; its scaled and shifted copy verifies too
-    assert rows[0]["verified_per_query"] >= 1
-    assert rows[1]["verified_per_query"] >= rows[0]["verified_per_query"] + 1
+    assert rows[0]["with_min_inliers_per_query"] >= 1
+    assert rows[1]["with_min_inliers_per_query"] >= rows[0]["with_min_inliers_per_query"] + 1
     assert "synthetic" in stdout and "RANSAC" in stdout

@@ -38,5 +38,8 @@ class Command(EngineCommand):
         out = out or config.reports_dir / f"match-{image_a.stem}-{image_b.stem}.png"
         caption = f"{v.inliers} inliers of {v.matches} matches"
         save_png(draw_correspondences(a, b, v.query_points, v.candidate_points, caption=caption), out)
-        verdict = "verified" if v.inliers >= config.min_inliers else "not verified"
+        # One pair has no floor of chance inliers and no coarse similarity: the confidence of a
+        # verified match needs a search; this says only whether the pair would be considered.
+        verdict = (f"at least MIN_INLIERS={config.min_inliers}" if v.inliers >= config.min_inliers
+                   else f"fewer than MIN_INLIERS={config.min_inliers}")
         self.stdout.write(f"{caption} ({verdict}; {len(features_a)} and {len(features_b)} keypoints); wrote {out}")
