@@ -13,6 +13,7 @@ from .conf import engine_config
 from .engine import layout
 from .engine.errors import EngineError
 from .engine.images import open_image
+from .engine.methods import DEFAULT_METHOD
 from .engine.pipeline import RetrievalEngine
 from .engine.progress import Throttle
 from .engine.workflows import open_engine
@@ -69,8 +70,12 @@ def run_search_job(job_id: int) -> str:
         except EngineError as exc:
             raise EngineError(f"the query image cannot be read: {exc}") from exc
         engine = current_engine()
-        SearchJob.objects.filter(pk=job_id).update(index_build=engine.index.path.name, stage="global features")
-        response = engine.search(image, job.method, k=job.k, progress=Throttle(report))
+        method = job.method
+        if method == DEFAULT_METHOD and method not in engine.methods:
+            method = engine.default_method  # an index built before the default's variant: its best
+        SearchJob.objects.filter(pk=job_id).update(index_build=engine.index.path.name, stage="global features",
+                                                   method=method)
+        response = engine.search(image, method, k=job.k, progress=Throttle(report))
     except EngineError as exc:
         _fail(job_id, str(exc))
         return Status.FAILED

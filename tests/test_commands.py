@@ -4,8 +4,11 @@ import io
 import json
 
 import pytest
+
 from django.core.management import call_command
 from django.core.management.base import CommandError
+
+from search.engine.methods import METHODS
 
 from .conftest import COREL, corel_image
 
@@ -45,9 +48,7 @@ def test_train_index_search_evaluate(tiny_collection_dir, tmp_path, settings):
     stdout, _ = run("evaluate", "--queries", "all", "--out", str(report))
     data = json.loads(report.read_text())
     methods = {m["method"] for m in data["methods"]}
-    assert methods == {"fine-tuned logits", "fine-tuned pca", "fine-tuned penultimate",
-                       "fine-tuned logits+attention", "fine-tuned pca+attention",
-                       "fine-tuned penultimate+attention", "imagenet pca", "imagenet penultimate"}
+    assert methods == {f"fine-tuned {m}" for m in METHODS} | {"imagenet pca", "imagenet penultimate"}
     assert all(m["n_queries"] == 40 for m in data["methods"])
     assert "P@10" in stdout and "imagenet penultimate" in stdout
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from search.engine.errors import SearchIndexError
 from search.engine.images import open_image
 from search.engine.local_store import LocalStore, build_local_store
 from search.engine.verification import verify_affine
@@ -124,8 +125,36 @@ def test_fallback_fills_k_with_coarse_results(tiny_fine_engine):
 
 
 def test_methods_offered_follow_the_index(tiny_fine_engine, tiny_engine):
-    assert len(tiny_fine_engine.methods) == 6
-    assert tiny_engine.methods == ["logits", "pca", "penultimate"]
+    from search.engine.pipeline import RetrievalEngine
+
+    assert len(tiny_fine_engine.methods) == 10  # built with a describer: the instance and hybrid variants too
+    assert tiny_fine_engine.default_method == "hybrid+attention"
+    assert tiny_engine.methods == ["logits", "pca", "penultimate"] and tiny_engine.default_method == "penultimate"
+    e = tiny_fine_engine  # without the describer (as on an index built before the instance variants)
+    older = RetrievalEngine(e.model, e.index, "cpu", e.config, e.attention)
+    assert "hybrid" not in older.methods and older.default_method == "penultimate+attention"
+
+
+def test_instance_and_hybrid_variants_find_the_image_itself(tiny_fine_engine):
+    from dataclasses import replace
+
+    from search.engine.pipeline import RetrievalEngine
+
+    engine = tiny_fine_engine
+    index = engine.index
+    size = engine.config.image_size
+    assert index.describer_name == engine.describer.name == f"imagenet:efficientnet_lite0:{size}px:mean"
+    assert index.vectors["instance"].shape == (len(index), 1280) and index.manifest["hybrid_weight"] == 0.5
+    query = engine.query_features(index.path_of(7), local=True)
+    for variant in ("instance", "hybrid"):
+        np.testing.assert_allclose(query.vectors[variant][0], index.vectors[variant][7], atol=1e-4)
+    for method in ("instance", "hybrid", "instance+attention", "hybrid+attention"):
+        first = engine.search(index.path_of(7), method, n_candidates=40, k=3).results[0]
+        assert first.image_id == index.image_ids[7]
+    assert engine.search(index.path_of(7), "hybrid+attention", n_candidates=40).results[0].stage == "verified"
+    other = replace(engine.describer, image_size=size + 32)
+    with pytest.raises(SearchIndexError, match="reindex"):
+        RetrievalEngine(engine.model, index, "cpu", engine.config, engine.attention, describer=other)
 
 
 def test_a_verified_result_must_be_confident(tiny_fine_engine):

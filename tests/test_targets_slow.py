@@ -8,9 +8,6 @@ import pytest
 
 from search.engine.collection import scan_collection, write_labels_csv
 from search.engine.evaluation import evaluate_methods
-from search.engine.index import build_index, load_index
-from search.engine.model import imagenet_model
-from search.engine.pipeline import RetrievalEngine
 from search.engine.workflows import engine_for, index_collection, train_models
 
 from .conftest import COREL, COREL_CLASSES, DATASETS
@@ -48,18 +45,22 @@ def test_corel_classifier_and_attention_head_train(corel):
     assert history[-1]["val_accuracy"] >= 0.9
 
 
-def test_corel_table1_targets_and_baseline(corel, tmp_path):
+def test_corel_table1_targets_and_baseline(corel):
+    """The paper's coarse variants, the best one's fine stage, and the default (hybrid+attention)
+    against the ImageNet baseline, which the index holds as its ``instance`` variant (the
+    untouched ImageNet backbone's pooled vector, same image size and query expansion)."""
     engine = corel["engine"]
     queries = engine.model.info["val_ids"]
     assert len(queries) == 200
-    scores = {s.method.split()[-1]: s for s in evaluate_methods(
-        engine, queries, ["logits", "pca", "penultimate", "logits+attention", "pca+attention",
-                          "penultimate+attention"], n_candidates=100)}
+    def evaluate(methods):
+        return {s.method.split()[-1]: s for s in evaluate_methods(engine, queries, methods, n_candidates=100)}
+    scores = evaluate(["logits", "pca", "penultimate", "instance", "hybrid"])
+    coarse = [scores[v] for v in ("logits", "pca", "penultimate")]
+    best = max(coarse, key=lambda s: s.precision_at_10)
+    scores.update(evaluate([best.variant + "+attention", "hybrid+attention"]))
     for name, s in scores.items():
         print(f"{name:<24} P@10 {s.precision_at_10:.4f} mAP {s.mean_ap:.4f} {s.query_ms:7.1f} ms "
               f"verified/query {s.mean_verified:.1f}")
-    coarse = [scores[v] for v in ("logits", "pca", "penultimate")]
-    best = max(coarse, key=lambda s: s.precision_at_10)
     # Issue targets: P@10 >= 0.98 and mAP >= 0.95. The P@10 target sits inside the spread
     # between machines (RESULTS.md); the guard leaves one query's worth of room below it.
     print(f"best coarse P@10 {best.precision_at_10:.4f} (issue target 0.98)")
@@ -67,14 +68,12 @@ def test_corel_table1_targets_and_baseline(corel, tmp_path):
     assert max(s.mean_ap for s in coarse) >= 0.95
     # the fine stage may not cost the best coarse method more than 0.02 of precision@10
     assert scores[best.variant + "+attention"].precision_at_10 >= best.precision_at_10 - 0.02
-
-    baseline = imagenet_model("efficientnet_lite0", 224, "cpu")
-    build = build_index(engine.index.collection(), baseline, tmp_path, engine.config, "cpu",
-                        variants=("penultimate",))
-    base_engine = RetrievalEngine(baseline, load_index(build), "cpu", engine.config)
-    base = evaluate_methods(base_engine, queries, ["penultimate"], "imagenet")[0]
-    print(f"imagenet penultimate     P@10 {base.precision_at_10:.4f} mAP {base.mean_ap:.4f}")
-    assert scores["penultimate"].mean_ap > base.mean_ap
+    # fine-tuning must pay at class level, and the default may not fall under the ImageNet baseline
+    # (one query's worth of room: training differs between machines)
+    baseline = scores["instance"]
+    assert scores["penultimate"].mean_ap > baseline.mean_ap
+    assert scores["hybrid+attention"].precision_at_10 >= baseline.precision_at_10 - 0.005
+    assert scores["hybrid+attention"].mean_ap > baseline.mean_ap
 
 
 def test_boofcv_instances_among_corel_distractors(corel):
@@ -94,7 +93,7 @@ def test_boofcv_instances_among_corel_distractors(corel):
     engine = engine_for(corel["models"], build, config)
     assert engine.index.manifest["local"]["reused"] == 1000 and engine.index.manifest["local"]["extracted"] == 24
     group = {f"boofcv/{p.name}": int(p.stem.removeprefix("image")) // 3 for p in scenes}
-    hits = {m: 0 for m in ("logits", "logits+attention", "penultimate", "penultimate+attention")}
+    hits = {m: 0 for m in ("logits", "logits+attention", "penultimate", "penultimate+attention", "hybrid+attention")}
     inliers_true, inliers_false = [], []
     for relpath, g in group.items():
         query_id = engine.index.image_ids[engine.index.relpaths.index(relpath)]
@@ -107,7 +106,7 @@ def test_boofcv_instances_among_corel_distractors(corel):
                     (inliers_true if group.get(r.relpath) == g else inliers_false).append(r.inliers)
     print("boofcv top-2 sibling hits of 24:", hits,
           "median inliers true/false:", np.median(inliers_true), np.median(inliers_false or [0]))
-    assert hits["penultimate+attention"] >= 22
+    assert hits["penultimate+attention"] >= 22 and hits["hybrid+attention"] >= 22
     # Verification must beat coarse-only where coarse-only leaves room (penultimate alone may
     # already find all 24: then there is nothing left to beat).
     assert hits["penultimate+attention"] >= hits["penultimate"]

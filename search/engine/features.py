@@ -1,5 +1,7 @@
 """Global features: one batched forward pass gives the penultimate vector and
-the logits; the PCA reduction is fitted on the collection.
+the logits; the PCA reduction is fitted on the collection. With an
+``InstanceDescriber`` the same batches also give the instance vectors, from
+which ``variant_vectors`` makes the instance and hybrid variants.
 
 Normalisation (chosen on Corel-1k, RESULTS.md): the penultimate vector is
 L2-normalised, so Euclidean distance in the ball tree ranks like cosine
@@ -18,6 +20,7 @@ from sklearn.decomposition import PCA
 from .collection import ImageRecord
 from .errors import ImageError
 from .images import open_image
+from .instance_features import hybrid_vectors
 from .model import TrainedModel, eval_transform
 from .progress import Progress, no_progress
 
@@ -28,6 +31,7 @@ class GlobalFeatures:
     penultimate: np.ndarray  # (N, D) float32, L2-normalised
     logits: np.ndarray  # (N, C) float32, L2-normalised
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    instance: np.ndarray | None = None  # (N, D') instance vectors, L2-normalised, when a describer was given
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -51,10 +55,12 @@ def _batches(items: list, size: int) -> Iterable[list]:
 
 
 def extract_global_features(model: TrainedModel, records: list[ImageRecord], device,
-                            batch_size: int = 32, progress: Progress = no_progress) -> GlobalFeatures:
-    """Embed every readable image of ``records``; unreadable ones are reported in ``skipped``."""
+                            batch_size: int = 32, progress: Progress = no_progress,
+                            describer=None) -> GlobalFeatures:
+    """Embed every readable image of ``records`` (and describe it, with a ``describer``);
+    unreadable ones are reported in ``skipped``."""
     model.backbone.eval()
-    kept, skipped, pooled_parts, logit_parts = [], [], [], []
+    kept, skipped, pooled_parts, logit_parts, instance_parts = [], [], [], [], []
     done = 0
     for chunk in _batches(records, batch_size):
         images = []
@@ -68,13 +74,18 @@ def extract_global_features(model: TrainedModel, records: list[ImageRecord], dev
             pooled, logits = embed_batch(model, images, device)
             pooled_parts.append(pooled)
             logit_parts.append(logits)
+            if describer is not None:
+                instance_parts.append(describer.describe(images))
         done += len(chunk)
         progress("global features", done, len(records))
     dim = model.backbone.feature_dim
     n_logits = model.backbone.num_classes
     penultimate = np.concatenate(pooled_parts) if pooled_parts else np.zeros((0, dim), np.float32)
     logits = np.concatenate(logit_parts) if logit_parts else np.zeros((0, n_logits), np.float32)
-    return GlobalFeatures(kept, penultimate, logits, skipped)
+    instance = None
+    if describer is not None:
+        instance = np.concatenate(instance_parts) if instance_parts else np.zeros((0, describer.dim), np.float32)
+    return GlobalFeatures(kept, penultimate, logits, skipped, instance)
 
 
 def fit_pca(penultimate: np.ndarray, dim: int, seed: int = 0) -> PCA:
@@ -82,9 +93,14 @@ def fit_pca(penultimate: np.ndarray, dim: int, seed: int = 0) -> PCA:
     return PCA(n_components=n_components, random_state=seed).fit(penultimate)
 
 
-def variant_vectors(penultimate: np.ndarray, logits: np.ndarray, pca: PCA | None) -> dict[str, np.ndarray]:
-    """The three global feature variants from one forward pass's outputs."""
+def variant_vectors(penultimate: np.ndarray, logits: np.ndarray, pca: PCA | None,
+                    instance: np.ndarray | None = None, hybrid_weight: float = 0.5) -> dict[str, np.ndarray]:
+    """The paper's three global feature variants from one forward pass's outputs, and with the
+    instance vectors the instance and hybrid variants."""
     vectors = {"penultimate": penultimate, "logits": logits}
     if pca is not None:
         vectors["pca"] = l2_normalise(pca.transform(penultimate))
+    if instance is not None:
+        vectors["instance"] = instance
+        vectors["hybrid"] = hybrid_vectors(penultimate, instance, hybrid_weight)
     return vectors

@@ -20,6 +20,7 @@ from .collection import Collection, ImageRecord
 from .config import EngineConfig
 from .errors import SearchIndexError
 from .features import extract_global_features, fit_pca, variant_vectors
+from .instance_features import InstanceDescriber
 from .local_store import LocalStore, build_local_store
 from .methods import VARIANTS
 from .model import TrainedModel
@@ -40,6 +41,11 @@ class SearchIndex:
     local: LocalStore | None = None
 
     @property
+    def describer_name(self) -> str | None:
+        """What made the instance and hybrid variants' vectors (``InstanceDescriber.name``); None: no such variants."""
+        return self.manifest.get("instance_describer")
+
+    @property
     def variants(self) -> list[str]:
         return list(self.trees)
 
@@ -58,7 +64,8 @@ class SearchIndex:
         """Positions and distances of the ``n`` nearest images, nearest first."""
         if variant not in self.trees:
             raise SearchIndexError(
-                f"index {self.path} has no '{variant}' tree (it has {', '.join(self.trees)})")
+                f"index {self.path} has no '{variant}' tree (it has {', '.join(self.trees)}); "
+                "reindex to get every variant")
         n = max(1, min(int(n), len(self)))
         distances, positions = self.trees[variant].query(np.atleast_2d(vector).astype(np.float32), k=n)
         return positions[0], distances[0]
@@ -79,17 +86,20 @@ def _previous_local_store(index_root: Path) -> LocalStore | None:
 
 def build_index(collection: Collection, model: TrainedModel, index_root: Path, config: EngineConfig,
                 device, variants: tuple[str, ...] = VARIANTS, activate: bool = True,
-                progress: Progress = no_progress, local_extractor=None) -> Path:
-    """Extract features for ``collection``, build the trees (and the local-feature
-    store when ``local_extractor`` is given), and write a complete build directory."""
+                progress: Progress = no_progress, local_extractor=None,
+                describer: InstanceDescriber | None = None) -> Path:
+    """Extract features for ``collection``, build the trees (the instance variant's too when a
+    ``describer`` is given, the local-feature store when ``local_extractor`` is), and write a
+    complete build directory."""
     index_root = Path(index_root)
     started = time.monotonic()
-    features = extract_global_features(model, collection.records, device, config.batch_size, progress)
+    describer = describer if {"instance", "hybrid"} & set(variants) else None
+    features = extract_global_features(model, collection.records, device, config.batch_size, progress, describer)
     if not features.records:
         raise SearchIndexError(f"no readable images in {collection.root}; nothing to index")
     pca = fit_pca(features.penultimate, config.pca_dim, config.seed) if "pca" in variants else None
-    vectors = {k: v for k, v in variant_vectors(features.penultimate, features.logits, pca).items()
-               if k in variants}
+    vectors = {k: v for k, v in variant_vectors(features.penultimate, features.logits, pca, features.instance,
+                                                config.hybrid_weight).items() if k in variants}
 
     partial, final = layout.new_build(index_root)
     try:
@@ -115,7 +125,9 @@ def build_index(collection: Collection, model: TrainedModel, index_root: Path, c
             "collection_size": len(features.records),
             "variants": {k: int(v.shape[1]) for k, v in vectors.items()},
             "pca_dim": int(pca.n_components_) if pca is not None else None,
-            "normalisation": "L2 on penultimate, PCA output and logits; Euclidean ball tree",
+            "instance_describer": describer.name if describer is not None else None,
+            "hybrid_weight": config.hybrid_weight if "hybrid" in vectors else None,
+            "normalisation": "L2 on every variant (hybrid: weighted join of unit vectors); Euclidean ball tree",
             "skipped": features.skipped + collection.skipped,
             "local": None if local_meta is None else {
                 k: local_meta[k] for k in ("extractor", "extractor_name", "dim", "raw_dim", "reused",

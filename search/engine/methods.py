@@ -5,11 +5,17 @@ from __future__ import annotations
 
 from .errors import EngineError
 
-VARIANTS = ("logits", "pca", "penultimate")
+# The paper's three global variants, and two for finding the same object (instance_features.py):
+# the untouched ImageNet backbone's pooled vector, and a hybrid of it with the fine-tuned one.
+VARIANTS = ("logits", "pca", "penultimate", "instance", "hybrid")
 FINE_SUFFIX = "+attention"
-# The paper's Table 1: each global variant alone, and followed by the fine stage.
+# The paper's Table 1 (each global variant alone, and followed by the fine stage), and the same
+# for the two instance-level variants.
 METHODS = VARIANTS + tuple(v + FINE_SUFFIX for v in VARIANTS)
-DEFAULT_METHOD = "penultimate" + FINE_SUFFIX
+# The default finds the same object and the same class best of all on both kinds of benchmark
+# (RESULTS.md); an index without what it needs falls back along FALLBACK_METHODS.
+DEFAULT_METHOD = "hybrid" + FINE_SUFFIX
+FALLBACK_METHODS = (DEFAULT_METHOD, "penultimate" + FINE_SUFFIX, "hybrid", "penultimate")
 
 
 def parse_method(method: str) -> tuple[str, bool]:
@@ -26,7 +32,8 @@ def is_fine(method: str) -> bool:
 def method_label(method: str, pca_dim: int) -> str:
     """What a person reads for a method, with the configured PCA size."""
     variant, fine = parse_method(method)
-    name = {"logits": "logits", "pca": f"PCA-{pca_dim}", "penultimate": "penultimate"}[variant]
+    name = {"logits": "logits", "pca": f"PCA-{pca_dim}", "penultimate": "penultimate",
+            "instance": "ImageNet instance", "hybrid": "hybrid (fine-tuned + ImageNet)"}[variant]
     if not fine:
         return f"{name} (coarse only)"
     return f"{name} + attention verification" + (" (best)" if method == DEFAULT_METHOD else "")

@@ -20,8 +20,9 @@ from .errors import SearchIndexError
 from .features import embed_batch, l2_normalise, variant_vectors
 from .images import open_image
 from .index import SearchIndex
+from .instance_features import InstanceDescriber
 from .local_features import AttentionExtractor, LocalFeatures
-from .methods import DEFAULT_METHOD, METHODS, parse_method
+from .methods import FALLBACK_METHODS, METHODS, parse_method
 from .model import TrainedModel
 from .progress import Progress, elapsed_ms, no_progress
 from .verification import Verification, verify_candidates
@@ -100,9 +101,15 @@ class SearchResponse:
 
 class RetrievalEngine:
     def __init__(self, model: TrainedModel, index: SearchIndex, device, config: EngineConfig,
-                 attention: TrainedAttention | None = None, calibration: Calibration | None = None):
+                 attention: TrainedAttention | None = None, calibration: Calibration | None = None,
+                 describer: InstanceDescriber | None = None):
         self.model, self.index, self.device, self.config = model, index, device, config
         self.attention = attention
+        if describer is not None and describer.name != index.describer_name:
+            raise SearchIndexError(
+                f"{index.path}: its instance variant was made by {index.describer_name}, not by "
+                f"{describer.name}; reindex")
+        self.describer = describer
         self.calibration = calibration or load_calibration(config.calibration_file)
         self.extractor = (AttentionExtractor(model, attention, config.local_settings(), device)
                           if attention is not None else None)
@@ -111,12 +118,14 @@ class RetrievalEngine:
     @property
     def methods(self) -> list[str]:
         fine = self.index.local is not None and self.extractor is not None
-        return [m for m in METHODS if parse_method(m)[0] in self.index.variants and (fine or "+" not in m)]
+        variants = [v for v in self.index.variants if v not in ("instance", "hybrid") or self.describer is not None]
+        return [m for m in METHODS if parse_method(m)[0] in variants and (fine or "+" not in m)]
 
     @property
     def default_method(self) -> str:
-        """Penultimate features + attention, or penultimate alone on an index without local features."""
-        return DEFAULT_METHOD if DEFAULT_METHOD in self.methods else "penultimate"
+        """The default method, or the best this index offers (FALLBACK_METHODS): an index without the
+        instance vectors or the local features has fewer."""
+        return next(m for m in FALLBACK_METHODS if m in self.methods)
 
     def _parse(self, method: str) -> tuple[str, bool]:
         variant, fine = parse_method(method)
@@ -135,7 +144,9 @@ class RetrievalEngine:
         progress("global features", 0, 1)
         started = time.perf_counter()
         penultimate, logits = embed_batch(self.model, [image], self.device)
-        query = QueryFeatures(variant_vectors(penultimate, logits, self.index.pca))
+        instance = self.describer.describe([image]) if self.describer is not None else None
+        weight = self.index.manifest.get("hybrid_weight") or self.config.hybrid_weight
+        query = QueryFeatures(variant_vectors(penultimate, logits, self.index.pca, instance, weight))
         query.timings_ms["global_features"] = elapsed_ms(started)
         if local:
             self._require_local("the fine stage")

@@ -12,7 +12,8 @@ from .attention import TrainedAttention, load_attention, train_attention
 from .collection import Collection
 from .config import EngineConfig
 from .errors import SearchIndexError
-from .index import build_index, load_index
+from .index import SearchIndex, build_index, load_index
+from .instance_features import InstanceDescriber, instance_describer
 from .local_features import AttentionExtractor
 from .model import TrainedModel, load_classifier, pick_device
 from .pipeline import RetrievalEngine
@@ -82,7 +83,13 @@ def index_collection(collection: Collection, models: Models, config: EngineConfi
     """A new build of ``collection`` (global features, trees, and local features when the
     models have an attention head); active once complete unless ``activate`` is False."""
     return build_index(collection, models.model, Path(index_root or config.index_root), config, models.device,
-                       activate=activate, progress=progress, local_extractor=models.extractor)
+                       activate=activate, progress=progress, local_extractor=models.extractor,
+                       describer=instance_describer(config, models.device))
+
+
+def describer_for(index: SearchIndex, config: EngineConfig, device) -> InstanceDescriber | None:
+    """The instance describer an index's instance variant needs (None: it has none)."""
+    return instance_describer(config, device) if index.describer_name else None
 
 
 def open_engine(config: EngineConfig, build: Path | None = None, model_path: Path | None = None,
@@ -95,7 +102,8 @@ def open_engine(config: EngineConfig, build: Path | None = None, model_path: Pat
     if index.local is not None:
         attention = load_attention(Path(attention_path or config.default_attention_path), models.model,
                                    models.device)
-    engine = RetrievalEngine(models.model, index, models.device, config, attention)
+    engine = RetrievalEngine(models.model, index, models.device, config, attention,
+                             describer=describer_for(index, config, models.device))
     if engine.extractor is not None and index.local.meta["extractor"] != engine.extractor.checksum:
         raise SearchIndexError(
             f"{index.path}: local features were extracted with other settings or another attention "
@@ -106,4 +114,5 @@ def open_engine(config: EngineConfig, build: Path | None = None, model_path: Pat
 def engine_for(models: Models, build: Path, config: EngineConfig) -> RetrievalEngine:
     """An engine on a build just made with ``models`` (no reload from disk)."""
     index = load_index(build, expected_checksum=models.model.checksum)
-    return RetrievalEngine(models.model, index, models.device, config, models.attention)
+    return RetrievalEngine(models.model, index, models.device, config, models.attention,
+                           describer=describer_for(index, config, models.device))

@@ -25,7 +25,7 @@ def test_a_real_photo_is_accepted_and_normalised_to_jpeg():
 
 def test_defaults_and_errors(settings):
     f = form(image=SimpleUploadedFile("a.jpg", corel_image(1).read_bytes()))
-    assert f.is_valid() and f.cleaned_data["method"] == "penultimate+attention"
+    assert f.is_valid() and f.cleaned_data["method"] == "hybrid+attention"
     assert f.cleaned_data["k"] == settings.RETRIEVAL.top_k
     f = form(image=SimpleUploadedFile("a.jpg", b"not an image at all"), method="colour")
     assert not f.is_valid()

@@ -10,11 +10,11 @@ from search.engine.methods import DEFAULT_METHOD, METHODS, is_fine, method_label
 from search.engine.progress import Throttle
 
 
-def test_the_six_methods_of_table_1():
-    assert METHODS == ("logits", "pca", "penultimate", "logits+attention", "pca+attention",
-                       "penultimate+attention")
+def test_the_six_methods_of_table_1_and_the_instance_level_four():
+    assert METHODS == ("logits", "pca", "penultimate", "instance", "hybrid", "logits+attention", "pca+attention",
+                       "penultimate+attention", "instance+attention", "hybrid+attention")
     assert parse_method("pca+attention") == ("pca", True) and parse_method("logits") == ("logits", False)
-    assert DEFAULT_METHOD == "penultimate+attention" and is_fine(DEFAULT_METHOD)
+    assert DEFAULT_METHOD == "hybrid+attention" and is_fine(DEFAULT_METHOD)
     with pytest.raises(EngineError, match="unknown method 'colour'"):
         parse_method("colour")
 

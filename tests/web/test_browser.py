@@ -50,7 +50,7 @@ def test_upload_gallery_rating_report_and_correspondences(page, live_server, cel
     assert page.locator("#no-ratings").is_visible()
 
     page.goto(live_server.url + "/")
-    assert page.locator("select[name=method]").input_value() == "penultimate+attention"
+    assert page.locator("select[name=method]").input_value() == "hybrid+attention"
     page.set_input_files("input[name=image]", str(corel_image(450)))  # a dinosaur not in the index
     assert page.locator("#chosen-file").inner_text() == "450.jpg"
     shot(page, "upload-page.png")
@@ -82,7 +82,7 @@ def test_upload_gallery_rating_report_and_correspondences(page, live_server, cel
 
     job_url = page.url
     page.goto(live_server.url + "/report/")
-    row = page.locator('tr[data-method="penultimate+attention"]')
+    row = page.locator('tr[data-method="hybrid+attention"]')
     assert row.locator(".precision").inner_text() == "1.000"
     assert row.locator(".rated").inner_text() == "1"
 

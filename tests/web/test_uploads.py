@@ -29,14 +29,15 @@ def assert_refused(response, message):
     assert not SearchJob.objects.exists()
 
 
-def test_home_page_has_the_form_with_csrf_and_the_six_methods(client):
+def test_home_page_has_the_form_with_csrf_and_every_method(client):
     response = client.get("/")
     assert response.status_code == 200
     html = response.content.decode()
     assert "csrfmiddlewaretoken" in html and 'id="drop-zone"' in html
-    for method in ("logits", "pca", "penultimate", "logits+attention", "pca+attention", "penultimate+attention"):
+    for method in ("logits", "pca", "penultimate", "instance", "hybrid", "logits+attention", "pca+attention",
+                   "penultimate+attention", "instance+attention", "hybrid+attention"):
         assert f'value="{method}"' in html
-    assert 'value="penultimate+attention" selected' in html
+    assert 'value="hybrid+attention" selected' in html
 
 
 def test_non_image_is_refused(client):

@@ -26,8 +26,12 @@ class Backbone(nn.Module):
 
     local_dim: int = 0  # channels of the stride-16 map
 
-    def pooled(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """The last convolutional map (B, feature_dim, H/32, W/32), before pooling."""
         raise NotImplementedError
+
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(images).mean((2, 3))
 
     def local_map(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """The stride-16 feature map (B, local_dim, H/16, W/16) local descriptors are taken from."""

@@ -25,8 +25,8 @@ class EfficientNetLite0(Backbone):
     local_block = 10
     local_dim = 112
 
-    def pooled(self, images):
-        return self.net.extract_features(images).mean((2, 3))
+    def feature_map(self, images):
+        return self.net.extract_features(images)
 
     def local_map(self, images):
         # A partial forward (stem + blocks up to ``local_block``), cheaper than a

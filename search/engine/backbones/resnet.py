@@ -29,8 +29,8 @@ class ResNet18(Backbone):
 
     local_dim = 256  # layer3 (conv4), stride 16, as in DELF
 
-    def pooled(self, images):
-        return self.net.layer4(self.local_map(images)).mean((2, 3))
+    def feature_map(self, images):
+        return self.net.layer4(self.local_map(images))
 
     def local_map(self, images):
         n = self.net

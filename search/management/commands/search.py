@@ -12,7 +12,7 @@ class Command(EngineCommand):
     def add_arguments(self, parser):
         parser.add_argument("image", type=Path)
         parser.add_argument("--method", choices=METHODS,
-                            help=f"default: {DEFAULT_METHOD} (penultimate when the index has no local features)")
+                            help=f"default: {DEFAULT_METHOD} (or the best the index offers)")
         parser.add_argument("-k", "--k", type=int, help="number of results (default: the RETRIEVAL_TOP_K setting)")
         parser.add_argument("--n-candidates", type=int, help="coarse candidates to verify (fine methods)")
         self.add_model_arguments(parser)

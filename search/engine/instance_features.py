@@ -1,0 +1,61 @@
+"""The instance and hybrid coarse variants: global descriptors for finding the same object, not
+only the same class.
+
+Fine-tuning on a collection's class labels teaches the classifier's features to forget what
+tells two buses apart, which is what an instance search needs (RESULTS.md: the fine-tuned
+penultimate vector finds a photo's source image less often than the untouched ImageNet network
+does). So the ``instance`` variant is the backbone's pooled vector with its ImageNet weights,
+frozen. The ``hybrid`` variant joins both: its cosine similarity is a weighted mean of the
+fine-tuned penultimate's and the instance vector's, so the collection's classes still count.
+(GeM pooling, PCA-whitening learned on the collection and aggregated attention-weighted local
+descriptors were measured too and not kept: RESULTS.md.)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .backbones import Backbone
+from .config import EngineConfig
+from .model import eval_transform, imagenet_model
+
+
+@dataclass
+class InstanceDescriber:
+    """Instance descriptors (L2-normalised) of images, by the ImageNet backbone."""
+    backbone: Backbone
+    image_size: int
+    device: object = "cpu"
+
+    @property
+    def name(self) -> str:
+        """What the descriptors depend on: an index built with another describer must be rebuilt."""
+        return f"imagenet:{self.backbone.name}:{self.image_size}px:mean"
+
+    @property
+    def dim(self) -> int:
+        return self.backbone.feature_dim
+
+    @torch.no_grad()
+    def describe(self, images: list[Image.Image]) -> np.ndarray:
+        transform = eval_transform(self.backbone, self.image_size)
+        batch = torch.stack([transform(image) for image in images]).to(self.device)
+        vectors = self.backbone.pooled(batch).float().cpu().numpy()
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def instance_describer(config: EngineConfig, device) -> InstanceDescriber:
+    """The configured backbone with its ImageNet weights (never fine-tuned)."""
+    weights = config.resnet18_weights if config.backbone == "resnet18" else None
+    model = imagenet_model(config.backbone, config.image_size, device, weights)
+    return InstanceDescriber(model.backbone, config.image_size, device)
+
+
+def hybrid_vectors(penultimate: np.ndarray, instance: np.ndarray, weight: float) -> np.ndarray:
+    """Unit vectors whose dot product is ``weight`` * the penultimate cosine + (1 - ``weight``) *
+    the instance cosine (both inputs unit rows)."""
+    joined = np.hstack([np.sqrt(weight) * penultimate, np.sqrt(1.0 - weight) * instance])
+    return (joined / np.maximum(np.linalg.norm(joined, axis=1, keepdims=True), 1e-12)).astype(np.float32)

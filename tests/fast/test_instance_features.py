@@ -1,0 +1,48 @@
+"""The instance and hybrid variants: the ImageNet describer on real images, and the hybrid's
+weighted similarity."""
+import numpy as np
+import pytest
+
+from search.engine.config import EngineConfig
+from search.engine.features import l2_normalise, variant_vectors
+from search.engine.images import open_image
+from search.engine.instance_features import hybrid_vectors, instance_describer
+from tests.conftest import corel_image
+
+
+@pytest.fixture(scope="module")
+def describer():
+    return instance_describer(EngineConfig(image_size=224), "cpu")
+
+
+def test_describer_is_the_untouched_imagenet_network_and_names_itself(describer):
+    assert describer.name == "imagenet:efficientnet_lite0:224px:mean" and describer.dim == 1280
+    assert not describer.backbone.training  # eval mode: BatchNorm keeps the ImageNet statistics
+
+
+def test_a_photo_and_its_crop_are_nearer_than_two_photos_of_one_class(describer):
+    """Corel 300-399 are buses: a bus and a crop of itself must beat another bus."""
+    bus, other_bus = open_image(corel_image(300)), open_image(corel_image(301))
+    w, h = bus.size
+    crop = bus.crop((w // 10, h // 10, w - w // 10, h - h // 10))
+    vectors = describer.describe([bus, crop, other_bus])
+    assert vectors.shape == (3, 1280) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 0.5, 1.0])
+def test_hybrid_similarity_is_the_weighted_mean_of_the_two_cosines(weight):
+    rng = np.random.default_rng(0)
+    a, b = l2_normalise(rng.normal(size=(6, 8))), l2_normalise(rng.normal(size=(6, 5)))
+    h = hybrid_vectors(a, b, weight)
+    assert h.shape == (6, 13) and np.allclose(np.linalg.norm(h, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(h @ h.T, weight * (a @ a.T) + (1 - weight) * (b @ b.T), atol=1e-6)
+
+
+def test_variant_vectors_add_instance_and_hybrid_only_with_instance_vectors(describer):
+    images = [open_image(corel_image(n)) for n in (300, 301, 400)]
+    instance = describer.describe(images)
+    penultimate, logits = l2_normalise(np.eye(3, 8, dtype=np.float32) + 0.1), np.eye(3, 3, dtype=np.float32)
+    assert set(variant_vectors(penultimate, logits, None)) == {"penultimate", "logits"}
+    vectors = variant_vectors(penultimate, logits, None, instance, 0.5)
+    assert vectors["instance"] is instance and vectors["hybrid"].shape == (3, 8 + 1280)
