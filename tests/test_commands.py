@@ -74,8 +74,8 @@ def test_train_index_search_evaluate(tiny_collection_dir, tmp_path, settings):
     stdout, _ = run("sweep_candidates", "--instance", str(bench), "--counts", "5,20", "--out-dir", str(tmp_path))
     points = json.loads((tmp_path / "sweep_instance.json").read_text())["points"]
     assert [(p["method"], p["family"], p["n_queries"]) for p in points] == [
-        ("penultimate+attention@5", "all", 9), ("penultimate+attention@5", "unrelated", 2),
-        ("penultimate+attention@20", "all", 9), ("penultimate+attention@20", "unrelated", 2)]
+        ("hybrid+attention@5", "all", 9), ("hybrid+attention@5", "unrelated", 2),
+        ("hybrid+attention@20", "all", 9), ("hybrid+attention@20", "unrelated", 2)]  # the default method
     # more candidates verified: the coarse stage hands verification at least as many sources
     assert points[2]["coarse_recall"]["20"] >= points[0]["coarse_recall"]["5"]
 

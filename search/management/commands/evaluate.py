@@ -16,14 +16,14 @@ from ..base import EngineCommand, StageBars
 
 
 class Command(EngineCommand):
-    help = ("Run labelled queries through each method of the paper's Table 1 (logits, PCA, penultimate, "
-            "each alone and with the attention fine stage) and report precision@10, mAP and mean query "
-            "time, beside the ImageNet backbone with no fine-tuning (coarse).")
+    help = ("Run labelled queries through each method (the paper's Table 1: logits, PCA, penultimate, each "
+            "alone and with the attention fine stage; and the instance and hybrid variants) and report "
+            "precision@10, mAP and mean query time, beside the ImageNet backbone with no fine-tuning (coarse).")
 
     def add_arguments(self, parser):
         self.add_query_arguments(parser)
         parser.add_argument("--methods", default=",".join(METHODS),
-                            help="comma-separated methods (default: all six, as far as the index supports them)")
+                            help="comma-separated methods (default: all, as far as the index supports them)")
         parser.add_argument("--n-candidates", type=int, help="coarse candidates verified by the fine methods")
         parser.add_argument("--no-baseline", action="store_true",
                             help="skip the ImageNet (no fine-tuning) baseline")
