@@ -84,7 +84,7 @@ class EngineConfig:
     query_expansion_alpha: float = 3.0
     top_k: int = 10
     leaf_size: int = 40
-    # The hybrid variant (instance_features.py): the weight of the fine-tuned penultimate cosine in
+    # The hybrid variant (features.hybrid_vectors): the weight of the fine-tuned penultimate cosine in
     # its similarity, the rest being the ImageNet instance vector's. Why equal: RESULTS.md.
     hybrid_weight: float = 0.5
 

@@ -20,7 +20,6 @@ from sklearn.decomposition import PCA
 from .collection import ImageRecord
 from .errors import ImageError
 from .images import open_image
-from .instance_features import hybrid_vectors
 from .model import TrainedModel, eval_transform
 from .progress import Progress, no_progress
 
@@ -93,14 +92,21 @@ def fit_pca(penultimate: np.ndarray, dim: int, seed: int = 0) -> PCA:
     return PCA(n_components=n_components, random_state=seed).fit(penultimate)
 
 
+def hybrid_vectors(penultimate: np.ndarray, instance: np.ndarray, weight: float) -> np.ndarray:
+    """Unit vectors whose dot product is ``weight`` * the penultimate cosine + (1 - ``weight``) *
+    the instance cosine (both inputs unit rows)."""
+    return l2_normalise(np.hstack([np.sqrt(weight) * penultimate, np.sqrt(1.0 - weight) * instance]))
+
+
 def variant_vectors(penultimate: np.ndarray, logits: np.ndarray, pca: PCA | None,
-                    instance: np.ndarray | None = None, hybrid_weight: float = 0.5) -> dict[str, np.ndarray]:
+                    instance: np.ndarray | None = None, hybrid_weight: float | None = None) -> dict[str, np.ndarray]:
     """The paper's three global feature variants from one forward pass's outputs, and with the
-    instance vectors the instance and hybrid variants."""
+    instance vectors the instance variant (and the hybrid one, given its weight)."""
     vectors = {"penultimate": penultimate, "logits": logits}
     if pca is not None:
         vectors["pca"] = l2_normalise(pca.transform(penultimate))
     if instance is not None:
         vectors["instance"] = instance
-        vectors["hybrid"] = hybrid_vectors(penultimate, instance, hybrid_weight)
+        if hybrid_weight is not None:
+            vectors["hybrid"] = hybrid_vectors(penultimate, instance, hybrid_weight)
     return vectors

@@ -20,6 +20,7 @@ from PIL import Image
 
 from .backbones import Backbone
 from .config import EngineConfig
+from .features import l2_normalise
 from .model import eval_transform, imagenet_model
 
 
@@ -43,8 +44,7 @@ class InstanceDescriber:
     def describe(self, images: list[Image.Image]) -> np.ndarray:
         transform = eval_transform(self.backbone, self.image_size)
         batch = torch.stack([transform(image) for image in images]).to(self.device)
-        vectors = self.backbone.pooled(batch).float().cpu().numpy()
-        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return l2_normalise(self.backbone.pooled(batch).float().cpu().numpy())
 
 
 def instance_describer(config: EngineConfig, device) -> InstanceDescriber:
@@ -53,9 +53,3 @@ def instance_describer(config: EngineConfig, device) -> InstanceDescriber:
     model = imagenet_model(config.backbone, config.image_size, device, weights)
     return InstanceDescriber(model.backbone, config.image_size, device)
 
-
-def hybrid_vectors(penultimate: np.ndarray, instance: np.ndarray, weight: float) -> np.ndarray:
-    """Unit vectors whose dot product is ``weight`` * the penultimate cosine + (1 - ``weight``) *
-    the instance cosine (both inputs unit rows)."""
-    joined = np.hstack([np.sqrt(weight) * penultimate, np.sqrt(1.0 - weight) * instance])
-    return (joined / np.maximum(np.linalg.norm(joined, axis=1, keepdims=True), 1e-12)).astype(np.float32)

@@ -125,7 +125,7 @@ class RetrievalEngine:
     def default_method(self) -> str:
         """The default method, or the best this index offers (FALLBACK_METHODS): an index without the
         instance vectors or the local features has fewer."""
-        return next(m for m in FALLBACK_METHODS if m in self.methods)
+        return next((m for m in FALLBACK_METHODS if m in self.methods), self.methods[0])
 
     def _parse(self, method: str) -> tuple[str, bool]:
         variant, fine = parse_method(method)
@@ -145,8 +145,9 @@ class RetrievalEngine:
         started = time.perf_counter()
         penultimate, logits = embed_batch(self.model, [image], self.device)
         instance = self.describer.describe([image]) if self.describer is not None else None
-        weight = self.index.manifest.get("hybrid_weight") or self.config.hybrid_weight
-        query = QueryFeatures(variant_vectors(penultimate, logits, self.index.pca, instance, weight))
+        # the hybrid is joined with the weight its index was built with
+        query = QueryFeatures(variant_vectors(penultimate, logits, self.index.pca, instance,
+                                              self.index.manifest.get("hybrid_weight")))
         query.timings_ms["global_features"] = elapsed_ms(started)
         if local:
             self._require_local("the fine stage")

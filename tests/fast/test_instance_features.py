@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from search.engine.config import EngineConfig
-from search.engine.features import l2_normalise, variant_vectors
+from search.engine.features import hybrid_vectors, l2_normalise, variant_vectors
 from search.engine.images import open_image
-from search.engine.instance_features import hybrid_vectors, instance_describer
+from search.engine.instance_features import instance_describer
 from tests.conftest import corel_image
 
 
