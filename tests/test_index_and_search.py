@@ -92,8 +92,73 @@ def test_tampered_or_incomplete_index_is_refused(tiny_index_build, tmp_path):
 
 
 def test_unknown_variant_is_a_clear_error(tiny_engine):
-    with pytest.raises(SearchIndexError, match="has no 'colour' tree"):
+    with pytest.raises(SearchIndexError, match="has no 'colour' variant"):
         tiny_engine.index.coarse_candidates(np.zeros(4), "colour", 3)
+
+
+def test_faiss_and_balltree_builds_agree_on_the_tiny_index(tiny_engine, tiny_collection, tiny_model,
+                                                            engine_config, tmp_path):
+    """The same collection built with each backend (FAISS forced below its size threshold) ranks
+    every image's query alike; the FAISS build stores float16 vectors and says which backend it used."""
+    from search.engine.pipeline import RetrievalEngine
+
+    config = engine_config.replace(coarse_backend="faiss")
+    build = build_index(tiny_collection, tiny_model, tmp_path / "faiss-index", config, "cpu",
+                        variants=("pca", "penultimate"))
+    index = load_index(build, coarse_settings=config.coarse_settings())
+    assert index.manifest["coarse"] == {"pca": "faiss", "penultimate": "faiss"}
+    assert {p.name for p in build.glob("faiss_*.index")} == {"faiss_pca.index", "faiss_penultimate.index"}
+    assert not list(build.glob("tree_*"))
+    assert tiny_engine.index.backend_name("pca") == "balltree"
+    faiss_engine = RetrievalEngine(tiny_model, index, "cpu", config)
+    for variant in ("pca", "penultimate"):
+        assert index.vectors[variant].dtype == np.float16
+        np.testing.assert_allclose(index.vectors[variant], tiny_engine.index.vectors[variant], atol=1e-3)
+        for position in range(0, 40, 3):
+            vectors = {variant: np.asarray(tiny_engine.index.vectors[variant][position:position + 1])}
+            # 5: through the inverted file (its short list of 10 is under half the index); 40: the exact scan
+            for depth in (5, 40):
+                tree_order, tree_distances = tiny_engine.coarse_order(vectors, variant, depth)
+                faiss_order, faiss_distances = faiss_engine.coarse_order(vectors, variant, depth)
+                assert faiss_order[0] == tree_order[0] == position
+                # float16 storage: distances within a few thousandths (most near 0, where the square root
+                # magnifies), and at most two near-equal ones swapped
+                np.testing.assert_allclose(faiss_distances, tree_distances, atol=5e-3)
+                assert len(set(faiss_order) & set(tree_order)) >= depth - 1
+
+
+def test_a_rebuild_extracts_only_new_or_changed_images(tiny_model, engine_config, tmp_path):
+    """Global vectors are reused by file fingerprint when the model is the same: an unchanged
+    collection runs no network, a changed one only on what changed, a retrained model on everything."""
+    import dataclasses
+
+    from search.engine.collection import scan_collection
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for n in range(6):
+        shutil.copy(corel_image(n * 150), folder / f"{n}.jpg")
+    root = tmp_path / "index"
+    first = load_index(build_index(scan_collection(folder), tiny_model, root, engine_config, "cpu"))
+    assert first.manifest["global"] == {"reused": 0, "extracted": 6}
+    again = load_index(build_index(scan_collection(folder), tiny_model, root, engine_config, "cpu"))
+    assert again.manifest["global"] == {"reused": 6, "extracted": 0}
+    for variant in ("logits", "pca", "penultimate"):
+        np.testing.assert_array_equal(again.vectors[variant], first.vectors[variant])
+
+    shutil.copy(corel_image(901), folder / "2.jpg")  # replaced by another picture
+    (folder / "4.jpg").unlink()
+    shutil.copy(corel_image(902), folder / "new.jpg")
+    changed = load_index(build_index(scan_collection(folder), tiny_model, root, engine_config, "cpu"))
+    assert changed.manifest["global"] == {"reused": 4, "extracted": 2}
+    assert changed.relpaths == ["0.jpg", "1.jpg", "2.jpg", "3.jpg", "5.jpg", "new.jpg"]
+    fresh = load_index(build_index(scan_collection(folder), tiny_model, tmp_path / "fresh", engine_config, "cpu"))
+    np.testing.assert_allclose(changed.vectors["penultimate"], fresh.vectors["penultimate"], atol=1e-5)
+    assert not np.allclose(changed.vectors["penultimate"][2], first.vectors["penultimate"][2], atol=1e-3)
+
+    retrained = dataclasses.replace(tiny_model, checksum="f" * 64)
+    after = load_index(build_index(scan_collection(folder), retrained, root, engine_config, "cpu"))
+    assert after.manifest["global"] == {"reused": 0, "extracted": 6}
 
 
 def test_new_build_switches_active_and_old_build_stays_loadable(

@@ -41,6 +41,19 @@ class VerifySettings:
     block_size: int = 64  # candidates per batched matrix product
 
 
+@dataclass(frozen=True)
+class CoarseSettings:
+    """Built by ``EngineConfig.coarse_settings()``."""
+    backend: str  # auto | balltree | faiss
+    faiss_min_images: int  # auto: FAISS from this many images up, the BallTree below
+    leaf_size: int  # BallTree
+    faiss_lists: int  # IVF lists; 0: about sqrt(images)
+    faiss_nprobe: int  # lists scanned per query, at least
+    faiss_coverage: float  # and enough lists to hold this many times the candidates asked
+    seed: int = 0
+    faiss_train_size: int = 50_000  # vectors the k-means of the lists is trained on
+
+
 def _default_data_dir() -> Path:
     return REPO_ROOT / "var"
 
@@ -83,7 +96,15 @@ class EngineConfig:
     # Why 3: about the class-level gain of plain averaging at a fraction of its instance loss (RESULTS.md).
     query_expansion_alpha: float = 3.0
     top_k: int = 10
+    # The coarse backend (coarse_backends.py): the paper's exact BallTree for small collections,
+    # a FAISS inverted file from faiss_min_images up ("auto"), or either always. Why these
+    # figures: RESULTS.md (benchmark_scale).
+    coarse_backend: str = "auto"
+    faiss_min_images: int = 50_000
     leaf_size: int = 40
+    faiss_lists: int = 0  # 0: about sqrt(images)
+    faiss_nprobe: int = 32
+    faiss_coverage: float = 4.0
     # The hybrid variant (features.hybrid_vectors): the weight of the fine-tuned penultimate cosine in
     # its similarity, the rest being the ImageNet instance vector's. Why equal: RESULTS.md.
     hybrid_weight: float = 0.5
@@ -158,6 +179,12 @@ class EngineConfig:
                               mutual=self.match_mutual, reprojection_px=self.ransac_reprojection_px,
                               max_iters=self.ransac_max_iters, method=self.ransac_method,
                               verify_top=self.verify_top, prescore_keypoints=self.prescore_keypoints)
+
+    def coarse_settings(self) -> "CoarseSettings":
+        return CoarseSettings(backend=self.coarse_backend, faiss_min_images=self.faiss_min_images,
+                              leaf_size=self.leaf_size, faiss_lists=self.faiss_lists,
+                              faiss_nprobe=self.faiss_nprobe, faiss_coverage=self.faiss_coverage,
+                              seed=self.seed)
 
     def replace(self, **changes) -> "EngineConfig":
         return dataclasses.replace(self, **changes)

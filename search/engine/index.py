@@ -1,27 +1,28 @@
-"""The coarse index: one scikit-learn BallTree per global feature variant,
-persisted with the PCA, the image table, the local-feature store and a
-manifest, in a build folder laid out by ``layout``.
+"""The coarse index: per global feature variant, its vectors and a coarse backend over them
+(the paper's BallTree, or FAISS for large collections: coarse_backends.py), persisted with
+the PCA, the image table, the local-feature store and a manifest, in a build folder laid out
+by ``layout``.
 """
 from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 
 import joblib
 import numpy as np
-from sklearn.neighbors import BallTree
 
 from . import layout
+from .coarse_backends import BALLTREE, FAISS, backend_class, choose_backend
 from .collection import Collection, ImageRecord
-from .config import EngineConfig
+from .config import CoarseSettings, EngineConfig
 from .errors import SearchIndexError
-from .features import extract_global_features, fit_pca, variant_vectors
+from .features import GlobalFeatures, extract_global_features, fit_pca, variant_vectors
 from .instance_features import InstanceDescriber
-from .local_store import LocalStore, build_local_store
+from .local_store import LocalStore, build_local_store, fingerprint
 from .methods import VARIANTS
 from .model import TrainedModel
 from .progress import Progress, no_progress
@@ -35,10 +36,12 @@ class SearchIndex:
     relpaths: list[str]
     labels: list[str | None]
     collection_root: Path
-    trees: dict[str, BallTree]
-    vectors: dict[str, np.ndarray]
+    vectors: dict[str, np.ndarray]  # memory-mapped, float32 (BallTree builds) or float16 (FAISS)
     pca: object | None
     local: LocalStore | None = None
+    fingerprints: list[str | None] = field(default_factory=list)  # each image file's when indexed (reuse)
+    coarse_settings: CoarseSettings | None = None  # how a FAISS backend searches (lists probed)
+    _backends: dict = field(default_factory=dict, repr=False)
 
     @property
     def describer_name(self) -> str | None:
@@ -47,7 +50,20 @@ class SearchIndex:
 
     @property
     def variants(self) -> list[str]:
-        return list(self.trees)
+        return list(self.vectors)
+
+    def backend_name(self, variant: str) -> str:
+        """Which backend serves ``variant`` (builds made before there was a choice: the BallTree)."""
+        return self.manifest.get("coarse", {}).get(variant, BALLTREE)
+
+    def backend(self, variant: str):
+        """The variant's coarse backend, loaded on first use (a worker holds only what it searches)."""
+        if variant not in self._backends:
+            name = self.backend_name(variant)
+            self._backends[variant] = backend_class(name).load(
+                layout.coarse_file(self.path, variant, name), self.vectors[variant],
+                self.coarse_settings or EngineConfig().coarse_settings())
+        return self._backends[variant]
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -62,12 +78,11 @@ class SearchIndex:
 
     def coarse_candidates(self, vector: np.ndarray, variant: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions and distances of the ``n`` nearest images, nearest first."""
-        if variant not in self.trees:
+        if variant not in self.vectors:
             raise SearchIndexError(
-                f"index {self.path} has no '{variant}' tree (it has {', '.join(self.trees)}); "
+                f"index {self.path} has no '{variant}' variant (it has {', '.join(self.vectors)}); "
                 "reindex to get every variant")
-        n = max(1, min(int(n), len(self)))
-        distances, positions = self.trees[variant].query(np.atleast_2d(vector).astype(np.float32), k=n)
+        distances, positions = self.backend(variant).search(np.atleast_2d(vector), n)
         return positions[0], distances[0]
 
     def collection(self) -> Collection:
@@ -84,6 +99,59 @@ def _previous_local_store(index_root: Path) -> LocalStore | None:
         return None
 
 
+def _previous_build(index_root: Path) -> SearchIndex | None:
+    try:
+        return load_index(index_root)
+    except SearchIndexError:
+        return None
+
+
+def global_features(records: list[ImageRecord], model: TrainedModel, previous: SearchIndex | None, device,
+                    batch_size: int, progress: Progress = no_progress,
+                    describer: InstanceDescriber | None = None) -> tuple[GlobalFeatures, list[str], int]:
+    """Each record's global vectors: reused from ``previous`` (the active build) when the image's
+    file, the model and the describer are unchanged, extracted otherwise. Returns the features (in
+    ``records`` order, unreadable images skipped), the kept images' fingerprints and how many
+    were reused: a rebuild of an unchanged collection runs no network."""
+    fingerprints = [fingerprint(r.path) for r in records]
+    reusable = {}
+    needed = {"penultimate", "logits"} | ({"instance"} if describer is not None else set())
+    if (previous is not None and previous.manifest["model_checksum"] == model.checksum
+            and needed <= set(previous.vectors)
+            and (describer is None or previous.describer_name == describer.name)):
+        old_prints = previous.fingerprints
+        reusable = {i: previous.positions[r.image_id] for i, r in enumerate(records)
+                    if r.image_id in previous.positions
+                    and old_prints[previous.positions[r.image_id]] == fingerprints[i]}
+    base = len(reusable)
+    progress("global features", base, len(records))
+    fresh = extract_global_features(
+        model, [r for i, r in enumerate(records) if i not in reusable], device, batch_size,
+        lambda stage, done, total: progress(stage, base + done, base + total), describer)
+    # where each record's vectors come from: a row of the previous build, a row of the fresh ones, or none
+    at = {r.image_id: i for i, r in enumerate(records)}
+    old_row = np.full(len(records), -1, dtype=np.int64)
+    new_row = np.full(len(records), -1, dtype=np.int64)
+    old_row[list(reusable)] = list(reusable.values())
+    new_row[[at[r.image_id] for r in fresh.records]] = np.arange(len(fresh.records))
+    kept = np.flatnonzero((old_row >= 0) | (new_row >= 0))
+    from_old = old_row[kept] >= 0
+
+    def assemble(old: np.ndarray | None, new: np.ndarray) -> np.ndarray:
+        out = np.empty((len(kept), new.shape[1]), dtype=np.float32)
+        out[~from_old] = new[new_row[kept][~from_old]]
+        if from_old.any():
+            out[from_old] = np.asarray(old[old_row[kept][from_old]], dtype=np.float32)
+        return out
+
+    old = previous.vectors if reusable else {}
+    features = GlobalFeatures(
+        [records[i] for i in kept], assemble(old.get("penultimate"), fresh.penultimate),
+        assemble(old.get("logits"), fresh.logits), fresh.skipped,
+        assemble(old.get("instance"), fresh.instance) if describer is not None else None)
+    return features, [fingerprints[i] for i in kept], len(reusable)
+
+
 def build_index(collection: Collection, model: TrainedModel, index_root: Path, config: EngineConfig,
                 device, variants: tuple[str, ...] = VARIANTS, activate: bool = True,
                 progress: Progress = no_progress, local_extractor=None,
@@ -94,18 +162,26 @@ def build_index(collection: Collection, model: TrainedModel, index_root: Path, c
     index_root = Path(index_root)
     started = time.monotonic()
     describer = describer if {"instance", "hybrid"} & set(variants) else None
-    features = extract_global_features(model, collection.records, device, config.batch_size, progress, describer)
+    features, fingerprints, reused = global_features(collection.records, model, _previous_build(index_root),
+                                                     device, config.batch_size, progress, describer)
     if not features.records:
         raise SearchIndexError(f"no readable images in {collection.root}; nothing to index")
     pca = fit_pca(features.penultimate, config.pca_dim, config.seed) if "pca" in variants else None
     vectors = {k: v for k, v in variant_vectors(features.penultimate, features.logits, pca, features.instance,
                                                 config.hybrid_weight).items() if k in variants}
 
+    settings = config.coarse_settings()
+    backend = choose_backend(settings, len(features.records))
     partial, final = layout.new_build(index_root)
     try:
         for variant, matrix in vectors.items():
+            progress(f"coarse index ({backend})", list(vectors).index(variant), len(vectors))
+            # FAISS serves large collections: half the disk and page cache, re-scored well within
+            # the distance gaps that order them (float16 keeps ~3 significant digits)
+            matrix = matrix.astype(np.float16 if backend == FAISS else np.float32)
             np.save(layout.vectors_file(partial, variant), matrix)
-            joblib.dump(BallTree(matrix, leaf_size=config.leaf_size), layout.tree_file(partial, variant))
+            stored = np.load(layout.vectors_file(partial, variant), mmap_mode="r")
+            backend_class(backend).build(stored, settings).save(layout.coarse_file(partial, variant, backend))
         if pca is not None:
             joblib.dump(pca, layout.pca_file(partial))
         local_meta = None
@@ -113,8 +189,8 @@ def build_index(collection: Collection, model: TrainedModel, index_root: Path, c
             local_meta = build_local_store(
                 layout.local_dir(partial), features.records, local_extractor, config.local_pca_dim,
                 previous=_previous_local_store(index_root), seed=config.seed, progress=progress)
-        layout.write_table(partial, [{"id": r.image_id, "path": r.relpath, "label": r.label}
-                                     for r in features.records])
+        layout.write_table(partial, [{"id": r.image_id, "path": r.relpath, "label": r.label, "fingerprint": f}
+                                     for r, f in zip(features.records, fingerprints)])
         layout.write_manifest(partial, {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model_checksum": model.checksum,
@@ -124,10 +200,12 @@ def build_index(collection: Collection, model: TrainedModel, index_root: Path, c
             "collection_root": str(collection.root),
             "collection_size": len(features.records),
             "variants": {k: int(v.shape[1]) for k, v in vectors.items()},
+            "coarse": {k: backend for k in vectors},
+            "global": {"reused": reused, "extracted": len(features.records) - reused},
             "pca_dim": int(pca.n_components_) if pca is not None else None,
             "instance_describer": describer.name if describer is not None else None,
             "hybrid_weight": config.hybrid_weight if "hybrid" in vectors else None,
-            "normalisation": "L2 on every variant (hybrid: weighted join of unit vectors); Euclidean ball tree",
+            "normalisation": "L2 on every variant (hybrid: weighted join of unit vectors); Euclidean distance",
             "skipped": features.skipped + collection.skipped,
             "local": None if local_meta is None else {
                 k: local_meta[k] for k in ("extractor", "extractor_name", "dim", "raw_dim", "reused",
@@ -149,8 +227,10 @@ def activate_build(index_root: Path, build: Path) -> None:
     layout.point_active(index_root, build)
 
 
-def load_index(path: Path, expected_checksum: str | None = None) -> SearchIndex:
-    """Load a build (or the active build under an index root), checking its manifest."""
+def load_index(path: Path, expected_checksum: str | None = None,
+               coarse_settings: CoarseSettings | None = None) -> SearchIndex:
+    """Load a build (or the active build under an index root), checking its manifest and that
+    every variant's files are there; the coarse backends load when first searched."""
     build = layout.active_build(path)
     manifest = layout.read_manifest(build)
     if expected_checksum and manifest["model_checksum"] != expected_checksum:
@@ -158,11 +238,13 @@ def load_index(path: Path, expected_checksum: str | None = None) -> SearchIndex:
             f"{build} was built with model {manifest['model_checksum'][:12]}, not the loaded model "
             f"{expected_checksum[:12]}; reindex with the current model")
     table = layout.read_table(build, manifest)
-    trees, vectors = {}, {}
+    vectors = {}
     for variant, dim in manifest["variants"].items():
+        backend_file = layout.coarse_file(build, variant, manifest.get("coarse", {}).get(variant, BALLTREE))
         try:
-            trees[variant] = joblib.load(layout.tree_file(build, variant))
             vectors[variant] = np.load(layout.vectors_file(build, variant), mmap_mode="r")
+            if not backend_file.is_file():
+                raise FileNotFoundError(2, "no such file", str(backend_file))
         except FileNotFoundError as exc:
             raise SearchIndexError(f"{build}: file missing for variant '{variant}': {exc.filename}") from exc
         if vectors[variant].shape != (len(table), dim):
@@ -177,6 +259,7 @@ def load_index(path: Path, expected_checksum: str | None = None) -> SearchIndex:
     return SearchIndex(
         path=build, manifest=manifest,
         image_ids=[row["id"] for row in table], relpaths=[row["path"] for row in table],
-        labels=[row["label"] for row in table], collection_root=Path(manifest["collection_root"]),
-        trees=trees, vectors=vectors, pca=joblib.load(pca_file) if pca_file.is_file() else None,
-        local=local)
+        labels=[row["label"] for row in table], fingerprints=[row.get("fingerprint") for row in table],
+        collection_root=Path(manifest["collection_root"]),
+        vectors=vectors, pca=joblib.load(pca_file) if pca_file.is_file() else None,
+        local=local, coarse_settings=coarse_settings)

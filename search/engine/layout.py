@@ -3,7 +3,7 @@
     <index root>/builds/<stamp>/           a complete build (manifest.json written last)
     <index root>/builds/<stamp>.partial/   a build in progress, never read
     <index root>/active -> builds/<stamp>  symlink, switched atomically
-    <build>/manifest.json  images.json  tree_<variant>.joblib  vectors_<variant>.npy
+    <build>/manifest.json  images.json  vectors_<variant>.npy  tree_<variant>.joblib | faiss_<variant>.index
             pca.joblib  local/ (the local-feature store)
 
 A build is made beside the active one and only becomes active when complete,
@@ -31,7 +31,10 @@ LOCAL = "local"
 PARTIAL_SUFFIX = ".partial"
 
 
-def tree_file(build: Path, variant: str) -> Path:
+def coarse_file(build: Path, variant: str, backend: str) -> Path:
+    """The file of a variant's coarse backend (coarse_backends.py)."""
+    if backend == "faiss":
+        return Path(build) / f"faiss_{variant}.index"
     return Path(build) / f"tree_{variant}.joblib"
 
 

@@ -97,7 +97,8 @@ def open_engine(config: EngineConfig, build: Path | None = None, model_path: Pat
     """An engine on ``build`` (default: the active build under the index root), with the model
     it was built with and, when the build has local features, the attention head."""
     models = load_models(config, model_path, attention=False)
-    index = load_index(build or config.index_root, expected_checksum=models.model.checksum)
+    index = load_index(build or config.index_root, expected_checksum=models.model.checksum,
+                       coarse_settings=config.coarse_settings())
     attention = None
     if index.local is not None:
         attention = load_attention(Path(attention_path or config.default_attention_path), models.model,
@@ -113,6 +114,6 @@ def open_engine(config: EngineConfig, build: Path | None = None, model_path: Pat
 
 def engine_for(models: Models, build: Path, config: EngineConfig) -> RetrievalEngine:
     """An engine on a build just made with ``models`` (no reload from disk)."""
-    index = load_index(build, expected_checksum=models.model.checksum)
+    index = load_index(build, expected_checksum=models.model.checksum, coarse_settings=config.coarse_settings())
     return RetrievalEngine(models.model, index, models.device, config, models.attention,
                            describer=describer_for(index, config, models.device))

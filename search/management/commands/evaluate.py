@@ -51,7 +51,8 @@ class Command(EngineCommand):
         with StageBars() as bars:
             build = build_index(engine.index.collection(), baseline, Path(tmp), config,
                                 engine.device, variants=("pca", "penultimate"), progress=bars)
-        return RetrievalEngine(baseline, load_index(build), engine.device, config)
+        return RetrievalEngine(baseline, load_index(build, coarse_settings=config.coarse_settings()), engine.device,
+                               config)
 
     def handle(self, *args, queries, methods, n_candidates, no_baseline, instance, out, **options):
         config = self.config(options)

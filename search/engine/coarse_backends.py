@@ -1,0 +1,160 @@
+"""Coarse search backends over one variant's unit vectors: positions and Euclidean distances
+of the n nearest, nearest first.
+
+- ``balltree``: the paper's scikit-learn BallTree, exact. Right for small collections; in
+  1,000+ dimensions it scans nearly every vector, so it grows linearly and slowly.
+- ``faiss``: a FAISS inverted file (``IVF<lists>,SQfp16``: the vectors, float16 as the build
+  stores them, in lists around k-means centroids) that scans only the lists nearest the query.
+  Approximate in which vectors it finds, not in their distances (it computes them from the very
+  float16 values stored); how much of the exact answer it returns is measured by
+  ``benchmark_scale`` (recall at 4,000 candidates).
+
+A request as deep as a large part of the collection (``evaluate``'s whole ranking, or a
+collection smaller than the short list) is answered by an exact scan instead, so every caller
+can ask "as deep as it needs" whatever the backend.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import joblib
+import numpy as np
+from sklearn.neighbors import BallTree
+
+from .config import CoarseSettings
+from .errors import SearchIndexError
+
+BALLTREE, FAISS = "balltree", "faiss"
+BACKENDS = (BALLTREE, FAISS)
+SCAN_BLOCK = 65536  # rows per block of an exact scan (a few hundred MB of float32 at 2,560-d)
+
+
+def choose_backend(settings: CoarseSettings, n_images: int) -> str:
+    if settings.backend == "auto":
+        return FAISS if n_images >= settings.faiss_min_images else BALLTREE
+    if settings.backend not in BACKENDS:
+        raise SearchIndexError(f"unknown coarse backend {settings.backend!r}; choose auto, {' or '.join(BACKENDS)}")
+    return settings.backend
+
+
+def exact_nearest(vectors: np.ndarray, queries: np.ndarray, n: int,
+                  rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The exact n nearest of ``vectors`` (all of them, or those at ``rows``) to each query, by blocks of ``SCAN_BLOCK`` rows: (distances, positions), each (queries, n)."""
+    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    query_norms = np.einsum("ij,ij->i", queries, queries)[:, None]
+    total = len(vectors) if rows is None else len(rows)
+    n = max(1, min(int(n), total))
+    best_d = np.full((len(queries), 0), np.inf, dtype=np.float32)
+    best_p = np.zeros((len(queries), 0), dtype=np.int64)
+    for start in range(0, total, SCAN_BLOCK):
+        stop = min(start + SCAN_BLOCK, total)
+        where = np.arange(start, stop) if rows is None else rows[start:stop]
+        block = np.asarray(vectors[start:stop] if rows is None else vectors[where], dtype=np.float32)
+        # |a - b|^2 = |a|^2 + |b|^2 - 2 a.b, with the stored rows' own norms (float16 rounding leaves
+        # them 1 +- 1e-4, which near 0 would otherwise move a distance by a hundredth)
+        squared = query_norms + np.einsum("ij,ij->i", block, block)[None, :] - 2.0 * queries @ block.T
+        distances = np.concatenate([best_d, squared], axis=1)
+        positions = np.concatenate([best_p, np.broadcast_to(where, (len(queries), len(where)))], axis=1)
+        if distances.shape[1] > n:
+            keep = np.argpartition(distances, n - 1, axis=1)[:, :n]
+            distances = np.take_along_axis(distances, keep, axis=1)
+            positions = np.take_along_axis(positions, keep, axis=1)
+        best_d, best_p = distances, positions
+    order = np.argsort(best_d, axis=1, kind="stable")
+    distances = np.sqrt(np.clip(np.take_along_axis(best_d, order, axis=1), 0.0, None))
+    return distances, np.take_along_axis(best_p, order, axis=1)
+
+
+class BallTreeBackend:
+    name = BALLTREE
+
+    def __init__(self, tree):
+        self.tree = tree
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, settings: CoarseSettings) -> "BallTreeBackend":
+        return cls(BallTree(np.asarray(vectors, dtype=np.float32), leaf_size=settings.leaf_size))
+
+    def save(self, path: Path) -> None:
+        joblib.dump(self.tree, path)
+
+    @classmethod
+    def load(cls, path: Path, vectors: np.ndarray, settings: CoarseSettings) -> "BallTreeBackend":
+        return cls(joblib.load(path))
+
+    def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        distances, positions = self.tree.query(np.atleast_2d(queries).astype(np.float32),
+                                               k=max(1, min(int(n), self.tree.data.shape[0])))
+        return distances, positions
+
+
+class FaissBackend:
+    name = FAISS
+
+    def __init__(self, index, vectors: np.ndarray, settings: CoarseSettings):
+        self.index, self.vectors, self.settings = index, vectors, settings
+
+    def probes_for(self, n: int) -> int:
+        """Lists to scan for the n nearest: at least ``faiss_nprobe``, and enough that the scanned
+        lists hold ``faiss_coverage`` times n (a deep request, such as the paper's 4,000
+        candidates, needs many lists however good each one is)."""
+        mean_list = self.index.ntotal / self.index.nlist
+        wanted = max(self.settings.faiss_nprobe, int(np.ceil(self.settings.faiss_coverage * n / mean_list)))
+        return int(min(wanted, self.index.nlist))
+
+    @staticmethod
+    def lists_for(n_images: int, settings: CoarseSettings) -> int:
+        lists = settings.faiss_lists or int(np.sqrt(n_images))
+        return int(max(1, min(lists, n_images // 39)))  # k-means wants >= 39 points per list
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, settings: CoarseSettings) -> "FaissBackend":
+        n, dim = vectors.shape
+        index = faiss.index_factory(dim, f"IVF{cls.lists_for(n, settings)},SQfp16", faiss.METRIC_L2)
+        rng = np.random.default_rng(settings.seed)
+        sample = np.sort(rng.choice(n, size=min(n, settings.faiss_train_size), replace=False))
+        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+        for start in range(0, n, SCAN_BLOCK):
+            index.add(np.ascontiguousarray(vectors[start:start + SCAN_BLOCK], dtype=np.float32))
+        return cls(index, vectors, settings)
+
+    def save(self, path: Path) -> None:
+        faiss.write_index(self.index, str(path))
+
+    @classmethod
+    def load(cls, path: Path, vectors: np.ndarray, settings: CoarseSettings) -> "FaissBackend":
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            raise SearchIndexError(f"{path}: not a readable FAISS index ({str(exc).splitlines()[0]})") from exc
+        if index.ntotal != len(vectors):
+            raise SearchIndexError(f"{path} holds {index.ntotal} vectors, the index table {len(vectors)}")
+        return cls(index, vectors, settings)
+
+    def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        total = self.index.ntotal
+        n = max(1, min(int(n), total))
+        if n * 2 >= total:  # as deep as much of the collection: one exact scan is as cheap, and exact
+            return exact_nearest(self.vectors, queries, n)
+        self.index.nprobe = self.probes_for(n)
+        squared, positions = self.index.search(queries, n)
+        if (positions < 0).any():  # the probed lists held fewer than asked: scan everything
+            return exact_nearest(self.vectors, queries, n)
+        # the lists hold the same float16 values as the stored vectors: these are their exact distances
+        return np.sqrt(np.clip(squared, 0.0, None)), positions
+
+
+_BACKENDS = {BALLTREE: BallTreeBackend, FAISS: FaissBackend}
+
+
+def backend_class(name: str):
+    try:
+        return _BACKENDS[name]
+    except KeyError:
+        raise SearchIndexError(f"unknown coarse backend {name!r}; choose {' or '.join(BACKENDS)}") from None
+
+
+def build_backend(vectors: np.ndarray, settings: CoarseSettings):
+    return backend_class(choose_backend(settings, len(vectors))).build(vectors, settings)

@@ -1,0 +1,71 @@
+import json
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from django.core.management.base import CommandError
+
+from ...engine.index import load_index
+from ...engine.scale_benchmark import measure_backends, synthetic_vectors
+from ..base import EngineCommand, StageBars
+
+
+class Command(EngineCommand):
+    help = ("Benchmark the coarse stage's scaling: for each size, a seeded synthetic collection shaped like real "
+            "global features (stored as float16, as FAISS builds store them), the FAISS and BallTree backends built "
+            "and queried one query at a time at k = --n, against an exact scan: build time, p50/p95 query time, "
+            "recall of the exact n nearest, disk per image, resident memory. With --index, the same on a real "
+            "index's vectors. Prints figures; asserts nothing (timings belong here, not in tests).")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--sizes", default="10000,100000", help="synthetic collection sizes, e.g. 10000,100000,1000000")
+        parser.add_argument("--dim", type=int, default=2560, help="vector size (2,560: the default hybrid variant)")
+        parser.add_argument("--n", type=int, default=4000, help="candidates asked of the coarse stage")
+        parser.add_argument("--queries", type=int, default=50)
+        parser.add_argument("--balltree-max", type=int, default=100_000,
+                            help="build the BallTree only up to this size (it holds a float64 copy)")
+        parser.add_argument("--coverages", default="",
+                            help="FAISS list coverages to compare, e.g. 2,4,8 (default: the RETRIEVAL_FAISS_COVERAGE setting)")
+        parser.add_argument("--index", type=Path, help="also measure this index (root or build)")
+        parser.add_argument("--variant", default="hybrid", help="the variant measured with --index")
+        parser.add_argument("--workdir", type=Path, help="where the synthetic vectors are written (default: a temp dir)")
+        parser.add_argument("--out", type=Path, help="JSON to write (default: <data dir>/reports/benchmark_scale.json)")
+
+    def handle(self, *args, sizes, dim, n, queries, balltree_max, coverages, index, variant, workdir, out, **options):
+        config = self.config(options)
+        settings = config.coarse_settings()
+        coverages = tuple(float(c) for c in coverages.split(",") if c.strip())
+        rows = []
+        with tempfile.TemporaryDirectory(dir=workdir) as tmp, StageBars() as bars:
+            tmp = Path(tmp)
+            if index is not None:
+                real = load_index(index)
+                if variant not in real.vectors:
+                    raise CommandError(f"{real.path} has no '{variant}' variant (it has {', '.join(real.vectors)})")
+                vectors = real.vectors[variant]
+                asked = synthetic_vectors(queries, vectors.shape[1], seed=1, near=vectors)
+                for row in measure_backends(vectors, asked, min(n, len(vectors) // 2), settings, tmp,
+                                            balltree_max, coverages, bars):
+                    rows.append(dict(asdict(row), data=f"{real.path.name} ({variant})"))
+            for size in [int(s) for s in sizes.split(",") if s.strip()]:
+                file = tmp / f"vectors-{size}.npy"
+                vectors = np.lib.format.open_memmap(file, mode="w+", dtype=np.float16, shape=(size, dim))
+                synthetic_vectors(size, dim, seed=0, out=vectors)
+                vectors.flush()
+                vectors = np.load(file, mmap_mode="r")
+                asked = synthetic_vectors(queries, dim, seed=1, near=vectors)
+                for row in measure_backends(vectors, asked, n, settings, tmp, balltree_max, coverages, bars):
+                    rows.append(dict(asdict(row), data="synthetic"))
+                del vectors
+                file.unlink()
+        for row in rows:
+            self.stdout.write(
+                f"{row['data']:>24} {row['size']:>9,} x {row['dim']:<5} {row['backend']:>10}: build {row['build_s']:7.1f} s, "
+                f"query p50 {row['p50_ms']:8.1f} ms p95 {row['p95_ms']:8.1f} ms, recall@{n} {row['recall']:.3f}, "
+                f"{row['disk_bytes_per_image'] / 1024:.1f} KiB/image, RSS {row['resident_mib']:,.0f} MiB  "
+                f"[{row['detail']}]")
+        out = out or config.reports_dir / "benchmark_scale.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"n": n, "queries": queries, "settings": asdict(settings), "rows": rows}, indent=2))
+        self.stdout.write(f"wrote {out}")

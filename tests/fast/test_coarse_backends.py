@@ -1,0 +1,83 @@
+"""The coarse backends on seeded clustered unit vectors: the exact scan against a sort of every
+distance, FAISS against the BallTree, and the choice by collection size."""
+import numpy as np
+import pytest
+
+from search.engine import coarse_backends
+from search.engine.coarse_backends import (BALLTREE, FAISS, BallTreeBackend, FaissBackend, build_backend,
+                                           choose_backend, exact_nearest)
+from search.engine.config import EngineConfig
+from search.engine.errors import SearchIndexError
+from search.engine.scale_benchmark import synthetic_vectors
+
+
+def settings(**changes):
+    return EngineConfig().replace(**changes).coarse_settings()
+
+
+def brute_force(vectors, query, n):
+    distances = np.linalg.norm(np.asarray(vectors, dtype=np.float64) - query, axis=1)
+    order = np.argsort(distances, kind="stable")[:n]
+    return distances[order], order
+
+
+def test_exact_scan_matches_a_full_sort_across_blocks_and_row_subsets(monkeypatch):
+    vectors = synthetic_vectors(1000, 48, seed=1)
+    queries = synthetic_vectors(3, 48, seed=2)
+    monkeypatch.setattr(coarse_backends, "SCAN_BLOCK", 128)  # eight blocks, the best carried across them
+    distances, positions = exact_nearest(vectors, queries, 25)
+    for q, query in enumerate(queries):
+        want_d, want_p = brute_force(vectors, query, 25)
+        np.testing.assert_array_equal(positions[q], want_p)
+        np.testing.assert_allclose(distances[q], want_d, atol=1e-5)
+    rows = np.arange(0, 1000, 3)
+    _, sub = exact_nearest(vectors, queries[0], 10, rows)
+    np.testing.assert_array_equal(sub[0], rows[brute_force(vectors[rows], queries[0], 10)[1]])
+
+
+def test_faiss_finds_what_the_ball_tree_finds_and_reports_exact_distances():
+    vectors = synthetic_vectors(6000, 64, seed=3).astype(np.float16)  # stored as a FAISS build stores them
+    queries = synthetic_vectors(20, 64, seed=4, near=vectors)
+    tree = BallTreeBackend.build(vectors, settings())
+    ivf = FaissBackend.build(vectors, settings(faiss_nprobe=1, faiss_coverage=4))
+    assert ivf.index.nlist == FaissBackend.lists_for(6000, settings()) == int(np.sqrt(6000))
+    assert ivf.probes_for(100) == int(np.ceil(4 * 100 / (6000 / 77)))  # lists holding 4 x the 100 asked
+    tree_d, tree_p = tree.search(queries, 100)
+    ivf_d, ivf_p = ivf.search(queries, 100)
+    recall = np.mean([len(set(a) & set(b)) / 100 for a, b in zip(tree_p, ivf_p)])
+    assert recall >= 0.95, recall
+    assert (ivf_p[:, 0] == tree_p[:, 0]).all()  # each query's source vector comes first in both
+    # distances computed from the same float16 values as the stored vectors: a result's true distance
+    true = np.linalg.norm(vectors[ivf_p].astype(np.float32) - queries[:, None, :], axis=2)
+    np.testing.assert_allclose(ivf_d, true, atol=2e-3)
+    assert (np.diff(ivf_d, axis=1) >= 0).all()
+    # one probed list cannot hold 100 neighbours of every query: the exact scan answers instead
+    narrow = FaissBackend(ivf.index, vectors, settings(faiss_nprobe=1, faiss_coverage=0.01))
+    assert narrow.probes_for(100) == 1
+    np.testing.assert_array_equal(narrow.search(queries, 100)[1], tree_p)
+
+
+def test_faiss_answers_a_deep_request_exactly_and_round_trips_through_its_file(tmp_path):
+    vectors = synthetic_vectors(2000, 32, seed=5)
+    query = vectors[7]
+    ivf = FaissBackend.build(vectors, settings(faiss_nprobe=1))
+    ivf.save(tmp_path / "faiss.index")
+    again = FaissBackend.load(tmp_path / "faiss.index", vectors, settings(faiss_nprobe=1))
+    distances, positions = again.search(query, 1500)  # past half the collection: the exact scan
+    want_d, want_p = brute_force(vectors, query, 1500)
+    np.testing.assert_array_equal(positions[0], want_p)
+    with pytest.raises(SearchIndexError, match="holds 2000 vectors"):
+        FaissBackend.load(tmp_path / "faiss.index", vectors[:1999], settings())
+    (tmp_path / "broken.index").write_bytes(b"not an index")
+    with pytest.raises(SearchIndexError, match="not a readable FAISS index"):
+        FaissBackend.load(tmp_path / "broken.index", vectors, settings())
+
+
+def test_the_backend_is_chosen_by_collection_size_unless_set():
+    assert choose_backend(settings(), 49_999) == BALLTREE
+    assert choose_backend(settings(), 50_000) == FAISS
+    assert choose_backend(settings(coarse_backend="faiss"), 10) == FAISS
+    assert choose_backend(settings(coarse_backend="balltree", faiss_min_images=1), 10**6) == BALLTREE
+    assert isinstance(build_backend(synthetic_vectors(700, 8, seed=0), settings(faiss_min_images=500)), FaissBackend)
+    with pytest.raises(SearchIndexError, match="unknown coarse backend 'annoy'"):
+        choose_backend(settings(coarse_backend="annoy"), 10)
