@@ -104,7 +104,7 @@ class EngineConfig:
     leaf_size: int = 40
     faiss_lists: int = 0  # 0: about sqrt(images)
     faiss_nprobe: int = 32
-    faiss_coverage: float = 4.0
+    faiss_coverage: float = 8.0
     # The hybrid variant (features.hybrid_vectors): the weight of the fine-tuned penultimate cosine in
     # its similarity, the rest being the ImageNet instance vector's. Why equal: RESULTS.md.
     hybrid_weight: float = 0.5

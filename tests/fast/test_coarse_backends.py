@@ -39,7 +39,7 @@ def test_faiss_finds_what_the_ball_tree_finds_and_reports_exact_distances():
     vectors = synthetic_vectors(6000, 64, seed=3).astype(np.float16)  # stored as a FAISS build stores them
     queries = synthetic_vectors(20, 64, seed=4, near=vectors)
     tree = BallTreeBackend.build(vectors, settings())
-    ivf = FaissBackend.build(vectors, settings(faiss_nprobe=1, faiss_coverage=4))
+    ivf = FaissBackend.build(vectors, settings(faiss_nprobe=1, faiss_coverage=4))  # fewer lists than the default
     assert ivf.index.nlist == FaissBackend.lists_for(6000, settings()) == int(np.sqrt(6000))
     assert ivf.probes_for(100) == int(np.ceil(4 * 100 / (6000 / 77)))  # lists holding 4 x the 100 asked
     tree_d, tree_p = tree.search(queries, 100)
