@@ -70,7 +70,14 @@ def _scan(config, run: MaintenanceRun) -> Collection:
 
 def _build(config, collection: Collection, models: Models, report: RunLog, activate: bool) -> Path:
     report.line(f"collection {collection.root}: {len(collection)} images, {len(collection.labelled())} labelled")
-    return index_collection(collection, models, config, activate=activate, progress=report)
+    build = index_collection(collection, models, config, activate=activate, progress=report)
+    manifest = layout.read_manifest(build)
+    kept = manifest["global"]
+    report.line(f"global features: {kept['reused']} images unchanged since the last build (reused), "
+                f"{kept['extracted']} extracted")
+    if manifest.get("local"):
+        report.line(f"local features: {manifest['local']['reused']} reused, {manifest['local']['extracted']} extracted")
+    return build
 
 
 def reindex(config, report: RunLog, run: MaintenanceRun) -> Path:

@@ -110,6 +110,8 @@ def test_reindex_of_another_folder_adds_its_images(site_index, tmp_path, setting
         assert run_maintenance(run.pk) == Status.DONE
         index = load_index(index_root)
         assert len(index) == 8 and {"horses/new-horse.jpg", "horses/new-horse-2.jpg"} <= set(index.relpaths)
+        run.refresh_from_db()  # only the two new images went through the network
+        assert "global features: 6 images unchanged since the last build (reused), 2 extracted" in run.log
     finally:
         activate_build(index_root, before)
 

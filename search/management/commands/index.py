@@ -5,9 +5,10 @@ from ..base import EngineCommand, StageBars
 
 
 class Command(EngineCommand):
-    help = ("Extract global features of every image with the trained classifier, build one ball tree per "
-            "variant (logits, PCA, penultimate), extract attention local features (reusing those of "
-            "unchanged images), write a new build under the index root, and make it active.")
+    help = ("Extract global features of every image with the trained classifier, build one coarse backend per "
+            "variant (a ball tree, or FAISS for large collections), extract attention local features, write a new "
+            "build under the index root, and make it active. Images whose file is unchanged since the active build "
+            "keep their global and local features (same model and extractor).")
 
     def add_arguments(self, parser):
         self.add_collection_arguments(parser)
@@ -25,10 +26,11 @@ class Command(EngineCommand):
         index = load_index(build, expected_checksum=models.model.checksum)
         for relpath, reason in index.manifest["skipped"]:
             self.stderr.write(f"skipped {relpath}: {reason}")
-        local = index.manifest["local"]
+        local, reused = index.manifest["local"], index.manifest["global"]["reused"]
         self.stdout.write(self.style.SUCCESS(
-            f"indexed {len(index)} images into {build} (variants: "
-            + ", ".join(f"{k} {v}-d" for k, v in index.manifest["variants"].items())
+            f"indexed {len(index)} images into {build} (global features of {reused} reused from the previous "
+            f"build; variants: "
+            + ", ".join(f"{k} {v}-d ({index.backend_name(k)})" for k, v in index.manifest["variants"].items())
             + (f"; {local['total_keypoints']} local features, {local['dim']}-d, "
                f"{local['reused']} images reused from the previous build" if local else "; no local features")
             + "); now active"))
