@@ -78,8 +78,8 @@ def test_corel_table1_targets_and_baseline(corel):
 
 def test_boofcv_instances_among_corel_distractors(corel):
     """Each scene image's two siblings must be its top 2 in at least 22 of 24 queries. The scenes
-    join the Corel images (same relative paths), so the new build reuses the Corel build's local
-    features, as a reindex of a grown collection does."""
+    join the Corel images (same relative paths), so the new build reuses the Corel build's global
+    and local features, as a reindex of a grown collection does."""
     folder = corel["config"].data_dir / "mixed"
     (folder / "boofcv").mkdir(parents=True)
     for p in COREL.glob("*.jpg"):
@@ -92,6 +92,7 @@ def test_boofcv_instances_among_corel_distractors(corel):
     build = index_collection(scan_collection(folder), corel["models"], config, activate=False)
     engine = engine_for(corel["models"], build, config)
     assert engine.index.manifest["local"]["reused"] == 1000 and engine.index.manifest["local"]["extracted"] == 24
+    assert engine.index.manifest["global"] == {"reused": 1000, "extracted": 24}
     group = {f"boofcv/{p.name}": int(p.stem.removeprefix("image")) // 3 for p in scenes}
     hits = {m: 0 for m in ("logits", "logits+attention", "penultimate", "penultimate+attention", "hybrid+attention")}
     inliers_true, inliers_false = [], []
