@@ -19,6 +19,9 @@ def active_catalog() -> layout.Catalog:
 
 
 def indexed_image_path(image_id: str) -> Path | None:
+    """The file of an indexed image; None for one removed from search (remove_images)."""
+    if image_id in layout.read_removed(engine_config().index_root):
+        return None
     return active_catalog().path_of(image_id)
 
 

@@ -208,3 +208,58 @@ def test_benchmark_fine_splits_the_time_and_tops_up_with_synthetic_candidates(ti
     assert rows[0]["with_min_inliers_per_query"] >= 1
     assert rows[1]["with_min_inliers_per_query"] >= rows[0]["with_min_inliers_per_query"] + 1
     assert "synthetic" in stdout and "RANSAC" in stdout
+
+
+def test_removed_images_leave_search_at_once_and_later_builds(tiny_collection, tiny_model, engine_config, tmp_path):
+    """remove_images takes effect on an engine already open (no reload), a rebuild leaves the
+    images out, and --restore brings them back."""
+    from search.engine.index import build_index, load_index
+    from search.engine.pipeline import RetrievalEngine
+
+    root = tmp_path / "index"
+    build = build_index(tiny_collection, tiny_model, root, engine_config, "cpu", variants=("pca",))
+    engine = RetrievalEngine(tiny_model, load_index(root), "cpu", engine_config.replace(query_expansion=0))
+    index = engine.index
+    target, other = index.relpaths[5], index.relpaths[6]
+
+    def top(position, k=40):
+        return [r.image_id for r in engine.search(index.path_of(position), "pca", k=k).results]
+
+    assert top(5)[0] == index.image_ids[5] and len(top(5)) == 40
+    out, _ = run("remove_images", target, str(index.path_of(6)), index_dir=root)
+    assert "removed 2 images from search" in out
+    for position in (5, 6, 20):
+        found = top(position)
+        assert index.image_ids[5] not in found and index.image_ids[6] not in found and len(found) == 38
+    with pytest.raises(CommandError, match="not in the active index.*no/such.jpg"):
+        run("remove_images", "no/such.jpg", index_dir=root)
+
+    rebuilt = load_index(build_index(tiny_collection, tiny_model, root, engine_config, "cpu", variants=("pca",)))
+    assert len(rebuilt) == 38 and target not in rebuilt.relpaths and rebuilt.manifest["removed"] == 2
+    assert load_index(build).removed_ids == {index.image_ids[5], index.image_ids[6]}
+
+    out, _ = run("remove_images", target, "--restore", index_dir=root)  # by path, though no longer indexed
+    assert "restored 1 images; 1 remain removed" in out
+    assert index.image_ids[5] in top(5)  # the old build still holds it: back at once
+    with pytest.raises(CommandError, match="not removed: " + target):
+        run("remove_images", target, "--restore", index_dir=root)
+    again = load_index(build_index(tiny_collection, tiny_model, root, engine_config, "cpu", variants=("pca",)))
+    assert len(again) == 39 and target in again.relpaths and other not in again.relpaths
+
+
+def test_benchmark_scale_measures_each_backend_against_the_exact_scan(tiny_engine, engine_config, tmp_path, settings):
+    settings.RETRIEVAL = engine_config
+    out_file = tmp_path / "scale.json"
+    out, _ = run("benchmark_scale", "--sizes", "3000", "--dim", "64", "--n", "100", "--queries", "5",
+                 "--coverages", "4,16", "--index", str(engine_config.index_root), "--variant", "pca",
+                 "--workdir", str(tmp_path), "--out", str(out_file))
+    rows = json.loads(out_file.read_text())["rows"]
+    synthetic = [r for r in rows if r["data"] == "synthetic"]
+    assert [r["backend"] for r in synthetic] == ["exact scan", "faiss", "faiss", "balltree"]
+    assert [r["backend"] for r in rows if r["data"] != "synthetic"] == ["exact scan", "faiss", "faiss", "balltree"]
+    exact, narrow, wide, tree = synthetic
+    assert exact["recall"] == tree["recall"] == 1.0 and wide["recall"] >= narrow["recall"] >= 0.5
+    assert "IVF54,SQfp16, 32 lists probed (coverage 4)" in narrow["detail"]  # 64-d: float16 lists
+    assert all(r["p50_ms"] > 0 and r["disk_bytes_per_image"] >= 64 * 2 for r in synthetic)
+    assert "synthetic     3,000 x 64" in out and "wrote" in out
+    assert not list(tmp_path.glob("tmp*"))  # the synthetic vectors are gone

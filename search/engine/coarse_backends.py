@@ -3,11 +3,13 @@ of the n nearest, nearest first.
 
 - ``balltree``: the paper's scikit-learn BallTree, exact. Right for small collections; in
   1,000+ dimensions it scans nearly every vector, so it grows linearly and slowly.
-- ``faiss``: a FAISS inverted file (``IVF<lists>,SQfp16``: the vectors, float16 as the build
-  stores them, in lists around k-means centroids) that scans only the lists nearest the query.
-  Approximate in which vectors it finds, not in their distances (it computes them from the very
-  float16 values stored); how much of the exact answer it returns is measured by
-  ``benchmark_scale`` (recall at 4,000 candidates).
+- ``faiss``: a FAISS inverted file that scans only the lists (around k-means centroids) nearest
+  the query. Vectors of more than ``faiss_reduce_dim`` dimensions are listed as int8 codes of
+  their PCA projection, and the short list (``faiss_refine`` x n) re-scored from float16 copies
+  of the full vectors; smaller ones are listed as float16 (``IVF<lists>,SQfp16``). Approximate
+  in which vectors it finds, not in their distances (computed from the very float16 values the
+  build stores); how much of the exact answer it returns is measured by ``benchmark_scale``
+  (recall at 4,000 candidates).
 
 A request as deep as a large part of the collection (``evaluate``'s whole ranking, or a
 collection smaller than the short list) is answered by an exact scan instead, so every caller
@@ -94,14 +96,17 @@ class FaissBackend:
 
     def __init__(self, index, vectors: np.ndarray, settings: CoarseSettings):
         self.index, self.vectors, self.settings = index, vectors, settings
+        self.lists = faiss.extract_index_ivf(index)  # the inverted file inside (behind a PCA, a refinement)
+        self.refined = isinstance(index, faiss.IndexRefine)
 
     def probes_for(self, n: int) -> int:
         """Lists to scan for the n nearest: at least ``faiss_nprobe``, and enough that the scanned
-        lists hold ``faiss_coverage`` times n (a deep request, such as the paper's 4,000
-        candidates, needs many lists however good each one is)."""
-        mean_list = self.index.ntotal / self.index.nlist
-        wanted = max(self.settings.faiss_nprobe, int(np.ceil(self.settings.faiss_coverage * n / mean_list)))
-        return int(min(wanted, self.index.nlist))
+        lists hold ``faiss_coverage`` times the short list (a deep request, such as the paper's
+        4,000 candidates, needs many lists however good each one is)."""
+        short = n * (self.settings.faiss_refine if self.refined else 1)
+        mean_list = self.lists.ntotal / self.lists.nlist
+        wanted = max(self.settings.faiss_nprobe, int(np.ceil(self.settings.faiss_coverage * short / mean_list)))
+        return int(min(wanted, self.lists.nlist))
 
     @staticmethod
     def lists_for(n_images: int, settings: CoarseSettings) -> int:
@@ -111,7 +116,15 @@ class FaissBackend:
     @classmethod
     def build(cls, vectors: np.ndarray, settings: CoarseSettings) -> "FaissBackend":
         n, dim = vectors.shape
-        index = faiss.index_factory(dim, f"IVF{cls.lists_for(n, settings)},SQfp16", faiss.METRIC_L2)
+        lists = cls.lists_for(n, settings)
+        if 0 < settings.faiss_reduce_dim < dim and n >= 10 * settings.faiss_reduce_dim:  # enough to fit a PCA
+            # lists of int8 codes of a PCA projection, scanned cheaply; their short list re-scored
+            # from float16 copies of the full vectors, which give the distances returned
+            index = faiss.IndexRefine(
+                faiss.index_factory(dim, f"PCA{settings.faiss_reduce_dim},IVF{lists},SQ8", faiss.METRIC_L2),
+                faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_L2))
+        else:
+            index = faiss.index_factory(dim, f"IVF{lists},SQfp16", faiss.METRIC_L2)
         rng = np.random.default_rng(settings.seed)
         sample = np.sort(rng.choice(n, size=min(n, settings.faiss_train_size), replace=False))
         index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
@@ -138,11 +151,13 @@ class FaissBackend:
         n = max(1, min(int(n), total))
         if n * 2 >= total:  # as deep as much of the collection: one exact scan is as cheap, and exact
             return exact_nearest(self.vectors, queries, n)
-        self.index.nprobe = self.probes_for(n)
+        self.lists.nprobe = self.probes_for(n)
+        if self.refined:
+            self.index.k_factor = float(self.settings.faiss_refine)
         squared, positions = self.index.search(queries, n)
         if (positions < 0).any():  # the probed lists held fewer than asked: scan everything
             return exact_nearest(self.vectors, queries, n)
-        # the lists hold the same float16 values as the stored vectors: these are their exact distances
+        # computed from the same float16 values as the stored vectors: their exact distances
         return np.sqrt(np.clip(squared, 0.0, None)), positions
 
 

@@ -49,7 +49,9 @@ class CoarseSettings:
     leaf_size: int  # BallTree
     faiss_lists: int  # IVF lists; 0: about sqrt(images)
     faiss_nprobe: int  # lists scanned per query, at least
-    faiss_coverage: float  # and enough lists to hold this many times the candidates asked
+    faiss_coverage: float  # and enough lists to hold this many times the short list
+    faiss_reduce_dim: int  # larger vectors: lists of a PCA projection to this size, re-scored (0: never)
+    faiss_refine: int  # the re-scored short list is this many times the candidates asked
     seed: int = 0
     faiss_train_size: int = 50_000  # vectors the k-means of the lists is trained on
 
@@ -104,7 +106,9 @@ class EngineConfig:
     leaf_size: int = 40
     faiss_lists: int = 0  # 0: about sqrt(images)
     faiss_nprobe: int = 32
-    faiss_coverage: float = 8.0
+    faiss_coverage: float = 16.0
+    faiss_reduce_dim: int = 256
+    faiss_refine: int = 4
     # The hybrid variant (features.hybrid_vectors): the weight of the fine-tuned penultimate cosine in
     # its similarity, the rest being the ImageNet instance vector's. Why equal: RESULTS.md.
     hybrid_weight: float = 0.5
@@ -184,6 +188,7 @@ class EngineConfig:
         return CoarseSettings(backend=self.coarse_backend, faiss_min_images=self.faiss_min_images,
                               leaf_size=self.leaf_size, faiss_lists=self.faiss_lists,
                               faiss_nprobe=self.faiss_nprobe, faiss_coverage=self.faiss_coverage,
+                              faiss_reduce_dim=self.faiss_reduce_dim, faiss_refine=self.faiss_refine,
                               seed=self.seed)
 
     def replace(self, **changes) -> "EngineConfig":

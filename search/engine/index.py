@@ -76,6 +76,21 @@ class SearchIndex:
         """Image id -> position in this index."""
         return {image_id: p for p, image_id in enumerate(self.image_ids)}
 
+    @property
+    def removed_ids(self) -> frozenset[str]:
+        """Ids removed from search since this build was made (``remove_images``), read afresh."""
+        return layout.read_removed(layout.index_root_of(self.path))
+
+    def hidden(self, exclude_ids=frozenset()) -> np.ndarray | None:
+        """A mask of the positions no search may return: removed images and ``exclude_ids``."""
+        ids = self.removed_ids | frozenset(exclude_ids)
+        positions = [self.positions[i] for i in ids if i in self.positions]
+        if not positions:
+            return None
+        mask = np.zeros(len(self), dtype=bool)
+        mask[positions] = True
+        return mask
+
     def coarse_candidates(self, vector: np.ndarray, variant: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions and distances of the ``n`` nearest images, nearest first."""
         if variant not in self.vectors:
@@ -156,13 +171,15 @@ def build_index(collection: Collection, model: TrainedModel, index_root: Path, c
                 device, variants: tuple[str, ...] = VARIANTS, activate: bool = True,
                 progress: Progress = no_progress, local_extractor=None,
                 describer: InstanceDescriber | None = None) -> Path:
-    """Extract features for ``collection``, build the trees (the instance variant's too when a
-    ``describer`` is given, the local-feature store when ``local_extractor`` is), and write a
-    complete build directory."""
+    """Extract features for ``collection`` (less the images removed from search), build the coarse
+    backends (the instance variant's too when a ``describer`` is given, the local-feature store when
+    ``local_extractor`` is), and write a complete build directory."""
     index_root = Path(index_root)
     started = time.monotonic()
     describer = describer if {"instance", "hybrid"} & set(variants) else None
-    features, fingerprints, reused = global_features(collection.records, model, _previous_build(index_root),
+    removed = layout.read_removed(index_root)
+    records = [r for r in collection.records if r.image_id not in removed]
+    features, fingerprints, reused = global_features(records, model, _previous_build(index_root),
                                                      device, config.batch_size, progress, describer)
     if not features.records:
         raise SearchIndexError(f"no readable images in {collection.root}; nothing to index")
@@ -202,6 +219,7 @@ def build_index(collection: Collection, model: TrainedModel, index_root: Path, c
             "variants": {k: int(v.shape[1]) for k, v in vectors.items()},
             "coarse": {k: backend for k in vectors},
             "global": {"reused": reused, "extracted": len(features.records) - reused},
+            "removed": len(collection.records) - len(records),
             "pca_dim": int(pca.n_components_) if pca is not None else None,
             "instance_describer": describer.name if describer is not None else None,
             "hybrid_weight": config.hybrid_weight if "hybrid" in vectors else None,

@@ -3,6 +3,7 @@
     <index root>/builds/<stamp>/           a complete build (manifest.json written last)
     <index root>/builds/<stamp>.partial/   a build in progress, never read
     <index root>/active -> builds/<stamp>  symlink, switched atomically
+    <index root>/removed.json              ids removed from search (remove_images), for every build
     <build>/manifest.json  images.json  vectors_<variant>.npy  tree_<variant>.joblib | faiss_<variant>.index
             pca.joblib  local/ (the local-feature store)
 
@@ -27,6 +28,7 @@ MANIFEST = "manifest.json"
 TABLE = "images.json"
 ACTIVE = "active"
 BUILDS = "builds"
+REMOVED = "removed.json"  # ids taken out of search at once, and left out of later builds
 LOCAL = "local"
 PARTIAL_SUFFIX = ".partial"
 
@@ -89,6 +91,42 @@ def active_build(index_root: Path) -> Path:
 
 def has_active(index_root: Path) -> bool:
     return (Path(index_root) / ACTIVE).exists()
+
+
+def index_root_of(build: Path) -> Path:
+    """The index root a build lives under (a bare build folder is its own root)."""
+    build = Path(build)
+    return build.parent.parent if build.parent.name == BUILDS else build
+
+
+_removed: dict[Path, tuple[tuple, frozenset]] = {}
+
+
+def read_removed(index_root: Path) -> frozenset[str]:
+    """The ids removed from search under ``index_root``; re-read only when the file changes (a
+    search stats it, so a removal counts from the next query of every worker)."""
+    file = Path(index_root) / REMOVED
+    try:
+        stat = file.stat()
+    except FileNotFoundError:
+        return frozenset()
+    key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    cached = _removed.get(file)
+    if cached is None or cached[0] != key:
+        try:
+            ids = frozenset(json.loads(file.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise SearchIndexError(f"{file} is not a JSON list of image ids ({exc})") from exc
+        cached = _removed[file] = (key, ids)
+    return cached[1]
+
+
+def write_removed(index_root: Path, ids) -> None:
+    """Replace the removed ids in one atomic rename."""
+    file = Path(index_root) / REMOVED
+    tmp = file.with_name(f".{REMOVED}.{uuid.uuid4().hex[:6]}")
+    tmp.write_text(json.dumps(sorted(ids)))
+    os.replace(tmp, file)
 
 
 def read_manifest(build: Path) -> dict:
@@ -160,3 +198,39 @@ def catalog(index_root: Path) -> Catalog:
     if cached is None or cached.build != build:
         cached = _catalogs[Path(index_root)] = read_catalog(build)
     return cached
+
+
+def relative_to_collection(ref: str, collection_root: Path) -> str | None:
+    """``ref`` as a path relative to ``collection_root`` (None: an absolute path outside it). Links
+    inside the collection are not followed: a collection of symlinks names its images by the links."""
+    path = Path(ref)
+    if not path.is_absolute():
+        return path.as_posix()
+    path = Path(os.path.abspath(path))
+    for root in (Path(os.path.abspath(collection_root)), Path(collection_root).resolve()):
+        try:
+            return path.relative_to(root).as_posix()
+        except ValueError:
+            continue
+    return None
+
+
+def resolve_images(index_root: Path, refs: list[str]) -> list[str]:
+    """Image ids of the active build named by id, by path relative to its collection root, or by
+    absolute path; refuses (naming them) refs it does not hold."""
+    active = catalog(index_root)
+    by_path = {row["path"]: image_id for image_id, row in active.rows.items()}
+    ids, unknown = [], []
+    for ref in refs:
+        if ref in active.rows:
+            ids.append(ref)
+            continue
+        path = relative_to_collection(ref, active.collection_root)
+        image_id = None if path is None else by_path.get(path)
+        if image_id is None:
+            unknown.append(ref)
+        else:
+            ids.append(image_id)
+    if unknown:
+        raise SearchIndexError(f"not in the active index ({active.build.name}): {', '.join(unknown)}")
+    return ids

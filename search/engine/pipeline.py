@@ -159,7 +159,8 @@ class RetrievalEngine:
 
     def coarse_order(self, vectors: dict[str, np.ndarray], variant: str, n: int,
                      exclude_ids: frozenset[str] = frozenset()) -> tuple[np.ndarray, np.ndarray]:
-        """Positions and distances of the ``n`` nearest images, skipping ``exclude_ids``.
+        """Positions and distances of the ``n`` nearest images, skipping ``exclude_ids`` and the
+        images removed from search (``remove_images``).
 
         With ``query_expansion`` = e > 0 (average query expansion, Chum et al. 2007) the
         query vector is first averaged with its e nearest images (weighted by similarity **
@@ -179,9 +180,11 @@ class RetrievalEngine:
 
     def _nearest(self, vector: np.ndarray, variant: str, n: int,
                  exclude_ids: frozenset[str]) -> tuple[np.ndarray, np.ndarray]:
-        positions, distances = self.index.coarse_candidates(vector, variant, n + len(exclude_ids))
-        if exclude_ids:
-            keep = np.array([self.index.image_ids[p] not in exclude_ids for p in positions], dtype=bool)
+        hidden = self.index.hidden(exclude_ids)
+        extra = 0 if hidden is None else int(hidden.sum())
+        positions, distances = self.index.coarse_candidates(vector, variant, n + extra)
+        if hidden is not None:
+            keep = ~hidden[positions]
             positions, distances = positions[keep], distances[keep]
         return positions[:n], distances[:n]
 

@@ -107,8 +107,12 @@ def measure_backends(vectors: np.ndarray, queries: np.ndarray, n: int, settings:
                 backend.settings = replace(settings, faiss_coverage=coverage)
             progress(f"query {name}", 0, len(queries))
             found, times = _timed_queries(backend.search, queries, n)
-            detail = (f"IVF{backend.index.nlist},SQfp16, {backend.probes_for(n)} lists probed (coverage {coverage:g})"
-                      if name == "faiss" else f"leaf size {settings.leaf_size}")
+            detail = f"leaf size {settings.leaf_size}"
+            if name == "faiss":
+                listed = (f"PCA{settings.faiss_reduce_dim},IVF{backend.lists.nlist},SQ8 re-scored from float16, "
+                          f"short list {settings.faiss_refine} x n" if backend.refined
+                          else f"IVF{backend.lists.nlist},SQfp16")
+                detail = f"{listed}, {backend.probes_for(n)} lists probed (coverage {coverage:g})"
             figures.append(BackendFigures(size, dim, name, build_s, float(np.median(times)),
                                           float(np.percentile(times, 95)), _recall(found, exact),
                                           (disk + vector_bytes * size) / size, resident_mib(), detail))

@@ -35,13 +35,17 @@ def test_exact_scan_matches_a_full_sort_across_blocks_and_row_subsets(monkeypatc
     np.testing.assert_array_equal(sub[0], rows[brute_force(vectors[rows], queries[0], 10)[1]])
 
 
-def test_faiss_finds_what_the_ball_tree_finds_and_reports_exact_distances():
+@pytest.mark.parametrize("reduce_dim", [0, 16])  # float16 lists; int8 lists of a PCA-16 projection, re-scored
+def test_faiss_finds_what_the_ball_tree_finds_and_reports_exact_distances(reduce_dim):
     vectors = synthetic_vectors(6000, 64, seed=3).astype(np.float16)  # stored as a FAISS build stores them
     queries = synthetic_vectors(20, 64, seed=4, near=vectors)
     tree = BallTreeBackend.build(vectors, settings())
-    ivf = FaissBackend.build(vectors, settings(faiss_nprobe=1, faiss_coverage=4))  # fewer lists than the default
-    assert ivf.index.nlist == FaissBackend.lists_for(6000, settings()) == int(np.sqrt(6000))
-    assert ivf.probes_for(100) == int(np.ceil(4 * 100 / (6000 / 77)))  # lists holding 4 x the 100 asked
+    ivf = FaissBackend.build(vectors, settings(faiss_nprobe=1, faiss_coverage=4, faiss_reduce_dim=reduce_dim,
+                                               faiss_refine=2))
+    assert ivf.refined == bool(reduce_dim)
+    assert ivf.lists.nlist == FaissBackend.lists_for(6000, settings()) == int(np.sqrt(6000))
+    short = 200 if reduce_dim else 100  # re-scored: twice the 100 asked
+    assert ivf.probes_for(100) == int(np.ceil(4 * short / (6000 / 77)))  # lists holding 4 x the short list
     tree_d, tree_p = tree.search(queries, 100)
     ivf_d, ivf_p = ivf.search(queries, 100)
     recall = np.mean([len(set(a) & set(b)) / 100 for a, b in zip(tree_p, ivf_p)])
@@ -52,7 +56,7 @@ def test_faiss_finds_what_the_ball_tree_finds_and_reports_exact_distances():
     np.testing.assert_allclose(ivf_d, true, atol=2e-3)
     assert (np.diff(ivf_d, axis=1) >= 0).all()
     # one probed list cannot hold 100 neighbours of every query: the exact scan answers instead
-    narrow = FaissBackend(ivf.index, vectors, settings(faiss_nprobe=1, faiss_coverage=0.01))
+    narrow = FaissBackend(ivf.index, vectors, settings(faiss_nprobe=1, faiss_coverage=0.01, faiss_refine=1))
     assert narrow.probes_for(100) == 1
     np.testing.assert_array_equal(narrow.search(queries, 100)[1], tree_p)
 

@@ -1,4 +1,5 @@
 """Search jobs and maintenance runs through a real Celery worker on the real Redis broker."""
+import io
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -60,6 +61,21 @@ def test_api_search_runs_on_the_worker_and_returns_same_class_results(client, ce
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
     assert client.get("/images/../../etc/passwd").status_code == 404
     assert client.get("/images/0123456789ab").status_code == 404
+
+    # taken out of search (remove_images): no longer served, and the running worker leaves it out
+    from django.core.management import call_command
+
+    index_root = Path(settings.RETRIEVAL.data_dir) / "index"
+    call_command("remove_images", first["image_id"], index_dir=index_root, stdout=io.StringIO())
+    try:
+        assert client.get(first["image_url"]).status_code == 404
+        again = finished_job(api_search(client, 450)["id"])
+        assert again.status == Status.DONE and len(again.results) == 5
+        assert first["image_id"] not in [r["image_id"] for r in again.results]
+    finally:
+        call_command("remove_images", first["image_id"], "--restore", index_dir=index_root,
+                     stdout=io.StringIO())
+    assert client.get(first["image_url"]).status_code == 200
 
 
 def test_coarse_method_and_rating_and_report(client, celery_worker_process):
