@@ -193,8 +193,8 @@ def build_index(collection: Collection, model: TrainedModel, index_root: Path, c
     try:
         for variant, matrix in vectors.items():
             progress(f"coarse index ({backend})", list(vectors).index(variant), len(vectors))
-            # FAISS serves large collections: half the disk and page cache, re-scored well within
-            # the distance gaps that order them (float16 keeps ~3 significant digits)
+            # FAISS serves large collections: float16 halves the disk and page cache, and its ~3
+            # significant digits are well within the distance gaps that order neighbours
             matrix = matrix.astype(np.float16 if backend == FAISS else np.float32)
             np.save(layout.vectors_file(partial, variant), matrix)
             stored = np.load(layout.vectors_file(partial, variant), mmap_mode="r")
