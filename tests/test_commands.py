@@ -261,5 +261,6 @@ def test_benchmark_scale_measures_each_backend_against_the_exact_scan(tiny_engin
     assert exact["recall"] == tree["recall"] == 1.0 and wide["recall"] >= narrow["recall"] >= 0.5
     assert "IVF54,SQfp16, 32 lists probed (coverage 4)" in narrow["detail"]  # 64-d: float16 lists
     assert all(r["p50_ms"] > 0 and r["disk_bytes_per_image"] >= 64 * 2 for r in synthetic)
-    assert "synthetic     3,000 x 64" in out and "wrote" in out
+    assert "synthetic     3,000 x 64" in out and "recall@100" in out and "wrote" in out
+    assert {r["depth"] for r in rows if r["data"] != "synthetic"} == {20}  # half the tiny index's 40
     assert not list(tmp_path.glob("tmp*"))  # the synthetic vectors are gone

@@ -60,6 +60,7 @@ class BackendFigures:
     p50_ms: float
     p95_ms: float
     recall: float  # share of the exact n nearest it returned, mean over queries
+    depth: int  # that n
     disk_bytes_per_image: float
     resident_mib: float  # the process's resident memory with this backend loaded
     detail: str = ""
@@ -91,7 +92,7 @@ def measure_backends(vectors: np.ndarray, queries: np.ndarray, n: int, settings:
     _, exact = exact_nearest(vectors, queries, n)  # all queries at once: the ground truth
     found, times = _timed_queries(lambda q, k: exact_nearest(vectors, q, k), queries[:5], n)
     figures = [BackendFigures(size, dim, "exact scan", 0.0, float(np.median(times)), float(np.percentile(times, 95)),
-                              _recall(found, exact[:5]), vector_bytes, resident_mib(), "5 queries, NumPy, blocks")]
+                              _recall(found, exact[:5]), n, vector_bytes, resident_mib(), "5 queries, NumPy, blocks")]
     kinds = [("faiss", FaissBackend)] + ([("balltree", BallTreeBackend)] if size <= balltree_max else [])
     for name, kind in kinds:
         progress(f"build {name}", 0, 1)
@@ -114,7 +115,7 @@ def measure_backends(vectors: np.ndarray, queries: np.ndarray, n: int, settings:
                           else f"IVF{backend.lists.nlist},SQfp16")
                 detail = f"{listed}, {backend.probes_for(n)} lists probed (coverage {coverage:g})"
             figures.append(BackendFigures(size, dim, name, build_s, float(np.median(times)),
-                                          float(np.percentile(times, 95)), _recall(found, exact),
+                                          float(np.percentile(times, 95)), _recall(found, exact), n,
                                           (disk + vector_bytes * size) / size, resident_mib(), detail))
         del backend
     return figures

@@ -47,7 +47,7 @@ class Command(EngineCommand):
                 asked = synthetic_vectors(queries, vectors.shape[1], seed=1, near=vectors)
                 for row in measure_backends(vectors, asked, min(n, len(vectors) // 2), settings, tmp,
                                             balltree_max, coverages, bars):
-                    rows.append(self.show(dict(asdict(row), data=f"{real.path.name} ({variant})"), n))
+                    rows.append(self.show(dict(asdict(row), data=f"{real.path.name} ({variant})")))
             for size in [int(s) for s in sizes.split(",") if s.strip()]:
                 file = tmp / f"vectors-{size}.npy"
                 vectors = np.lib.format.open_memmap(file, mode="w+", dtype=np.float16, shape=(size, dim))
@@ -56,7 +56,7 @@ class Command(EngineCommand):
                 vectors = np.load(file, mmap_mode="r")
                 asked = synthetic_vectors(queries, dim, seed=1, near=vectors)
                 for row in measure_backends(vectors, asked, n, settings, tmp, balltree_max, coverages, bars):
-                    rows.append(self.show(dict(asdict(row), data="synthetic"), n))
+                    rows.append(self.show(dict(asdict(row), data="synthetic")))
                 del vectors
                 file.unlink()
         out = out or config.reports_dir / "benchmark_scale.json"
@@ -64,11 +64,11 @@ class Command(EngineCommand):
         out.write_text(json.dumps({"n": n, "queries": queries, "settings": asdict(settings), "rows": rows}, indent=2))
         self.stdout.write(f"wrote {out}")
 
-    def show(self, row: dict, n: int) -> dict:
+    def show(self, row: dict) -> dict:
         """Print a row as soon as it is measured (a million-image run takes a while)."""
         self.stdout.write(
             f"{row['data']:>24} {row['size']:>9,} x {row['dim']:<5} {row['backend']:>10}: build {row['build_s']:7.1f} s, "
-            f"query p50 {row['p50_ms']:8.1f} ms p95 {row['p95_ms']:8.1f} ms, recall@{n} {row['recall']:.3f}, "
+            f"query p50 {row['p50_ms']:8.1f} ms p95 {row['p95_ms']:8.1f} ms, recall@{row['depth']} {row['recall']:.3f}, "
             f"{row['disk_bytes_per_image'] / 1024:.1f} KiB/image, RSS {row['resident_mib']:,.0f} MiB  "
             f"[{row['detail']}]")
         return row
