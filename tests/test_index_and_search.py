@@ -221,3 +221,48 @@ def test_alpha_query_expansion_weights_neighbours_by_similarity(tiny_engine):
     np.testing.assert_allclose(got, np.sort(distances)[:10], atol=1e-4)
     # the query itself is its own nearest (similarity 1, weight 1); the others weigh less than plain QE's 1
     assert nearest[0] == 5 and similarity[0] == pytest.approx(1, abs=1e-4) and (similarity[1:] ** 3 < 0.9).all()
+
+
+def test_damaged_index_files_give_a_clear_error(tiny_fine_engine, tmp_path):
+    """A truncated array or pickle, garbled JSON, a manifest without a key, a table of the wrong
+    shape, a shorter but valid descriptors file: each is a SearchIndexError naming the file."""
+    source = tiny_fine_engine.index.path
+
+    def damaged(name, damage):
+        copy = tmp_path / name
+        shutil.copytree(source, copy)
+        damage(copy)
+        return copy
+
+    def truncate(file):
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+    def edit_manifest(change):
+        def damage(build):
+            manifest = json.loads((build / "manifest.json").read_text())
+            change(manifest)
+            (build / "manifest.json").write_text(json.dumps(manifest))
+        return damage
+
+    def shorter_descriptors(build):
+        descriptors = np.load(build / "local" / "descriptors.npy")
+        np.save(build / "local" / "descriptors.npy", descriptors[:-5])
+
+    cases = {
+        "vectors": (lambda b: truncate(b / "vectors_penultimate.npy"), r"vectors_penultimate.npy is damaged"),
+        "pca": (lambda b: truncate(b / "pca.joblib"), r"pca.joblib is damaged"),
+        "manifest-json": (lambda b: (b / "manifest.json").write_text("{not json"), r"manifest.json is not valid JSON"),
+        "manifest-key": (edit_manifest(lambda m: m.pop("variants")), r"manifest.json lacks variants"),
+        "table": (lambda b: (b / "images.json").write_text('{"a": 1}'), r"images.json holds a JSON dict"),
+        "table-row": (lambda b: (b / "images.json").write_text(json.dumps([{"id": "x"}] * 40)),
+                      r"a row lacks its id, path or label"),
+        "descriptors": (shorter_descriptors, r"do not match descriptors"),
+        "offsets": (lambda b: truncate(b / "local" / "offsets.npy"), r"offsets.npy is damaged"),
+    }
+    for name, (damage, message) in cases.items():
+        with pytest.raises(SearchIndexError, match=message):
+            load_index(damaged(name, damage))
+    # a tree is read when first searched: the error comes then, as clear
+    index = load_index(damaged("tree", lambda b: truncate(b / "tree_pca.joblib")))
+    with pytest.raises(SearchIndexError, match="tree_pca.joblib is damaged"):
+        index.coarse_candidates(np.asarray(index.vectors["pca"][:1]), "pca", 3)

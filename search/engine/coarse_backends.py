@@ -26,6 +26,7 @@ from sklearn.neighbors import BallTree
 
 from .config import CoarseSettings
 from .errors import SearchIndexError
+from .stored import load_pickled
 
 BALLTREE, FAISS = "balltree", "faiss"
 BACKENDS = (BALLTREE, FAISS)
@@ -83,7 +84,7 @@ class BallTreeBackend:
 
     @classmethod
     def load(cls, path: Path, vectors: np.ndarray, settings: CoarseSettings) -> "BallTreeBackend":
-        return cls(joblib.load(path))
+        return cls(load_pickled(path))
 
     def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         distances, positions = self.tree.query(np.atleast_2d(queries).astype(np.float32),

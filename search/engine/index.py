@@ -26,6 +26,7 @@ from .local_store import LocalStore, build_local_store, fingerprint
 from .methods import VARIANTS
 from .model import TrainedModel
 from .progress import Progress, no_progress
+from .stored import load_array, load_pickled
 
 
 @dataclass
@@ -250,7 +251,7 @@ def load_index(path: Path, expected_checksum: str | None = None,
     """Load a build (or the active build under an index root), checking its manifest and that
     every variant's files are there; the coarse backends load when first searched."""
     build = layout.active_build(path)
-    manifest = layout.read_manifest(build)
+    manifest = layout.read_manifest(build, layout.INDEX_KEYS)
     if expected_checksum and manifest["model_checksum"] != expected_checksum:
         raise SearchIndexError(
             f"{build} was built with model {manifest['model_checksum'][:12]}, not the loaded model "
@@ -259,12 +260,9 @@ def load_index(path: Path, expected_checksum: str | None = None,
     vectors = {}
     for variant, dim in manifest["variants"].items():
         backend_file = layout.coarse_file(build, variant, manifest.get("coarse", {}).get(variant, BALLTREE))
-        try:
-            vectors[variant] = np.load(layout.vectors_file(build, variant), mmap_mode="r")
-            if not backend_file.is_file():
-                raise FileNotFoundError(2, "no such file", str(backend_file))
-        except FileNotFoundError as exc:
-            raise SearchIndexError(f"{build}: file missing for variant '{variant}': {exc.filename}") from exc
+        if not backend_file.is_file():
+            raise SearchIndexError(f"{build}: file missing for variant '{variant}': {backend_file}")
+        vectors[variant] = load_array(layout.vectors_file(build, variant))
         if vectors[variant].shape != (len(table), dim):
             raise SearchIndexError(
                 f"{build}: '{variant}' vectors are {vectors[variant].shape}, manifest says ({len(table)}, {dim})")
@@ -279,5 +277,5 @@ def load_index(path: Path, expected_checksum: str | None = None,
         image_ids=[row["id"] for row in table], relpaths=[row["path"] for row in table],
         labels=[row["label"] for row in table], fingerprints=[row.get("fingerprint") for row in table],
         collection_root=Path(manifest["collection_root"]),
-        vectors=vectors, pca=joblib.load(pca_file) if pca_file.is_file() else None,
+        vectors=vectors, pca=load_pickled(pca_file) if pca_file.is_file() else None,
         local=local, coarse_settings=coarse_settings)

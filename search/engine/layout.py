@@ -29,6 +29,9 @@ TABLE = "images.json"
 ACTIVE = "active"
 BUILDS = "builds"
 REMOVED = "removed.json"  # ids taken out of search at once, and left out of later builds
+# What a manifest must hold for the catalog (INDEX_KEYS: for loading the index too); without, refused.
+CATALOG_KEYS = ("collection_root", "collection_size")
+INDEX_KEYS = CATALOG_KEYS + ("model_checksum", "variants")
 LOCAL = "local"
 PARTIAL_SUFFIX = ".partial"
 
@@ -129,16 +132,31 @@ def write_removed(index_root: Path, ids) -> None:
     os.replace(tmp, file)
 
 
-def read_manifest(build: Path) -> dict:
-    """The manifest of a complete build of the supported format."""
+def read_manifest(build: Path, required: tuple[str, ...] = CATALOG_KEYS) -> dict:
+    """The manifest of a complete build of the supported format, holding the ``required`` keys."""
     manifest_file = Path(build) / MANIFEST
     if not manifest_file.is_file():
         raise SearchIndexError(f"{build} is not a complete index: {MANIFEST} is missing")
-    manifest = json.loads(manifest_file.read_text())
+    manifest = _read_json(manifest_file, dict)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise SearchIndexError(
             f"{build}: index format {manifest.get('format_version')} is not the supported {FORMAT_VERSION}; reindex")
+    missing = [key for key in required if key not in manifest]
+    if missing:
+        raise SearchIndexError(f"{manifest_file} lacks {', '.join(missing)}: a damaged index; reindex")
     return manifest
+
+
+def _read_json(file: Path, kind: type):
+    """A JSON file's content of the expected kind, or a clear error naming the file."""
+    try:
+        content = json.loads(Path(file).read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SearchIndexError(f"{file} is not valid JSON ({exc}): a damaged index; reindex") from exc
+    if not isinstance(content, kind):
+        raise SearchIndexError(f"{file} holds a JSON {type(content).__name__}, not a {kind.__name__}: "
+                               "a damaged index; reindex")
+    return content
 
 
 def write_manifest(build: Path, manifest: dict) -> None:
@@ -148,7 +166,9 @@ def write_manifest(build: Path, manifest: dict) -> None:
 def read_table(build: Path, manifest: dict) -> list[dict]:
     """The image table (``id``, ``path`` relative to the collection root, ``label``), checked
     against the manifest's size."""
-    table = json.loads((Path(build) / TABLE).read_text())
+    table = _read_json(Path(build) / TABLE, list)
+    if not all(isinstance(row, dict) and {"id", "path", "label"} <= set(row) for row in table):
+        raise SearchIndexError(f"{Path(build) / TABLE}: a row lacks its id, path or label; reindex")
     if len(table) != manifest["collection_size"]:
         raise SearchIndexError(
             f"{build}: {TABLE} lists {len(table)} images but the manifest says {manifest['collection_size']}")

@@ -22,6 +22,7 @@ from .features import l2_normalise
 from .images import open_image
 from .local_features import LocalFeatures, empty_features
 from .progress import Progress, no_progress
+from .stored import load_array, load_pickled
 
 META = "meta.json"
 ARRAYS = ("keypoints", "scales", "scores", "descriptors")
@@ -47,9 +48,18 @@ class LocalStore:
         path = Path(path)
         if not (path / META).is_file():
             raise SearchIndexError(f"{path}: no local-feature store ({META} missing); reindex with local features")
-        arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
-        return cls(path, json.loads((path / META).read_text()), np.load(path / "offsets.npy"),
-                   arrays, joblib.load(path / "pca.joblib"))
+        arrays = {name: load_array(path / f"{name}.npy") for name in ARRAYS}
+        offsets = load_array(path / "offsets.npy", mmap=False)
+        try:
+            meta = json.loads((path / META).read_text())
+        except ValueError as exc:
+            raise SearchIndexError(f"{path / META} is not valid JSON ({exc}); reindex") from exc
+        total = int(offsets[-1]) if len(offsets) else -1
+        short = [name for name, array in arrays.items() if len(array) != total]
+        if offsets.ndim != 1 or total < 0 or (np.diff(offsets) < 0).any() or short:
+            raise SearchIndexError(f"{path}: the offsets ({total} keypoints in all) do not match "
+                                   f"{', '.join(short) or 'themselves'}: a damaged store; reindex")
+        return cls(path, meta, offsets, arrays, load_pickled(path / "pca.joblib"))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
