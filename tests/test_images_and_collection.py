@@ -4,6 +4,7 @@ import struct
 import zlib
 
 import pytest
+from PIL import Image, ImageOps
 
 from search.engine.collection import read_labels_csv, scan_collection, stable_id, write_labels_csv
 from search.engine.errors import CollectionError, ImageError
@@ -47,6 +48,28 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
     assert 20_000 * 20_000 > MAX_IMAGE_PIXELS
     with pytest.raises(ImageError, match=r"bomb\.png: .*(over the limit|decompression bomb)"):
         open_image(bomb)
+
+
+def jpeg_with_malformed_exif() -> bytes:
+    """A JPEG turned 90 degrees by its EXIF, with a second tag that Pillow cannot write back
+    (a signed short of -3): ``ImageOps.exif_transpose`` raises struct.error on it."""
+    def entry(tag, kind, value):
+        return struct.pack("<HHI", tag, kind, 1) + value
+    tiff = (b"II*\x00" + struct.pack("<IH", 8, 2) + entry(0x0112, 3, struct.pack("<HH", 6, 0))
+            + entry(0x0101, 8, struct.pack("<hH", -3, 0)) + b"\x00" * 4)
+    buffer = io.BytesIO()
+    Image.new("RGB", (60, 20), "red").save(buffer, format="JPEG", exif=b"Exif\x00\x00" + tiff)
+    return buffer.getvalue()
+
+
+def test_malformed_exif_keeps_the_picture_as_stored(tmp_path):
+    data = jpeg_with_malformed_exif()
+    with pytest.raises(struct.error):  # what reached users as a 500 before
+        ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    path = tmp_path / "fuzzed.jpg"
+    path.write_bytes(data)
+    image = open_image(path)
+    assert image.mode == "RGB" and image.size == (60, 20)  # kept as stored: orientation not applied
 
 
 def test_file_object_is_accepted():

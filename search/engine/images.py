@@ -1,5 +1,5 @@
-"""Opening images safely: decoded by content, EXIF orientation applied,
-decompression bombs refused, and every failure named by its path."""
+"""Opening images safely: decoded by content, EXIF orientation applied (ignored when the EXIF
+block is malformed), decompression bombs refused, and every failure named by its path."""
 from __future__ import annotations
 
 import warnings
@@ -47,7 +47,10 @@ def open_image(source, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
         raise ImageError(f"{name}: not an image file (its content is not a known image format)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{name}: image is truncated or corrupt ({exc})") from exc
-    image = ImageOps.exif_transpose(image)
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # EXIF is metadata: a malformed block must not lose the picture, which is kept
+        pass  # as stored (Pillow re-packs every tag on the way and fails in several ways: struct.error, ...)
     return image.convert("RGB")
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from search.models import SearchJob
 from tests.conftest import corel_image
-from tests.test_images_and_collection import png_header_only
+from tests.test_images_and_collection import jpeg_with_malformed_exif, png_header_only
 
 pytestmark = pytest.mark.django_db
 
@@ -98,3 +98,13 @@ def test_exif_orientation_is_applied_and_the_image_saved_normalised(client, monk
     with Image.open(job.query_image.path) as saved:
         assert saved.format == "JPEG" and saved.size == (20, 60)
         assert 0x0112 not in saved.getexif()
+
+
+def test_a_photo_with_malformed_exif_is_searched_not_a_500(client, monkeypatch):
+    from search import views
+
+    monkeypatch.setattr(views, "enqueue_search", lambda job_id: "not-queued")  # no worker needed
+    response = post(client, image=upload("fuzzed.jpg", jpeg_with_malformed_exif(), "image/jpeg"))
+    assert response.status_code == 302
+    with Image.open(SearchJob.objects.get().query_image.path) as saved:
+        assert saved.format == "JPEG" and saved.size == (60, 20)
