@@ -25,6 +25,12 @@ def indexed_image_path(image_id: str) -> Path | None:
     return active_catalog().path_of(image_id)
 
 
+def searchable_sample(catalog: layout.Catalog, size: int) -> list[str]:
+    """The first ``size`` image ids of the active build that are not removed from search."""
+    removed = layout.read_removed(engine_config().index_root)
+    return [image_id for image_id in catalog.rows if image_id not in removed][:size]
+
+
 def thumbnail(image_id: str, max_side: int = 256) -> Path | None:
     """A cached JPEG thumbnail of an indexed image, under MEDIA_ROOT/thumbs/."""
     source = indexed_image_path(image_id)

@@ -215,7 +215,7 @@ def staff_home(request, form=None, upload_form=None, message=""):
     try:
         catalog = collection_files.active_catalog()
         collection = {"build": catalog.build.name, "root": catalog.collection_root, "size": len(catalog),
-                      "labels": catalog.labels, "sample": list(catalog.rows)[:24]}
+                      "labels": catalog.labels, "sample": collection_files.searchable_sample(catalog, 24)}
     except SearchIndexError as exc:
         collection = {"error": str(exc)}
     return render(request, "staff.html", {

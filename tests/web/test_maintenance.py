@@ -132,3 +132,22 @@ def add_images_from_the_staff_page(folder, settings):
     assert response.status_code == 200, response.content.decode()[-500:]
     assert "saved 2 image(s) into" in response.content.decode()
     assert (folder / "horses" / "new-horse.jpg").is_file() and (folder / "horses" / "new-horse-2.jpg").is_file()
+
+
+def test_the_staff_sample_leaves_out_images_removed_from_search(client, django_user_model, site_index, settings):
+    import io
+
+    from django.core.management import call_command
+
+    from search.engine import layout
+
+    client.force_login(django_user_model.objects.create_user("curator2", password="pw", is_staff=True))
+    index_root = Path(settings.RETRIEVAL.data_dir) / "index"
+    first = next(iter(layout.catalog(index_root).rows))
+    assert f"/thumbs/{first}" in client.get("/staff/").content.decode()
+    call_command("remove_images", first, index_dir=index_root, stdout=io.StringIO())
+    try:
+        page = client.get("/staff/").content.decode()
+        assert f"/thumbs/{first}" not in page and page.count("/thumbs/") == 24
+    finally:
+        call_command("remove_images", first, "--restore", index_dir=index_root, stdout=io.StringIO())
