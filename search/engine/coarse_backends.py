@@ -43,7 +43,8 @@ def choose_backend(settings: CoarseSettings, n_images: int) -> str:
 
 def exact_nearest(vectors: np.ndarray, queries: np.ndarray, n: int,
                   rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The exact n nearest of ``vectors`` (all of them, or those at ``rows``) to each query, by blocks of ``SCAN_BLOCK`` rows: (distances, positions), each (queries, n)."""
+    """The exact n nearest of ``vectors`` (all of them, or those at ``rows``) to each query, by
+    blocks of ``SCAN_BLOCK`` rows: (distances, positions), each (queries, n)."""
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
     query_norms = np.einsum("ij,ij->i", queries, queries)[:, None]
     total = len(vectors) if rows is None else len(rows)
@@ -171,6 +172,3 @@ def backend_class(name: str):
     except KeyError:
         raise SearchIndexError(f"unknown coarse backend {name!r}; choose {' or '.join(BACKENDS)}") from None
 
-
-def build_backend(vectors: np.ndarray, settings: CoarseSettings):
-    return backend_class(choose_backend(settings, len(vectors))).build(vectors, settings)

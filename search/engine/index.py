@@ -108,13 +108,6 @@ class SearchIndex:
         return Collection(self.collection_root, records)
 
 
-def _previous_local_store(index_root: Path) -> LocalStore | None:
-    try:
-        return LocalStore.open(layout.local_dir(layout.active_build(index_root)))
-    except SearchIndexError:
-        return None
-
-
 def _previous_build(index_root: Path) -> SearchIndex | None:
     try:
         return load_index(index_root)
@@ -180,8 +173,9 @@ def build_index(collection: Collection, model: TrainedModel, index_root: Path, c
     describer = describer if {"instance", "hybrid"} & set(variants) else None
     removed = layout.read_removed(index_root)
     records = [r for r in collection.records if r.image_id not in removed]
-    features, fingerprints, reused = global_features(records, model, _previous_build(index_root),
-                                                     device, config.batch_size, progress, describer)
+    previous = _previous_build(index_root)  # whose unchanged images keep their global and local features
+    features, fingerprints, reused = global_features(records, model, previous, device, config.batch_size,
+                                                     progress, describer)
     if not features.records:
         raise SearchIndexError(f"no readable images in {collection.root}; nothing to index")
     pca = fit_pca(features.penultimate, config.pca_dim, config.seed) if "pca" in variants else None
@@ -192,21 +186,20 @@ def build_index(collection: Collection, model: TrainedModel, index_root: Path, c
     backend = choose_backend(settings, len(features.records))
     partial, final = layout.new_build(index_root)
     try:
-        for variant, matrix in vectors.items():
-            progress(f"coarse index ({backend})", list(vectors).index(variant), len(vectors))
+        for done, (variant, matrix) in enumerate(vectors.items()):
+            progress(f"coarse index ({backend})", done, len(vectors))
             # FAISS serves large collections: float16 halves the disk and page cache, and its ~3
             # significant digits are well within the distance gaps that order neighbours
             matrix = matrix.astype(np.float16 if backend == FAISS else np.float32)
             np.save(layout.vectors_file(partial, variant), matrix)
-            stored = np.load(layout.vectors_file(partial, variant), mmap_mode="r")
-            backend_class(backend).build(stored, settings).save(layout.coarse_file(partial, variant, backend))
+            backend_class(backend).build(matrix, settings).save(layout.coarse_file(partial, variant, backend))
         if pca is not None:
             joblib.dump(pca, layout.pca_file(partial))
         local_meta = None
         if local_extractor is not None:
             local_meta = build_local_store(
                 layout.local_dir(partial), features.records, local_extractor, config.local_pca_dim,
-                previous=_previous_local_store(index_root), seed=config.seed, progress=progress)
+                previous=previous.local if previous is not None else None, seed=config.seed, progress=progress)
         layout.write_table(partial, [{"id": r.image_id, "path": r.relpath, "label": r.label, "fingerprint": f}
                                      for r, f in zip(features.records, fingerprints)])
         layout.write_manifest(partial, {

@@ -137,7 +137,7 @@ def read_manifest(build: Path, required: tuple[str, ...] = CATALOG_KEYS) -> dict
     manifest_file = Path(build) / MANIFEST
     if not manifest_file.is_file():
         raise SearchIndexError(f"{build} is not a complete index: {MANIFEST} is missing")
-    manifest = _read_json(manifest_file, dict)
+    manifest = read_json(manifest_file, dict)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise SearchIndexError(
             f"{build}: index format {manifest.get('format_version')} is not the supported {FORMAT_VERSION}; reindex")
@@ -147,7 +147,7 @@ def read_manifest(build: Path, required: tuple[str, ...] = CATALOG_KEYS) -> dict
     return manifest
 
 
-def _read_json(file: Path, kind: type):
+def read_json(file: Path, kind: type):
     """A JSON file's content of the expected kind, or a clear error naming the file."""
     try:
         content = json.loads(Path(file).read_text())
@@ -166,7 +166,7 @@ def write_manifest(build: Path, manifest: dict) -> None:
 def read_table(build: Path, manifest: dict) -> list[dict]:
     """The image table (``id``, ``path`` relative to the collection root, ``label``), checked
     against the manifest's size."""
-    table = _read_json(Path(build) / TABLE, list)
+    table = read_json(Path(build) / TABLE, list)
     if not all(isinstance(row, dict) and {"id", "path", "label"} <= set(row) for row in table):
         raise SearchIndexError(f"{Path(build) / TABLE}: a row lacks its id, path or label; reindex")
     if len(table) != manifest["collection_size"]:

@@ -16,6 +16,7 @@ import joblib
 import numpy as np
 from sklearn.decomposition import PCA
 
+from . import layout
 from .collection import ImageRecord
 from .errors import ImageError, SearchIndexError
 from .features import l2_normalise
@@ -50,10 +51,7 @@ class LocalStore:
             raise SearchIndexError(f"{path}: no local-feature store ({META} missing); reindex with local features")
         arrays = {name: load_array(path / f"{name}.npy") for name in ARRAYS}
         offsets = load_array(path / "offsets.npy", mmap=False)
-        try:
-            meta = json.loads((path / META).read_text())
-        except ValueError as exc:
-            raise SearchIndexError(f"{path / META} is not valid JSON ({exc}); reindex") from exc
+        meta = layout.read_json(path / META, dict)
         total = int(offsets[-1]) if len(offsets) else -1
         short = [name for name, array in arrays.items() if len(array) != total]
         if offsets.ndim != 1 or total < 0 or (np.diff(offsets) < 0).any() or short:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from search.engine import coarse_backends
-from search.engine.coarse_backends import (BALLTREE, FAISS, BallTreeBackend, FaissBackend, build_backend,
+from search.engine.coarse_backends import (BALLTREE, FAISS, BallTreeBackend, FaissBackend, backend_class,
                                            choose_backend, exact_nearest)
 from search.engine.config import EngineConfig
 from search.engine.errors import SearchIndexError
@@ -82,6 +82,7 @@ def test_the_backend_is_chosen_by_collection_size_unless_set():
     assert choose_backend(settings(), 50_000) == FAISS
     assert choose_backend(settings(coarse_backend="faiss"), 10) == FAISS
     assert choose_backend(settings(coarse_backend="balltree", faiss_min_images=1), 10**6) == BALLTREE
-    assert isinstance(build_backend(synthetic_vectors(700, 8, seed=0), settings(faiss_min_images=500)), FaissBackend)
+    chosen = backend_class(choose_backend(settings(faiss_min_images=500), 700))
+    assert isinstance(chosen.build(synthetic_vectors(700, 8, seed=0), settings()), FaissBackend)
     with pytest.raises(SearchIndexError, match="unknown coarse backend 'annoy'"):
         choose_backend(settings(coarse_backend="annoy"), 10)
