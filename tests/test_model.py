@@ -138,3 +138,47 @@ def test_training_saves_the_average_of_the_last_epochs(tiny_collection, engine_c
     info = json.loads(metrics_path(path).read_text())
     assert info["averaged_epochs"] == [1, 2] and info["settings"]["average_last_epochs"] == 2
     assert info["val_accuracy"] == result.history[-1]["val_accuracy"]
+
+
+def _randomise_batchnorm(backbone):
+    """Statistics and affine terms far from the defaults, so a wrong fold cannot pass unnoticed."""
+    generator = torch.Generator().manual_seed(0)
+    for module in backbone.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.5)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.2)
+    return backbone.eval()
+
+
+@pytest.mark.parametrize("name,pretrained", [("efficientnet_lite0", True), ("resnet18", False)])
+def test_inference_copy_folds_batchnorm_and_gives_the_same_outputs(name, pretrained):
+    """Loaded models run with BatchNorm folded into the convolutions (channels-last weights); on a
+    real photo at odd sizes (the local-feature pyramid's levels) every output the engine uses
+    stays what the unfolded network gives, and the original is left trainable."""
+    from .conftest import corel_image
+
+    backbone = build_backbone(name, 3, pretrained=pretrained)
+    if not pretrained:
+        _randomise_batchnorm(backbone)
+    backbone.eval()
+    folded = backbone.for_inference()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
+    photo = eval_transform(backbone, 224)(open_image(corel_image(300))).unsqueeze(0)
+    with torch.no_grad():
+        for size in [(224, 224), (181, 272), (256, 383)]:
+            images = torch.nn.functional.interpolate(photo, size=size, mode="bilinear")
+            expected, got = backbone.local_map(images), folded.local_map(images)
+            assert got.shape == expected.shape
+            assert torch.allclose(got, expected, atol=1e-4 * float(expected.abs().max()))
+            assert torch.allclose(folded.pooled(images), backbone.pooled(images), atol=1e-4)
+            assert torch.allclose(folded(images), backbone(images), atol=1e-4)
+    # a wrong fold (BatchNorm dropped, not folded) is told apart at that tolerance
+    broken = backbone.for_inference()
+    for parent, conv_name, _ in broken.conv_batchnorm_pairs()[:1]:
+        getattr(parent, conv_name).bias.data.add_(1.0)
+    with torch.no_grad():
+        assert not torch.allclose(broken.pooled(photo), backbone.pooled(photo), atol=1e-4)

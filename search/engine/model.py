@@ -103,7 +103,7 @@ def load_classifier(path: Path, device: torch.device | str = "cpu") -> TrainedMo
         raise
     except Exception as exc:
         raise ModelError(f"{path} is not a usable classifier checkpoint: {exc}") from exc
-    backbone.to(device).eval()
+    backbone = backbone.for_inference().to(device)
     info_file = metrics_path(path)
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     return TrainedModel(backbone, list(checkpoint["classes"]), int(checkpoint["image_size"]),
@@ -113,5 +113,5 @@ def load_classifier(path: Path, device: torch.device | str = "cpu") -> TrainedMo
 def imagenet_model(backbone_name: str, image_size: int, device, weights_path: str | None = None) -> TrainedModel:
     """The backbone with ImageNet weights and no fine-tuning: the baseline to beat."""
     backbone = build_backbone(backbone_name, 1, pretrained=True, weights_path=weights_path)
-    backbone.to(device).eval()
+    backbone = backbone.for_inference().to(device)
     return TrainedModel(backbone, [], image_size, f"imagenet:{backbone_name}", None, {})

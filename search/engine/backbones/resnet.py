@@ -37,6 +37,16 @@ class ResNet18(Backbone):
         x = n.maxpool(n.relu(n.bn1(n.conv1(images))))
         return n.layer3(n.layer2(n.layer1(x)))
 
+    def conv_batchnorm_pairs(self):
+        n = self.net
+        pairs = [(n, "conv1", "bn1")]
+        for layer in (n.layer1, n.layer2, n.layer3, n.layer4):
+            for block in layer:
+                pairs += [(block, "conv1", "bn1"), (block, "conv2", "bn2")]
+                if block.downsample is not None:
+                    pairs.append((block.downsample, "0", "1"))
+        return pairs
+
 
 def cached_weights_path() -> Path:
     filename = Path(ResNet18_Weights.IMAGENET1K_V1.url).name
