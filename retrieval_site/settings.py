@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from search.engine.config import EngineConfig
 
@@ -59,6 +60,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "search.context_processors.site",
             ],
         },
     },
@@ -118,6 +120,11 @@ UPLOAD_MAX_BYTES = int(os.environ.get("UPLOAD_MAX_BYTES", 20 * 1024 * 1024))
 DATA_UPLOAD_MAX_MEMORY_SIZE = UPLOAD_MAX_BYTES + 1024 * 1024
 # Whether visitors who are not logged in may search and rate (staff pages always need staff).
 ANONYMOUS_CAN_SEARCH = env_bool("ANONYMOUS_CAN_SEARCH", True)
+# Who sees /report/: 'staff' (default: every rated search, with links) or 'aggregate' (anyone
+# who may search sees the per-method figures, never another person's search).
+REPORT_ACCESS = os.environ.get("REPORT_ACCESS", "staff")
+if REPORT_ACCESS not in ("staff", "aggregate"):
+    raise ImproperlyConfigured(f"REPORT_ACCESS must be 'staff' or 'aggregate', not {REPORT_ACCESS!r}")
 # Labels for a reindex/retrain from the site: 'folders', a path,label CSV, or empty to keep the
 # labels the active index recorded.
 COLLECTION_LABELS = os.environ.get("COLLECTION_LABELS", "")

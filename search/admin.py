@@ -5,9 +5,16 @@ from .models import MaintenanceRun, Rating, SearchJob
 
 @admin.register(SearchJob)
 class SearchJobAdmin(admin.ModelAdmin):
-    list_display = ("id", "method", "k", "status", "stage", "index_build", "created", "finished")
+    """Searches are made by the site and its workers: staff read them (and may delete them),
+    never add or edit one by hand."""
+    list_display = ("id", "key", "owner", "method", "k", "status", "stage", "index_build", "created", "finished")
     list_filter = ("status", "method")
-    readonly_fields = ("results", "timings_ms", "celery_task_id")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(Rating)

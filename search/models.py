@@ -1,5 +1,7 @@
 """The site's rows: a search job per uploaded query, a rating per (job, result, rater),
 and a maintenance run per retrain or reindex. The engine itself keeps no database."""
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -37,6 +39,12 @@ class TrackedJob(models.Model):
 
 
 class SearchJob(TrackedJob):
+    # What every URL of a search names: unguessable, unlike the row id, which stays internal.
+    key = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    # Whose search it is: a logged-in user, or else the browser session (or API cookie jar) that sent it.
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="searches")
+    owner_session = models.CharField(max_length=40, blank=True)
     query_image = models.FileField(upload_to="queries/%Y/%m/%d/")
     method = models.CharField(max_length=40)
     k = models.PositiveIntegerField(default=10)
@@ -54,6 +62,13 @@ class SearchJob(TrackedJob):
 
     def __str__(self):
         return f"search {self.pk} ({self.method}, {self.status})"
+
+    def visible_to(self, request) -> bool:
+        """A search, its query photo and its results are its owner's and staff's alone."""
+        user = request.user
+        if user.is_authenticated and (user.is_staff or user.pk == self.owner_id):
+            return True
+        return bool(self.owner_session) and request.session.session_key == self.owner_session
 
     def fail_if_stuck(self) -> bool:
         """The watchdog: a job running (or queued) past SEARCH_JOB_TIMEOUT_S is marked failed,

@@ -25,7 +25,7 @@ def job_precisions() -> list[dict]:
         rated = [(votes[(job.pk, i)][0] > votes[(job.pk, i)][1]) for i in top if (job.pk, i) in votes]
         if not rated:
             continue
-        rows.append({"job": job.pk, "method": job.method, "query": Path(job.query_image.name).name,
+        rows.append({"job": job.pk, "key": job.key, "method": job.method, "query": Path(job.query_image.name).name,
                      "rated": len(rated), "relevant": sum(rated),
                      "precision_at_10": sum(rated) / len(rated)})
     return rows

@@ -45,9 +45,14 @@ def index_status() -> str:
         return str(exc)
 
 
-def start_search(form: SearchForm) -> SearchJob:
+def start_search(request, form: SearchForm) -> SearchJob:
+    """The job row, owned by the user or else by the session (made now if the visitor has none)."""
+    owner = request.user if request.user.is_authenticated else None
+    if owner is None and not request.session.session_key:
+        request.session.save()
     job = SearchJob.objects.create(query_image=form.cleaned_data["image"], method=form.cleaned_data["method"],
-                                   k=form.cleaned_data["k"])
+                                   k=form.cleaned_data["k"], owner=owner,
+                                   owner_session="" if owner else request.session.session_key)
     SearchJob.objects.filter(pk=job.pk).update(celery_task_id=enqueue_search(job.pk))
     return job
 
@@ -56,8 +61,8 @@ def start_search(form: SearchForm) -> SearchJob:
 def home(request):
     form = SearchForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
-        job = start_search(form)
-        return redirect("job", job_id=job.pk)
+        job = start_search(request, form)
+        return redirect("job", key=job.key)
     status = 400 if request.method == "POST" else 200
     return render(request, "home.html", {"form": form, "status": index_status()}, status=status)
 
@@ -74,44 +79,54 @@ def job_payload(request, job: SearchJob) -> dict:
             "confidence": r.get("confidence", 0.0),
             "thumbnail_url": reverse("thumbnail", args=[r["image_id"]]),
             "image_url": reverse("collection_image", args=[r["image_id"]]),
-            "match_url": reverse("match", args=[job.pk, r["rank"]]),
+            "match_url": reverse("match", args=[job.key, r["rank"]]),
             "rating": mine.get(r["image_id"]),
         })
     return {
-        "id": job.pk, "url": request.build_absolute_uri(reverse("job", args=[job.pk])),
+        "id": str(job.key), "url": request.build_absolute_uri(reverse("job", args=[job.key])),
         "status": job.status, "stage": job.stage, "progress": {"done": job.progress_done, "total": job.progress_total},
         "error": job.error or None, "method": job.method, "k": job.k, "index_build": job.index_build or None,
         "n_candidates": job.n_candidates, "n_verified": job.n_verified, "timings_ms": job.timings_ms,
         # fine methods: whether any result is a confident (verified) match; None for coarse-only methods
         "confident_match": (job.n_verified > 0 if is_fine(job.method) else None) if job.status == Status.DONE else None,
         "created": job.created.isoformat(), "finished": job.finished.isoformat() if job.finished else None,
-        "query_url": reverse("query_image", args=[job.pk]),
+        "query_url": reverse("query_image", args=[job.key]),
         "results": results,
     }
 
 
+def own_job(request, key) -> SearchJob:
+    """The search named by ``key`` when the visitor may see it; otherwise a 404, the same answer
+    as for a key that does not exist (nothing tells whether someone else's search does)."""
+    job = SearchJob.objects.filter(key=key).first()
+    if job is None or not job.visible_to(request):
+        raise Http404("no such search")
+    return job
+
+
 @may_search
-def job_page(request, job_id):
-    job = get_object_or_404(SearchJob, pk=job_id)
+def job_page(request, key):
+    job = own_job(request, key)
     job.fail_if_stuck()
     return render(request, "job.html", {"job": job, "ratings": Rating.VALUES})
 
 
 @may_search
-def job_json(request, job_id):
+def job_json(request, key):
     """What the job page polls, and the API's GET of a search."""
-    return JsonResponse(job_payload(request, get_object_or_404(SearchJob, pk=job_id)))
+    return JsonResponse(job_payload(request, own_job(request, key)))
 
 
 @may_search
-def query_image(request, job_id):
-    job = get_object_or_404(SearchJob, pk=job_id)
+def query_image(request, key):
+    job = own_job(request, key)
     try:
         return FileResponse(job.query_image.open("rb"), content_type="image/jpeg")
     except FileNotFoundError:
         raise Http404("the query image was deleted")
 
 
+@may_search
 def collection_image(request, image_id):
     """An image of the active index, by id only (never by path)."""
     try:
@@ -123,6 +138,7 @@ def collection_image(request, image_id):
     return FileResponse(path.open("rb"))
 
 
+@may_search
 def thumbnail(request, image_id):
     try:
         path = collection_files.thumbnail(image_id)
@@ -139,18 +155,18 @@ def _result(job: SearchJob, rank: int) -> dict:
     for r in job.results:
         if r["rank"] == rank:
             return r
-    raise Http404(f"job {job.pk} has no result at rank {rank}")
+    raise Http404(f"the search has no result at rank {rank}")
 
 
 @may_search
-def match_page(request, job_id, rank):
-    job = get_object_or_404(SearchJob, pk=job_id)
+def match_page(request, key, rank):
+    job = own_job(request, key)
     return render(request, "match.html", {"job": job, "result": _result(job, rank)})
 
 
 @may_search
-def match_png(request, job_id, rank):
-    job = get_object_or_404(SearchJob, pk=job_id)
+def match_png(request, key, rank):
+    job = own_job(request, key)
     try:
         png = collection_files.correspondence_png(job, _result(job, rank))
     except (EngineError, FileNotFoundError) as exc:
@@ -170,8 +186,8 @@ def rater_key(request, create=True) -> str | None:
 
 @require_POST
 @may_search
-def rate(request, job_id):
-    job = get_object_or_404(SearchJob, pk=job_id)
+def rate(request, key):
+    job = own_job(request, key)
     try:
         data = json.loads(request.body) if request.content_type == "application/json" else request.POST
         image_id, value = data["image_id"], data["value"]
@@ -181,16 +197,23 @@ def rate(request, job_id):
         return JsonResponse({"error": f"value must be one of {', '.join(dict(Rating.VALUES))}"}, status=400)
     ranks = {r["image_id"]: r["rank"] for r in job.results}
     if image_id not in ranks:
-        return JsonResponse({"error": f"{image_id} is not a result of job {job.pk}"}, status=400)
+        return JsonResponse({"error": f"{image_id} is not a result of this search"}, status=400)
     rating, _ = Rating.objects.update_or_create(job=job, image_id=image_id, rater=rater_key(request),
                                                 defaults={"value": value, "rank": ranks[image_id]})
-    return JsonResponse({"job": job.pk, "image_id": image_id, "value": rating.value})
+    return JsonResponse({"job": str(job.key), "image_id": image_id, "value": rating.value})
 
 
+@may_search
 def report(request):
+    """Staff see every rated search; others see the per-method figures only, and only when
+    REPORT_ACCESS is 'aggregate' (a search's query photo and results are its owner's)."""
+    staff = request.user.is_authenticated and request.user.is_staff
+    if not staff and settings.REPORT_ACCESS != "aggregate":
+        return redirect_to_login(request.get_full_path())
     rows = job_precisions()
     methods, label_only = method_rows(rows, engine_config().reports_dir)
-    return render(request, "report.html", {"jobs": rows, "methods": methods, "label_only": label_only})
+    return render(request, "report.html", {"jobs": rows if staff else None, "methods": methods,
+                                           "label_only": label_only})
 
 
 # ---- JSON API --------------------------------------------------------------------------------
@@ -202,10 +225,10 @@ def api_create_search(request):
     form = SearchForm(request.POST, request.FILES)
     if not form.is_valid():
         return JsonResponse({"errors": {k: [str(e) for e in v] for k, v in form.errors.items()}}, status=400)
-    job = start_search(form)
-    return JsonResponse({"id": job.pk, "status": job.status,
-                         "url": request.build_absolute_uri(reverse("api_search", args=[job.pk])),
-                         "page": request.build_absolute_uri(reverse("job", args=[job.pk]))}, status=201)
+    job = start_search(request, form)
+    return JsonResponse({"id": str(job.key), "status": job.status,
+                         "url": request.build_absolute_uri(reverse("api_search", args=[job.key])),
+                         "page": request.build_absolute_uri(reverse("job", args=[job.key]))}, status=201)
 
 
 # ---- staff pages -----------------------------------------------------------------------------

@@ -45,7 +45,9 @@ def shot(page, name):
     page.screenshot(path=str(ARTIFACTS / name), full_page=True)
 
 
-def test_upload_gallery_rating_report_and_correspondences(page, live_server, celery_worker_process):
+def test_upload_gallery_rating_report_and_correspondences(page, browser, live_server, celery_worker_process,
+                                                          settings):
+    settings.REPORT_ACCESS = "aggregate"  # the per-method figures for every visitor
     page.goto(live_server.url + "/report/")
     assert page.locator("#no-ratings").is_visible()
 
@@ -55,7 +57,7 @@ def test_upload_gallery_rating_report_and_correspondences(page, live_server, cel
     assert page.locator("#chosen-file").inner_text() == "450.jpg"
     shot(page, "upload-page.png")
     page.click("#search-button")
-    page.wait_for_url(re.compile(r"/jobs/\d+/$"))
+    page.wait_for_url(re.compile(r"/jobs/[0-9a-f-]{36}/$"))
     page.wait_for_selector(".result", timeout=180_000)
     assert page.locator("#job-status").inner_text() == "done"
     first = page.locator(".result").first
@@ -85,6 +87,16 @@ def test_upload_gallery_rating_report_and_correspondences(page, live_server, cel
     row = page.locator('tr[data-method="hybrid+attention"]')
     assert row.locator(".precision").inner_text() == "1.000"
     assert row.locator(".rated").inner_text() == "1"
+    assert page.locator("#job-table").count() == 0  # nobody else's searches listed
+
+    # another browser (another session) with the search's address sees nothing of it
+    other = browser.new_context()
+    try:
+        stranger = other.new_page()
+        assert stranger.goto(job_url).status == 404
+        assert stranger.goto(job_url + "query.jpg").status == 404
+    finally:
+        other.close()
 
     page.goto(job_url)
     page.wait_for_selector(".result")

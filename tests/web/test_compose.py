@@ -17,6 +17,7 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
+from http.cookiejar import CookieJar
 from pathlib import Path
 
 import pytest
@@ -103,10 +104,15 @@ def start(command: list[str], env: dict[str, str], log_name: str) -> subprocess.
     return process
 
 
+# One cookie jar for every request, as a script using the API keeps its session: a search is
+# visible only to the session that made it.
+BROWSER = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+
+
 def http(url: str, data: bytes | None = None, headers: dict | None = None):
     request = urllib.request.Request(url, data=data, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with BROWSER.open(request, timeout=30) as response:
             return response.status, response.headers.get("Content-Type", ""), response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers.get("Content-Type", ""), exc.read()
@@ -207,7 +213,7 @@ def test_compose_services_run_the_demo_on_postgres_and_redis(postgres_database, 
 
         with psycopg2.connect(**dict(PG_ADMIN, dbname=postgres_database)) as connection:
             with connection.cursor() as cursor:
-                cursor.execute("SELECT status FROM search_searchjob WHERE id = %s", (json.loads(created)["id"],))
+                cursor.execute("SELECT status FROM search_searchjob WHERE key = %s", (json.loads(created)["id"],))
                 assert cursor.fetchone() == ("done",)
     finally:
         stop_process(web)

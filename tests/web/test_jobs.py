@@ -1,6 +1,7 @@
 """Search jobs and maintenance runs through a real Celery worker on the real Redis broker."""
 import io
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,8 +18,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def finished_job(job_id, timeout=180):
+    """Waits for the job named by its key (what the API answers) or its row id."""
+    lookup = {"key": job_id} if isinstance(job_id, str) else {"pk": job_id}
+
     def done():
-        job = SearchJob.objects.get(pk=job_id)
+        job = SearchJob.objects.get(**lookup)
         return job if job.status in (Status.DONE, Status.FAILED) else None
     return wait_for(done, timeout, what=f"search job {job_id}")
 
@@ -41,7 +45,7 @@ def test_api_search_runs_on_the_worker_and_returns_same_class_results(client, ce
 
     assert job.index_build == active_build(Path(settings.RETRIEVAL.data_dir) / "index").name
     assert job.celery_task_id
-    body = client.get(f"/api/searches/{job.pk}").json()
+    body = client.get(f"/api/searches/{job.key}").json()
     assert body["status"] == "done" and len(body["results"]) == 5
     assert [r["rank"] for r in body["results"]] == [1, 2, 3, 4, 5]
     assert body["results"][0]["label"] == "dinosaurs"
@@ -57,7 +61,7 @@ def test_api_search_runs_on_the_worker_and_returns_same_class_results(client, ce
     first = body["results"][0]
     image = client.get(first["image_url"])
     assert image.status_code == 200
-    png = client.get(f"/jobs/{job.pk}/match/1.png")
+    png = client.get(f"/jobs/{job.key}/match/1.png")
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
     assert client.get("/images/../../etc/passwd").status_code == 404
     assert client.get("/images/0123456789ab").status_code == 404
@@ -78,13 +82,13 @@ def test_api_search_runs_on_the_worker_and_returns_same_class_results(client, ce
     assert client.get(first["image_url"]).status_code == 200
 
 
-def test_coarse_method_and_rating_and_report(client, celery_worker_process):
+def test_coarse_method_and_rating_and_report(client, admin_client, celery_worker_process, settings):
     job = finished_job(api_search(client, 301, method="logits", k=10)["id"])  # a bus
     assert job.status == Status.DONE and all(r["stage"] == "coarse" for r in job.results)
-    body = client.get(f"/api/searches/{job.pk}").json()
+    body = client.get(f"/api/searches/{job.key}").json()
     assert body["confident_match"] is None and all(r["confidence"] == 0 for r in body["results"])
     first, second = job.results[0]["image_id"], job.results[1]["image_id"]
-    rate = lambda image_id, value: client.post(f"/jobs/{job.pk}/rate", json.dumps(
+    rate = lambda image_id, value: client.post(f"/jobs/{job.key}/rate", json.dumps(
         {"image_id": image_id, "value": value}), content_type="application/json")
     assert rate(first, "relevant").status_code == 200
     assert rate(second, "not_relevant").status_code == 200
@@ -92,8 +96,16 @@ def test_coarse_method_and_rating_and_report(client, celery_worker_process):
     assert Rating.objects.filter(job=job).count() == 2
     assert rate("nope", "relevant").status_code == 400
     assert rate(first, "maybe").status_code == 400
+    # the report: staff only by default; with REPORT_ACCESS=aggregate the per-method figures for
+    # anyone who may search, never the per-search rows (another person's query photo and results)
+    assert client.get("/report/").status_code == 302
+    staff_report = admin_client.get("/report/").content.decode()
+    assert 'data-method="logits"' in staff_report and "1.000" in staff_report
+    assert f'href="/jobs/{job.key}/"' in staff_report
+    settings.REPORT_ACCESS = "aggregate"
     report = client.get("/report/").content.decode()
     assert 'data-method="logits"' in report and "1.000" in report
+    assert "job-table" not in report and str(job.key) not in report
 
     from django.core.management import call_command
     from io import StringIO
@@ -103,7 +115,7 @@ def test_coarse_method_and_rating_and_report(client, celery_worker_process):
     assert "logits" in out.getvalue() and "1.000" in out.getvalue()
 
 
-def test_a_job_whose_query_image_was_deleted_fails_with_a_reason(client, celery_worker_process):
+def test_a_job_whose_query_image_was_deleted_fails_with_a_reason(admin_client, celery_worker_process):
     from search.tasks import run_search
 
     job = SearchJob.objects.create(query_image=SimpleUploadedFile("gone.jpg", corel_image(2).read_bytes()),
@@ -112,7 +124,7 @@ def test_a_job_whose_query_image_was_deleted_fails_with_a_reason(client, celery_
     run_search.delay(job.pk)
     job = finished_job(job.pk)
     assert job.status == Status.FAILED and "is gone" in job.error
-    assert client.get(f"/jobs/{job.pk}.json").json()["error"] == job.error
+    assert admin_client.get(f"/jobs/{job.key}.json").json()["error"] == job.error
 
 
 def test_a_missing_index_fails_the_job_with_a_reason(settings, tmp_path):
@@ -126,11 +138,11 @@ def test_a_missing_index_fails_the_job_with_a_reason(settings, tmp_path):
     assert "no index at" in job.error and "run the 'index' command" in job.error
 
 
-def test_the_watchdog_fails_a_job_left_running(client, settings):
+def test_the_watchdog_fails_a_job_left_running(admin_client, settings):
     settings.SEARCH_JOB_TIMEOUT_S = 60
     job = SearchJob.objects.create(query_image=SimpleUploadedFile("q.jpg", b"x"), method="pca", k=3,
                                    status=Status.RUNNING, started=timezone.now() - timedelta(minutes=5))
-    body = client.get(f"/jobs/{job.pk}.json").json()
+    body = admin_client.get(f"/jobs/{job.key}.json").json()
     assert body["status"] == "failed" and "no result after 60 s" in body["error"]
 
 
@@ -201,3 +213,61 @@ def test_running_a_job_twice_is_harmless(site_index):
     job.refresh_from_db()
     assert (job.results, job.finished) == first
     assert run_search_job(10**9) == "missing"
+
+
+def test_a_search_is_seen_only_by_its_owner_and_staff(client, admin_client, django_user_model, monkeypatch):
+    """Unguessable keys in every URL, and a key alone is not enough: another visitor (session)
+    or another user gets the same 404 as for a search that does not exist."""
+    from django.test import Client
+
+    from search import views
+
+    monkeypatch.setattr(views, "enqueue_search", lambda job_id: "not-queued")  # no worker needed
+    created = api_search(client, 301)
+    job = SearchJob.objects.get(key=created["id"])
+    assert created["url"].endswith(f"/api/searches/{job.key}")
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}", created["id"])
+    SearchJob.objects.filter(pk=job.pk).update(status=Status.DONE, results=[{
+        "rank": 1, "image_id": "abc", "relpath": "buses/301.jpg", "label": "buses", "distance": 0.1,
+        "stage": "coarse", "inliers": 0}])
+    urls = [f"/jobs/{job.key}/", f"/jobs/{job.key}.json", f"/api/searches/{job.key}",
+            f"/jobs/{job.key}/query.jpg", f"/jobs/{job.key}/match/1/"]
+    rate = {"path": f"/jobs/{job.key}/rate", "data": json.dumps({"image_id": "abc", "value": "relevant"}),
+            "content_type": "application/json"}
+    for url in urls:
+        assert client.get(url).status_code == 200, url  # the owner's session (the API's cookie)
+        assert admin_client.get(url).status_code == 200, url
+    stranger = Client()
+    for url in urls:
+        assert stranger.get(url).status_code == 404, url
+    assert stranger.post(**rate).status_code == 404
+    assert not Rating.objects.exists()
+    assert stranger.get(f"/jobs/{job.pk}/").status_code == 404  # row ids name nothing
+    assert stranger.get(f"/api/searches/{job.pk}").status_code == 404
+    assert client.post(**rate).status_code == 200
+
+    # a logged-in user's search is theirs, on any session of theirs, and no other user's
+    alice = django_user_model.objects.create_user("alice", password="pw-alice-123")
+    bob = django_user_model.objects.create_user("bob", password="pw-bob-123")
+    as_alice = Client()
+    as_alice.force_login(alice)
+    mine = SearchJob.objects.get(key=api_search(as_alice, 302)["id"])
+    assert mine.owner == alice and mine.owner_session == ""
+    again = Client()
+    again.force_login(alice)
+    assert again.get(f"/jobs/{mine.key}.json").status_code == 200
+    as_bob = Client()
+    as_bob.force_login(bob)
+    assert as_bob.get(f"/jobs/{mine.key}.json").status_code == 404
+
+
+def test_collection_images_need_the_search_permission(client, settings, site_index):
+    from search.collection_files import active_catalog
+
+    image_id = next(iter(active_catalog().rows))
+    assert client.get(f"/images/{image_id}").status_code == 200
+    assert client.get(f"/thumbs/{image_id}.jpg").status_code == 200
+    settings.ANONYMOUS_CAN_SEARCH = False
+    for url in (f"/images/{image_id}", f"/thumbs/{image_id}.jpg", "/report/"):
+        response = client.get(url)
+        assert response.status_code == 302 and "/login/" in response["Location"], url
