@@ -5,6 +5,8 @@ The retrieval engine's own settings are the fields of
 variables (e.g. ``RETRIEVAL_DEVICE=cuda``, ``RETRIEVAL_DATA_DIR=/data``).
 """
 import os
+import secrets
+import time
 from pathlib import Path
 
 import dj_database_url
@@ -21,8 +23,42 @@ def env_bool(name: str, default: bool) -> bool:
 
 RETRIEVAL = EngineConfig.from_env(os.environ)
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me")
-DEBUG = env_bool("DJANGO_DEBUG", True)
+# Off unless asked for (DJANGO_DEBUG=true, for development only): with DEBUG on, error pages
+# show tracebacks, settings and paths, and the 404 page lists every URL pattern.
+DEBUG = env_bool("DJANGO_DEBUG", False)
+KNOWN_INSECURE_KEYS = {"dev-only-insecure-key-change-me", "change-me-in-production"}
+
+
+def secret_key(data_dir: Path) -> str:
+    """DJANGO_SECRET_KEY when set; otherwise a random key made once and kept in the data
+    directory (readable by its owner only), so no deployment runs on a key known to anyone.
+    Web processes and workers sharing the data volume share it."""
+    given = os.environ.get("DJANGO_SECRET_KEY", "").strip()
+    if given:
+        if not DEBUG and (given in KNOWN_INSECURE_KEYS or given.startswith("django-insecure") or len(given) < 32):
+            raise ImproperlyConfigured(
+                "DJANGO_SECRET_KEY is a published or short key (under 32 characters); set a long random "
+                "one, or unset it to have one generated in the data directory")
+        return given
+    path = Path(data_dir) / "secret_key"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            pass
+        else:
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_urlsafe(50))
+    for _ in range(50):  # the process that made it may still be writing
+        key = path.read_text().strip()
+        if key:
+            return key
+        time.sleep(0.1)
+    raise ImproperlyConfigured(f"{path} is empty; delete it to have a new secret key made")
+
+
+SECRET_KEY = secret_key(Path(RETRIEVAL.data_dir))
 ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h]
 
 INSTALLED_APPS = [
@@ -49,6 +85,27 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "retrieval_site.urls"
+
+# Security headers and cookies. TLS is the reverse proxy's job: behind one, set
+# DJANGO_BEHIND_TLS_PROXY=true (trusts X-Forwarded-Proto, cookies only over HTTPS, redirect to
+# HTTPS), DJANGO_HSTS_SECONDS and DJANGO_HSTS_PRELOAD: `python manage.py check --deploy` then
+# reports nothing.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+BEHIND_TLS_PROXY = env_bool("DJANGO_BEHIND_TLS_PROXY", False)
+if BEHIND_TLS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", 0))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
+# Asking browsers' preload lists to include the domain is a commitment for the whole domain.
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
 
 TEMPLATES = [
     {
@@ -85,6 +142,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+# WhiteNoise serves static files in every mode, from the apps' folders too (so runserver and
+# gunicorn work without DEBUG and before collectstatic); it answers 404 to paths outside them.
+WHITENOISE_USE_FINDERS = True
 STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", Path(RETRIEVAL.data_dir) / "static"))
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(os.environ.get("DJANGO_MEDIA_ROOT", Path(RETRIEVAL.data_dir) / "media"))

@@ -2,7 +2,7 @@
 # The main job on a fresh machine: set up, fine-tune the classifier on the
 # demo collection (Corel-1k unless a folder is named), index it, evaluate
 # it, run a sample search, then serve the site: migrations, a Celery worker
-# in the background and Django's server on http://127.0.0.1:8000 (PORT to
+# in the background and gunicorn on http://127.0.0.1:8000 (PORT to
 # change it; Ctrl-C stops both). Steps already done (a trained model, an
 # index, an evaluation) are reused; delete var/ to start over.
 # Broker: the local Redis (bootstrap starts redis-server when installed),
@@ -52,4 +52,7 @@ trap 'kill "$WORKER_PID" 2>/dev/null; wait "$WORKER_PID" 2>/dev/null' EXIT
 echo "Celery worker started (pid $WORKER_PID, log $DATA_DIR/logs/celery-worker.log)"
 echo "staff pages: create an account with: $VENV/bin/python manage.py createsuperuser"
 echo "serving the site at http://127.0.0.1:${PORT:-8000}/"
-manage runserver --noreload "127.0.0.1:${PORT:-8000}"
+# gunicorn, not Django's development server (whose listen queue of 10 drops connections under
+# load): two processes of four threads; the views only queue work, the worker does it.
+"$VENV/bin/gunicorn" retrieval_site.wsgi --bind "127.0.0.1:${PORT:-8000}" --workers 2 --threads 4 \
+  --timeout 120 --access-logfile "$DATA_DIR/logs/web-access.log"
