@@ -73,6 +73,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # before anything reads the body: an oversized request is refused from its Content-Length
+    "search.middleware.RequestSizeLimitMiddleware",
     # Serves the admin's CSS/JS when DEBUG is off (gunicorn in docker compose), from STATIC_ROOT
     # after `collectstatic`; with DEBUG on it finds them in the apps, as runserver does.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -177,7 +179,11 @@ CELERY_TASK_TRACK_STARTED = True
 SEARCH_JOB_TIMEOUT_S = int(os.environ.get("SEARCH_JOB_TIMEOUT_S", 600))
 # Uploads over this size are refused before any decoding.
 UPLOAD_MAX_BYTES = int(os.environ.get("UPLOAD_MAX_BYTES", 20 * 1024 * 1024))
-DATA_UPLOAD_MAX_MEMORY_SIZE = UPLOAD_MAX_BYTES + 1024 * 1024
+# Whole request bodies: refused from their declared length before any byte is read
+# (search/middleware.py): one photo plus the form's fields; staff may add several images at once.
+REQUEST_MAX_BYTES = UPLOAD_MAX_BYTES + 1024 * 1024
+STAFF_REQUEST_MAX_BYTES = int(os.environ.get("STAFF_REQUEST_MAX_BYTES", 200 * 1024 * 1024))
+DATA_UPLOAD_MAX_MEMORY_SIZE = REQUEST_MAX_BYTES
 # Whether visitors who are not logged in may search and rate (staff pages always need staff).
 ANONYMOUS_CAN_SEARCH = env_bool("ANONYMOUS_CAN_SEARCH", True)
 # Who sees /report/: 'staff' (default: every rated search, with links) or 'aggregate' (anyone
@@ -188,6 +194,10 @@ if REPORT_ACCESS not in ("staff", "aggregate"):
 # Labels for a reindex/retrain from the site: 'folders', a path,label CSV, or empty to keep the
 # labels the active index recorded.
 COLLECTION_LABELS = os.environ.get("COLLECTION_LABELS", "")
+# The folders (and everything below them) staff may index or read labels from on the staff
+# page, comma-separated: by default the collection folder and the data directory.
+STAFF_FOLDER_ROOTS = [p.strip() for p in os.environ.get(
+    "STAFF_FOLDER_ROOTS", f"{RETRIEVAL.collection_dir},{RETRIEVAL.data_dir}").split(",") if p.strip()]
 # Whether staff may add images to the active index's folder from the site (off by default: the
 # demo collection is a shared, read-only dataset).
 COLLECTION_UPLOADS = env_bool("COLLECTION_UPLOADS", False)

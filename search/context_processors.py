@@ -3,5 +3,6 @@ from django.conf import settings
 
 
 def site(request):
-    staff = request.user.is_authenticated and request.user.is_staff
+    user = getattr(request, "user", None)  # absent on pages answered before the auth middleware
+    staff = user is not None and user.is_authenticated and user.is_staff
     return {"report_visible": staff or settings.REPORT_ACCESS == "aggregate"}

@@ -65,20 +65,40 @@ class MaintenanceForm(forms.Form):
                              help_text="'folders', a path,label CSV on the server, or empty")
 
     def clean_collection_dir(self):
-        from pathlib import Path
-
         value = self.cleaned_data["collection_dir"].strip()
-        if value and not (Path(value).is_absolute() and Path(value).is_dir()):
-            raise forms.ValidationError(f"{value} is not a folder on the server (give an absolute path)")
-        return value
+        if not value:
+            return value
+        path = within_staff_roots(value)
+        if not path.is_dir():
+            raise forms.ValidationError(f"{value} is not a folder on the server")
+        return str(path)
 
     def clean_labels(self):
-        from pathlib import Path
-
         value = self.cleaned_data["labels"].strip()
-        if value and value != "folders" and not Path(value).is_file():
+        if not value or value == "folders":
+            return value
+        path = within_staff_roots(value)
+        if not path.is_file():
             raise forms.ValidationError(f"{value} is neither 'folders' nor a CSV file on the server")
-        return value
+        return str(path)
+
+
+def within_staff_roots(value: str):
+    """An absolute path inside one of STAFF_FOLDER_ROOTS (symbolic links and '..' resolved
+    first): the site serves the images of whatever folder it indexes, so staff may point it only
+    at folders the operator opened for that."""
+    from pathlib import Path
+
+    path = Path(value)
+    if not path.is_absolute():
+        raise forms.ValidationError(f"{value}: give an absolute path on the server")
+    path = path.resolve()
+    roots = [Path(root).resolve() for root in settings.STAFF_FOLDER_ROOTS]
+    if not any(path == root or root in path.parents for root in roots):
+        raise forms.ValidationError(
+            f"{value} is outside the folders staff may use ({', '.join(str(r) for r in roots)}; "
+            "the STAFF_FOLDER_ROOTS setting)")
+    return path
 
 
 class MultipleFileInput(forms.ClearableFileInput):

@@ -81,7 +81,9 @@ def read_labels_csv(path: Path) -> dict[str, str]:
             if not row or (row_number == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]):
                 continue
             if len(row) < 2 or not row[1].strip():
-                raise CollectionError(f"{path}:{row_number}: expected 'path,label', got {row!r}")
+                # the row itself is not quoted: the file may not be a labels file at all
+                raise CollectionError(f"{path}:{row_number}: expected two columns, 'path,label', "
+                                      f"with a label in the second")
             labels[row[0].strip()] = row[1].strip()
     return labels
 

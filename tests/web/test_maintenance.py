@@ -77,14 +77,37 @@ def test_retrain_trains_aside_then_switches_model_and_index(site_index, settings
         assert f"{step}: started" in run.log
 
 
-def test_staff_form_refuses_a_folder_that_is_not_there(client, django_user_model):
+def test_staff_form_takes_only_folders_and_labels_inside_the_staff_roots(client, django_user_model, settings,
+                                                                        tmp_path):
     client.force_login(django_user_model.objects.create_user("staff2", password="pw", is_staff=True))
-    response = client.post("/staff/start", {"kind": "reindex", "collection_dir": "/no/such/folder"})
-    assert response.status_code == 400
-    assert "/no/such/folder is not a folder on the server" in response.content.decode()
-    response = client.post("/staff/start", {"kind": "reindex", "labels": "/no/labels.csv"})
-    assert "neither &#x27;folders&#x27; nor a CSV file" in response.content.decode()
+    allowed = tmp_path / "photos"
+    (allowed / "more").mkdir(parents=True)
+    (allowed / "escape").symlink_to("/etc")
+    settings.STAFF_FOLDER_ROOTS = [str(allowed)]
+
+    def refused(field, value, message):
+        response = client.post("/staff/start", {"kind": "reindex", field: value})
+        assert response.status_code == 400 and message in response.content.decode(), response.content.decode()
+
+    refused("collection_dir", str(allowed / "nothing-here"), "nothing-here is not a folder on the server")
+    refused("collection_dir", "/etc", "/etc is outside the folders staff may use")
+    refused("collection_dir", str(allowed / "escape"), "is outside the folders staff may use")  # a link out
+    refused("collection_dir", f"{allowed}/more/../../..", "is outside the folders staff may use")
+    refused("collection_dir", "more", "give an absolute path")
+    refused("labels", "/etc/passwd", "/etc/passwd is outside the folders staff may use")
+    refused("labels", str(allowed / "labels.csv"), "neither &#x27;folders&#x27; nor a CSV file")
     assert not MaintenanceRun.objects.exists()
+
+
+def test_a_file_that_is_not_a_labels_csv_is_reported_without_its_content(tmp_path):
+    from search.engine.collection import read_labels_csv
+    from search.engine.errors import CollectionError
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:the secret line\n")
+    with pytest.raises(CollectionError) as error:
+        read_labels_csv(secret)
+    assert "secret.txt:1: expected two columns" in str(error.value) and "the secret line" not in str(error.value)
 
 
 def test_reindex_of_another_folder_adds_its_images(site_index, tmp_path, settings):

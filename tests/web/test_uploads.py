@@ -108,3 +108,44 @@ def test_a_photo_with_malformed_exif_is_searched_not_a_500(client, monkeypatch):
     assert response.status_code == 302
     with Image.open(SearchJob.objects.get().query_image.path) as saved:
         assert saved.format == "JPEG" and saved.size == (60, 20)
+
+
+def declare_and_send(url: str, path: str, declared: int, sent: bytes, headers: str = "") -> bytes:
+    """Raw HTTP: a POST declaring ``declared`` body bytes of which only ``sent`` are sent; returns
+    the server's answer (headers and body)."""
+    import re
+    import socket
+    from urllib.parse import urlparse
+
+    address = urlparse(url)
+    with socket.create_connection((address.hostname, address.port), timeout=60) as connection:
+        connection.sendall((f"POST {path} HTTP/1.1\r\nHost: {address.hostname}\r\n"
+                            f"Content-Type: multipart/form-data; boundary=xyz\r\n{headers}"
+                            f"Content-Length: {declared}\r\n\r\n").encode() + sent)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := connection.recv(65536)):
+            answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length: *(\d+)", head)
+        # as far as the Content-Length says, or without one until the server closes
+        while (not length or len(body) < int(length.group(1))) and (chunk := connection.recv(65536)):
+            body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_oversized_body_is_refused_before_it_is_sent(live_server, tmp_path, settings):
+    """512 MiB declared, 1 KiB sent: the answer (413, the limit in words) comes at once, so
+    nothing waited for the body, let alone wrote it to a temporary file; the API answers JSON."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    settings.FILE_UPLOAD_TEMP_DIR = str(spool)
+    form = declare_and_send(live_server.url, "/", 512 * 2**20, b"x" * 1024)
+    assert form.startswith(b"HTTP/1.1 413"), form[:200]
+    assert b"The upload is 512.0 MB; the limit is 21.0 MB." in form and b'id="refused"' in form
+    api = declare_and_send(live_server.url, "/api/searches", 512 * 2**20, b"x" * 1024)
+    assert api.startswith(b"HTTP/1.1 413") and b'"errors": {"image": ["The upload is 512.0 MB' in api
+    assert not list(spool.iterdir()) and not SearchJob.objects.exists()
+    # a body within the limit is read as usual (the form then names what is missing)
+    small = declare_and_send(live_server.url, "/api/searches", 9, b"--xyz--\r\n")
+    assert small.startswith(b"HTTP/1.1 400") and b"Choose an image file" in small
