@@ -91,6 +91,11 @@ def test_store_round_trip_and_cache_reuse(tiny_extractor, tmp_path):
         np.testing.assert_allclose(got.keypoints, expected.keypoints, atol=1e-3)
         np.testing.assert_allclose(got.scores, expected.scores, atol=1e-4)
         np.testing.assert_allclose(got.descriptors, expected.descriptors, atol=2e-3)  # stored as float16
+        # the projection (done by torch) is the store's PCA, descriptors unit length again
+        raw = tiny_extractor.extract(open_image(record.path)).descriptors
+        projected = store.pca.transform(raw)
+        projected /= np.linalg.norm(projected, axis=1, keepdims=True)
+        np.testing.assert_allclose(expected.descriptors, projected, atol=1e-5)
     assert isinstance(store.arrays["descriptors"], np.memmap)
 
     # one file replaced, one added: only those two are extracted again

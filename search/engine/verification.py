@@ -35,13 +35,19 @@ class Verification:
 
 
 def _pad(descriptor_sets: list[np.ndarray], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    longest = max((len(d) for d in descriptor_sets), default=0)
-    padded = torch.zeros(len(descriptor_sets), max(longest, 1), dim)
-    valid = torch.zeros(len(descriptor_sets), max(longest, 1), dtype=torch.bool)
-    for i, d in enumerate(descriptor_sets):
-        if len(d):
-            padded[i, :len(d)] = torch.from_numpy(np.asarray(d, dtype=np.float32))
-            valid[i, :len(d)] = True
+    """One zero-padded (C, M, dim) float32 tensor and its (C, M) validity mask, filled by one
+    scatter of all the rows (no Python step per candidate beyond reading its length)."""
+    lengths = np.fromiter((len(d) for d in descriptor_sets), dtype=np.int64, count=len(descriptor_sets))
+    longest = max(int(lengths.max(initial=0)), 1)
+    padded = torch.zeros(len(descriptor_sets), longest, dim)
+    valid = torch.zeros(len(descriptor_sets), longest, dtype=torch.bool)
+    if lengths.sum():
+        rows = torch.from_numpy(np.concatenate(descriptor_sets).astype(np.float32, copy=False))
+        owner = np.repeat(np.arange(len(lengths)), lengths)
+        slot = np.arange(len(owner)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        owner, slot = torch.from_numpy(owner), torch.from_numpy(slot)
+        padded[owner, slot] = rows
+        valid[owner, slot] = True
     return padded, valid
 
 
