@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import dj_database_url
+from kombu import Queue
 from django.core.exceptions import ImproperlyConfigured
 
 from search.engine.config import EngineConfig
@@ -157,7 +158,7 @@ CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", CELERY_BROKER_UR
 # Without Redis (scripts/demo.sh when no redis-server is installed): CELERY_BROKER_URL=filesystem://
 # uses Kombu's filesystem transport, messages as files under CELERY_FILESYSTEM_DIR.
 CELERY_FILESYSTEM_DIR = Path(os.environ.get("CELERY_FILESYSTEM_DIR", Path(RETRIEVAL.data_dir) / "broker"))
-CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery")
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "search")
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -174,9 +175,25 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         CELERY_RESULT_BACKEND = f"file://{CELERY_FILESYSTEM_DIR.resolve() / 'results'}"
 CELERY_TASK_TRACK_STARTED = True
 
+# Two queues, so that searches never wait behind a reindex or retrain: a worker started without
+# -Q takes both; `-Q search` and `-Q maintenance` split them over two workers (scripts/demo.sh).
+SEARCH_QUEUE = CELERY_TASK_DEFAULT_QUEUE
+MAINTENANCE_QUEUE = os.environ.get("CELERY_MAINTENANCE_QUEUE", "maintenance")
+CELERY_TASK_QUEUES = [Queue(name) for name in dict.fromkeys([SEARCH_QUEUE, MAINTENANCE_QUEUE])]
+
 # The site.
-# A search job not finished this long after it started is marked failed when read.
+# Jobs whose worker died (search/watchdog.py): the worker running a job stamps it every
+# HEARTBEAT_PERIOD_S; every worker checks every WATCHDOG_PERIOD_S (and when it starts) for
+# running jobs not stamped for ORPHAN_AFTER_S and queues the searches again (at most
+# SEARCH_MAX_ATTEMPTS runs each) or fails the maintenance runs.
+HEARTBEAT_PERIOD_S = float(os.environ.get("HEARTBEAT_PERIOD_S", 5))
+WATCHDOG_PERIOD_S = float(os.environ.get("WATCHDOG_PERIOD_S", 20))
+ORPHAN_AFTER_S = float(os.environ.get("ORPHAN_AFTER_S", 45))
+SEARCH_MAX_ATTEMPTS = int(os.environ.get("SEARCH_MAX_ATTEMPTS", 3))
+# A search not finished this long after it *started* is marked failed (by the watchdog, and when
+# read); one still queued this long after it was made (no worker at all) too.
 SEARCH_JOB_TIMEOUT_S = int(os.environ.get("SEARCH_JOB_TIMEOUT_S", 600))
+SEARCH_QUEUED_TIMEOUT_S = int(os.environ.get("SEARCH_QUEUED_TIMEOUT_S", 3600))
 # Uploads over this size are refused before any decoding.
 UPLOAD_MAX_BYTES = int(os.environ.get("UPLOAD_MAX_BYTES", 20 * 1024 * 1024))
 # Whole request bodies: refused from their declared length before any byte is read

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: set up, fine-tune the classifier on the
 # demo collection (Corel-1k unless a folder is named), index it, evaluate
-# it, run a sample search, then serve the site: migrations, a Celery worker
-# in the background and gunicorn on http://127.0.0.1:8000 (PORT to
+# it, run a sample search, then serve the site: migrations, two Celery workers
+# (searches, maintenance) in the background and gunicorn on http://127.0.0.1:8000 (PORT to
 # change it; Ctrl-C stops both). Steps already done (a trained model, an
 # index, an evaluation) are reused; delete var/ to start over.
 # Broker: the local Redis (bootstrap starts redis-server when installed),
@@ -45,11 +45,17 @@ fi
 echo "broker: $CELERY_BROKER_URL"
 manage migrate --noinput
 mkdir -p "$DATA_DIR/logs"
-"$VENV/bin/celery" -A workers worker --pool=solo --concurrency=1 --loglevel=INFO \
-  >"$DATA_DIR/logs/celery-worker.log" 2>&1 &
-WORKER_PID=$!
-trap 'kill "$WORKER_PID" 2>/dev/null; wait "$WORKER_PID" 2>/dev/null' EXIT
-echo "Celery worker started (pid $WORKER_PID, log $DATA_DIR/logs/celery-worker.log)"
+# Two workers, so that a search never waits behind a reindex or retrain: one takes the search
+# queue, the other the maintenance queue.
+"$VENV/bin/celery" -A workers worker -Q "${CELERY_TASK_DEFAULT_QUEUE:-search}" -n "search@%h" --pool=solo \
+  --concurrency=1 --loglevel=INFO >"$DATA_DIR/logs/celery-search.log" 2>&1 &
+SEARCH_PID=$!
+"$VENV/bin/celery" -A workers worker -Q "${CELERY_MAINTENANCE_QUEUE:-maintenance}" -n "maintenance@%h" \
+  --pool=solo --concurrency=1 --loglevel=INFO >"$DATA_DIR/logs/celery-maintenance.log" 2>&1 &
+MAINTENANCE_PID=$!
+trap 'kill "$SEARCH_PID" "$MAINTENANCE_PID" 2>/dev/null; wait "$SEARCH_PID" "$MAINTENANCE_PID" 2>/dev/null' EXIT
+echo "Celery workers started: searches (pid $SEARCH_PID, log $DATA_DIR/logs/celery-search.log)," \
+  "maintenance (pid $MAINTENANCE_PID, log $DATA_DIR/logs/celery-maintenance.log)"
 echo "staff pages: create an account with: $VENV/bin/python manage.py createsuperuser"
 echo "serving the site at http://127.0.0.1:${PORT:-8000}/"
 # gunicorn, not Django's development server (whose listen queue of 10 drops connections under

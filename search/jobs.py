@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from django.db.models import F
 from django.utils import timezone
 
 from .conf import engine_config
@@ -18,6 +19,7 @@ from .engine.pipeline import RetrievalEngine
 from .engine.progress import Throttle
 from .engine.workflows import open_engine
 from .models import SearchJob, Status
+from .watchdog import Heartbeat, worker_name
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +51,32 @@ def result_row(result) -> dict:
     return row
 
 
+def unfinished(job_id: int):
+    """The job's row while it is not finished: every write goes through this, so nothing a late or
+    duplicate worker writes can turn a done or failed job back (or a failed one into done)."""
+    return SearchJob.objects.filter(pk=job_id, status__in=[Status.QUEUED, Status.RUNNING])
+
+
 def run_search_job(job_id: int) -> str:
     job = SearchJob.objects.filter(pk=job_id).first()
     if job is None:
         return "missing"
     if job.is_finished:
         return job.status
-    SearchJob.objects.filter(pk=job_id).update(status=Status.RUNNING, started=timezone.now(), stage="loading",
-                                               error="")
+    # Claimed from 'queued' only: a message delivered twice never runs a job two workers at once
+    # (a job left 'running' by a dead worker is queued again by the watchdog, search/watchdog.py).
+    if not SearchJob.objects.filter(pk=job_id, status=Status.QUEUED).update(
+            status=Status.RUNNING, started=timezone.now(), stage="loading", error="", worker=worker_name(),
+            heartbeat=timezone.now(), attempts=F("attempts") + 1):
+        return SearchJob.objects.get(pk=job_id).status
+    with Heartbeat(SearchJob.objects.filter(pk=job_id)):
+        return _run_claimed(job, job_id)
+
+
+def _run_claimed(job: SearchJob, job_id: int) -> str:
 
     def report(stage, done, total):
-        SearchJob.objects.filter(pk=job_id).update(stage=_job_stage(stage, done, total),
-                                                   progress_done=done, progress_total=total)
+        unfinished(job_id).update(stage=_job_stage(stage, done, total), progress_done=done, progress_total=total)
 
     try:
         if not job.query_image or not Path(job.query_image.path).is_file():
@@ -73,8 +89,7 @@ def run_search_job(job_id: int) -> str:
         method = job.method
         if method == DEFAULT_METHOD and method not in engine.methods:
             method = engine.default_method  # an index built before the default's variant: its best
-        SearchJob.objects.filter(pk=job_id).update(index_build=engine.index.path.name, stage="global features",
-                                                   method=method)
+        unfinished(job_id).update(index_build=engine.index.path.name, stage="global features", method=method)
         response = engine.search(image, method, k=job.k, progress=Throttle(report))
     except EngineError as exc:
         _fail(job_id, str(exc))
@@ -82,12 +97,12 @@ def run_search_job(job_id: int) -> str:
     except Exception as exc:
         _fail(job_id, f"internal error: {type(exc).__name__}: {exc}")
         raise
-    SearchJob.objects.filter(pk=job_id).update(
+    done = unfinished(job_id).update(
         status=Status.DONE, finished=timezone.now(), stage="done",
         results=[result_row(r) for r in response.results], n_candidates=response.n_candidates,
         n_verified=response.n_verified, timings_ms={k: round(v, 1) for k, v in response.timings_ms.items()})
-    return Status.DONE
+    return Status.DONE if done else SearchJob.objects.get(pk=job_id).status
 
 
 def _fail(job_id: int, reason: str) -> None:
-    SearchJob.objects.filter(pk=job_id).update(status=Status.FAILED, finished=timezone.now(), error=reason)
+    unfinished(job_id).update(status=Status.FAILED, finished=timezone.now(), error=reason)

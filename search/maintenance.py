@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from django.conf import settings
+from django.db.models import F
 from django.utils import timezone
 
 from .conf import engine_config
@@ -17,6 +18,7 @@ from .engine.index import activate_build
 from .engine.progress import Throttle
 from .engine.workflows import Models, index_collection, load_models, train_models
 from .models import MaintenanceRun, Status
+from .watchdog import Heartbeat, worker_name
 
 
 class RunLog:
@@ -109,7 +111,19 @@ def run_maintenance(run_id: int) -> str:
         return "missing"
     if run.status in (Status.DONE, Status.FAILED):
         return run.status
-    MaintenanceRun.objects.filter(pk=run_id).update(status=Status.RUNNING, started=timezone.now(), error="")
+    # One claim, from 'queued' only: a message handed out again (a retrain outlasting the broker's
+    # visibility timeout) finds the run taken and leaves it, instead of running it a second time
+    # on another worker into the same staging folder. A run whose worker died is failed by the
+    # watchdog (search/watchdog.py); staff start it again.
+    if not MaintenanceRun.objects.filter(pk=run_id, status=Status.QUEUED).update(
+            status=Status.RUNNING, started=timezone.now(), error="", worker=worker_name(), heartbeat=timezone.now(),
+            attempts=F("attempts") + 1):
+        return MaintenanceRun.objects.get(pk=run_id).status
+    with Heartbeat(MaintenanceRun.objects.filter(pk=run_id)):
+        return _run_claimed(run, run_id)
+
+
+def _run_claimed(run: MaintenanceRun, run_id: int) -> str:
     report = RunLog(run_id)
     config = engine_config()
     try:
@@ -117,13 +131,14 @@ def run_maintenance(run_id: int) -> str:
     except Exception as exc:
         reason = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
         report.line(f"failed: {reason}")
-        MaintenanceRun.objects.filter(pk=run_id).update(status=Status.FAILED, finished=timezone.now(), error=reason)
+        MaintenanceRun.objects.filter(pk=run_id, status=Status.RUNNING).update(
+            status=Status.FAILED, finished=timezone.now(), error=reason)
         if not isinstance(exc, EngineError):
             raise
         return Status.FAILED
     if report.step is not None:
         report.line(f"{report.step}: finished")
     report.line(f"build {build.name} is now active")
-    MaintenanceRun.objects.filter(pk=run_id).update(status=Status.DONE, finished=timezone.now(),
-                                                    build=build.name, step="done")
+    MaintenanceRun.objects.filter(pk=run_id, status=Status.RUNNING).update(
+        status=Status.DONE, finished=timezone.now(), build=build.name, step="done")
     return Status.DONE

@@ -22,6 +22,11 @@ class TrackedJob(models.Model):
     created = models.DateTimeField(default=timezone.now)
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
+    # Which worker process runs it, and when that process last said it was alive (every few
+    # seconds while it works): a job whose worker went quiet is taken back (search/watchdog.py).
+    worker = models.CharField(max_length=200, blank=True)
+    heartbeat = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         abstract = True
@@ -71,18 +76,14 @@ class SearchJob(TrackedJob):
         return bool(self.owner_session) and request.session.session_key == self.owner_session
 
     def fail_if_stuck(self) -> bool:
-        """The watchdog: a job running (or queued) past SEARCH_JOB_TIMEOUT_S is marked failed,
-        so a job whose worker died never stays 'running' forever."""
+        """The watchdog's check, also run when the job is read: see ``search.watchdog.fail_overdue``."""
         if self.is_finished:
             return False
-        since = self.started or self.created
-        if (timezone.now() - since).total_seconds() <= settings.SEARCH_JOB_TIMEOUT_S:
-            return False
-        updated = SearchJob.objects.filter(pk=self.pk, status=self.status).update(
-            status=Status.FAILED, finished=timezone.now(),
-            error=f"no result after {settings.SEARCH_JOB_TIMEOUT_S} s: the worker stopped or no worker is running")
+        from .watchdog import fail_overdue
+
+        failed = fail_overdue(SearchJob.objects.filter(pk=self.pk))
         self.refresh_from_db()
-        return bool(updated)
+        return bool(failed)
 
 
 class Rating(models.Model):

@@ -1,6 +1,8 @@
 """Putting work on the Celery queue from the web process, by task name: the task bodies
 (``search.tasks``) import the engine, with torch, OpenCV and scikit-learn, which the web
 process never needs. The worker registers the tasks under these names."""
+from django.conf import settings
+
 from workers.celery import app
 
 RUN_SEARCH = "search.run_search"
@@ -9,9 +11,9 @@ MAINTAIN = "search.maintain"
 
 def enqueue_search(job_id: int) -> str:
     """Queue a search job; returns the Celery task id."""
-    return app.send_task(RUN_SEARCH, args=[job_id]).id
+    return app.send_task(RUN_SEARCH, args=[job_id], queue=settings.SEARCH_QUEUE).id
 
 
 def enqueue_maintenance(run_id: int) -> str:
     """Queue a reindex or retrain run; returns the Celery task id."""
-    return app.send_task(MAINTAIN, args=[run_id]).id
+    return app.send_task(MAINTAIN, args=[run_id], queue=settings.MAINTENANCE_QUEUE).id

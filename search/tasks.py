@@ -3,6 +3,7 @@ matching function of ``search.jobs`` or ``search.maintenance``, which is idempot
 finished row is left alone). The web process never imports this module: it enqueues by
 name through ``search.queue``, so it does not load the engine."""
 from celery import shared_task
+from celery.signals import worker_ready
 
 from .jobs import run_search_job
 from .maintenance import run_maintenance
@@ -18,3 +19,12 @@ def run_search(job_id: int) -> str:
 def maintain(run_id: int) -> str:
     """A reindex or a retrain, as the run's ``kind`` says."""
     return run_maintenance(run_id)
+
+
+@worker_ready.connect
+def start_the_watchdog(**_):
+    """Every worker watches for jobs whose worker died (search/watchdog.py): at once, so a
+    restarted worker takes back what it was running, then periodically."""
+    from .watchdog import start_watchdog
+
+    start_watchdog()

@@ -16,6 +16,8 @@ os.environ["RETRIEVAL_DATA_DIR"] = _DATA_DIR
 os.environ["DATABASE_URL"] = f"sqlite:///{_DATA_DIR}/test-db.sqlite3"
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/14")
 os.environ["CELERY_TASK_DEFAULT_QUEUE"] = f"retrieval-tests-{uuid.uuid4().hex[:8]}"
+# one private queue for both kinds of work: the tests' single worker takes both
+os.environ["CELERY_MAINTENANCE_QUEUE"] = os.environ["CELERY_TASK_DEFAULT_QUEUE"]
 os.environ["DJANGO_MEDIA_ROOT"] = os.path.join(_DATA_DIR, "media")
 # Playwright's sync API runs an event loop in the test thread; the ORM calls the
 # tests make beside it are still synchronous.

@@ -143,7 +143,7 @@ def test_the_watchdog_fails_a_job_left_running(admin_client, settings):
     job = SearchJob.objects.create(query_image=SimpleUploadedFile("q.jpg", b"x"), method="pca", k=3,
                                    status=Status.RUNNING, started=timezone.now() - timedelta(minutes=5))
     body = admin_client.get(f"/jobs/{job.key}.json").json()
-    assert body["status"] == "failed" and "no result after 60 s" in body["error"]
+    assert body["status"] == "failed" and "no result 60 s after the search started" in body["error"]
 
 
 def test_a_reindex_that_fails_halfway_leaves_the_old_index_active(site_index, monkeypatch):
