@@ -194,6 +194,12 @@ SEARCH_MAX_ATTEMPTS = int(os.environ.get("SEARCH_MAX_ATTEMPTS", 3))
 # read); one still queued this long after it was made (no worker at all) too.
 SEARCH_JOB_TIMEOUT_S = int(os.environ.get("SEARCH_JOB_TIMEOUT_S", 600))
 SEARCH_QUEUED_TIMEOUT_S = int(os.environ.get("SEARCH_QUEUED_TIMEOUT_S", 3600))
+# Searches one client (a user, or else an address) may start per minute; 0: no limit. Staff are
+# not limited.
+SEARCHES_PER_MINUTE = int(os.environ.get("SEARCHES_PER_MINUTE", 30))
+# Days a search is kept: then its query photo is deleted, and the whole row unless someone rated
+# its results (the ratings report keeps those, without the photo); 0 keeps everything.
+SEARCH_RETENTION_DAYS = float(os.environ.get("SEARCH_RETENTION_DAYS", 30))
 # Uploads over this size are refused before any decoding.
 UPLOAD_MAX_BYTES = int(os.environ.get("UPLOAD_MAX_BYTES", 20 * 1024 * 1024))
 # Whole request bodies: refused from their declared length before any byte is read

@@ -50,6 +50,7 @@ class SearchJob(TrackedJob):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                               related_name="searches")
     owner_session = models.CharField(max_length=40, blank=True)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)  # for the per-client rate limit
     query_image = models.FileField(upload_to="queries/%Y/%m/%d/")
     method = models.CharField(max_length=40)
     k = models.PositiveIntegerField(default=10)

@@ -9,6 +9,7 @@ from functools import wraps
 from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.views import redirect_to_login
+from django.db import transaction
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -20,6 +21,7 @@ from .conf import engine_config
 from .engine.errors import EngineError, SearchIndexError
 from .engine.methods import is_fine
 from .forms import CollectionUploadForm, MaintenanceForm, SearchForm
+from .limits import DiskFull, client_ip, is_disk_full, rate_limited
 from .models import MaintenanceRun, Rating, SearchJob, Status
 from .queue import enqueue_maintenance, enqueue_search
 from .reports import job_precisions, method_rows
@@ -45,14 +47,24 @@ def index_status() -> str:
         return str(exc)
 
 
+DISK_FULL = "The server's disk is full: the search was not saved. Please tell the site's administrator."
+
+
 def start_search(request, form: SearchForm) -> SearchJob:
-    """The job row, owned by the user or else by the session (made now if the visitor has none)."""
+    """The job row, owned by the user or else by the session (made now if the visitor has none).
+    Raises ``DiskFull`` when the photo cannot be stored."""
     owner = request.user if request.user.is_authenticated else None
     if owner is None and not request.session.session_key:
         request.session.save()
-    job = SearchJob.objects.create(query_image=form.cleaned_data["image"], method=form.cleaned_data["method"],
-                                   k=form.cleaned_data["k"], owner=owner,
-                                   owner_session="" if owner else request.session.session_key)
+    try:
+        with transaction.atomic():  # the photo is stored while the row is saved: neither without the other
+            job = SearchJob.objects.create(
+                query_image=form.cleaned_data["image"], method=form.cleaned_data["method"], k=form.cleaned_data["k"],
+                owner=owner, client_ip=client_ip(request), owner_session="" if owner else request.session.session_key)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFull(str(exc)) from exc
+        raise
     SearchJob.objects.filter(pk=job.pk).update(celery_task_id=enqueue_search(job.pk))
     return job
 
@@ -60,11 +72,25 @@ def start_search(request, form: SearchForm) -> SearchJob:
 @may_search
 def home(request):
     form = SearchForm(request.POST or None, request.FILES or None)
-    if request.method == "POST" and form.is_valid():
-        job = start_search(request, form)
-        return redirect("job", key=job.key)
-    status = 400 if request.method == "POST" else 200
-    return render(request, "home.html", {"form": form, "status": index_status()}, status=status)
+    status = 200
+    if request.method == "POST":
+        status = 400
+        refused = rate_limited(request)
+        if refused:
+            form.add_error(None, refused)
+            status = 429
+        elif form.is_valid():
+            try:
+                job = start_search(request, form)
+            except DiskFull:
+                form.add_error(None, DISK_FULL)
+                status = 507
+            else:
+                return redirect("job", key=job.key)
+    response = render(request, "home.html", {"form": form, "status": index_status()}, status=status)
+    if status == 429:
+        response["Retry-After"] = "60"
+    return response
 
 
 def job_payload(request, job: SearchJob) -> dict:
@@ -120,6 +146,8 @@ def job_json(request, key):
 @may_search
 def query_image(request, key):
     job = own_job(request, key)
+    if not job.query_image:
+        raise Http404("the query image was deleted after the retention period")
     try:
         return FileResponse(job.query_image.open("rb"), content_type="image/jpeg")
     except FileNotFoundError:
@@ -222,10 +250,18 @@ def report(request):
 @require_POST
 @may_search
 def api_create_search(request):
+    refused = rate_limited(request)
+    if refused:
+        response = JsonResponse({"errors": {"__all__": [refused]}}, status=429)
+        response["Retry-After"] = "60"
+        return response
     form = SearchForm(request.POST, request.FILES)
     if not form.is_valid():
         return JsonResponse({"errors": {k: [str(e) for e in v] for k, v in form.errors.items()}}, status=400)
-    job = start_search(request, form)
+    try:
+        job = start_search(request, form)
+    except DiskFull:
+        return JsonResponse({"errors": {"__all__": [DISK_FULL]}}, status=507)
     return JsonResponse({"id": str(job.key), "status": job.status,
                          "url": request.build_absolute_uri(reverse("api_search", args=[job.key])),
                          "page": request.build_absolute_uri(reverse("job", args=[job.key]))}, status=201)

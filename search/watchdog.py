@@ -9,6 +9,7 @@ when it starts and every ``WATCHDOG_PERIOD_S``, for searches whose stamp is olde
 ``ORPHAN_AFTER_S`` and puts them back on the queue (``SEARCH_MAX_ATTEMPTS`` times at most, so a
 query that kills workers does not kill them all), and for maintenance runs in that state,
 which it marks failed (staff can start them again; half-done builds never become active).
+Every ten minutes it also deletes searches past their retention period (``expire_old_searches``).
 Each take-back is one conditional UPDATE, so two watchdogs never both requeue a job, and
 whatever the dead worker's late writes say, ``search.jobs.unfinished`` keeps a finished job
 finished. This module imports no engine code (the web process uses ``fail_overdue``).
@@ -113,9 +114,33 @@ def requeue_orphans(enqueue=None, now=None) -> dict[str, int]:
     return counts
 
 
-def check_jobs() -> dict[str, int]:
-    counts = requeue_orphans()
-    counts["overdue"] = fail_overdue()
+def expire_old_searches(now=None) -> dict[str, int]:
+    """After SEARCH_RETENTION_DAYS a search's query photo is deleted, and its row too unless it
+    has ratings (the report's evidence; the row then keeps no photo). Finished searches only."""
+    days = settings.SEARCH_RETENTION_DAYS
+    if days <= 0:
+        return {"expired": 0, "photos_deleted": 0}
+    now = now or timezone.now()
+    old = SearchJob.objects.filter(created__lt=now - timedelta(days=days), status__in=[Status.DONE, Status.FAILED])
+    photos = 0
+    for job in old.exclude(query_image=""):
+        job.query_image.delete(save=False)  # the file; a missing file is not an error
+        photos += 1
+    _, deleted = old.filter(ratings__isnull=True).delete()
+    old.update(query_image="")
+    return {"expired": deleted.get(SearchJob._meta.label, 0), "photos_deleted": photos}
+
+
+_last_expiry = {"at": None}
+
+
+def check_jobs(now=None) -> dict[str, int]:
+    now = now or timezone.now()
+    counts = requeue_orphans(now=now)
+    counts["overdue"] = fail_overdue(now=now)
+    if _last_expiry["at"] is None or (now - _last_expiry["at"]).total_seconds() >= 600:
+        _last_expiry["at"] = now  # a table scan every ten minutes per worker is enough
+        counts.update(expire_old_searches(now))
     return counts
 
 

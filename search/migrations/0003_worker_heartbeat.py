@@ -15,4 +15,7 @@ class Migration(migrations.Migration):
             ("heartbeat", models.DateTimeField(blank=True, null=True)),
             ("attempts", models.PositiveSmallIntegerField(default=0)),
         )
+    ] + [
+        migrations.AddField(model_name="searchjob", name="client_ip",
+                            field=models.GenericIPAddressField(blank=True, null=True)),
     ]

@@ -1,6 +1,7 @@
 """The upload form refuses bad input with a clear message on the form (never a 500),
 before anything is queued."""
 import io
+from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -149,3 +150,74 @@ def test_an_oversized_body_is_refused_before_it_is_sent(live_server, tmp_path, s
     # a body within the limit is read as usual (the form then names what is missing)
     small = declare_and_send(live_server.url, "/api/searches", 9, b"--xyz--\r\n")
     assert small.startswith(b"HTTP/1.1 400") and b"Choose an image file" in small
+
+
+def test_searches_per_minute_are_limited_per_client(client, admin_client, settings, monkeypatch):
+    """The form and the API answer 429 with a reason once a client has started its share; counted
+    by address, so a script without cookies is counted too; staff are not limited."""
+    from django.test import Client
+
+    from search import views
+
+    monkeypatch.setattr(views, "enqueue_search", lambda job_id: "not-queued")  # no worker needed
+    settings.SEARCHES_PER_MINUTE = 2
+    photo = corel_image(1).read_bytes()
+    assert post(client, image=upload("a.jpg", photo)).status_code == 302
+    cookieless = Client()  # another session, the same address
+    assert cookieless.post("/api/searches", {"image": upload("b.jpg", photo)}).status_code == 201
+    refused = post(client, image=upload("c.jpg", photo))
+    assert refused.status_code == 429 and refused["Retry-After"] == "60"
+    assert "Too many searches: at most 2 a minute" in refused.content.decode()
+    api = Client().post("/api/searches", {"image": upload("d.jpg", photo)})
+    assert api.status_code == 429 and "Too many searches" in api.json()["errors"]["__all__"][0]
+    elsewhere = Client(REMOTE_ADDR="10.1.2.3")
+    assert elsewhere.post("/api/searches", {"image": upload("e.jpg", photo)}).status_code == 201
+    assert admin_client.post("/api/searches", {"image": upload("f.jpg", photo)}).status_code == 201
+    assert SearchJob.objects.count() == 4
+
+
+def test_a_full_disk_is_a_clear_error_and_no_half_saved_search(client, monkeypatch):
+    import errno
+
+    from django.core.files.storage import FileSystemStorage
+
+    from search import views
+
+    monkeypatch.setattr(views, "enqueue_search", lambda job_id: pytest.fail("nothing to queue"))
+
+    def no_space(self, name, content):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(FileSystemStorage, "_save", no_space)
+    response = post(client, image=upload("a.jpg", corel_image(1).read_bytes()))
+    assert response.status_code == 507 and "disk is full" in response.content.decode()
+    api = client.post("/api/searches", {"image": upload("a.jpg", corel_image(1).read_bytes())})
+    assert api.status_code == 507 and "disk is full" in api.json()["errors"]["__all__"][0]
+    assert not SearchJob.objects.exists()
+
+
+def test_searches_past_their_retention_lose_their_photo_and_unrated_ones_their_row(settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from search.models import Rating, Status
+    from search.watchdog import expire_old_searches
+
+    settings.SEARCH_RETENTION_DAYS = 30
+    old = timezone.now() - timedelta(days=31)
+
+    def search(created, status=Status.DONE):
+        return SearchJob.objects.create(query_image=upload("q.jpg", corel_image(1).read_bytes()), method="pca",
+                                        k=3, created=created, status=status)
+
+    unrated, rated, recent, running = search(old), search(old), search(timezone.now()), search(old, Status.RUNNING)
+    Rating.objects.create(job=rated, image_id="abc", rank=1, rater="session:x", value=Rating.RELEVANT)
+    photos = {job.pk: Path(job.query_image.path) for job in (unrated, rated, recent, running)}
+    assert expire_old_searches() == {"expired": 1, "photos_deleted": 2}
+    assert not SearchJob.objects.filter(pk=unrated.pk).exists() and not photos[unrated.pk].exists()
+    rated.refresh_from_db()
+    assert not rated.query_image and not photos[rated.pk].exists() and rated.ratings.count() == 1
+    assert photos[recent.pk].exists() and photos[running.pk].exists()  # too young, or not finished
+    settings.SEARCH_RETENTION_DAYS = 0
+    assert expire_old_searches() == {"expired": 0, "photos_deleted": 0}
