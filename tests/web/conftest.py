@@ -93,8 +93,11 @@ def stop_process(process: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="session")
 def celery_worker_process(site_index, django_db_setup):
-    """The session's worker, on the session's private queue."""
-    process = start_worker(os.environ["CELERY_TASK_DEFAULT_QUEUE"], "celery-worker.log")
+    """The session's worker, on the session's private queue. Its watchdog checks once, at start:
+    the tests that build rows for the watchdog call it themselves, and a periodic check from
+    this worker could take their rows first."""
+    process = start_worker(os.environ["CELERY_TASK_DEFAULT_QUEUE"], "celery-worker.log",
+                           WATCHDOG_PERIOD_S="86400")
     yield process
     stop_process(process)
 
