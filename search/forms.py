@@ -18,7 +18,9 @@ def method_choices() -> list[tuple[str, str]]:
 
 
 class SearchForm(forms.Form):
-    image = forms.FileField(label="Query image", error_messages={
+    # image/* lets phones offer their camera beside the photo library
+    image = forms.FileField(label="Query image", widget=forms.ClearableFileInput(attrs={"accept": "image/*"}),
+                            error_messages={
         "required": "Choose an image file to search with (form field 'image').",
         "empty": "The uploaded file is empty."})
     method = forms.ChoiceField(choices=method_choices, initial=DEFAULT_METHOD, required=False)

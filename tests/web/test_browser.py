@@ -53,7 +53,10 @@ def test_upload_gallery_rating_report_and_correspondences(page, browser, live_se
 
     page.goto(live_server.url + "/")
     assert page.locator("select[name=method]").input_value() == "hybrid+attention"
-    page.set_input_files("input[name=image]", str(corel_image(450)))  # a dinosaur not in the index
+    assert page.locator("input[name=image]").get_attribute("accept") == "image/*"  # the camera on phones
+    with page.expect_file_chooser() as chooser:  # anywhere on the drop zone opens the picker
+        page.click("#drop-zone p")
+    chooser.value.set_files(str(corel_image(450)))  # a dinosaur not in the index
     assert page.locator("#chosen-file").inner_text() == "450.jpg"
     shot(page, "upload-page.png")
     page.click("#search-button")
@@ -73,9 +76,15 @@ def test_upload_gallery_rating_report_and_correspondences(page, browser, live_se
     page.wait_for_function("() => [...document.querySelectorAll('.result img')].every(i => i.complete && i.naturalWidth > 0)")
     shot(page, "gallery.png")
 
+    # every picture says what it is; the status region is announced to screen readers
+    assert all(alt.startswith("result ") for alt in page.locator(".result img").evaluate_all("l => l.map(i => i.alt)"))
+    assert page.locator("[role=status][aria-live=polite] #job-status").count() == 1
     first.locator("button[data-value=relevant]").click()
     page.wait_for_selector(".result >> nth=0 >> .rate[data-saved=relevant]")
     assert Rating.objects.get().value == "relevant"
+    # the choice is stated (aria-pressed), not shown by colour alone
+    assert first.locator("button[data-value=relevant]").get_attribute("aria-pressed") == "true"
+    assert first.locator("button[data-value=not_relevant]").get_attribute("aria-pressed") == "false"
     first.locator("button[data-value=not_relevant]").click()  # changeable
     page.wait_for_selector(".result >> nth=0 >> .rate[data-saved=not_relevant]")
     first.locator("button[data-value=relevant]").click()

@@ -125,6 +125,8 @@ def test_a_job_whose_query_image_was_deleted_fails_with_a_reason(admin_client, c
     job = finished_job(job.pk)
     assert job.status == Status.FAILED and "is gone" in job.error
     assert admin_client.get(f"/jobs/{job.key}.json").json()["error"] == job.error
+    page = admin_client.get(f"/jobs/{job.key}/").content.decode()
+    assert '<p id="search-again" >' in page  # shown, not hidden, on a failed search
 
 
 def test_a_missing_index_fails_the_job_with_a_reason(settings, tmp_path):
