@@ -45,6 +45,19 @@ def shot(page, name):
     page.screenshot(path=str(ARTIFACTS / name), full_page=True)
 
 
+def assert_fits_a_phone(page, name):
+    """At a phone's 390 px the page scrolls only downwards (wide tables scroll inside themselves)."""
+    size = page.viewport_size
+    page.set_viewport_size({"width": 390, "height": 844})
+    try:
+        page.wait_for_timeout(200)
+        width = page.evaluate("() => document.documentElement.scrollWidth")
+        shot(page, f"phone-{name}.png")
+        assert width <= 390, f"{name} is {width} px wide at 390 px"
+    finally:
+        page.set_viewport_size(size)
+
+
 def test_upload_gallery_rating_report_and_correspondences(page, browser, live_server, celery_worker_process,
                                                           settings):
     settings.REPORT_ACCESS = "aggregate"  # the per-method figures for every visitor
@@ -97,6 +110,9 @@ def test_upload_gallery_rating_report_and_correspondences(page, browser, live_se
     assert row.locator(".precision").inner_text() == "1.000"
     assert row.locator(".rated").inner_text() == "1"
     assert page.locator("#job-table").count() == 0  # nobody else's searches listed
+    assert_fits_a_phone(page, "report")
+    page.goto(live_server.url + "/")
+    assert_fits_a_phone(page, "home")
 
     # another browser (another session) with the search's address sees nothing of it
     other = browser.new_context()
@@ -109,6 +125,7 @@ def test_upload_gallery_rating_report_and_correspondences(page, browser, live_se
 
     page.goto(job_url)
     page.wait_for_selector(".result")
+    assert_fits_a_phone(page, "job")
     page.locator(".result").first.locator(".match-link").click()
     page.wait_for_function("() => { const i = document.getElementById('correspondences'); "
                            "return i.complete && i.naturalWidth > 0; }", timeout=60_000)
@@ -134,7 +151,9 @@ def test_staff_starts_a_reindex_and_watches_it_complete(page, live_server, celer
     assert "global features: 40 images unchanged since the last build (reused), 0 extracted" in log
     assert "local features: 40 reused, 0 extracted" in log
     shot(page, "reindex-done.png")
+    assert_fits_a_phone(page, "reindex")
     page.goto(live_server.url + "/staff/")
+    assert_fits_a_phone(page, "staff")
     assert page.locator("#runs tr").count() == 2
 
 
