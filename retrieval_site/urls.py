@@ -19,6 +19,7 @@ urlpatterns = [
     path("staff/", views.staff_home, name="staff"),
     path("staff/start", views.staff_start, name="staff_start"),
     path("staff/upload", views.staff_upload, name="staff_upload"),
+    path("staff/remove", views.staff_remove, name="staff_remove"),
     path("staff/runs/<int:run_id>/", views.staff_run, name="staff_run"),
     path("staff/runs/<int:run_id>.json", views.staff_run_json, name="staff_run_json"),
     path("admin/", admin.site.urls),

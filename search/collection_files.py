@@ -31,6 +31,33 @@ def searchable_sample(catalog: layout.Catalog, size: int) -> list[str]:
     return [image_id for image_id in catalog.rows if image_id not in removed][:size]
 
 
+def remove_from_search(refs: list[str]) -> int:
+    """Take images (ids, or paths relative to the collection root) out of search at once, as the
+    ``remove_images`` command does; returns how many were not removed already. Raises
+    ``SearchIndexError`` naming refs the active index does not hold (then nothing changes)."""
+    root = engine_config().index_root
+    removed = layout.read_removed(root)
+    ids = set(layout.resolve_images(root, refs))
+    layout.write_removed(root, removed | ids)
+    return len(ids - removed)
+
+
+def restore_to_search(image_ids: list[str]) -> int:
+    """Put removed images back (at once while the active build holds them); returns how many."""
+    root = engine_config().index_root
+    removed = layout.read_removed(root)
+    back = removed & set(image_ids)
+    layout.write_removed(root, removed - back)
+    return len(back)
+
+
+def removed_images(catalog: layout.Catalog) -> list[dict]:
+    """The images taken out of search, with their paths where the active build holds them."""
+    removed = layout.read_removed(engine_config().index_root)
+    return [{"id": image_id, "path": (catalog.rows.get(image_id) or {}).get("path", "(not in this build)")}
+            for image_id in sorted(removed)]
+
+
 def thumbnail(image_id: str, max_side: int = 256) -> Path | None:
     """A cached JPEG thumbnail of an indexed image, under MEDIA_ROOT/thumbs/."""
     source = indexed_image_path(image_id)

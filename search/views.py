@@ -274,7 +274,8 @@ def staff_home(request, form=None, upload_form=None, message=""):
     try:
         catalog = collection_files.active_catalog()
         collection = {"build": catalog.build.name, "root": catalog.collection_root, "size": len(catalog),
-                      "labels": catalog.labels, "sample": collection_files.searchable_sample(catalog, 24)}
+                      "labels": catalog.labels, "sample": collection_files.searchable_sample(catalog, 24),
+                      "removed": collection_files.removed_images(catalog)}
     except SearchIndexError as exc:
         collection = {"error": str(exc)}
     return render(request, "staff.html", {
@@ -296,6 +297,24 @@ def staff_upload(request):
     except (SearchIndexError, OSError) as exc:
         return staff_home(request, message=f"images not saved: {exc}")
     return staff_home(request, message=f"saved {len(written)} image(s) into {folder}; reindex to make them searchable")
+
+
+@require_POST
+@staff_member_required
+def staff_remove(request):
+    """Take images out of search (ids or paths, one per line), or put removed ones back."""
+    refs = [line.strip() for line in request.POST.get("images", "").splitlines() if line.strip()]
+    if not refs:
+        return staff_home(request, message="name the images to remove: ids or paths, one per line")
+    try:
+        if request.POST.get("action") == "restore":
+            count = collection_files.restore_to_search(refs)
+            return staff_home(request, message=f"{count} image(s) back in search")
+        count = collection_files.remove_from_search(refs)
+    except (SearchIndexError, OSError) as exc:
+        return staff_home(request, message=f"nothing removed: {exc}")
+    return staff_home(request, message=f"{count} image(s) removed from search: searches leave them out from "
+                                       "now on, their image addresses give 404, later builds skip them")
 
 
 @require_POST

@@ -174,3 +174,29 @@ def test_the_staff_sample_leaves_out_images_removed_from_search(client, django_u
         assert f"/thumbs/{first}" not in page and page.count("/thumbs/") == 24
     finally:
         call_command("remove_images", first, "--restore", index_dir=index_root, stdout=io.StringIO())
+
+
+def test_staff_remove_images_from_search_and_put_them_back(client, django_user_model, site_index):
+    """The staff page's counterpart of `remove_images`: by id or by path, at once for searches and
+    image addresses, listed with a button to put each back; others cannot."""
+    from search.collection_files import active_catalog
+
+    catalog = active_catalog()
+    (first_id, first), (second_id, second) = list(catalog.rows.items())[:2]
+    assert client.post("/staff/remove", {"images": first_id}).status_code == 302  # to the login
+    client.force_login(django_user_model.objects.create_user("curator", password="pw", is_staff=True))
+    assert client.get(f"/images/{first_id}").status_code == 200
+    page = client.post("/staff/remove", {"images": f"{first_id}\n{second['path']}\n", "action": "remove"})
+    assert "2 image(s) removed from search" in page.content.decode()
+    assert client.get(f"/images/{first_id}").status_code == 404
+    assert client.get(f"/images/{second_id}").status_code == 404
+    listing = client.get("/staff/").content.decode()
+    assert f"<code>{first_id}</code>" in listing and second["path"] in listing
+    unknown = client.post("/staff/remove", {"images": "no/such/image.jpg"}).content.decode()
+    assert "nothing removed" in unknown and "no/such/image.jpg" in unknown
+    back = client.post("/staff/remove", {"images": first_id, "action": "restore"}).content.decode()
+    assert "1 image(s) back in search" in back
+    assert client.get(f"/images/{first_id}").status_code == 200
+    assert client.get(f"/images/{second_id}").status_code == 404
+    client.post("/staff/remove", {"images": second_id, "action": "restore"})
+    assert client.get(f"/images/{second_id}").status_code == 200
