@@ -5,6 +5,7 @@ redelivered one is redone)."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from django.db.models import F
@@ -24,17 +25,33 @@ from .watchdog import Heartbeat, worker_name
 log = logging.getLogger(__name__)
 
 # One engine per worker process, reloaded when the active build changes.
-_engine: dict = {"build": None, "engine": None}
+_engine: dict = {"build": None, "engine": None, "unloadable": None}
+RETRY_UNLOADABLE_S = 60
 
 
 def current_engine() -> RetrievalEngine:
+    """The engine on the active build. When a newly activated build cannot be loaded (damaged
+    files, a disk error), the build this worker already serves keeps serving, and loading the
+    new one is tried again a minute later; with nothing loaded yet the error is the job's."""
     config = engine_config()
     build = layout.active_build(config.index_root)
-    if _engine["build"] != build or _engine["engine"] is None:
-        log.info("loading the engine on index build %s", build)
-        _engine["engine"] = open_engine(config, build)
-        _engine["build"] = build
-    return _engine["engine"]
+    if _engine["build"] == build and _engine["engine"] is not None:
+        return _engine["engine"]
+    unloadable = _engine["unloadable"]
+    if (_engine["engine"] is not None and unloadable is not None and unloadable[0] == build
+            and time.monotonic() - unloadable[1] < RETRY_UNLOADABLE_S):
+        return _engine["engine"]
+    log.info("loading the engine on index build %s", build)
+    try:
+        engine = open_engine(config, build)
+    except EngineError as exc:
+        if _engine["engine"] is None:
+            raise
+        _engine["unloadable"] = (build, time.monotonic())
+        log.error("index build %s cannot be loaded (%s); still serving %s", build, exc, _engine["build"])
+        return _engine["engine"]
+    _engine.update(build=build, engine=engine, unloadable=None)
+    return engine
 
 
 def _job_stage(stage: str, done: int, total: int) -> str:

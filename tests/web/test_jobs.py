@@ -273,3 +273,40 @@ def test_collection_images_need_the_search_permission(client, settings, site_ind
     for url in (f"/images/{image_id}", f"/thumbs/{image_id}.jpg", "/report/"):
         response = client.get(url)
         assert response.status_code == 302 and "/login/" in response["Location"], url
+
+
+def test_a_damaged_new_build_does_not_take_the_worker_down(site_index, caplog):
+    """A build made active by hand (or half-copied) that cannot be loaded: the worker keeps
+    serving the build it has loaded, says so in its log, and tries the new one again later."""
+    import shutil
+
+    from django.conf import settings
+
+    from search import jobs
+    from search.engine import layout
+    from search.jobs import run_search_job
+
+    def search():
+        job = SearchJob.objects.create(query_image=SimpleUploadedFile("q.jpg", corel_image(455).read_bytes()),
+                                       method="penultimate+attention", k=3)
+        assert run_search_job(job.pk) == Status.DONE
+        job.refresh_from_db()
+        return job
+
+    index_root = Path(settings.RETRIEVAL.data_dir) / "index"
+    good = layout.active_build(index_root)
+    assert search().index_build == good.name  # the worker has loaded the good build
+    broken = good.parent / (good.name + "-damaged")
+    shutil.copytree(good, broken)
+    vectors = broken / "vectors_penultimate.npy"
+    vectors.write_bytes(vectors.read_bytes()[:100])
+    layout.point_active(index_root, broken)
+    try:
+        with caplog.at_level("ERROR", logger="search.jobs"):
+            job = search()
+        assert job.index_build == good.name and job.error == ""
+        assert f"index build {broken} cannot be loaded" in caplog.text and "still serving" in caplog.text
+    finally:
+        layout.point_active(index_root, good)
+        jobs._engine["unloadable"] = None
+        shutil.rmtree(broken)
