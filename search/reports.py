@@ -42,12 +42,19 @@ def method_precisions(rows: list[dict]) -> list[dict]:
 
 
 def label_precisions(reports_dir: Path) -> dict[str, float]:
-    """precision@10 per method from the latest ``evaluate`` report, when there is one."""
-    reports = sorted(Path(reports_dir).glob("evaluate-*.json"))
-    if not reports:
-        return {}
-    data = json.loads(reports[-1].read_text())
-    return {m["method"]: m["precision_at_10"] for m in data.get("methods", []) if m.get("stage") != "baseline"}
+    """precision@10 per method, named as the site names it, from the latest label-based
+    ``evaluate`` report (instance-benchmark reports have no precision@10 and are passed over).
+    evaluate names the site's model "fine-tuned"; the ImageNet baseline is not a site method."""
+    for report in sorted(Path(reports_dir).glob("evaluate-*.json"), reverse=True):
+        try:
+            methods = json.loads(report.read_text()).get("methods", [])
+        except (OSError, ValueError, AttributeError):
+            continue
+        figures = {m["method"].removeprefix("fine-tuned "): m["precision_at_10"] for m in methods
+                   if "precision_at_10" in m and m.get("stage") != "baseline" and m.get("model", "fine-tuned") == "fine-tuned"}
+        if figures:
+            return figures
+    return {}
 
 
 def method_rows(rows: list[dict], reports_dir: Path) -> tuple[list[dict], list[dict]]:
