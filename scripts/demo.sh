@@ -46,11 +46,12 @@ echo "broker: $CELERY_BROKER_URL"
 manage migrate --noinput
 mkdir -p "$DATA_DIR/logs"
 # Two workers, so that a search never waits behind a reindex or retrain: one takes the search
-# queue, the other the maintenance queue.
+# queue, the other the maintenance queue, on one torch thread: two processes of two threads each
+# on two cores ran 5-11x slower each (RESULTS.md, "Two workers on two cores").
 "$VENV/bin/celery" -A workers worker -Q "${CELERY_TASK_DEFAULT_QUEUE:-search}" -n "search@%h" --pool=solo \
   --concurrency=1 --loglevel=INFO >"$DATA_DIR/logs/celery-search.log" 2>&1 &
 SEARCH_PID=$!
-"$VENV/bin/celery" -A workers worker -Q "${CELERY_MAINTENANCE_QUEUE:-maintenance}" -n "maintenance@%h" \
+OMP_NUM_THREADS="${MAINTENANCE_THREADS:-1}" "$VENV/bin/celery" -A workers worker -Q "${CELERY_MAINTENANCE_QUEUE:-maintenance}" -n "maintenance@%h" \
   --pool=solo --concurrency=1 --loglevel=INFO >"$DATA_DIR/logs/celery-maintenance.log" 2>&1 &
 MAINTENANCE_PID=$!
 trap 'kill "$SEARCH_PID" "$MAINTENANCE_PID" 2>/dev/null; wait "$SEARCH_PID" "$MAINTENANCE_PID" 2>/dev/null' EXIT
