@@ -33,22 +33,13 @@ def searchable_sample(catalog: layout.Catalog, size: int) -> list[str]:
 
 def remove_from_search(refs: list[str]) -> int:
     """Take images (ids, or paths relative to the collection root) out of search at once, as the
-    ``remove_images`` command does; returns how many were not removed already. Raises
-    ``SearchIndexError`` naming refs the active index does not hold (then nothing changes)."""
-    root = engine_config().index_root
-    removed = layout.read_removed(root)
-    ids = set(layout.resolve_images(root, refs))
-    layout.write_removed(root, removed | ids)
-    return len(ids - removed)
+    ``remove_images`` command does; returns how many were not removed already."""
+    return layout.remove_images(engine_config().index_root, refs)[0]
 
 
 def restore_to_search(image_ids: list[str]) -> int:
     """Put removed images back (at once while the active build holds them); returns how many."""
-    root = engine_config().index_root
-    removed = layout.read_removed(root)
-    back = removed & set(image_ids)
-    layout.write_removed(root, removed - back)
-    return len(back)
+    return layout.restore_images(engine_config().index_root, image_ids)
 
 
 def removed_images(catalog: layout.Catalog) -> list[dict]:

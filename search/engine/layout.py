@@ -254,3 +254,21 @@ def resolve_images(index_root: Path, refs: list[str]) -> list[str]:
     if unknown:
         raise SearchIndexError(f"not in the active index ({active.build.name}): {', '.join(unknown)}")
     return ids
+
+
+def remove_images(index_root: Path, refs: list[str]) -> tuple[int, int]:
+    """Take the images ``refs`` name (see ``resolve_images``) out of search; returns how many
+    were not removed already and how many are removed in all. Nothing changes when a ref is
+    unknown (``SearchIndexError``)."""
+    removed = read_removed(index_root)
+    ids = set(resolve_images(index_root, refs))
+    write_removed(index_root, removed | ids)
+    return len(ids - removed), len(removed | ids)
+
+
+def restore_images(index_root: Path, image_ids) -> int:
+    """Put removed images back into search; returns how many of ``image_ids`` were removed."""
+    removed = read_removed(index_root)
+    back = removed & set(image_ids)
+    write_removed(index_root, removed - back)
+    return len(back)

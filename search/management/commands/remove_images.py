@@ -20,14 +20,13 @@ class Command(EngineCommand):
 
     def handle(self, *args, images, restore, index_dir, **options):
         root = index_dir or self.config(options).index_root
-        removed = set(layout.read_removed(root))
         if not restore:
-            ids = set(layout.resolve_images(root, images))
-            layout.write_removed(root, removed | ids)
+            newly, total = layout.remove_images(root, images)
             self.stdout.write(self.style.SUCCESS(
-                f"removed {len(ids - removed)} images from search ({len(removed | ids)} removed in all); "
+                f"removed {newly} images from search ({total} removed in all); "
                 "searches leave them out from now on, and later builds skip them"))
             return
+        removed = layout.read_removed(root)
         collection_root = layout.catalog(root).collection_root
         ids = {}
         for ref in images:
@@ -38,5 +37,5 @@ class Command(EngineCommand):
         not_removed = [ref for ref, image_id in ids.items() if image_id not in removed]
         if not_removed:
             raise CommandError(f"not removed: {', '.join(not_removed)}")
-        layout.write_removed(root, removed - set(ids.values()))
-        self.stdout.write(self.style.SUCCESS(f"restored {len(ids)} images; {len(removed) - len(ids)} remain removed"))
+        restored = layout.restore_images(root, ids.values())
+        self.stdout.write(self.style.SUCCESS(f"restored {restored} images; {len(removed) - restored} remain removed"))
