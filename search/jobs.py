@@ -87,10 +87,11 @@ def run_search_job(job_id: int) -> str:
             heartbeat=timezone.now(), attempts=F("attempts") + 1):
         return SearchJob.objects.get(pk=job_id).status
     with Heartbeat(SearchJob.objects.filter(pk=job_id)):
-        return _run_claimed(job, job_id)
+        return _run_claimed(job)
 
 
-def _run_claimed(job: SearchJob, job_id: int) -> str:
+def _run_claimed(job: SearchJob) -> str:
+    job_id = job.pk
 
     def report(stage, done, total):
         unfinished(job_id).update(stage=_job_stage(stage, done, total), progress_done=done, progress_total=total)

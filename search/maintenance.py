@@ -120,10 +120,11 @@ def run_maintenance(run_id: int) -> str:
             attempts=F("attempts") + 1):
         return MaintenanceRun.objects.get(pk=run_id).status
     with Heartbeat(MaintenanceRun.objects.filter(pk=run_id)):
-        return _run_claimed(run, run_id)
+        return _run_claimed(run)
 
 
-def _run_claimed(run: MaintenanceRun, run_id: int) -> str:
+def _run_claimed(run: MaintenanceRun) -> str:
+    run_id = run.pk
     report = RunLog(run_id)
     config = engine_config()
     try:

@@ -35,8 +35,13 @@ class RequestSizeLimitMiddleware:
         return self.get_response(request)
 
 
+def wants_json(request) -> bool:
+    """A script's request (the API, or a client asking for JSON) is answered in JSON, not HTML."""
+    return request.path.startswith("/api/") or request.headers.get("accept", "").startswith("application/json")
+
+
 def refuse(request, status: int, message: str):
-    if request.path.startswith("/api/") or request.headers.get("accept", "").startswith("application/json"):
+    if wants_json(request):
         response = JsonResponse({"errors": {"image": [message]}}, status=status)
     else:
         response = render(request, "refused.html", {"message": message}, status=status)

@@ -22,6 +22,7 @@ from .engine.errors import EngineError, SearchIndexError
 from .engine.methods import is_fine
 from .forms import CollectionUploadForm, MaintenanceForm, SearchForm
 from .limits import DiskFull, client_ip, is_disk_full, rate_limited
+from .middleware import wants_json
 from .models import MaintenanceRun, Rating, SearchJob, Status
 from .queue import enqueue_maintenance, enqueue_search
 from .reports import job_precisions, method_rows
@@ -32,7 +33,7 @@ def may_search(view):
     @wraps(view)
     def wrapper(request, *args, **kwargs):
         if not settings.ANONYMOUS_CAN_SEARCH and not request.user.is_authenticated:
-            if request.path.startswith("/api/") or request.headers.get("accept", "").startswith("application/json"):
+            if wants_json(request):
                 return JsonResponse({"error": "log in to search"}, status=403)
             return redirect_to_login(request.get_full_path())
         return view(request, *args, **kwargs)

@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -157,7 +158,7 @@ def start_watchdog(period: float | None = None) -> threading.Thread:
                     log.warning("watchdog: %s", counts)
             except Exception:  # a database hiccup must not end the watchdog
                 log.exception("watchdog check failed")
-            threading.Event().wait(period)
+            time.sleep(period)
 
     thread = threading.Thread(target=loop, name="watchdog", daemon=True)
     thread.start()
