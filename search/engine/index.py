@@ -1,7 +1,9 @@
 """The coarse index: per global feature variant, its vectors and a coarse backend over them
 (the paper's BallTree, or FAISS for large collections: coarse_backends.py), persisted with
 the PCA, the image table, the local-feature store and a manifest, in a build folder laid out
-by ``layout``.
+by ``layout``. Images added since the build (``additions.py``) sit in small delta segments
+beside it: their positions follow the build's, their vectors are scanned exactly, and every
+query picks up a new delta (``refresh_deltas``) without reloading the build.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from .config import CoarseSettings, EngineConfig
 from .errors import SearchIndexError
 from .features import GlobalFeatures, extract_global_features, fit_pca, variant_vectors
 from .instance_features import InstanceDescriber
-from .local_store import LocalStore, build_local_store, fingerprint
+from .local_store import LocalStore, StackedLocalStore, build_local_store, fingerprint
 from .methods import VARIANTS
 from .model import TrainedModel
 from .progress import Progress, no_progress
@@ -43,6 +45,69 @@ class SearchIndex:
     fingerprints: list[str | None] = field(default_factory=list)  # each image file's when indexed (reuse)
     coarse_settings: CoarseSettings | None = None  # how a FAISS backend searches (lists probed)
     _backends: dict = field(default_factory=dict, repr=False)
+    # the delta segments loaded so far: their folders, their vectors stacked (in RAM), the local
+    # store of the build alone, and the deltas folder's stamp when last looked at
+    deltas: list[Path] = field(default_factory=list)
+    delta_vectors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    main_local: LocalStore | None = field(default=None, repr=False)
+    _deltas_stamp: int | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.main_size = len(self.image_ids)
+        self.main_local = self.local
+        self.refresh_deltas()
+
+    def refresh_deltas(self) -> int:
+        """Load the deltas completed since the last look (one stat when there are none); returns
+        how many images they added."""
+        stamp = layout.deltas_stamp(self.path)
+        if stamp == self._deltas_stamp:
+            return 0
+        self._deltas_stamp = stamp
+        before = len(self)
+        for folder in layout.deltas_of(self.path):
+            if folder not in self.deltas:
+                self._load_delta(folder)
+        return len(self) - before
+
+    def _load_delta(self, folder: Path) -> None:
+        manifest = layout.read_manifest(folder, layout.INDEX_KEYS)
+        if manifest["model_checksum"] != self.manifest["model_checksum"] or manifest["variants"] != self.manifest["variants"]:
+            raise SearchIndexError(f"{folder} was made for another model or other variants than {self.path}; reindex")
+        table = layout.read_table(folder, manifest)
+        vectors = {}
+        for variant, dim in manifest["variants"].items():
+            vectors[variant] = load_array(layout.vectors_file(folder, variant), mmap=False).astype(np.float32)
+            if vectors[variant].shape != (len(table), dim):
+                raise SearchIndexError(f"{folder}: '{variant}' vectors do not match its table; reindex")
+        local = None
+        if self.main_local is not None:
+            local = LocalStore.open(layout.local_dir(folder))
+            if len(local) != len(table) or local.meta["extractor"] != self.main_local.meta["extractor"]:
+                raise SearchIndexError(f"{folder}: its local-feature store does not match its table; reindex")
+        # complete before anything changes: a delta that fails to load leaves the index as it was
+        for variant, matrix in vectors.items():
+            old = self.delta_vectors.get(variant)
+            self.delta_vectors[variant] = matrix if old is None else np.concatenate([old, matrix])
+        self.image_ids += [row["id"] for row in table]
+        self.relpaths += [row["path"] for row in table]
+        self.labels += [row["label"] for row in table]
+        self.fingerprints += [row.get("fingerprint") for row in table]
+        if local is not None:
+            stores = self.local.stores if isinstance(self.local, StackedLocalStore) else [self.local]
+            self.local = StackedLocalStore(stores + [local])
+        self.deltas.append(folder)
+        self.__dict__.pop("positions", None)
+
+    def row_vectors(self, variant: str, positions) -> np.ndarray:
+        """The ``variant`` vectors (float32) of the images at ``positions``, build or delta."""
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.empty((len(positions), self.vectors[variant].shape[1]), dtype=np.float32)
+        in_build = positions < self.main_size
+        out[in_build] = self.vectors[variant][positions[in_build]]
+        if not in_build.all():
+            out[~in_build] = self.delta_vectors[variant][positions[~in_build] - self.main_size]
+        return out
 
     @property
     def describer_name(self) -> str | None:
@@ -99,7 +164,16 @@ class SearchIndex:
                 f"index {self.path} has no '{variant}' variant (it has {', '.join(self.vectors)}); "
                 "reindex to get every variant")
         distances, positions = self.backend(variant).search(np.atleast_2d(vector), n)
-        return positions[0], distances[0]
+        positions, distances = positions[0], distances[0]
+        added = self.delta_vectors.get(variant)
+        if added is None:
+            return positions, distances
+        # the deltas are small beside the build (a merge folds them in): an exact scan
+        delta_distances = np.sqrt(((added - np.asarray(vector, dtype=np.float32).reshape(1, -1)) ** 2).sum(1))
+        positions = np.concatenate([positions, self.main_size + np.arange(len(added))])
+        distances = np.concatenate([distances, delta_distances])
+        nearest = np.argsort(distances, kind="stable")[:n]
+        return positions[nearest], distances[nearest]
 
     def collection(self) -> Collection:
         """The collection this index was built from, labels included, as its table recorded it."""
@@ -146,18 +220,17 @@ def global_features(records: list[ImageRecord], model: TrainedModel, previous: S
     kept = np.flatnonzero((old_row >= 0) | (new_row >= 0))
     from_old = old_row[kept] >= 0
 
-    def assemble(old: np.ndarray | None, new: np.ndarray) -> np.ndarray:
+    def assemble(variant: str, new: np.ndarray) -> np.ndarray:
         out = np.empty((len(kept), new.shape[1]), dtype=np.float32)
         out[~from_old] = new[new_row[kept][~from_old]]
         if from_old.any():
-            out[from_old] = np.asarray(old[old_row[kept][from_old]], dtype=np.float32)
+            out[from_old] = previous.row_vectors(variant, old_row[kept][from_old])
         return out
 
-    old = previous.vectors if reusable else {}
     features = GlobalFeatures(
-        [records[i] for i in kept], assemble(old.get("penultimate"), fresh.penultimate),
-        assemble(old.get("logits"), fresh.logits), fresh.skipped,
-        assemble(old.get("instance"), fresh.instance) if describer is not None else None)
+        [records[i] for i in kept], assemble("penultimate", fresh.penultimate),
+        assemble("logits", fresh.logits), fresh.skipped,
+        assemble("instance", fresh.instance) if describer is not None else None)
     return features, [fingerprints[i] for i in kept], len(reusable)
 
 
@@ -165,14 +238,30 @@ def build_index(collection: Collection, model: TrainedModel, index_root: Path, c
                 device, variants: tuple[str, ...] = VARIANTS, activate: bool = True,
                 progress: Progress = no_progress, local_extractor=None,
                 describer: InstanceDescriber | None = None) -> Path:
-    """Extract features for ``collection`` (less the images removed from search), build the coarse
-    backends (the instance variant's too when a ``describer`` is given, the local-feature store when
-    ``local_extractor`` is), and write a complete build directory."""
-    index_root = Path(index_root)
+    """Extract features for ``collection`` and the images added to the index root with
+    ``add_images`` (less the images removed from search), build the coarse backends (the instance
+    variant's too when a ``describer`` is given, the local-feature store when ``local_extractor``
+    is), and write a complete build directory: the active build's deltas are folded in."""
+    with layout.writing(index_root):
+        return _build_index(collection, model, Path(index_root), config, device, variants, activate, progress,
+                            local_extractor, describer)
+
+
+def added_records(index_root: Path, collection: Collection) -> list[ImageRecord]:
+    """The images ``add_images`` added under ``index_root`` that ``collection`` does not hold and
+    whose files are still there."""
+    held = {r.image_id for r in collection.records}
+    return [ImageRecord(row["id"], row["path"], Path(row["path"]), row["label"])
+            for row in layout.read_added(index_root) if row["id"] not in held and Path(row["path"]).is_file()]
+
+
+def _build_index(collection, model, index_root, config, device, variants, activate, progress, local_extractor,
+                 describer) -> Path:
     started = time.monotonic()
     describer = describer if {"instance", "hybrid"} & set(variants) else None
     removed = layout.read_removed(index_root)
-    records = [r for r in collection.records if r.image_id not in removed]
+    added = added_records(index_root, collection)
+    records = [r for r in collection.records + added if r.image_id not in removed]
     previous = _previous_build(index_root)  # whose unchanged images keep their global and local features
     features, fingerprints, reused = global_features(records, model, previous, device, config.batch_size,
                                                      progress, describer)
@@ -213,7 +302,8 @@ def build_index(collection: Collection, model: TrainedModel, index_root: Path, c
             "variants": {k: int(v.shape[1]) for k, v in vectors.items()},
             "coarse": {k: backend for k in vectors},
             "global": {"reused": reused, "extracted": len(features.records) - reused},
-            "removed": len(collection.records) - len(records),
+            "added": len(added),
+            "removed": len(collection.records) + len(added) - len(records),
             "pca_dim": int(pca.n_components_) if pca is not None else None,
             "instance_describer": describer.name if describer is not None else None,
             "hybrid_weight": config.hybrid_weight if "hybrid" in vectors else None,
@@ -235,8 +325,9 @@ def build_index(collection: Collection, model: TrainedModel, index_root: Path, c
 
 def activate_build(index_root: Path, build: Path) -> None:
     """Make ``build`` the active one, after checking that it loads."""
-    load_index(build)
-    layout.point_active(index_root, build)
+    with layout.writing(index_root):
+        load_index(build)
+        layout.point_active(index_root, build)
 
 
 def load_index(path: Path, expected_checksum: str | None = None,

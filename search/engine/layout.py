@@ -4,19 +4,28 @@
     <index root>/builds/<stamp>.partial/   a build in progress, never read
     <index root>/active -> builds/<stamp>  symlink, switched atomically
     <index root>/removed.json              ids removed from search (remove_images), for every build
+    <index root>/added.json                images added with add_images ({id, path, label}): part of
+                                           the collection for every later build
+    <index root>/added/<digest>/<name>     their files, copied in
+    <index root>/.lock                     held by whatever writes builds or deltas (one at a time)
     <build>/manifest.json  images.json  vectors_<variant>.npy  tree_<variant>.joblib | faiss_<variant>.index
             pca.joblib  local/ (the local-feature store)
+    <build>/deltas/<stamp>/                images added since the build (a delta segment, searched
+                                           beside it): manifest.json images.json vectors_<variant>.npy local/
 
 A build is made beside the active one and only becomes active when complete,
-so a failed build leaves the old index serving. This module reads and writes
+so a failed build leaves the old index serving; a delta likewise counts only
+once renamed from ``<stamp>.partial``, and the next build folds the deltas in. This module reads and writes
 paths and JSON only (no NumPy, no models): the web process looks up an image's
 path and label through ``catalog`` without loading an index.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +38,10 @@ TABLE = "images.json"
 ACTIVE = "active"
 BUILDS = "builds"
 REMOVED = "removed.json"  # ids taken out of search at once, and left out of later builds
+ADDED = "added.json"
+ADDED_FILES = "added"
+DELTAS = "deltas"
+LOCK = ".lock"
 # What a manifest must hold for the catalog (INDEX_KEYS: for loading the index too); without, refused.
 CATALOG_KEYS = ("collection_root", "collection_size")
 INDEX_KEYS = CATALOG_KEYS + ("model_checksum", "variants")
@@ -57,13 +70,37 @@ def local_dir(build: Path) -> Path:
 
 def new_build(index_root: Path) -> tuple[Path, Path]:
     """A fresh ``(partial, final)`` pair of build folders; the partial one is created."""
-    builds = Path(index_root) / BUILDS
-    builds.mkdir(parents=True, exist_ok=True)
+    return _new_folder_pair(Path(index_root) / BUILDS)
+
+
+def new_delta(build: Path) -> tuple[Path, Path]:
+    """A fresh ``(partial, final)`` pair of delta folders of ``build``; the partial one is created."""
+    return _new_folder_pair(Path(build) / DELTAS)
+
+
+def _new_folder_pair(parent: Path) -> tuple[Path, Path]:
+    parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    final = builds / stamp
+    final = parent / stamp
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
     partial.mkdir()
     return partial, final
+
+
+def deltas_stamp(build: Path) -> int | None:
+    """Changes whenever a delta of ``build`` is completed: one stat, cheap enough for every query."""
+    try:
+        return (Path(build) / DELTAS).stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+def deltas_of(build: Path) -> list[Path]:
+    """The complete deltas of ``build``, oldest first."""
+    folder = Path(build) / DELTAS
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if not p.name.endswith(PARTIAL_SUFFIX) and (p / MANIFEST).is_file())
 
 
 def finish_build(partial: Path, final: Path) -> Path:
@@ -126,10 +163,61 @@ def read_removed(index_root: Path) -> frozenset[str]:
 
 def write_removed(index_root: Path, ids) -> None:
     """Replace the removed ids in one atomic rename."""
-    file = Path(index_root) / REMOVED
-    tmp = file.with_name(f".{REMOVED}.{uuid.uuid4().hex[:6]}")
-    tmp.write_text(json.dumps(sorted(ids)))
+    _replace_json(Path(index_root) / REMOVED, sorted(ids))
+
+
+def _replace_json(file: Path, content) -> None:
+    tmp = file.with_name(f".{file.name}.{uuid.uuid4().hex[:6]}")
+    tmp.write_text(json.dumps(content))
     os.replace(tmp, file)
+
+
+def added_folder(index_root: Path) -> Path:
+    """Where ``add_images`` keeps the files it adds (the collection folder may be read-only)."""
+    return Path(index_root) / ADDED_FILES
+
+
+def read_added(index_root: Path) -> list[dict]:
+    """The images added with ``add_images`` (``id``, absolute ``path``, ``label``), oldest first."""
+    file = Path(index_root) / ADDED
+    if not file.is_file():
+        return []
+    rows = read_json(file, list)
+    if not all(isinstance(row, dict) and {"id", "path", "label"} <= set(row) for row in rows):
+        raise SearchIndexError(f"{file}: a row lacks its id, path or label")
+    return rows
+
+
+def record_added(index_root: Path, rows: list[dict]) -> None:
+    """Append ``rows`` (those not listed already) to the added images, in one atomic rename."""
+    listed = read_added(index_root)
+    held = {row["id"] for row in listed}
+    _replace_json(Path(index_root) / ADDED, listed + [row for row in rows if row["id"] not in held])
+
+
+_held: dict[Path, tuple[int, int]] = {}  # index root -> (file descriptor, depth): the lock is re-entrant
+
+
+@contextmanager
+def writing(index_root: Path):
+    """Hold the index root's lock while writing a build or a delta: two writers at once (two staff
+    runs, add_images during a rebuild) would each miss the other's images. A lock file, not a
+    database row: it is released by the kernel when its holder dies."""
+    root = Path(index_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    fd, depth = _held.get(root, (None, 0))
+    if fd is None:
+        fd = os.open(root / LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    _held[root] = (fd, depth + 1)
+    try:
+        yield
+    finally:
+        fd, depth = _held.pop(root)
+        if depth > 1:
+            _held[root] = (fd, depth - 1)
+        else:
+            os.close(fd)  # releases the lock
 
 
 def read_manifest(build: Path, required: tuple[str, ...] = CATALOG_KEYS) -> dict:
@@ -203,21 +291,26 @@ class Catalog:
 
 
 def read_catalog(build: Path) -> Catalog:
+    """A build's images and its deltas'."""
     manifest = read_manifest(build)
     rows = {row["id"]: row for row in read_table(build, manifest)}
+    for delta in deltas_of(build):
+        rows.update((row["id"], row) for row in read_table(delta, read_manifest(delta)))
     return Catalog(Path(build), Path(manifest["collection_root"]), rows)
 
 
-_catalogs: dict[Path, Catalog] = {}
+_catalogs: dict[Path, tuple[int | None, Catalog]] = {}
 
 
 def catalog(index_root: Path) -> Catalog:
-    """The active build's catalog, read once per build (re-read when ``active`` moves)."""
+    """The active build's catalog, read once per build and delta (re-read when ``active`` moves
+    or a delta is added)."""
     build = active_build(index_root)
+    stamp = deltas_stamp(build)
     cached = _catalogs.get(Path(index_root))
-    if cached is None or cached.build != build:
-        cached = _catalogs[Path(index_root)] = read_catalog(build)
-    return cached
+    if cached is None or cached[1].build != build or cached[0] != stamp:
+        cached = _catalogs[Path(index_root)] = (stamp, read_catalog(build))
+    return cached[1]
 
 
 def relative_to_collection(ref: str, collection_root: Path) -> str | None:
@@ -245,7 +338,7 @@ def resolve_images(index_root: Path, refs: list[str]) -> list[str]:
         if ref in active.rows:
             ids.append(ref)
             continue
-        path = relative_to_collection(ref, active.collection_root)
+        path = ref if ref in by_path else relative_to_collection(ref, active.collection_root)
         image_id = None if path is None else by_path.get(path)
         if image_id is None:
             unknown.append(ref)

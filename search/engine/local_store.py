@@ -75,6 +75,30 @@ class LocalStore:
         return reduce_descriptors(self.pca, features)
 
 
+class StackedLocalStore:
+    """A build's store and its deltas' read as one, positions running on from one store to the
+    next; the deltas were projected with the build's PCA."""
+
+    def __init__(self, stores: list[LocalStore]):
+        self.stores = stores
+        self.starts = np.cumsum([0] + [len(s) for s in stores])
+        first = stores[0]
+        self.path, self.pca = first.path, first.pca
+        self.meta = dict(first.meta, image_ids=[i for s in stores for i in s.meta["image_ids"]],
+                         fingerprints=[f for s in stores for f in s.meta["fingerprints"]],
+                         total_keypoints=sum(s.meta["total_keypoints"] for s in stores))
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def features(self, position: int) -> LocalFeatures:
+        store = int(np.searchsorted(self.starts, position, side="right")) - 1
+        return self.stores[store].features(position - int(self.starts[store]))
+
+    def reduce(self, features: LocalFeatures) -> LocalFeatures:
+        return reduce_descriptors(self.pca, features)
+
+
 def _extract(extractor, record: ImageRecord) -> LocalFeatures | str:
     try:
         return extractor.extract(open_image(record.path))

@@ -174,7 +174,7 @@ class RetrievalEngine:
             first, distances = first[ascending], distances[ascending]
             # unit vectors: cosine similarity = 1 - d^2 / 2
             weights = np.ones(len(first)) if alpha <= 0 else np.clip(1 - distances ** 2 / 2, 0, None) ** alpha
-            neighbours = np.asarray(self.index.vectors[variant][first])
+            neighbours = self.index.row_vectors(variant, first)
             vector = l2_normalise(vector + (weights[:, None] * neighbours).sum(0))
         return self._nearest(vector, variant, n, exclude_ids)
 
@@ -217,6 +217,7 @@ class RetrievalEngine:
         variant, fine = self._parse(method)
         n_candidates = n_candidates or self.config.n_candidates
         depth = max(depth or n_candidates, n_candidates if fine else 1)
+        self.index.refresh_deltas()  # images added since the last query (add_images)
         timings = {}
         started = time.perf_counter()
         positions, distances = self.coarse_order(query.vectors, variant, depth, frozenset(exclude_ids))

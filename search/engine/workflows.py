@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import layout
+from .additions import Additions, add_images
 from .attention import TrainedAttention, load_attention, train_attention
 from .collection import Collection
 from .config import EngineConfig
@@ -85,6 +87,17 @@ def index_collection(collection: Collection, models: Models, config: EngineConfi
     return build_index(collection, models.model, Path(index_root or config.index_root), config, models.device,
                        activate=activate, progress=progress, local_extractor=models.extractor,
                        describer=instance_describer(config, models.device))
+
+
+def add_to_index(paths, config: EngineConfig, index_root: Path | None = None, label: str | None = None,
+                 models: Models | None = None, progress: Progress = no_progress) -> Additions:
+    """Add image files and folders to the active index with the models it was built with (see
+    ``additions.add_images``)."""
+    root = Path(index_root or config.index_root)
+    models = models or load_models(config)
+    manifest = layout.read_manifest(layout.active_build(root))
+    describer = instance_describer(config, models.device) if manifest.get("instance_describer") else None
+    return add_images(root, paths, models, config, label, describer, progress)
 
 
 def describer_for(index: SearchIndex, config: EngineConfig, device) -> InstanceDescriber | None:

@@ -1,0 +1,75 @@
+"""Adding images to a live index: a delta segment searched at once by an engine that stays open,
+removal of an added image, and the next build folding the deltas in without extracting again."""
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from django.core.management.base import CommandError
+
+from search.engine import layout
+from search.engine.collection import scan_collection
+from search.engine.index import load_index
+from search.engine.workflows import add_to_index, engine_for, index_collection
+
+from .conftest import corel_image
+from .test_commands import run
+
+FINE = "penultimate+attention"
+
+
+def test_added_images_are_searchable_at_once_and_folded_in_by_the_next_build(tiny_models, engine_config, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for n in (0, 150, 300, 450, 600, 750):
+        shutil.copy(corel_image(n), folder / f"{n}.jpg")
+    root = tmp_path / "index"
+    build = index_collection(scan_collection(folder), tiny_models, engine_config, root)
+    engine = engine_for(tiny_models, build, engine_config)  # stays open, as a worker's does
+
+    new = tmp_path / "new"
+    new.mkdir()
+    shutil.copy(corel_image(905), new / "cake.jpg")
+    shutil.copy(corel_image(420), new / "bus.jpg")
+    (new / "notes.jpg").write_text("not a picture")
+    added = add_to_index([new], engine_config, root, label="added", models=tiny_models)
+    assert sorted(r.relpath.rsplit("/", 1)[1] for r in added.added) == ["bus.jpg", "cake.jpg"]
+    assert [p for p, _ in added.skipped] == [str(new / "notes.jpg")] and added.delta.parent.parent == build
+    cake = next(r.image_id for r in added.added if r.relpath.endswith("cake.jpg"))
+
+    response = engine.search(new / "cake.jpg", FINE)  # no reload: the next query sees the delta
+    assert len(engine.index) == 8 and response.results[0].image_id == cake
+    assert response.results[0].stage == "verified" and response.results[0].label == "added"
+    assert layout.catalog(root).path_of(cake).read_bytes() == (new / "cake.jpg").read_bytes()
+    for method in ("pca", "logits"):
+        assert engine.search(new / "cake.jpg", method).results[0].image_id == cake
+
+    # the same picture again is not added twice; the command says so
+    with pytest.raises(CommandError, match="nothing added: no readable new images"):
+        run("add_images", str(new / "cake.jpg"), index_dir=root, model=engine_config.default_model_path,
+            attention=engine_config.default_attention_path)
+    out, _ = run("remove_images", layout.catalog(root).path_of(cake).as_posix(), index_dir=root)
+    assert "removed 1 images" in out
+    assert cake not in [r.image_id for r in engine.search(new / "cake.jpg", FINE).results]
+
+    rebuilt = load_index(index_collection(scan_collection(folder), tiny_models, engine_config, root))
+    assert rebuilt.manifest["global"] == {"reused": 7, "extracted": 0} and rebuilt.manifest["added"] == 2
+    assert rebuilt.manifest["local"]["extracted"] == 0 and not rebuilt.deltas and len(rebuilt) == 7
+    bus = next(r.image_id for r in added.added if r.relpath.endswith("bus.jpg"))
+    np.testing.assert_array_equal(rebuilt.row_vectors("penultimate", [rebuilt.positions[bus]]),
+                                  engine.index.row_vectors("penultimate", [engine.index.positions[bus]]))
+    response = engine_for(tiny_models, rebuilt.path, engine_config).search(new / "bus.jpg", FINE)
+    assert response.results[0].image_id == bus and response.results[0].stage == "verified"
+
+
+def test_a_second_writer_waits_for_the_index_lock(tmp_path):
+    """One build or delta at a time per index root, across processes; re-entrant within one."""
+    probe = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR)\n"
+             "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(3)")
+    with layout.writing(tmp_path):
+        with layout.writing(tmp_path):  # a build inside a maintenance run that holds it
+            pass
+        held = subprocess.run([sys.executable, "-c", probe, str(tmp_path / layout.LOCK)])
+    free = subprocess.run([sys.executable, "-c", probe, str(tmp_path / layout.LOCK)])
+    assert (held.returncode, free.returncode) == (3, 0)
