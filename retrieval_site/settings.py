@@ -223,5 +223,5 @@ STAFF_FOLDER_ROOTS = [p.strip() for p in os.environ.get(
     "STAFF_FOLDER_ROOTS", f"{RETRIEVAL.collection_dir},{RETRIEVAL.data_dir}").split(",") if p.strip()]
 # Whether staff may add images to the active index's folder from the site (off by default: the
 # demo collection is a shared, read-only dataset).
-COLLECTION_UPLOADS = env_bool("COLLECTION_UPLOADS", False)
+COLLECTION_UPLOADS = env_bool("COLLECTION_UPLOADS", True)
 LOGIN_URL = "/admin/login/"

@@ -85,12 +85,14 @@ def correspondence_png(job: SearchJob, result: dict) -> bytes:
     return buffer.getvalue()
 
 
-def add_to_collection(images, label: str) -> tuple[Path, list[Path]]:
-    """Save decoded images as JPEGs under ``<active collection root>/<label>/`` (never
-    overwriting); returns the folder and the files written."""
-    folder = active_catalog().collection_root / label
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
+def stage_uploads(images) -> Path:
+    """Save decoded uploads as JPEGs in a fresh folder under ``<data dir>/incoming/`` for an 'add'
+    run to take in (add_images copies them under the index root; the collection folder may be
+    read-only)."""
+    import uuid
+
+    folder = engine_config().data_dir / "incoming" / uuid.uuid4().hex
+    folder.mkdir(parents=True)
     for name, image in images:
         stem = Path(name).stem.replace("/", "_")[:80] or "image"
         path, n = folder / f"{stem}.jpg", 1
@@ -98,5 +100,4 @@ def add_to_collection(images, label: str) -> tuple[Path, list[Path]]:
             n += 1
             path = folder / f"{stem}-{n}.jpg"
         image.save(path, format="JPEG", quality=95)
-        written.append(path)
-    return folder, written
+    return folder

@@ -118,10 +118,10 @@ class MultipleImageField(forms.FileField):
 
 
 class CollectionUploadForm(forms.Form):
-    """Staff: add images to the active index's folder (decoded and normalised like a query),
-    under a class sub-folder; they are searchable after the next reindex."""
+    """Staff: add images to the active index (decoded and normalised like a query), with an
+    optional class label; an 'add' run makes them searchable without a rebuild."""
     images = MultipleImageField(label="Images", error_messages={"required": "Choose one or more image files."})
-    label = forms.SlugField(max_length=60, label="Class (sub-folder)", initial="uploads")
+    label = forms.SlugField(max_length=60, label="Class label", required=False)
 
     def clean_images(self):
         limit = settings.UPLOAD_MAX_BYTES

@@ -16,7 +16,7 @@ from .engine.collection import Collection, scan_collection, write_labels_csv
 from .engine.errors import EngineError, SearchIndexError
 from .engine.index import activate_build
 from .engine.progress import Throttle
-from .engine.workflows import Models, index_collection, load_models, train_models
+from .engine.workflows import Models, add_to_index, index_collection, load_models, train_models
 from .models import MaintenanceRun, Status
 from .watchdog import Heartbeat, worker_name
 
@@ -105,6 +105,26 @@ def retrain(config, report: RunLog, run: MaintenanceRun) -> Path:
     return build
 
 
+def add(config, report: RunLog, run: MaintenanceRun) -> Path:
+    """Add the run's folder of uploads to the active index (a delta: searchable when the run ends);
+    the folder is deleted once its images are in."""
+    result = add_to_index([run.collection_dir], config, label=run.label or None, progress=report)
+    for path, reason in result.skipped:
+        report.line(f"skipped {Path(path).name}: {reason}")
+    if result.already:
+        report.line(f"{len(result.already)} image(s) already in the index, not added again")
+    if not result.added:
+        raise SearchIndexError("nothing added: no readable new images")
+    report.line(f"added {len(result.added)} image(s) in delta {result.delta.name}: searchable now; "
+                "the next reindex folds them into the build")
+    if Path(run.collection_dir).parent == Path(config.data_dir) / "incoming":
+        shutil.rmtree(run.collection_dir, ignore_errors=True)
+    return result.delta.parent.parent
+
+
+RUNNERS = {MaintenanceRun.REINDEX: reindex, MaintenanceRun.TRAIN: retrain, MaintenanceRun.ADD: add}
+
+
 def run_maintenance(run_id: int) -> str:
     run = MaintenanceRun.objects.filter(pk=run_id).first()
     if run is None:
@@ -128,7 +148,8 @@ def _run_claimed(run: MaintenanceRun) -> str:
     report = RunLog(run_id)
     config = engine_config()
     try:
-        build = (retrain if run.kind == MaintenanceRun.TRAIN else reindex)(config, report, run)
+        with layout.writing(config.index_root):  # one maintenance run (or add_images) at a time
+            build = RUNNERS[run.kind](config, report, run)
     except Exception as exc:
         reason = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
         report.line(f"failed: {reason}")
@@ -139,7 +160,7 @@ def _run_claimed(run: MaintenanceRun) -> str:
         return Status.FAILED
     if report.step is not None:
         report.line(f"{report.step}: finished")
-    report.line(f"build {build.name} is now active")
+    report.line(f"build {build.name} is active")
     MaintenanceRun.objects.filter(pk=run_id, status=Status.RUNNING).update(
         status=Status.DONE, finished=timezone.now(), build=build.name, step="done")
     return Status.DONE

@@ -109,7 +109,9 @@ class Rating(models.Model):
 class MaintenanceRun(TrackedJob):
     REINDEX = "reindex"
     TRAIN = "train"
-    KINDS = [(REINDEX, "reindex"), (TRAIN, "retrain classifier + attention, then reindex")]
+    ADD = "add"
+    KINDS = [(REINDEX, "reindex"), (TRAIN, "retrain classifier + attention, then reindex"),
+             (ADD, "add images to the active index")]
 
     kind = models.CharField(max_length=10, choices=KINDS)
     step = models.CharField(max_length=200, blank=True)
@@ -122,6 +124,7 @@ class MaintenanceRun(TrackedJob):
                                       help_text="folder on the server to index; empty: the active index's folder")
     labels = models.CharField(max_length=500, blank=True,
                               help_text="'folders', a path,label CSV on the server, or empty for the defaults")
+    label = models.CharField(max_length=60, blank=True, help_text="the class label of the images an 'add' run adds")
     requested_by = models.CharField(max_length=150, blank=True)
 
     class Meta(TrackedJob.Meta):

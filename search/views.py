@@ -294,10 +294,13 @@ def staff_upload(request):
     if not form.is_valid():
         return staff_home(request, upload_form=form)
     try:
-        folder, written = collection_files.add_to_collection(form.cleaned_data["images"], form.cleaned_data["label"])
-    except (SearchIndexError, OSError) as exc:
+        folder = collection_files.stage_uploads(form.cleaned_data["images"])
+    except OSError as exc:
         return staff_home(request, message=f"images not saved: {exc}")
-    return staff_home(request, message=f"saved {len(written)} image(s) into {folder}; reindex to make them searchable")
+    run = MaintenanceRun.objects.create(kind=MaintenanceRun.ADD, collection_dir=str(folder),
+                                        label=form.cleaned_data["label"], requested_by=request.user.get_username())
+    MaintenanceRun.objects.filter(pk=run.pk).update(celery_task_id=enqueue_maintenance(run.pk))
+    return redirect("staff_run", run_id=run.pk)
 
 
 @require_POST

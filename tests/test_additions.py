@@ -16,6 +16,7 @@ from search.engine.workflows import add_to_index, engine_for, index_collection
 from .conftest import corel_image
 from .test_commands import run
 
+
 FINE = "penultimate+attention"
 
 

@@ -68,7 +68,7 @@ def add_images(index_root: Path, paths, models, config: EngineConfig, label: str
                 result.skipped.append((str(file), str(exc)))
                 continue
             digest = hashlib.sha1(file.read_bytes()).hexdigest()[:12]
-            image_id = stable_id(f"{layout.ADDED_FILES}/{digest}/{file.name}")
+            image_id = stable_id(f"{layout.ADDED_FILES}/{digest}")  # the picture, whatever its name
             if image_id in seen:
                 result.already.append(str(file))
                 continue
