@@ -141,10 +141,16 @@ def test_compose_file_is_valid_for_docker_compose():
     import yaml
 
     resolved = yaml.safe_load(result.stdout)
-    assert set(resolved["services"]) == {"setup", "web", "worker", "worker-gpu", "redis", "postgres"}
+    assert set(resolved["services"]) == {"setup", "web", "worker", "maintenance", "worker-gpu", "redis", "postgres"}
     gpu = resolved["services"]["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
-    for name in ("web", "worker", "worker-gpu"):
+    # searches never wait behind a reindex: each kind of work has its own queue and worker
+    commands = {name: resolved["services"][name]["command"] for name in ("worker", "maintenance")}
+    assert re.search(r'-Q "\$+CELERY_TASK_DEFAULT_QUEUE"', commands["worker"]), commands
+    assert re.search(r'-Q "\$+CELERY_MAINTENANCE_QUEUE"', commands["maintenance"]), commands
+    environment = resolved["services"]["worker"]["environment"]
+    assert (environment["CELERY_TASK_DEFAULT_QUEUE"], environment["CELERY_MAINTENANCE_QUEUE"]) == ("search", "maintenance")
+    for name in ("web", "worker", "maintenance", "worker-gpu"):
         depends = resolved["services"][name]["depends_on"]
         assert depends["setup"]["condition"] == "service_completed_successfully"
         assert "retrieval-data:/data:rw" in resolved["services"][name]["volumes"]
