@@ -224,4 +224,8 @@ STAFF_FOLDER_ROOTS = [p.strip() for p in os.environ.get(
 # Whether staff may add images to the active index's folder from the site (off by default: the
 # demo collection is a shared, read-only dataset).
 COLLECTION_UPLOADS = env_bool("COLLECTION_UPLOADS", True)
+# "search with this image": the collection image is scaled down to this longest side first
+QUERY_FROM_COLLECTION_MAX_SIDE = int(os.environ.get("QUERY_FROM_COLLECTION_MAX_SIDE", 1600))
+BROWSE_PAGE_SIZE = int(os.environ.get("BROWSE_PAGE_SIZE", 48))
+MY_SEARCHES_SHOWN = int(os.environ.get("MY_SEARCHES_SHOWN", 50))
 LOGIN_URL = "/admin/login/"

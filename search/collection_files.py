@@ -42,6 +42,50 @@ def restore_to_search(image_ids: list[str]) -> int:
     return layout.restore_images(engine_config().index_root, image_ids)
 
 
+def browse(catalog: layout.Catalog, label: str | None = None, text: str = "") -> list[dict]:
+    """The searchable images of the active build, by path: those with ``label`` (None: all) whose
+    path contains ``text`` (case-insensitive)."""
+    removed = layout.read_removed(engine_config().index_root)
+    text = text.lower()
+    rows = [row for image_id, row in catalog.rows.items()
+            if image_id not in removed and (label is None or row["label"] == label) and text in row["path"].lower()]
+    return sorted(rows, key=lambda row: row["path"])
+
+
+def image_facts(image_id: str) -> dict | None:
+    """What the image page shows of an indexed image: its file name, label, pixel size and bytes
+    (the header only is read); None when it is not searchable."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = indexed_image_path(image_id)
+    if path is None or not path.is_file():
+        return None
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError):
+        width = height = None
+    return {"id": image_id, "name": path.name, "path": path, "label": active_catalog().label_of(image_id),
+            "width": width, "height": height, "bytes": path.stat().st_size}
+
+
+def as_query(image_id: str):
+    """An indexed image as a query upload ("search with this image"), normalised like an upload
+    and no larger than the search form takes."""
+    import io
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    path = indexed_image_path(image_id)
+    if path is None or not path.is_file():
+        return None
+    image = open_image(path)
+    image.thumbnail((settings.QUERY_FROM_COLLECTION_MAX_SIDE,) * 2)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=92)
+    return SimpleUploadedFile(f"{path.stem[:80]}.jpg", buffer.getvalue(), content_type="image/jpeg")
+
+
 def removed_images(catalog: layout.Catalog) -> list[dict]:
     """The images taken out of search, with their paths where the active build holds them."""
     removed = layout.read_removed(engine_config().index_root)

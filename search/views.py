@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 from functools import wraps
+from pathlib import Path
 
 from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.views import redirect_to_login
+from django.core.paginator import Paginator
 from django.db import transaction
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -19,7 +21,7 @@ from django.views.decorators.http import require_POST
 from . import collection_files
 from .conf import engine_config
 from .engine.errors import EngineError, SearchIndexError
-from .engine.methods import is_fine
+from .engine.methods import is_fine, method_label
 from .forms import CollectionUploadForm, MaintenanceForm, SearchForm
 from .limits import DiskFull, client_ip, is_disk_full, rate_limited
 from .middleware import wants_json
@@ -43,7 +45,7 @@ def may_search(view):
 def index_status() -> str:
     try:
         catalog = collection_files.active_catalog()
-        return f"index {catalog.build.name} is active ({len(catalog)} images)"
+        return f"Find the images that show the same thing among {len(catalog)} images."
     except (SearchIndexError, OSError) as exc:
         return str(exc)
 
@@ -94,6 +96,12 @@ def home(request):
     return response
 
 
+def shown_path(relpath: str) -> str:
+    """An image's path as visitors see it: relative to the collection folder, or the file name
+    alone for an image added from elsewhere (its absolute path is the server's business)."""
+    return Path(relpath).name if Path(relpath).is_absolute() else relpath
+
+
 def job_payload(request, job: SearchJob) -> dict:
     job.fail_if_stuck()
     rater = rater_key(request, create=False)
@@ -101,11 +109,12 @@ def job_payload(request, job: SearchJob) -> dict:
     results = []
     for r in job.results:
         results.append({
-            "rank": r["rank"], "image_id": r["image_id"], "relpath": r["relpath"], "label": r["label"],
+            "rank": r["rank"], "image_id": r["image_id"], "relpath": shown_path(r["relpath"]), "label": r["label"],
             "distance": r["distance"], "stage": r["stage"], "inliers": r["inliers"],
             "confidence": r.get("confidence", 0.0),
             "thumbnail_url": reverse("thumbnail", args=[r["image_id"]]),
             "image_url": reverse("collection_image", args=[r["image_id"]]),
+            "page_url": reverse("image_page", args=[r["image_id"]]),
             "match_url": reverse("match", args=[job.key, r["rank"]]),
             "rating": mine.get(r["image_id"]),
         })
@@ -135,7 +144,8 @@ def own_job(request, key) -> SearchJob:
 def job_page(request, key):
     job = own_job(request, key)
     job.fail_if_stuck()
-    return render(request, "job.html", {"job": job, "ratings": Rating.VALUES})
+    return render(request, "job.html", {"job": job, "ratings": Rating.VALUES,
+                                        "method_title": method_label(job.method, settings.RETRIEVAL.pca_dim)})
 
 
 @may_search
@@ -178,6 +188,78 @@ def thumbnail(request, image_id):
     response = FileResponse(path.open("rb"), content_type="image/jpeg")
     response["Cache-Control"] = "max-age=3600"
     return response
+
+
+@may_search
+def image_page(request, image_id):
+    """One image of the collection: the picture, its label and size, more with the same label,
+    and a button to search with it; staff also see where it is on disk."""
+    try:
+        facts = collection_files.image_facts(image_id)
+    except SearchIndexError:
+        raise Http404("no active index")
+    if facts is None:
+        raise Http404(f"no image {image_id} in the active index")
+    same_label = []
+    if facts["label"]:
+        same_label = [row["id"] for row in collection_files.browse(collection_files.active_catalog(), facts["label"])
+                      if row["id"] != image_id][:12]
+    return render(request, "image.html", {"image": facts, "same_label": same_label,
+                                          "staff": request.user.is_authenticated and request.user.is_staff})
+
+
+@require_POST
+@may_search
+def image_search(request, image_id):
+    """Search with an image of the collection, as if it had been uploaded."""
+    refused = rate_limited(request)
+    if refused:
+        return render(request, "refused.html", {"title": "Search not started", "message": refused}, status=429)
+    try:
+        upload = collection_files.as_query(image_id)
+    except (SearchIndexError, EngineError):
+        upload = None
+    if upload is None:
+        raise Http404(f"no readable image {image_id} in the active index")
+    form = SearchForm(request.POST, {"image": upload})
+    if not form.is_valid():
+        return render(request, "refused.html", {"title": "Search not started", "message": "; ".join(e for v in form.errors.values() for e in v)},
+                      status=400)
+    try:
+        job = start_search(request, form)
+    except DiskFull:
+        return render(request, "refused.html", {"title": "Search not started", "message": DISK_FULL}, status=507)
+    return redirect("job", key=job.key)
+
+
+@may_search
+def browse(request):
+    """The collection, a page of thumbnails at a time, by label and by words in the file name."""
+    try:
+        catalog = collection_files.active_catalog()
+    except SearchIndexError as exc:
+        return render(request, "browse.html", {"error": str(exc)})
+    label = request.GET.get("label") or None
+    text = request.GET.get("q", "").strip()[:100]
+    rows = collection_files.browse(catalog, label, text)
+    page = Paginator(rows, settings.BROWSE_PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "browse.html", {
+        "page": page, "labels": catalog.labels, "label": label, "q": text, "count": len(rows),
+        "names": [(row["id"], Path(row["path"]).name, row["label"]) for row in page.object_list]})
+
+
+@may_search
+def my_searches(request):
+    """The visitor's own recent searches: by account, or else by this browser's session."""
+    if request.user.is_authenticated:
+        jobs = SearchJob.objects.filter(owner=request.user)
+    elif request.session.session_key:
+        jobs = SearchJob.objects.filter(owner=None, owner_session=request.session.session_key)
+    else:
+        jobs = SearchJob.objects.none()
+    jobs = list(jobs.order_by("-created")[:settings.MY_SEARCHES_SHOWN])
+    pca_dim = settings.RETRIEVAL.pca_dim
+    return render(request, "searches.html", {"jobs": [(job, method_label(job.method, pca_dim)) for job in jobs]})
 
 
 def _result(job: SearchJob, rank: int) -> dict:

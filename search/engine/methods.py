@@ -30,10 +30,14 @@ def is_fine(method: str) -> bool:
 
 
 def method_label(method: str, pca_dim: int) -> str:
-    """What a person reads for a method, with the configured PCA size."""
+    """What a person reads for a method: what it finds in plain words, then the paper's name
+    (kept in the API, ``evaluate`` and the reports)."""
     variant, fine = parse_method(method)
-    name = {"logits": "logits", "pca": f"PCA-{pca_dim}", "penultimate": "penultimate",
-            "instance": "ImageNet instance", "hybrid": "hybrid (fine-tuned + ImageNet)"}[variant]
-    if not fine:
-        return f"{name} (coarse only)"
-    return f"{name} + attention verification" + (" (best)" if method == DEFAULT_METHOD else "")
+    finds = {"logits": "the same category (class scores only)",
+             "pca": f"the same kind of picture, compact ({pca_dim} numbers per image)",
+             "penultimate": "the same kind of picture (network trained on this collection)",
+             "instance": "the same object (general-purpose network)",
+             "hybrid": "the same object or the same kind of picture"}[variant]
+    how = "checked point by point" if fine else "overall look only, not checked point by point"
+    text = f"Finds {finds}; {how} [{method}]"
+    return f"Recommended. {text}" if method == DEFAULT_METHOD else text

@@ -36,4 +36,5 @@ def test_defaults_and_errors(settings):
 def test_method_names_show_the_configured_pca_size(settings):
     settings.RETRIEVAL = settings.RETRIEVAL.replace(pca_dim=64)
     labels = dict(SearchForm().fields["method"].choices)
-    assert labels["pca"] == "PCA-64 (coarse only)" and labels["pca+attention"].startswith("PCA-64")
+    assert "(64 numbers per image)" in labels["pca"] and labels["pca"].endswith("[pca]")
+    assert "(64 numbers per image)" in labels["pca+attention"]

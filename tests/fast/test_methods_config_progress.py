@@ -20,9 +20,11 @@ def test_the_six_methods_of_table_1_and_the_instance_level_four():
 
 
 def test_method_labels_follow_the_pca_setting():
-    assert method_label("pca", 32) == "PCA-32 (coarse only)"
-    assert method_label("pca+attention", 64) == "PCA-64 + attention verification"
-    assert method_label(DEFAULT_METHOD, 32).endswith("(best)")
+    assert method_label("pca", 32) == ("Finds the same kind of picture, compact (32 numbers per image); "
+                                       "overall look only, not checked point by point [pca]")
+    assert method_label("pca+attention", 64).endswith("(64 numbers per image); checked point by point [pca+attention]")
+    assert method_label(DEFAULT_METHOD, 32).startswith("Recommended. Finds the same object")
+    assert sum(method_label(m, 32).startswith("Recommended") for m in METHODS) == 1
 
 
 def test_environment_overrides_with_types():

@@ -171,3 +171,61 @@ def test_a_dropped_file_is_uploaded_and_a_bad_one_refused_on_the_form(page, live
     page.wait_for_selector("#image-errors .errorlist")
     assert "not an image file" in page.locator("#image-errors").inner_text()
     shot(page, "upload-refused.png")
+
+
+def test_browse_the_collection_open_an_image_search_with_it_and_find_it_in_my_searches(
+        page, browser, live_server, celery_worker_process):
+    page.goto(live_server.url + "/collection/")
+    assert page.locator("#browse-count").inner_text() == "40 images"
+    assert page.locator("#browse-grid a").count() == 40
+    page.select_option("#browse-label", "buses")
+    page.click("#browse-filter button")
+    assert page.locator("#browse-count").inner_text() == "10 images labelled “buses”"
+    page.wait_for_function("() => [...document.querySelectorAll('#browse-grid img')].every(i => i.complete && i.naturalWidth > 0)")
+    assert_fits_a_phone(page, "browse")
+    shot(page, "browse.png")
+
+    page.locator("#browse-grid a").first.click()
+    page.wait_for_url(re.compile(r"/images/[0-9a-f]{12}/$"))
+    image_id = page.url.rstrip("/").rsplit("/", 1)[1]
+    assert page.locator("#image-label").inner_text() == "buses"
+    assert page.locator("#image-path").count() == 0  # where it is on disk is for staff
+    assert page.locator("#same-label a").count() == 9
+    assert_fits_a_phone(page, "image")
+    page.click("#search-with-image button")
+    page.wait_for_url(re.compile(r"/jobs/[0-9a-f-]{36}/$"))
+    page.wait_for_selector(".result", timeout=180_000)
+    first = page.locator(".result").first
+    assert first.get_attribute("data-image-id") == image_id  # the picture itself, verified against itself
+    assert first.locator(".stage").inner_text() == "verified match"
+    assert "Recommended" in page.locator("#job-method").inner_text()
+    first.locator("img").click()  # a result opens its image page
+    page.wait_for_url(re.compile(rf"/images/{image_id}/$"))
+
+    page.goto(live_server.url + "/searches/")
+    searches = page.locator("#my-searches a")
+    assert searches.count() == 1 and "done" in searches.first.inner_text()
+    assert_fits_a_phone(page, "my-searches")
+    other = browser.new_context()
+    try:
+        stranger = other.new_page()
+        stranger.goto(live_server.url + "/searches/")
+        assert stranger.locator("#no-searches").is_visible()
+    finally:
+        other.close()
+
+
+def test_a_pasted_picture_is_searched(page, live_server):
+    import base64
+
+    page.goto(live_server.url + "/")
+    page.evaluate("""(data) => {
+        const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "image.png", {type: "image/jpeg"}));
+        document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: transfer, bubbles: true, cancelable: true}));
+    }""", base64.b64encode(corel_image(450).read_bytes()).decode())
+    assert page.locator("#chosen-file").inner_text() == "pasted image: image.png"
+    page.click("#search-button")
+    page.wait_for_url(re.compile(r"/jobs/[0-9a-f-]{36}/$"))
+    assert SearchJob.objects.latest("pk").query_image.name.endswith(".jpg")

@@ -269,10 +269,56 @@ def test_collection_images_need_the_search_permission(client, settings, site_ind
     image_id = next(iter(active_catalog().rows))
     assert client.get(f"/images/{image_id}").status_code == 200
     assert client.get(f"/thumbs/{image_id}.jpg").status_code == 200
+    assert client.get(f"/images/{image_id}/").status_code == 200
+    assert client.get("/images/000000000000/").status_code == 404
     settings.ANONYMOUS_CAN_SEARCH = False
-    for url in (f"/images/{image_id}", f"/thumbs/{image_id}.jpg", "/report/"):
+    for url in (f"/images/{image_id}", f"/thumbs/{image_id}.jpg", "/report/", f"/images/{image_id}/",
+                "/collection/", "/searches/"):
         response = client.get(url)
         assert response.status_code == 302 and "/login/" in response["Location"], url
+    response = client.post(f"/images/{image_id}/search")
+    assert response.status_code == 302 and "/login/" in response["Location"]
+
+
+def test_the_image_page_shows_staff_where_the_file_is_and_refuses_removed_images(
+        client, admin_client, site_index, settings):
+    from search.collection_files import active_catalog, remove_from_search, restore_to_search
+
+    image_id, row = next(iter(active_catalog().rows.items()))
+    path = str(active_catalog().path_of(image_id))
+    assert path not in client.get(f"/images/{image_id}/").content.decode()
+    assert path in admin_client.get(f"/images/{image_id}/").content.decode()
+    remove_from_search([image_id])
+    try:
+        assert client.get(f"/images/{image_id}/").status_code == 404
+        assert client.post(f"/images/{image_id}/search").status_code == 404
+        assert f"/images/{image_id}/" not in client.get("/collection/").content.decode()
+    finally:
+        restore_to_search([image_id])
+    settings.BROWSE_PAGE_SIZE = 16
+    page = client.get("/collection/?page=3").content.decode()
+    assert "page 3 of 3" in page and page.count('class="thumb"') == 8 and 'rel="prev"' in page
+
+
+def test_a_search_with_a_collection_image_becomes_the_visitors_search(client, site_index):
+    from search.collection_files import active_catalog
+
+    image_id = list(active_catalog().rows)[5]
+    response = client.post(f"/images/{image_id}/search", {"method": "pca", "k": "3"})
+    assert response.status_code == 302
+    job = SearchJob.objects.latest("pk")
+    assert response["Location"] == f"/jobs/{job.key}/" and (job.method, job.k) == ("pca", 3)
+    assert job.owner_session == client.session.session_key and job.query_image.name.endswith(".jpg")
+    assert f"/jobs/{job.key}/" in client.get("/searches/").content.decode()
+    bad = client.post(f"/images/{image_id}/search", {"method": "colour"})
+    assert bad.status_code == 400 and "colour" in bad.content.decode()
+
+
+def test_an_added_image_is_shown_by_file_name_not_by_its_path_on_the_server():
+    from search.views import shown_path
+
+    assert shown_path("/srv/data/index/added/0123456789ab/cake.jpg") == "cake.jpg"
+    assert shown_path("horses/701.jpg") == "horses/701.jpg"
 
 
 def test_a_damaged_new_build_does_not_take_the_worker_down(site_index, caplog):
