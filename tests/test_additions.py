@@ -74,3 +74,59 @@ def test_a_second_writer_waits_for_the_index_lock(tmp_path):
         held = subprocess.run([sys.executable, "-c", probe, str(tmp_path / layout.LOCK)])
     free = subprocess.run([sys.executable, "-c", probe, str(tmp_path / layout.LOCK)])
     assert (held.returncode, free.returncode) == (3, 0)
+
+
+KILL_AT = """
+import os, signal, sys
+from pathlib import Path
+import django
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "retrieval_site.settings")
+from search.engine.collection import scan_collection
+from search.engine.config import EngineConfig
+from search.engine.workflows import index_collection, load_models
+
+config = EngineConfig(data_dir=Path(sys.argv[1]), device="cpu", batch_size=4, checkpoint_images=4)
+stage, at = sys.argv[4], int(sys.argv[5])
+
+def progress(name, done, total):
+    if name == stage and done >= at:
+        os.kill(os.getpid(), signal.SIGKILL)  # as a worker killed mid-run: no cleanup, no exception
+
+index_collection(scan_collection(sys.argv[2]), load_models(config), config, Path(sys.argv[3]), progress=progress)
+"""
+
+
+@pytest.mark.parametrize("stage", ["global features", "local features"])
+def test_an_index_run_killed_midway_resumes_where_it_stopped(tiny_models, engine_config, tmp_path, stage):
+    """A build of 22 images (7 of them in the active build) SIGKILLed after its 10th new image:
+    the next run reuses the 8 it had saved (two chunks of 4) and extracts the other 7, giving
+    what an uninterrupted run gives."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for n in range(0, 1000, 165):
+        shutil.copy(corel_image(n), folder / f"{n}.jpg")
+    root = tmp_path / "index"
+    index_collection(scan_collection(folder), tiny_models, engine_config, root)
+    shutil.copytree(root, tmp_path / "uninterrupted", symlinks=True)
+    for n in range(10, 1000, 66):  # 15 more
+        shutil.copy(corel_image(n), folder / f"{n}.jpg")
+    killed = subprocess.run([sys.executable, "-c", KILL_AT, str(engine_config.data_dir), str(folder), str(root),
+                             stage, "17"], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert list((root / "resume").iterdir())
+
+    config = engine_config.replace(checkpoint_images=4)
+    index = load_index(index_collection(scan_collection(folder), tiny_models, config, root))
+    if stage == "global features":
+        assert index.manifest["global"] == {"reused": 7 + 8, "extracted": 7}
+        assert (index.manifest["local"]["resumed"], index.manifest["local"]["extracted"]) == (0, 15)
+    else:  # every global vector was saved before the local features began
+        assert index.manifest["global"] == {"reused": 22, "extracted": 0}
+        assert (index.manifest["local"]["resumed"], index.manifest["local"]["extracted"]) == (8, 7)
+    assert not (root / "resume").exists()  # a completed build leaves nothing to resume
+    whole = load_index(index_collection(scan_collection(folder), tiny_models, config, tmp_path / "uninterrupted"))
+    np.testing.assert_allclose(index.vectors["penultimate"], whole.vectors["penultimate"], atol=1e-5)
+    for position in range(len(index)):
+        resumed, extracted = index.local.features(position), whole.local.features(position)
+        np.testing.assert_allclose(resumed.keypoints, extracted.keypoints, atol=1e-3)
+        np.testing.assert_allclose(resumed.descriptors, extracted.descriptors, atol=2e-3)

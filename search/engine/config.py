@@ -112,6 +112,9 @@ class EngineConfig:
     # The hybrid variant (features.hybrid_vectors): the weight of the fine-tuned penultimate cosine in
     # its similarity, the rest being the ImageNet instance vector's. Why equal: RESULTS.md.
     hybrid_weight: float = 0.5
+    # A build run saves what it extracts every this many images (index root's resume/ folder):
+    # a killed run loses at most that much work, and the next run resumes from there.
+    checkpoint_images: int = 500
 
     # Attention local features (DELF-style) and their store.
     attention_epochs: int = 30

@@ -28,6 +28,7 @@ from .local_store import LocalStore, StackedLocalStore, build_local_store, finge
 from .methods import VARIANTS
 from .model import TrainedModel
 from .progress import Progress, no_progress
+from .resume import global_key, save_global_rows as save_resume_rows, saved_global_rows as resume_rows
 from .stored import load_array, load_pickled
 
 
@@ -191,47 +192,82 @@ def _previous_build(index_root: Path) -> SearchIndex | None:
 
 def global_features(records: list[ImageRecord], model: TrainedModel, previous: SearchIndex | None, device,
                     batch_size: int, progress: Progress = no_progress,
-                    describer: InstanceDescriber | None = None) -> tuple[GlobalFeatures, list[str], int]:
-    """Each record's global vectors: reused from ``previous`` (the active build) when the image's
-    file, the model and the describer are unchanged, extracted otherwise. Returns the features (in
-    ``records`` order, unreadable images skipped), the kept images' fingerprints and how many
-    were reused: a rebuild of an unchanged collection runs no network."""
+                    describer: InstanceDescriber | None = None, resume: Path | None = None,
+                    checkpoint_images: int = 500) -> tuple[GlobalFeatures, list[str], int]:
+    """Each record's global vectors: reused from ``previous`` (the active build) or from what an
+    interrupted run saved in the ``resume`` folder when the image's file, the model and the
+    describer are unchanged, extracted otherwise (and saved there, ``checkpoint_images`` at a
+    time). Returns the features (in ``records`` order, unreadable images skipped), the kept
+    images' fingerprints and how many were reused: a rebuild of an unchanged collection runs no
+    network."""
     fingerprints = [fingerprint(r.path) for r in records]
-    reusable = {}
     needed = {"penultimate", "logits"} | ({"instance"} if describer is not None else set())
+    sources = []
     if (previous is not None and previous.manifest["model_checksum"] == model.checksum
             and needed <= set(previous.vectors)
             and (describer is None or previous.describer_name == describer.name)):
-        old_prints = previous.fingerprints
-        reusable = {i: previous.positions[r.image_id] for i, r in enumerate(records)
-                    if r.image_id in previous.positions
-                    and old_prints[previous.positions[r.image_id]] == fingerprints[i]}
-    base = len(reusable)
-    progress("global features", base, len(records))
-    fresh = extract_global_features(
-        model, [r for i, r in enumerate(records) if i not in reusable], device, batch_size,
-        lambda stage, done, total: progress(stage, base + done, base + total), describer)
-    # where each record's vectors come from: a row of the previous build, a row of the fresh ones, or none
-    at = {r.image_id: i for i, r in enumerate(records)}
+        sources.append(previous)
+    saved = resume_rows(resume, needed) if resume is not None else None
+    if saved is not None:
+        sources.append(saved)
+    source_of = np.full(len(records), -1, dtype=np.int64)  # which source each record is reused from
     old_row = np.full(len(records), -1, dtype=np.int64)
+    for k, source in enumerate(sources):
+        for i, r in enumerate(records):
+            row = source.positions.get(r.image_id)
+            if source_of[i] < 0 and row is not None and source.fingerprints[row] == fingerprints[i]:
+                source_of[i], old_row[i] = k, row
+    reused = int((source_of >= 0).sum())
+    progress("global features", reused, len(records))
+    to_extract = [r for i, r in enumerate(records) if source_of[i] < 0]
+    at = {r.image_id: i for i, r in enumerate(records)}
+    parts = []
+    for start in range(0, len(to_extract), checkpoint_images):
+        chunk = to_extract[start:start + checkpoint_images]
+        done = reused + start
+        part = extract_global_features(model, chunk, device, batch_size,
+                                       lambda stage, n, total: progress(stage, done + n, len(records)), describer)
+        parts.append(part)
+        if resume is not None:
+            vectors = {"penultimate": part.penultimate, "logits": part.logits}
+            if describer is not None:
+                vectors["instance"] = part.instance
+            save_resume_rows(resume, [r.image_id for r in part.records],
+                             [fingerprints[at[r.image_id]] for r in part.records], vectors)
+    fresh = _joined(parts, model, describer)
+    # where each record's vectors come from: a row of a source, a row of the fresh ones, or none
     new_row = np.full(len(records), -1, dtype=np.int64)
-    old_row[list(reusable)] = list(reusable.values())
     new_row[[at[r.image_id] for r in fresh.records]] = np.arange(len(fresh.records))
-    kept = np.flatnonzero((old_row >= 0) | (new_row >= 0))
-    from_old = old_row[kept] >= 0
+    kept = np.flatnonzero((source_of >= 0) | (new_row >= 0))
 
     def assemble(variant: str, new: np.ndarray) -> np.ndarray:
         out = np.empty((len(kept), new.shape[1]), dtype=np.float32)
-        out[~from_old] = new[new_row[kept][~from_old]]
-        if from_old.any():
-            out[from_old] = previous.row_vectors(variant, old_row[kept][from_old])
+        fresh_rows = new_row[kept] >= 0
+        out[fresh_rows] = new[new_row[kept][fresh_rows]]
+        for k, source in enumerate(sources):
+            mine = source_of[kept] == k
+            if mine.any():
+                out[mine] = source.row_vectors(variant, old_row[kept][mine])
         return out
 
     features = GlobalFeatures(
         [records[i] for i in kept], assemble("penultimate", fresh.penultimate),
         assemble("logits", fresh.logits), fresh.skipped,
         assemble("instance", fresh.instance) if describer is not None else None)
-    return features, [fingerprints[i] for i in kept], len(reusable)
+    return features, [fingerprints[i] for i in kept], reused
+
+
+def _joined(parts: list[GlobalFeatures], model: TrainedModel, describer) -> GlobalFeatures:
+    """Chunks of extracted features as one (empty arrays of the right width when there are none)."""
+    def stack(arrays, width):
+        return np.concatenate(arrays) if arrays else np.zeros((0, width), np.float32)
+
+    return GlobalFeatures(
+        [r for p in parts for r in p.records],
+        stack([p.penultimate for p in parts], model.backbone.feature_dim),
+        stack([p.logits for p in parts], model.backbone.num_classes),
+        [s for p in parts for s in p.skipped],
+        stack([p.instance for p in parts], describer.dim) if describer is not None else None)
 
 
 def build_index(collection: Collection, model: TrainedModel, index_root: Path, config: EngineConfig,
@@ -263,8 +299,10 @@ def _build_index(collection, model, index_root, config, device, variants, activa
     added = added_records(index_root, collection)
     records = [r for r in collection.records + added if r.image_id not in removed]
     previous = _previous_build(index_root)  # whose unchanged images keep their global and local features
+    resume = layout.resume_folder(index_root, "global",
+                                  global_key(model.checksum, describer.name if describer is not None else None))
     features, fingerprints, reused = global_features(records, model, previous, device, config.batch_size,
-                                                     progress, describer)
+                                                     progress, describer, resume, config.checkpoint_images)
     if not features.records:
         raise SearchIndexError(f"no readable images in {collection.root}; nothing to index")
     pca = fit_pca(features.penultimate, config.pca_dim, config.seed) if "pca" in variants else None
@@ -288,7 +326,9 @@ def _build_index(collection, model, index_root, config, device, variants, activa
         if local_extractor is not None:
             local_meta = build_local_store(
                 layout.local_dir(partial), features.records, local_extractor, config.local_pca_dim,
-                previous=previous.local if previous is not None else None, seed=config.seed, progress=progress)
+                previous=previous.local if previous is not None else None, seed=config.seed, progress=progress,
+                checkpoint=layout.resume_folder(index_root, "local", local_extractor.checksum),
+                checkpoint_images=config.checkpoint_images)
         layout.write_table(partial, [{"id": r.image_id, "path": r.relpath, "label": r.label, "fingerprint": f}
                                      for r, f in zip(features.records, fingerprints)])
         layout.write_manifest(partial, {
@@ -311,13 +351,14 @@ def _build_index(collection, model, index_root, config, device, variants, activa
             "skipped": features.skipped + collection.skipped,
             "local": None if local_meta is None else {
                 k: local_meta[k] for k in ("extractor", "extractor_name", "dim", "raw_dim", "reused",
-                                           "extracted", "total_keypoints")},
+                                           "extracted", "resumed", "total_keypoints")},
             "build_seconds": round(time.monotonic() - started, 1),
         })
         layout.finish_build(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    layout.clear_resume(index_root)  # what an interrupted run saved is in this build now
     if activate:
         activate_build(index_root, final)
     return final

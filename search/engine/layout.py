@@ -8,6 +8,9 @@
                                            the collection for every later build
     <index root>/added/<digest>/<name>     their files, copied in
     <index root>/.lock                     held by whatever writes builds or deltas (one at a time)
+    <index root>/resume/global-<key>/<stamp>/  what a build run extracted so far, saved as it goes
+    <index root>/resume/local-<key>/<stamp>/   (vectors, local stores), reused if it was interrupted;
+                                           removed when a build completes
     <build>/manifest.json  images.json  vectors_<variant>.npy  tree_<variant>.joblib | faiss_<variant>.index
             pca.joblib  local/ (the local-feature store)
     <build>/deltas/<stamp>/                images added since the build (a delta segment, searched
@@ -42,6 +45,7 @@ ADDED = "added.json"
 ADDED_FILES = "added"
 DELTAS = "deltas"
 LOCK = ".lock"
+RESUME = "resume"
 # What a manifest must hold for the catalog (INDEX_KEYS: for loading the index too); without, refused.
 CATALOG_KEYS = ("collection_root", "collection_size")
 INDEX_KEYS = CATALOG_KEYS + ("model_checksum", "variants")
@@ -70,21 +74,35 @@ def local_dir(build: Path) -> Path:
 
 def new_build(index_root: Path) -> tuple[Path, Path]:
     """A fresh ``(partial, final)`` pair of build folders; the partial one is created."""
-    return _new_folder_pair(Path(index_root) / BUILDS)
+    return new_folder_pair(Path(index_root) / BUILDS)
 
 
 def new_delta(build: Path) -> tuple[Path, Path]:
     """A fresh ``(partial, final)`` pair of delta folders of ``build``; the partial one is created."""
-    return _new_folder_pair(Path(build) / DELTAS)
+    return new_folder_pair(Path(build) / DELTAS)
 
 
-def _new_folder_pair(parent: Path) -> tuple[Path, Path]:
+def new_folder_pair(parent: Path) -> tuple[Path, Path]:
+    """A fresh ``(partial, final)`` pair of stamped folders under ``parent``; the partial one is created."""
     parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     final = parent / stamp
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
     partial.mkdir()
     return partial, final
+
+
+def resume_folder(index_root: Path, kind: str, key: str) -> Path:
+    """Where a build run saves its ``kind`` ("global" or "local") features as it goes, under ``key``
+    (what made them: the model and describer, or the extractor)."""
+    return Path(index_root) / RESUME / f"{kind}-{key[:16]}"
+
+
+def clear_resume(index_root: Path) -> None:
+    """Forget what interrupted runs saved: a build has completed."""
+    import shutil
+
+    shutil.rmtree(Path(index_root) / RESUME, ignore_errors=True)
 
 
 def deltas_stamp(build: Path) -> int | None:

@@ -108,21 +108,31 @@ def _extract(extractor, record: ImageRecord) -> LocalFeatures | str:
 
 def build_local_store(path: Path, records: list[ImageRecord], extractor, pca_dim: int = 40,
                       previous: LocalStore | None = None, pca_sample_images: int = 200, seed: int = 0,
-                      progress: Progress = no_progress) -> dict:
-    """Extract (or reuse) local features for ``records`` in order and write the store at ``path``."""
+                      progress: Progress = no_progress, checkpoint: Path | None = None,
+                      checkpoint_images: int = 500) -> dict:
+    """Extract (or reuse) local features for ``records`` in order and write the store at ``path``.
+
+    Rows are reused from ``previous`` (the active build's store) and, given a ``checkpoint``
+    folder, from what an interrupted run saved there; new rows are saved there every
+    ``checkpoint_images`` images, so a killed run loses at most that many."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     fingerprints = [fingerprint(r.path) for r in records]
+    sources = [s for s in [previous, *_checkpoint_stores(checkpoint)]
+               if s is not None and s.meta.get("extractor") == extractor.checksum]
+    pca = sources[0].pca if sources else None
+    # a checkpoint projected with another PCA (another build's) cannot be mixed in
+    sources = [s for s in sources if np.array_equal(s.pca.components_, pca.components_)]
     reusable = {}
-    pca = None
-    if previous is not None and previous.meta.get("extractor") == extractor.checksum:
-        pca = previous.pca
-        old = {image_id: i for i, image_id in enumerate(previous.meta["image_ids"])}
-        reusable = {i: old[r.image_id] for i, r in enumerate(records)
-                    if r.image_id in old and previous.meta["fingerprints"][old[r.image_id]] == fingerprints[i]}
+    for store in sources:
+        old = {image_id: j for j, image_id in enumerate(store.meta["image_ids"])}
+        for i, r in enumerate(records):
+            j = old.get(r.image_id)
+            if i not in reusable and j is not None and store.meta["fingerprints"][j] == fingerprints[i]:
+                reusable[i] = (store, j)
 
-    rows: list[LocalFeatures | None] = [None] * len(records)
-    skipped: list[tuple[str, str]] = []
+    rows: list[LocalFeatures | str | None] = [None] * len(records)
+    saver = _Checkpoints(checkpoint, checkpoint_images, records, fingerprints, extractor)
     done = 0
     to_extract = [i for i in range(len(records)) if i not in reusable]
     if pca is None:
@@ -142,20 +152,26 @@ def build_local_store(path: Path, records: list[ImageRecord], extractor, pca_dim
         pca = PCA(n_components=min(pca_dim, stacked.shape[1], len(stacked)), random_state=seed).fit(stacked)
         for i, result in raw.items():
             rows[i] = result if isinstance(result, str) else reduce_descriptors(pca, result)
+            saver.add(i, rows[i], pca)
         to_extract = [i for i in to_extract if i not in raw]
-    for i, j in reusable.items():
-        rows[i] = previous.features(j)
+    for i, (store, j) in reusable.items():
+        rows[i] = store.features(j)
         done += 1
     for i in to_extract:
         result = _extract(extractor, records[i])
         rows[i] = result if isinstance(result, str) else reduce_descriptors(pca, result)
+        saver.add(i, rows[i], pca)
         done += 1
         progress(STAGE, done, len(records))
-    for i, row in enumerate(rows):
-        if isinstance(row, str):
-            skipped.append((records[i].relpath, row))
-            rows[i] = empty_features(pca.n_components_)
+    skipped = [(records[i].relpath, row) for i, row in enumerate(rows) if isinstance(row, str)]
+    rows = [empty_features(pca.n_components_) if isinstance(row, str) else row for row in rows]
+    return _write_store(path, records, fingerprints, rows, pca, extractor, {
+        "reused": len(reusable), "extracted": len(records) - len(reusable), "skipped": skipped,
+        "resumed": sum(store is not previous for store, _ in reusable.values())})
 
+
+def _write_store(path: Path, records: list[ImageRecord], fingerprints: list[str], rows: list[LocalFeatures], pca,
+                 extractor, extra: dict) -> dict:
     counts = np.array([len(r) for r in rows], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     np.save(path / "offsets.npy", offsets)
@@ -166,10 +182,45 @@ def build_local_store(path: Path, records: list[ImageRecord], extractor, pca_dim
     joblib.dump(pca, path / "pca.joblib")
     meta = {"extractor": extractor.checksum, "extractor_name": extractor.name, "dim": int(pca.n_components_),
             "raw_dim": int(extractor.dim), "image_ids": [r.image_id for r in records],
-            "fingerprints": fingerprints, "reused": len(reusable), "extracted": len(records) - len(reusable),
-            "skipped": skipped, "total_keypoints": int(offsets[-1])}
+            "fingerprints": fingerprints, "total_keypoints": int(offsets[-1]), **extra}
     (path / META).write_text(json.dumps(meta))
     return meta
+
+
+def _checkpoint_stores(folder: Path | None) -> list[LocalStore]:
+    """The stores an interrupted run saved under ``folder`` (each complete: written aside, then renamed)."""
+    if folder is None or not Path(folder).is_dir():
+        return []
+    stores = []
+    for chunk in sorted(Path(folder).iterdir()):
+        if chunk.name.endswith(layout.PARTIAL_SUFFIX) or not (chunk / META).is_file():
+            continue
+        try:
+            stores.append(LocalStore.open(chunk))
+        except SearchIndexError:
+            continue  # damaged: those images are extracted again
+    return stores
+
+
+class _Checkpoints:
+    """Saves newly extracted rows as small stores under a checkpoint folder, ``every`` rows at a time."""
+
+    def __init__(self, folder: Path | None, every: int, records, fingerprints, extractor):
+        self.folder, self.every = folder, max(1, every)
+        self.records, self.fingerprints, self.extractor = records, fingerprints, extractor
+        self.pending: list[tuple[int, LocalFeatures]] = []
+
+    def add(self, i: int, row, pca) -> None:
+        if self.folder is None or isinstance(row, str):
+            return
+        self.pending.append((i, row))
+        if len(self.pending) >= self.every:
+            partial, final = layout.new_folder_pair(Path(self.folder))
+            at = [i for i, _ in self.pending]
+            _write_store(partial, [self.records[i] for i in at], [self.fingerprints[i] for i in at],
+                         [row for _, row in self.pending], pca, self.extractor, {})
+            layout.finish_build(partial, final)
+            self.pending = []
 
 
 def reduce_descriptors(pca: PCA, features: LocalFeatures) -> LocalFeatures:
