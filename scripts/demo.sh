@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: set up, fine-tune the classifier on the
-# demo collection (Corel-1k unless a folder is named), index it, evaluate
-# it, run a sample search, then serve the site: migrations, two Celery workers
-# (searches, maintenance) in the background and gunicorn on http://127.0.0.1:8000 (PORT to
-# change it; Ctrl-C stops both). Steps already done (a trained model, an
-# index, an evaluation) are reused; delete var/ to start over.
+# The main job on a fresh machine: set up, index the demo collection (Corel-1k
+# unless a folder is named) with the ImageNet backbone, run a sample search, then
+# serve the site within minutes: migrations, two Celery workers (searches,
+# maintenance) in the background and gunicorn on http://127.0.0.1:8000 (PORT to
+# change it; Ctrl-C stops both). Meanwhile the maintenance worker fine-tunes the
+# classifier and trains the attention head (tens of minutes on 2 cores; progress
+# below and on the staff page), then the trained model and its index swap in.
+# Steps already done (a model, an index) are reused; delete var/ to start over.
+# The evaluation is its own command: python manage.py evaluate --queries val
 # Broker: the local Redis (bootstrap starts redis-server when installed),
 # otherwise Kombu's filesystem transport under var/broker/.
 #   bash scripts/demo.sh                       # Corel-1k from ../shared/datasets
@@ -26,8 +29,7 @@ else
   LABEL_ARGS=(--labels "$LABELS")
 fi
 
-manage prepare_collection --collection "$COLLECTION" "${LABEL_ARGS[@]}"
-ls "$DATA_DIR"/reports/evaluate-*.json >/dev/null 2>&1 || manage evaluate --queries val
+manage prepare_collection --site-first --collection "$COLLECTION" "${LABEL_ARGS[@]}"
 first_image="$(find -L "$COLLECTION" -type f \( -iname '*.jpg' -o -iname '*.png' \) | sort | head -n 1)"
 echo "sample search with $first_image:"
 manage search "$first_image"
@@ -58,6 +60,11 @@ trap 'kill "$SEARCH_PID" "$MAINTENANCE_PID" 2>/dev/null; wait "$SEARCH_PID" "$MA
 echo "Celery workers started: searches (pid $SEARCH_PID, log $DATA_DIR/logs/celery-search.log)," \
   "maintenance (pid $MAINTENANCE_PID, log $DATA_DIR/logs/celery-maintenance.log)"
 echo "staff pages: create an account with: $VENV/bin/python manage.py createsuperuser"
+# the real training, on the maintenance worker, only while the classifier is the ImageNet starter;
+# its progress is printed here while the site serves
+manage start_training --follow --every 60 &
+FOLLOW_PID=$!
+trap 'kill "$SEARCH_PID" "$MAINTENANCE_PID" "$FOLLOW_PID" 2>/dev/null; wait "$SEARCH_PID" "$MAINTENANCE_PID" 2>/dev/null' EXIT
 echo "serving the site at http://127.0.0.1:${PORT:-8000}/"
 # gunicorn, not Django's development server (whose listen queue of 10 drops connections under
 # load): two processes of four threads; the views only queue work, the worker does it.

@@ -50,6 +50,22 @@ def index_status() -> str:
         return str(exc)
 
 
+def training_run() -> MaintenanceRun | None:
+    """The retrain queued or under way, if any (the home page says so)."""
+    return (MaintenanceRun.objects.filter(kind=MaintenanceRun.TRAIN, status__in=[Status.QUEUED, Status.RUNNING])
+            .order_by("-pk").first())
+
+
+def classifier_is_starter() -> bool:
+    """Whether the site serves the ImageNet starter (prepare_collection --site-first), read from the
+    classifier's JSON beside it (this process loads no model)."""
+    try:
+        info = json.loads(engine_config().default_model_path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(isinstance(info, dict) and info.get("starter"))
+
+
 DISK_FULL = "The server's disk is full: the search was not saved. Please tell the site's administrator."
 
 
@@ -90,7 +106,8 @@ def home(request):
                 status = 507
             else:
                 return redirect("job", key=job.key)
-    response = render(request, "home.html", {"form": form, "status": index_status()}, status=status)
+    response = render(request, "home.html", {"form": form, "status": index_status(), "training": training_run(),
+                                             "starter": classifier_is_starter()}, status=status)
     if status == 429:
         response["Retry-After"] = "60"
     return response

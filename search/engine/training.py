@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 import numpy as np
 import torch
@@ -224,3 +225,16 @@ def evaluate_accuracy(backbone, loader, device) -> float:
         correct += int((predictions == targets).sum())
         total += len(targets)
     return correct / total if total else float("nan")
+
+
+def save_starter_classifier(collection: Collection, config: EngineConfig, out_path) -> Path:
+    """The ImageNet backbone, not fine-tuned, saved as the classifier so a collection can be indexed
+    and searched within minutes while the real training runs (``info["starter"]``). Its new last
+    layer is untrained: the logits variant means nothing and is not indexed."""
+    classes = collection.classes or ["unlabelled"]
+    torch.manual_seed(config.seed)
+    backbone = build_backbone(config.backbone, len(classes), pretrained=True,
+                              weights_path=config.resnet18_weights if config.backbone == "resnet18" else None)
+    save_classifier(out_path, backbone, classes, config.image_size,
+                    {"starter": True, "note": "ImageNet weights, not fine-tuned yet: train to replace it"})
+    return Path(out_path)

@@ -17,6 +17,7 @@ from .errors import SearchIndexError
 from .index import SearchIndex, build_index, load_index
 from .instance_features import InstanceDescriber, instance_describer
 from .local_features import AttentionExtractor
+from .methods import VARIANTS
 from .model import TrainedModel, load_classifier, pick_device
 from .pipeline import RetrievalEngine
 from .progress import Progress, no_progress
@@ -80,13 +81,24 @@ def load_models(config: EngineConfig, model_path: Path | None = None, attention_
     return _models(model, head, config, device)
 
 
+def index_variants(model: TrainedModel) -> tuple[str, ...]:
+    """Every variant, less the logits of a starter classifier (``save_starter_classifier``: its
+    last layer is untrained, so its logits mean nothing)."""
+    return tuple(v for v in VARIANTS if v != "logits") if is_starter(model) else VARIANTS
+
+
+def is_starter(model: TrainedModel) -> bool:
+    """Whether the classifier is the ImageNet starter, not yet fine-tuned on the collection."""
+    return bool(model.info.get("starter"))
+
+
 def index_collection(collection: Collection, models: Models, config: EngineConfig, index_root: Path | None = None,
                      activate: bool = True, progress: Progress = no_progress) -> Path:
     """A new build of ``collection`` (global features, trees, and local features when the
     models have an attention head); active once complete unless ``activate`` is False."""
     return build_index(collection, models.model, Path(index_root or config.index_root), config, models.device,
-                       activate=activate, progress=progress, local_extractor=models.extractor,
-                       describer=instance_describer(config, models.device))
+                       variants=index_variants(models.model), activate=activate, progress=progress,
+                       local_extractor=models.extractor, describer=instance_describer(config, models.device))
 
 
 def add_to_index(paths, config: EngineConfig, index_root: Path | None = None, label: str | None = None,

@@ -216,3 +216,40 @@ def test_staff_remove_images_from_search_and_put_them_back(client, django_user_m
     assert client.get(f"/images/{second_id}").status_code == 404
     client.post("/staff/remove", {"images": second_id, "action": "restore"})
     assert client.get(f"/images/{second_id}").status_code == 200
+
+
+def test_site_first_serves_the_imagenet_starter_then_the_training_swaps_in(tiny_collection_dir, tmp_path, settings,
+                                                                          client):
+    """prepare_collection --site-first: searchable in minutes with the ImageNet backbone (coarse
+    only, no meaningless logits), the home page saying so; start_training then fine-tunes, and the
+    trained model and a fine index replace them."""
+    from search.conf import engine_config
+    from search.engine.index import load_index
+    from search.engine.model import load_classifier
+    from search.engine.workflows import is_starter, open_engine
+    from tests.test_commands import run
+
+    settings.RETRIEVAL = settings.RETRIEVAL.replace(data_dir=tmp_path, device="cpu", epochs=1, attention_epochs=2,
+                                                    batch_size=16)
+    out, _ = run("prepare_collection", "--site-first", "--collection", str(tiny_collection_dir), "--labels", "folders")
+    assert "the ImageNet starter" in out and "is ready to search" in out
+    config = engine_config()
+    assert is_starter(load_classifier(config.default_model_path))
+    index = load_index(config.index_root)
+    assert "logits" not in index.variants and index.local is None and len(index) == 40
+    engine = open_engine(config)
+    assert engine.default_method == "hybrid" and "logits" not in engine.methods
+    response = engine.search(index.path_of(12))
+    assert response.results[0].image_id == index.image_ids[12] and response.results[0].stage == "coarse"
+    note = client.get("/").content.decode()
+    assert 'id="training-note"' in note and "no training started yet" in note
+
+    out, _ = run("start_training", "--now")
+    assert "done: build" in out
+    assert not is_starter(load_classifier(config.default_model_path))
+    trained = load_index(config.index_root)
+    assert "logits" in trained.variants and trained.local is not None and trained.path != index.path
+    assert open_engine(config).default_method == "hybrid+attention"
+    assert 'id="training-note"' not in client.get("/").content.decode()
+    out, _ = run("start_training")
+    assert "already fine-tuned" in out
