@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import MaintenanceRun, Rating, SearchJob
+from .models import ApiToken, MaintenanceRun, Rating, SearchJob
 
 
 @admin.register(SearchJob)
@@ -28,3 +28,13 @@ class MaintenanceRunAdmin(admin.ModelAdmin):
     list_display = ("id", "kind", "status", "step", "done", "total", "started", "finished", "build")
     list_filter = ("kind", "status")
     readonly_fields = ("log",)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Keys are made by create_api_token (the key is shown once); staff may revoke one here."""
+    list_display = ("user", "name", "created", "last_used")
+    readonly_fields = ("user", "digest", "name", "created", "last_used")
+
+    def has_add_permission(self, request):
+        return False

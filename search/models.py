@@ -140,3 +140,40 @@ class MaintenanceRun(TrackedJob):
             return None
         spent = (timezone.now() - self.step_started).total_seconds()
         return spent / self.done * (self.total - self.done)
+
+
+class ApiToken(models.Model):
+    """A staff member's key for scripts (the collection API): only its SHA-256 is kept, so the
+    key itself is shown once, when made (``create_api_token``)."""
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    digest = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=100, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+    last_used = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"{self.user} {self.name or self.digest[:8]}"
+
+    @staticmethod
+    def digest_of(key: str) -> str:
+        import hashlib
+
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, user, name: str = "") -> str:
+        """A new random key for ``user``; returns the key (stored only as its digest)."""
+        import secrets
+
+        key = secrets.token_urlsafe(32)
+        cls.objects.create(user=user, digest=cls.digest_of(key), name=name)
+        return key
+
+    @classmethod
+    def user_for(cls, key: str):
+        """The active user a key belongs to, or None; notes when it was used."""
+        token = cls.objects.select_related("user").filter(digest=cls.digest_of(key)).first()
+        if token is None or not token.user.is_active:
+            return None
+        cls.objects.filter(pk=token.pk).update(last_used=timezone.now())
+        return token.user

@@ -25,7 +25,7 @@ from .engine.methods import is_fine, method_label
 from .forms import CollectionUploadForm, MaintenanceForm, SearchForm
 from .limits import DiskFull, client_ip, is_disk_full, rate_limited
 from .middleware import wants_json
-from .models import MaintenanceRun, Rating, SearchJob, Status
+from .models import ApiToken, MaintenanceRun, Rating, SearchJob, Status
 from .queue import enqueue_maintenance, enqueue_search
 from .reports import job_precisions, method_rows
 
@@ -393,13 +393,19 @@ def staff_upload(request):
     if not form.is_valid():
         return staff_home(request, upload_form=form)
     try:
-        folder = collection_files.stage_uploads(form.cleaned_data["images"])
+        run = queue_additions(request, form)
     except OSError as exc:
         return staff_home(request, message=f"images not saved: {exc}")
+    return redirect("staff_run", run_id=run.pk)
+
+
+def queue_additions(request, form: CollectionUploadForm) -> MaintenanceRun:
+    """Stage a valid upload form's images and queue the 'add' run that takes them in."""
+    folder = collection_files.stage_uploads(form.cleaned_data["images"])
     run = MaintenanceRun.objects.create(kind=MaintenanceRun.ADD, collection_dir=str(folder),
                                         label=form.cleaned_data["label"], requested_by=request.user.get_username())
     MaintenanceRun.objects.filter(pk=run.pk).update(celery_task_id=enqueue_maintenance(run.pk))
-    return redirect("staff_run", run_id=run.pk)
+    return run
 
 
 @require_POST
@@ -450,3 +456,63 @@ def staff_run_json(request, run_id):
     return JsonResponse(run_payload(get_object_or_404(MaintenanceRun, pk=run_id)))
 
 
+# ---- the collection API for staff scripts (token-authenticated) -------------------------------
+
+def staff_token_required(view):
+    """A staff member's key (``create_api_token``) in ``Authorization: Token <key>``; errors as
+    JSON. No cookies, so no CSRF token either."""
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+        user = ApiToken.user_for(key.strip()) if scheme.lower() in ("token", "bearer") and key.strip() else None
+        if user is None:
+            response = JsonResponse({"error": "send a staff API key: 'Authorization: Token <key>' "
+                                              "(python manage.py create_api_token USER)"}, status=401)
+            response["WWW-Authenticate"] = "Token"
+            return response
+        if not user.is_staff:
+            return JsonResponse({"error": "the collection API is for staff"}, status=403)
+        request.user = user
+        return view(request, *args, **kwargs)
+    return csrf_exempt(wrapper)
+
+
+@require_POST
+@staff_token_required
+def api_add_images(request):
+    """Images (multipart field ``images``, one or more; optional ``label``) added to the collection
+    by an 'add' run; answers 202 with the run to poll."""
+    form = CollectionUploadForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return JsonResponse({"errors": {k: [str(e) for e in v] for k, v in form.errors.items()}}, status=400)
+    try:
+        run = queue_additions(request, form)
+    except OSError as exc:
+        status = 507 if is_disk_full(exc) else 500
+        return JsonResponse({"error": f"images not saved: {exc}"}, status=status)
+    return JsonResponse(dict(run_payload(run), url=request.build_absolute_uri(
+        reverse("api_collection_run", args=[run.pk]))), status=202)
+
+
+@require_POST
+@staff_token_required
+def api_remove_images(request):
+    """JSON ``{"images": [ids or paths], "restore": false}``: out of search at once (or back)."""
+    try:
+        data = json.loads(request.body)
+        refs, restore = list(data["images"]), bool(data.get("restore", False))
+    except (ValueError, KeyError, TypeError):
+        return JsonResponse({"error": 'send JSON: {"images": ["id or path", ...], "restore": false}'}, status=400)
+    if not refs or not all(isinstance(ref, str) for ref in refs):
+        return JsonResponse({"error": "images: a non-empty list of image ids or paths"}, status=400)
+    try:
+        if restore:
+            return JsonResponse({"restored": collection_files.restore_to_search(refs)})
+        return JsonResponse({"removed": collection_files.remove_from_search(refs)})
+    except SearchIndexError as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+
+
+@staff_token_required
+def api_collection_run(request, run_id):
+    return JsonResponse(run_payload(get_object_or_404(MaintenanceRun, pk=run_id)))

@@ -253,3 +253,66 @@ def test_site_first_serves_the_imagenet_starter_then_the_training_swaps_in(tiny_
     assert 'id="training-note"' not in client.get("/").content.decode()
     out, _ = run("start_training")
     assert "already fine-tuned" in out
+
+
+def test_staff_scripts_add_and_remove_images_through_the_token_api(client, django_user_model, site_index, settings,
+                                                                    celery_worker_process):
+    """The collection API: a staff key adds images (an 'add' run on the real worker, searchable
+    when it ends) and removes or restores them; no key, a bad key or a non-staff key is refused."""
+    import io
+    import json
+    import shutil
+
+    from django.core.management import call_command
+
+    from search.engine import layout
+    from search.engine.index import activate_build
+    from search.models import ApiToken
+
+    index_root = Path(settings.RETRIEVAL.data_dir) / "index"
+    before = layout.active_build(index_root)
+    copy = before.with_name(before.name + "-api")  # a build of its own, so the session's stays as it was
+    shutil.copytree(before, copy)
+    activate_build(index_root, copy)
+    try:
+        django_user_model.objects.create_user("robot", password="pw", is_staff=True)
+        out = io.StringIO()
+        call_command("create_api_token", "robot", name="nightly import", stdout=out)
+        auth = {"HTTP_AUTHORIZATION": f"Token {out.getvalue().strip()}"}
+        horse = corel_image(733).read_bytes()
+
+        assert client.post("/api/collection/images", {"images": [SimpleUploadedFile("h.jpg", horse)]}).status_code == 401
+        assert client.post("/api/collection/images", {}, HTTP_AUTHORIZATION="Token nope").status_code == 401
+        visitor_key = ApiToken.issue(django_user_model.objects.create_user("visitor", password="pw"))
+        assert client.post("/api/collection/remove", "{}", content_type="application/json",
+                           HTTP_AUTHORIZATION=f"Token {visitor_key}").status_code == 403
+        bad = client.post("/api/collection/images", {"images": [SimpleUploadedFile("x.jpg", b"text")]}, **auth)
+        assert bad.status_code == 400 and "x.jpg cannot be used as an image" in bad.json()["errors"]["images"][0]
+
+        response = client.post("/api/collection/images", {"images": [SimpleUploadedFile("new-horse.jpg", horse)],
+                                                          "label": "horses"}, **auth)
+        assert response.status_code == 202, response.content
+        run_url = response.json()["url"]
+
+        def finished():
+            run = client.get(run_url, **auth).json()
+            return run if run["status"] in ("done", "failed") else None
+
+        run = wait_for(finished, timeout=180, what="the add run")
+        assert run["status"] == "done" and "added 1 image(s)" in run["log"], run
+        catalog = layout.catalog(index_root)
+        added = next(image_id for image_id, row in catalog.rows.items() if row["path"].endswith("/new-horse.jpg"))
+        assert catalog.label_of(added) == "horses" and client.get(f"/images/{added}").status_code == 200
+
+        remove = lambda body: client.post("/api/collection/remove", json.dumps(body), content_type="application/json",
+                                          **auth)
+        assert remove({"images": [added]}).json() == {"removed": 1}
+        assert client.get(f"/images/{added}").status_code == 404
+        assert remove({"images": [added], "restore": True}).json() == {"restored": 1}
+        unknown = remove({"images": ["no/such.jpg"]})
+        assert unknown.status_code == 400 and "no/such.jpg" in unknown.json()["error"]
+        assert remove({"pictures": []}).status_code == 400
+    finally:
+        activate_build(index_root, before)
+        (index_root / "added.json").unlink(missing_ok=True)
+        shutil.rmtree(copy, ignore_errors=True)
