@@ -76,6 +76,21 @@ class SearchJob(TrackedJob):
             return True
         return bool(self.owner_session) and request.session.session_key == self.owner_session
 
+    def queue_place(self, recent: int = 20) -> dict | None:
+        """For a queued search: how many searches are ahead of it (queued earlier, or running) and
+        a rough wait, from the median time of the last ``recent`` searches done and the search
+        workers seen working lately; None once it runs."""
+        if self.status != Status.QUEUED:
+            return None
+        waiting = SearchJob.objects.filter(status=Status.QUEUED, created__lt=self.created).count()
+        running = SearchJob.objects.filter(status=Status.RUNNING)
+        workers = max(1, len(set(running.values_list("worker", flat=True))))
+        ahead = waiting + running.count()
+        times = sorted((job.finished - job.started).total_seconds() for job in SearchJob.objects.filter(
+            status=Status.DONE, started__isnull=False, finished__isnull=False).order_by("-finished")[:recent])
+        each = times[len(times) // 2] if times else None
+        return {"ahead": ahead, "estimate_s": None if each is None else round((ahead + 1) * each / workers, 1)}
+
     def fail_if_stuck(self) -> bool:
         """The watchdog's check, also run when the job is read: see ``search.watchdog.fail_overdue``."""
         if self.is_finished:

@@ -144,6 +144,7 @@ def job_payload(request, job: SearchJob) -> dict:
         "confident_match": (job.n_verified > 0 if is_fine(job.method) else None) if job.status == Status.DONE else None,
         "created": job.created.isoformat(), "finished": job.finished.isoformat() if job.finished else None,
         "query_url": reverse("query_image", args=[job.key]),
+        "queue": job.queue_place(),  # while queued: searches ahead and a rough wait in seconds
         "results": results,
     }
 

@@ -356,3 +356,23 @@ def test_a_damaged_new_build_does_not_take_the_worker_down(site_index, caplog):
         layout.point_active(index_root, good)
         jobs._engine["unloadable"] = None
         shutil.rmtree(broken)
+
+
+def test_a_queued_search_knows_its_place_in_line_and_a_rough_wait(client):
+    now = timezone.now()
+    SearchJob.objects.all().delete()
+    for seconds in (2.0, 4.0, 30.0):  # median 4 s
+        SearchJob.objects.create(query_image="queries/done.jpg", method="pca", status=Status.DONE,
+                                 started=now - timedelta(minutes=5), finished=now - timedelta(minutes=5, seconds=-seconds))
+    for worker in ("w1", "w2"):
+        SearchJob.objects.create(query_image="queries/run.jpg", method="pca", status=Status.RUNNING, worker=worker,
+                                 started=now, heartbeat=now)
+    earlier = SearchJob.objects.create(query_image="queries/q.jpg", method="pca", created=now - timedelta(seconds=5))
+    mine = SearchJob.objects.create(query_image="queries/q.jpg", method="pca", owner_session="", created=now)
+    assert earlier.queue_place() == {"ahead": 2, "estimate_s": 6.0}  # 3 searches of 4 s on 2 workers
+    assert mine.queue_place() == {"ahead": 3, "estimate_s": 8.0}
+    SearchJob.objects.filter(pk=earlier.pk).update(status=Status.DONE)
+    assert mine.queue_place()["ahead"] == 2
+    SearchJob.objects.filter(pk=mine.pk).update(status=Status.RUNNING)
+    mine.refresh_from_db()
+    assert mine.queue_place() is None
