@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from search import views
@@ -29,5 +30,8 @@ urlpatterns = [
     path("staff/remove", views.staff_remove, name="staff_remove"),
     path("staff/runs/<int:run_id>/", views.staff_run, name="staff_run"),
     path("staff/runs/<int:run_id>.json", views.staff_run_json, name="staff_run_json"),
+    path("login/", auth_views.LoginView.as_view(template_name="login.html", redirect_authenticated_user=True),
+         name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
 ]

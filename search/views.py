@@ -30,6 +30,11 @@ from .queue import enqueue_maintenance, enqueue_search
 from .reports import job_precisions, method_rows
 
 
+def staff_only(view):
+    """Staff pages: others are sent to the site's login page (not the admin's)."""
+    return staff_member_required(view, login_url="login")
+
+
 def may_search(view):
     """Anyone may search and rate unless ANONYMOUS_CAN_SEARCH is off; then a login is needed."""
     @wraps(view)
@@ -370,7 +375,7 @@ def api_create_search(request):
 
 # ---- staff pages -----------------------------------------------------------------------------
 
-@staff_member_required
+@staff_only
 def staff_home(request, form=None, upload_form=None, message=""):
     try:
         catalog = collection_files.active_catalog()
@@ -386,7 +391,7 @@ def staff_home(request, form=None, upload_form=None, message=""):
 
 
 @require_POST
-@staff_member_required
+@staff_only
 def staff_upload(request):
     if not settings.COLLECTION_UPLOADS:
         return HttpResponse("adding images from the site is off (COLLECTION_UPLOADS)", status=403)
@@ -410,7 +415,7 @@ def queue_additions(request, form: CollectionUploadForm) -> MaintenanceRun:
 
 
 @require_POST
-@staff_member_required
+@staff_only
 def staff_remove(request):
     """Take images out of search (ids or paths, one per line), or put removed ones back."""
     refs = [line.strip() for line in request.POST.get("images", "").splitlines() if line.strip()]
@@ -428,7 +433,7 @@ def staff_remove(request):
 
 
 @require_POST
-@staff_member_required
+@staff_only
 def staff_start(request):
     form = MaintenanceForm(request.POST)
     if not form.is_valid():
@@ -447,12 +452,12 @@ def run_payload(run: MaintenanceRun) -> dict:
             "error": run.error or None, "build": run.build or None, "log": run.log}
 
 
-@staff_member_required
+@staff_only
 def staff_run(request, run_id):
     return render(request, "run.html", {"run": get_object_or_404(MaintenanceRun, pk=run_id)})
 
 
-@staff_member_required
+@staff_only
 def staff_run_json(request, run_id):
     return JsonResponse(run_payload(get_object_or_404(MaintenanceRun, pk=run_id)))
 

@@ -14,16 +14,29 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def test_staff_pages_need_staff(client, django_user_model):
     for url in ("/staff/", "/staff/runs/1/", "/staff/runs/1.json"):
         response = client.get(url)
-        assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+        assert response.status_code == 302 and response["Location"].startswith("/login/")
     client.force_login(django_user_model.objects.create_user("visitor", password="pw"))
     assert client.get("/staff/").status_code == 302
     assert client.post("/staff/start", {"kind": "train"}).status_code == 302
     assert not MaintenanceRun.objects.exists()
 
 
+def test_the_login_page_is_the_sites_own(client, django_user_model):
+    django_user_model.objects.create_user("curator", password="right-pw", is_staff=True)
+    page = client.get("/login/?next=/staff/").content.decode()
+    assert 'id="login-form"' in page and 'href="/collection/"' in page  # the site's page, with its nav
+    wrong = client.post("/login/", {"username": "curator", "password": "wrong", "next": "/staff/"})
+    assert wrong.status_code == 200 and 'id="login-error"' in wrong.content.decode()
+    right = client.post("/login/", {"username": "curator", "password": "right-pw", "next": "/staff/"})
+    assert right.status_code == 302 and right["Location"] == "/staff/"
+    assert client.get("/staff/").status_code == 200
+    assert 'id="log-out"' in client.get("/").content.decode()
+    assert client.post("/logout/").status_code == 302 and client.get("/staff/").status_code == 302
+
+
 def test_anonymous_search_can_be_turned_off(client, settings, django_user_model):
     settings.ANONYMOUS_CAN_SEARCH = False
-    assert client.get("/")["Location"].startswith("/admin/login/")
+    assert client.get("/")["Location"].startswith("/login/")
     response = client.post("/api/searches", {"image": SimpleUploadedFile("a.jpg", corel_image(1).read_bytes())})
     assert response.status_code == 403
     client.force_login(django_user_model.objects.create_user("member", password="pw"))
