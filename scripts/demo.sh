@@ -30,6 +30,7 @@ else
 fi
 
 manage prepare_collection --site-first --collection "$COLLECTION" "${LABEL_ARGS[@]}"
+manage make_thumbnails
 first_image="$(find -L "$COLLECTION" -type f \( -iname '*.jpg' -o -iname '*.png' \) | sort | head -n 1)"
 echo "sample search with $first_image:"
 manage search "$first_image"

@@ -98,7 +98,7 @@ def thumbnail(image_id: str, max_side: int = 256) -> Path | None:
     source = indexed_image_path(image_id)
     if source is None:
         return None
-    out = Path(settings.MEDIA_ROOT) / "thumbs" / str(max_side) / f"{image_id}.jpg"
+    out = thumbnail_file(image_id, max_side)
     if not out.is_file():
         image = open_image(source)
         image.thumbnail((max_side, max_side))
@@ -107,6 +107,30 @@ def thumbnail(image_id: str, max_side: int = 256) -> Path | None:
         image.save(tmp, format="JPEG", quality=85)
         tmp.replace(out)
     return out
+
+
+def make_thumbnails(progress=None) -> tuple[int, list[tuple[str, str]]]:
+    """The thumbnails the active build's searchable images lack, made now (after a build, so
+    that no gallery shows a blank while one is made); returns how many were made and the images
+    that could not be read."""
+    catalog = active_catalog()
+    removed = layout.read_removed(engine_config().index_root)
+    ids = [image_id for image_id in catalog.rows if image_id not in removed]
+    made, failed = 0, []
+    for done, image_id in enumerate(ids, 1):
+        if not thumbnail_file(image_id).is_file():
+            try:
+                thumbnail(image_id)
+                made += 1
+            except (EngineError, OSError) as exc:
+                failed.append((image_id, str(exc)))
+        if progress is not None:
+            progress("thumbnails", done, len(ids))
+    return made, failed
+
+
+def thumbnail_file(image_id: str, max_side: int = 256) -> Path:
+    return Path(settings.MEDIA_ROOT) / "thumbs" / str(max_side) / f"{image_id}.jpg"
 
 
 def correspondence_png(job: SearchJob, result: dict) -> bytes:

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
+from .collection_files import make_thumbnails
 from .conf import engine_config
 from .engine import layout
 from .engine.collection import Collection, scan_collection, write_labels_csv
@@ -158,9 +159,11 @@ def _run_claimed(run: MaintenanceRun) -> str:
         if not isinstance(exc, EngineError):
             raise
         return Status.FAILED
+    made, unreadable = make_thumbnails(report)
     if report.step is not None:
         report.line(f"{report.step}: finished")
-    report.line(f"build {build.name} is active")
+    report.line(f"build {build.name} is active; {made} new thumbnail(s)"
+                + (f", {len(unreadable)} image(s) unreadable" if unreadable else ""))
     MaintenanceRun.objects.filter(pk=run_id, status=Status.RUNNING).update(
         status=Status.DONE, finished=timezone.now(), build=build.name, step="done")
     return Status.DONE

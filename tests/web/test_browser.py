@@ -150,6 +150,9 @@ def test_staff_starts_a_reindex_and_watches_it_complete(page, live_server, celer
     # nothing changed since the site's build: no image went through the networks again
     assert "global features: 40 images unchanged since the last build (reused), 0 extracted" in log
     assert "local features: 40 reused, 0 extracted" in log
+    assert re.search(r"is active; \d+ new thumbnail\(s\)", log)
+    from search.collection_files import active_catalog, thumbnail_file
+    assert all(thumbnail_file(image_id).is_file() for image_id in active_catalog().rows)  # no blanks after a build
     shot(page, "reindex-done.png")
     assert_fits_a_phone(page, "reindex")
     page.goto(live_server.url + "/staff/")

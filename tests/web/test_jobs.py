@@ -376,3 +376,16 @@ def test_a_queued_search_knows_its_place_in_line_and_a_rough_wait(client):
     SearchJob.objects.filter(pk=mine.pk).update(status=Status.RUNNING)
     mine.refresh_from_db()
     assert mine.queue_place() is None
+
+
+def test_make_thumbnails_makes_only_the_missing_ones(site_index):
+    from django.core.management import call_command
+
+    from search.collection_files import active_catalog, thumbnail_file
+
+    call_command("make_thumbnails", stdout=io.StringIO())
+    first, second = list(active_catalog().rows)[:2]
+    thumbnail_file(first).unlink()
+    out = io.StringIO()
+    call_command("make_thumbnails", stdout=out)
+    assert "1 thumbnail(s) made" in out.getvalue() and thumbnail_file(first).is_file()
