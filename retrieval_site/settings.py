@@ -202,6 +202,10 @@ SEARCHES_PER_MINUTE = int(os.environ.get("SEARCHES_PER_MINUTE", 30))
 SEARCH_RETENTION_DAYS = float(os.environ.get("SEARCH_RETENTION_DAYS", 30))
 # Uploads over this size are refused before any decoding.
 UPLOAD_MAX_BYTES = int(os.environ.get("UPLOAD_MAX_BYTES", 20 * 1024 * 1024))
+# Searching by an image's address: the server fetches it, within this time and UPLOAD_MAX_BYTES,
+# and never from a private, loopback or link-local address (true: allowed, for tests only).
+URL_FETCH_TIMEOUT_S = float(os.environ.get("URL_FETCH_TIMEOUT_S", 10))
+URL_FETCH_ALLOW_PRIVATE = env_bool("URL_FETCH_ALLOW_PRIVATE", False)
 # Whole request bodies: refused from their declared length before any byte is read
 # (search/middleware.py): one photo plus the form's fields; staff may add several images at once.
 REQUEST_MAX_BYTES = UPLOAD_MAX_BYTES + 1024 * 1024

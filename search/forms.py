@@ -20,9 +20,9 @@ def method_choices() -> list[tuple[str, str]]:
 class SearchForm(forms.Form):
     # image/* lets phones offer their camera beside the photo library
     image = forms.FileField(label="Query image", widget=forms.ClearableFileInput(attrs={"accept": "image/*"}),
-                            error_messages={
-        "required": "Choose an image file to search with (form field 'image').",
-        "empty": "The uploaded file is empty."})
+                            required=False, error_messages={"empty": "The uploaded file is empty."})
+    url = forms.URLField(label="or the address of an image on the web", required=False, assume_scheme="https",
+                         max_length=2000, widget=forms.URLInput(attrs={"placeholder": "https://…/photo.jpg"}))
     method = forms.ChoiceField(choices=method_choices, initial=DEFAULT_METHOD, required=False)
     k = forms.IntegerField(min_value=1, max_value=100, initial=10, label="Results (k)", required=False)
 
@@ -34,18 +34,50 @@ class SearchForm(forms.Form):
 
     def clean_image(self):
         upload = self.cleaned_data["image"]
+        if not upload:
+            return None
         limit = settings.UPLOAD_MAX_BYTES
         if upload.size > limit:
             raise forms.ValidationError(
                 f"The file is {upload.size / 2**20:.2f} MB; the limit is {limit / 2**20:.2f} MB.")
-        try:
-            image = open_image(upload)
-        except ImageError as exc:
-            raise forms.ValidationError(f"This file cannot be used as an image: {_without_name(exc, upload)}")
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=95)
-        stem = (upload.name or "query").rsplit("/", 1)[-1].rsplit(".", 1)[0][:80] or "query"
-        return SimpleUploadedFile(f"{stem}.jpg", buffer.getvalue(), content_type="image/jpeg")
+        return _normalised(upload, upload.name)
+
+    def clean(self):
+        data = super().clean()
+        if self.errors.get("image") or self.errors.get("url"):
+            return data
+        if not data.get("image") and not data.get("url"):
+            self.add_error("image", "Choose an image file to search with (form field 'image'), "
+                                    "or give an image's address (field 'url').")
+        elif not data.get("image"):
+            from .fetch import FetchError, fetch_image_bytes
+
+            url = data["url"]
+            try:
+                body = fetch_image_bytes(url)
+            except FetchError as exc:
+                self.add_error("url", f"No image could be fetched from that address: {exc}.")
+                return data
+            name = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "web-image"
+            try:
+                data["image"] = _normalised(io.BytesIO(body), name, field="url")
+            except forms.ValidationError as exc:
+                self.add_error("url", exc)
+        return data
+
+
+def _normalised(upload, name: str, field: str = "image") -> SimpleUploadedFile:
+    """The picture decoded (which is the content check) and saved as a normalised JPEG."""
+    try:
+        image = open_image(upload)
+    except ImageError as exc:
+        what = "This file" if field == "image" else "What is at that address"
+        reason = _without_name(exc, upload) if hasattr(upload, "name") else str(exc).split(": ", 1)[-1]
+        raise forms.ValidationError(f"{what} cannot be used as an image: {reason}")
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    stem = (name or "query").rsplit("/", 1)[-1].rsplit(".", 1)[0][:80] or "query"
+    return SimpleUploadedFile(f"{stem}.jpg", buffer.getvalue(), content_type="image/jpeg")
 
 
 def _without_name(exc: Exception, upload) -> str:

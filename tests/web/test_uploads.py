@@ -69,7 +69,7 @@ def test_decompression_bomb_is_refused(client):
 
 def test_wrong_form_field_is_refused(client):
     response = client.post("/", {"file": upload("a.jpg", corel_image(1).read_bytes()), "method": "pca", "k": "5"})
-    assert_refused(response, "Choose an image file to search with (form field &#x27;image&#x27;).")
+    assert_refused(response, "Choose an image file to search with (form field &#x27;image&#x27;), or give an image&#x27;s address")
 
 
 def test_unknown_method_is_refused(client):
@@ -221,3 +221,73 @@ def test_searches_past_their_retention_lose_their_photo_and_unrated_ones_their_r
     assert photos[recent.pk].exists() and photos[running.pk].exists()  # too young, or not finished
     settings.SEARCH_RETENTION_DAYS = 0
     assert expire_old_searches() == {"expired": 0, "photos_deleted": 0}
+
+
+@pytest.fixture
+def image_server():
+    """A local web server: a photo, a text file, a redirect to the photo, a redirect loop, and a
+    redirect to a file:// address."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    photo = corel_image(450).read_bytes()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            routes = {"/photo.jpg": (200, "image/jpeg", photo), "/notes.txt": (200, "text/plain", b"hello"),
+                      "/gone.jpg": (404, "text/plain", b"no")}
+            if self.path in ("/redirect", "/loop", "/to-file"):
+                target = {"/redirect": "/photo.jpg", "/loop": "/loop", "/to-file": "file:///etc/passwd"}[self.path]
+                self.send_response(302)
+                self.send_header("Location", target)
+                self.end_headers()
+                return
+            code, kind, body = routes.get(self.path, (404, "text/plain", b"no"))
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_a_search_by_image_address_fetches_it_carefully(client, settings, image_server):
+    from search.forms import SearchForm
+
+    def form(url):
+        return SearchForm({"url": url, "method": "pca", "k": "5"}, {})
+
+    # the server refuses private addresses unless a test allows loopback
+    refused = form(f"{image_server}/photo.jpg")
+    assert not refused.is_valid() and "private network" in refused.errors["url"][0]
+    settings.URL_FETCH_ALLOW_PRIVATE = True
+    fetched = form(f"{image_server}/photo.jpg")
+    assert fetched.is_valid(), fetched.errors
+    image = fetched.cleaned_data["image"]
+    assert image.name == "photo.jpg" and Image.open(image).size == Image.open(corel_image(450)).size
+    assert form(f"{image_server}/redirect").is_valid()
+    for path, message in (("/notes.txt", "What is at that address cannot be used as an image"),
+                          ("/gone.jpg", "answered 404"), ("/loop", "redirects too many times"),
+                          ("/to-file", "not a web address")):
+        bad = form(image_server + path)
+        assert not bad.is_valid() and message in bad.errors["url"][0], (path, bad.errors)
+    settings.UPLOAD_MAX_BYTES = 1000
+    assert "limit" in form(f"{image_server}/photo.jpg").errors["url"][0]
+    settings.UPLOAD_MAX_BYTES = 20 * 1024 * 1024
+    assert "http:// or https://" in form("ftp://example.org/a.jpg").errors["url"][0]
+
+    # through the page: the fetched picture becomes the visitor's search
+    response = client.post("/", {"url": f"{image_server}/photo.jpg", "method": "pca", "k": "5"})
+    assert response.status_code == 302
+    job = SearchJob.objects.get()
+    assert response["Location"] == f"/jobs/{job.key}/" and job.query_image.name.endswith(".jpg")
+    neither = client.post("/", {"method": "pca"})
+    assert neither.status_code == 400 and "or give an image&#x27;s address" in neither.content.decode()
