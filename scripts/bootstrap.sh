@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Set up everything the project needs on a fresh machine, idempotently:
-# a virtual environment with requirements.txt (kept outside the checkout,
-# keyed by the requirements' hash, so clones share it) and a running Redis.
+# a virtual environment with requirements.txt, or with the file RETRIEVAL_REQUIREMENTS
+# names (scripts/test.sh: requirements-test.txt), kept outside the checkout and keyed by
+# the requirements' hash, so clones share it; and a running Redis.
 # Source it: it exports VENV and puts the venv first on PATH.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
-req_hash="$(sha256sum "$ROOT/requirements.txt" | cut -c1-12)"
+REQUIREMENTS="$ROOT/${RETRIEVAL_REQUIREMENTS:-requirements.txt}"
+req_hash="$(cat "$ROOT/requirements.txt" "$REQUIREMENTS" | sha256sum | cut -c1-12)"
 VENV="${RETRIEVAL_VENV:-$HOME/.cache/image-retrieval/venv-$req_hash}"
 
 if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.complete" ]; then
@@ -15,7 +17,7 @@ if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.complete" ]; then
   mkdir -p "$(dirname "$VENV")"
   "$PYTHON" -m venv "$VENV"
   log="$(dirname "$VENV")/pip-install.log"
-  if ! "$VENV/bin/pip" install --disable-pip-version-check -r "$ROOT/requirements.txt" >"$log" 2>&1; then
+  if ! "$VENV/bin/pip" install --disable-pip-version-check -r "$REQUIREMENTS" >"$log" 2>&1; then
     tail -n 30 "$log" >&2
     echo "bootstrap: pip install failed; full log in $log" >&2
     exit 1

@@ -6,6 +6,7 @@
 #   bash scripts/test.sh -m "not slow"
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export RETRIEVAL_REQUIREMENTS=requirements-test.txt  # the runtime's and the tests' (pytest, playwright, ...)
 source "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
 # The browser tests drive Debian's Chromium (never a downloaded browser).

@@ -45,8 +45,19 @@ def shot(page, name):
     page.screenshot(path=str(ARTIFACTS / name), full_page=True)
 
 
-def assert_fits_a_phone(page, name):
-    """At a phone's 390 px the page scrolls only downwards (wide tables scroll inside themselves)."""
+def assert_usable(page, name):
+    """The page passes axe-core's checks (WCAG 2 A and AA rules; the report is saved as an
+    artifact), and at a phone's 390 px it scrolls only downwards (wide tables scroll inside
+    themselves)."""
+    import json
+
+    from axe_playwright_python.sync_playwright import Axe
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21aa"]},
+                                       "resultTypes": ["violations"]})
+    (ARTIFACTS / f"axe-{name}.json").write_text(json.dumps(results.response["violations"], indent=1))
+    assert results.violations_count == 0, f"{name}: {results.generate_report()}"
     size = page.viewport_size
     page.set_viewport_size({"width": 390, "height": 844})
     try:
@@ -110,9 +121,9 @@ def test_upload_gallery_rating_report_and_correspondences(page, browser, live_se
     assert row.locator(".precision").inner_text() == "1.000"
     assert row.locator(".rated").inner_text() == "1"
     assert page.locator("#job-table").count() == 0  # nobody else's searches listed
-    assert_fits_a_phone(page, "report")
+    assert_usable(page, "report")
     page.goto(live_server.url + "/")
-    assert_fits_a_phone(page, "home")
+    assert_usable(page, "home")
 
     # another browser (another session) with the search's address sees nothing of it
     other = browser.new_context()
@@ -125,11 +136,12 @@ def test_upload_gallery_rating_report_and_correspondences(page, browser, live_se
 
     page.goto(job_url)
     page.wait_for_selector(".result")
-    assert_fits_a_phone(page, "job")
+    assert_usable(page, "job")
     page.locator(".result").first.locator(".match-link").click()
     page.wait_for_function("() => { const i = document.getElementById('correspondences'); "
                            "return i.complete && i.naturalWidth > 0; }", timeout=60_000)
     shot(page, "correspondences.png")
+    assert_usable(page, "correspondences")
 
 
 def test_staff_starts_a_reindex_and_watches_it_complete(page, live_server, celery_worker_process,
@@ -137,6 +149,7 @@ def test_staff_starts_a_reindex_and_watches_it_complete(page, live_server, celer
     django_user_model.objects.create_user("admin", password="secret-pw", is_staff=True, is_superuser=True)
     page.goto(live_server.url + "/staff/")
     assert "/login/" in page.url and "/admin/" not in page.url
+    assert_usable(page, "login")
     page.fill("#id_username", "admin")
     page.fill("#id_password", "secret-pw")
     page.click("#log-in-button")
@@ -154,9 +167,9 @@ def test_staff_starts_a_reindex_and_watches_it_complete(page, live_server, celer
     from search.collection_files import active_catalog, thumbnail_file
     assert all(thumbnail_file(image_id).is_file() for image_id in active_catalog().rows)  # no blanks after a build
     shot(page, "reindex-done.png")
-    assert_fits_a_phone(page, "reindex")
+    assert_usable(page, "reindex")
     page.goto(live_server.url + "/staff/")
-    assert_fits_a_phone(page, "staff")
+    assert_usable(page, "staff")
     assert page.locator("#runs tr").count() == 2
 
 
@@ -185,7 +198,7 @@ def test_browse_the_collection_open_an_image_search_with_it_and_find_it_in_my_se
     page.click("#browse-filter button")
     assert page.locator("#browse-count").inner_text() == "10 images labelled “buses”"
     page.wait_for_function("() => [...document.querySelectorAll('#browse-grid img')].every(i => i.complete && i.naturalWidth > 0)")
-    assert_fits_a_phone(page, "browse")
+    assert_usable(page, "browse")
     shot(page, "browse.png")
 
     page.locator("#browse-grid a").first.click()
@@ -194,7 +207,7 @@ def test_browse_the_collection_open_an_image_search_with_it_and_find_it_in_my_se
     assert page.locator("#image-label").inner_text() == "buses"
     assert page.locator("#image-path").count() == 0  # where it is on disk is for staff
     assert page.locator("#same-label a").count() == 9
-    assert_fits_a_phone(page, "image")
+    assert_usable(page, "image")
     page.click("#search-with-image button")
     page.wait_for_url(re.compile(r"/jobs/[0-9a-f-]{36}/$"))
     page.wait_for_selector(".result", timeout=180_000)
@@ -208,7 +221,7 @@ def test_browse_the_collection_open_an_image_search_with_it_and_find_it_in_my_se
     page.goto(live_server.url + "/searches/")
     searches = page.locator("#my-searches a")
     assert searches.count() == 1 and "done" in searches.first.inner_text()
-    assert_fits_a_phone(page, "my-searches")
+    assert_usable(page, "my-searches")
     other = browser.new_context()
     try:
         stranger = other.new_page()
@@ -232,3 +245,26 @@ def test_a_pasted_picture_is_searched(page, live_server):
     page.click("#search-button")
     page.wait_for_url(re.compile(r"/jobs/[0-9a-f-]{36}/$"))
     assert SearchJob.objects.latest("pk").query_image.name.endswith(".jpg")
+
+
+def test_a_dragged_box_searches_for_that_part_of_the_picture_only(page, live_server):
+    from PIL import Image
+
+    page.goto(live_server.url + "/")
+    page.set_input_files("input[name=image]", str(corel_image(450)))
+    page.wait_for_selector("#crop-box:not([hidden])")
+    assert page.locator("#crop-size").inner_text() == "searching for the whole picture"
+    area = page.locator("#crop-canvas").bounding_box()
+    page.mouse.move(area["x"] + 0.1 * area["width"], area["y"] + 0.1 * area["height"])
+    page.mouse.down()
+    page.mouse.move(area["x"] + 0.6 * area["width"], area["y"] + 0.7 * area["height"], steps=5)
+    page.mouse.up()
+    width, height = Image.open(corel_image(450)).size
+    text = page.locator("#crop-size").inner_text()
+    w, h = map(int, re.search(r"(\d+) × (\d+)", text).groups())
+    assert abs(w - 0.5 * width) <= 3 and abs(h - 0.6 * height) <= 3, text
+    shot(page, "crop.png")
+    page.click("#search-button")
+    page.wait_for_url(re.compile(r"/jobs/[0-9a-f-]{36}/$"))
+    job = SearchJob.objects.latest("pk")
+    assert Image.open(job.query_image.path).size == (w, h) and "part-of-450" in job.query_image.name
