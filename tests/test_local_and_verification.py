@@ -1,5 +1,6 @@
 """Attention local features, the feature store, RANSAC verification and the
 coarse-to-fine search, on real images (Corel-1k and OpenCV's graf/box pairs)."""
+import os
 import shutil
 
 import cv2
@@ -10,6 +11,7 @@ from PIL import Image
 from search.engine.errors import SearchIndexError
 from search.engine.images import open_image
 from search.engine.local_store import LocalStore, build_local_store
+from search.engine.stored import RowFile
 from search.engine.verification import verify_affine
 
 from .conftest import DATASETS, corel_image
@@ -96,7 +98,17 @@ def test_store_round_trip_and_cache_reuse(tiny_extractor, tmp_path):
         projected = store.pca.transform(raw)
         projected /= np.linalg.norm(projected, axis=1, keepdims=True)
         np.testing.assert_allclose(expected.descriptors, projected, atol=1e-5)
-    assert isinstance(store.arrays["descriptors"], np.memmap)
+    # read a slice at a time, never loaded whole nor memory-mapped
+    assert isinstance(store.arrays["descriptors"], RowFile)
+
+    # a copy cut short under its open store: that read is a clear error, not a SIGBUS that kills the process
+    shutil.copytree(tmp_path / "store1", tmp_path / "cut")
+    cut = LocalStore.open(tmp_path / "cut")
+    first = cut.features(0)
+    os.truncate(tmp_path / "cut" / "descriptors.npy", (tmp_path / "cut" / "descriptors.npy").stat().st_size // 2)
+    with pytest.raises(SearchIndexError, match="cut short after the index was loaded"):
+        cut.features(len(cut) - 1)
+    np.testing.assert_array_equal(cut.features(0).descriptors, first.descriptors)
 
     # one file replaced, one added: only those two are extracted again
     (folder / "101.jpg").unlink()

@@ -24,7 +24,7 @@ from .errors import ImageError, SearchIndexError
 from .images import open_image
 from .local_features import LocalFeatures, empty_features
 from .progress import Progress, no_progress
-from .stored import load_array, load_pickled
+from .stored import RowFile, load_array, load_pickled
 
 META = "meta.json"
 ARRAYS = ("keypoints", "scales", "scores", "descriptors")
@@ -42,7 +42,7 @@ class LocalStore:
     path: Path
     meta: dict
     offsets: np.ndarray
-    arrays: dict[str, np.ndarray]
+    arrays: dict[str, RowFile]  # read by pread, never memory-mapped (stored.RowFile: no SIGBUS)
     pca: PCA
 
     @classmethod
@@ -50,7 +50,7 @@ class LocalStore:
         path = Path(path)
         if not (path / META).is_file():
             raise SearchIndexError(f"{path}: no local-feature store ({META} missing); reindex with local features")
-        arrays = {name: load_array(path / f"{name}.npy") for name in ARRAYS}
+        arrays = {name: RowFile(path / f"{name}.npy") for name in ARRAYS}
         offsets = load_array(path / "offsets.npy", mmap=False)
         meta = layout.read_json(path / META, dict)
         total = int(offsets[-1]) if len(offsets) else -1
@@ -66,9 +66,8 @@ class LocalStore:
     def features(self, position: int) -> LocalFeatures:
         start, end = int(self.offsets[position]), int(self.offsets[position + 1])
         a = self.arrays
-        return LocalFeatures(np.asarray(a["keypoints"][start:end]), np.asarray(a["scales"][start:end]),
-                             np.asarray(a["scores"][start:end]),
-                             np.asarray(a["descriptors"][start:end], dtype=np.float32))
+        return LocalFeatures(a["keypoints"].rows(start, end), a["scales"].rows(start, end),
+                             a["scores"].rows(start, end), a["descriptors"].rows(start, end).astype(np.float32))
 
     def reduce(self, features: LocalFeatures) -> LocalFeatures:
         """Project raw descriptors (e.g. a query's) with this store's PCA."""

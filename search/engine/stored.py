@@ -3,6 +3,8 @@
 from deep inside NumPy or pickle."""
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 
 import joblib
@@ -29,3 +31,46 @@ def load_pickled(file: Path):
         raise SearchIndexError(f"{file} is missing: an incomplete index; reindex") from exc
     except Exception as exc:  # unpickling damaged bytes can fail in almost any way
         raise SearchIndexError(f"{file} is damaged ({type(exc).__name__}: {exc}); reindex") from exc
+
+
+class RowFile:
+    """A ``.npy`` file read a run of rows at a time with ``pread`` instead of a memory map: the
+    page cache serves it just as well, and a file cut short under a running process gives a
+    ``SearchIndexError`` for that read, where a memory map's SIGBUS would kill the process."""
+
+    def __init__(self, file: Path):
+        self.path = Path(file)
+        try:
+            with self.path.open("rb") as handle:
+                version = np.lib.format.read_magic(handle)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran_order, dtype = read_header(handle)
+                self.offset = handle.tell()
+        except FileNotFoundError as exc:
+            raise SearchIndexError(f"{file} is missing: an incomplete index; reindex") from exc
+        except (ValueError, OSError, EOFError) as exc:
+            raise SearchIndexError(f"{file} is damaged ({exc}); reindex") from exc
+        if fortran_order or dtype.hasobject or not shape:
+            raise SearchIndexError(f"{file} is not a C-ordered array of rows; reindex")
+        self.shape, self.dtype = tuple(shape), dtype
+        self.row_bytes = dtype.itemsize * math.prod(shape[1:])
+        self.fd = os.open(self.path, os.O_RDONLY)
+        if os.fstat(self.fd).st_size < self.offset + self.shape[0] * self.row_bytes:
+            os.close(self.fd)
+            raise SearchIndexError(f"{file} is shorter than its header says: a damaged index; reindex")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, start: int, end: int) -> np.ndarray:
+        """Rows ``start`` to ``end`` (a fresh, writable array)."""
+        out = np.empty((end - start,) + self.shape[1:], dtype=self.dtype)
+        if out.nbytes and os.preadv(self.fd, [memoryview(out).cast("B")], self.offset + start * self.row_bytes) != out.nbytes:
+            raise SearchIndexError(f"{self.path} was cut short after the index was loaded: a damaged index; reindex")
+        return out
+
+    def __del__(self):
+        fd = getattr(self, "fd", None)
+        if fd is not None:
+            os.close(fd)
