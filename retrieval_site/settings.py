@@ -232,6 +232,8 @@ COLLECTION_UPLOADS = env_bool("COLLECTION_UPLOADS", True)
 QUERY_FROM_COLLECTION_MAX_SIDE = int(os.environ.get("QUERY_FROM_COLLECTION_MAX_SIDE", 1600))
 BROWSE_PAGE_SIZE = int(os.environ.get("BROWSE_PAGE_SIZE", 48))
 MY_SEARCHES_SHOWN = int(os.environ.get("MY_SEARCHES_SHOWN", 50))
+# a staff evaluation of a classifier that records no validation images: this many labelled ones
+EVALUATE_SAMPLE = int(os.environ.get("EVALUATE_SAMPLE", 200))
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/"

@@ -90,9 +90,9 @@ def _without_name(exc: Exception, upload) -> str:
 
 
 class MaintenanceForm(forms.Form):
-    """Staff: start a reindex or a retrain, optionally of another folder on the server
-    (how images are added: put them in a folder, point the reindex at it)."""
-    kind = forms.ChoiceField(choices=[("reindex", "reindex"), ("train", "retrain")])
+    """Staff: start a reindex or a retrain, optionally of another folder on the server, or an
+    evaluation of the active index."""
+    kind = forms.ChoiceField(choices=[("reindex", "reindex"), ("train", "retrain"), ("evaluate", "evaluate")])
     collection_dir = forms.CharField(required=False, max_length=500, label="Collection folder on the server",
                                      help_text="empty: the folder of the active index")
     labels = forms.CharField(required=False, max_length=500, label="Labels",

@@ -4,6 +4,7 @@ and a log written to the MaintenanceRun row; the new build switched in only when
 from __future__ import annotations
 
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 from django.conf import settings
@@ -123,7 +124,38 @@ def add(config, report: RunLog, run: MaintenanceRun) -> Path:
     return result.delta.parent.parent
 
 
-RUNNERS = {MaintenanceRun.REINDEX: reindex, MaintenanceRun.TRAIN: retrain, MaintenanceRun.ADD: add}
+def evaluate(config, report: RunLog, run: MaintenanceRun) -> Path:
+    """Precision@10 and mAP of every method the active index offers, on the classifier's
+    validation images (a seeded sample of labelled images when it records none), written where the
+    report page and ``evaluate`` put theirs."""
+    import random
+    from datetime import datetime, timezone as tz
+
+    from .engine.evaluation import evaluate_methods, write_report
+    from .engine.workflows import is_starter, open_engine
+
+    engine = open_engine(config)
+    query_ids = engine.model.info.get("val_ids")
+    if not query_ids:
+        labelled = [i for i, label in zip(engine.index.image_ids, engine.index.labels) if label]
+        query_ids = random.Random(config.seed).sample(labelled, min(settings.EVALUATE_SAMPLE, len(labelled)))
+    label = "starter" if is_starter(engine.model) else "fine-tuned"
+    scores = evaluate_methods(engine, query_ids, engine.methods, label, progress=report)
+    out = config.reports_dir / f"evaluate-{datetime.now(tz.utc):%Y%m%dT%H%M%S}.json"
+    write_report(out, scores, {"index": str(engine.index.path), "collection_size": len(engine.index),
+                               "model": str(engine.model.path), "backbone": engine.model.name,
+                               "queries": "val" if engine.model.info.get("val_ids") else f"{len(query_ids)} sampled",
+                               "val_accuracy": engine.model.info.get("val_accuracy"), "device": str(engine.device),
+                               "run": run.pk})
+    for score in scores:
+        report.line(f"{score.method}: P@10 {score.precision_at_10:.4f}, mAP {score.mean_ap:.4f} "
+                    f"({score.n_queries} queries, {score.query_ms:.0f} ms each)")
+    report.line(f"report written to {out}")
+    return engine.index.path
+
+
+RUNNERS = {MaintenanceRun.REINDEX: reindex, MaintenanceRun.TRAIN: retrain, MaintenanceRun.ADD: add,
+           MaintenanceRun.EVALUATE: evaluate}
 
 
 def run_maintenance(run_id: int) -> str:
@@ -149,7 +181,9 @@ def _run_claimed(run: MaintenanceRun) -> str:
     report = RunLog(run_id)
     config = engine_config()
     try:
-        with layout.writing(config.index_root):  # one maintenance run (or add_images) at a time
+        # one run that writes the index (or add_images) at a time; an evaluation only reads it
+        lock = nullcontext() if run.kind == MaintenanceRun.EVALUATE else layout.writing(config.index_root)
+        with lock:
             build = RUNNERS[run.kind](config, report, run)
     except Exception as exc:
         reason = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"

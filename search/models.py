@@ -125,8 +125,9 @@ class MaintenanceRun(TrackedJob):
     REINDEX = "reindex"
     TRAIN = "train"
     ADD = "add"
+    EVALUATE = "evaluate"
     KINDS = [(REINDEX, "reindex"), (TRAIN, "retrain classifier + attention, then reindex"),
-             (ADD, "add images to the active index")]
+             (ADD, "add images to the active index"), (EVALUATE, "evaluate the active index on its labels")]
 
     kind = models.CharField(max_length=10, choices=KINDS)
     step = models.CharField(max_length=200, blank=True)
@@ -147,6 +148,33 @@ class MaintenanceRun(TrackedJob):
 
     def __str__(self):
         return f"{self.kind} {self.pk} ({self.status})"
+
+    def steps(self) -> list[dict]:
+        """The steps so far in order, each with whether it has finished, read from the log's
+        '<time> <step>: started (N to do)' and '<time> <step>: finished' lines."""
+        steps: dict[str, dict] = {}
+        for line in self.log.splitlines():
+            text = line.partition(" ")[2]
+            if ": started (" in text:
+                name = text.split(": started (", 1)[0]
+                steps[name] = {"name": name, "finished": False}
+            elif text.endswith(": finished") and text[: -len(": finished")] in steps:
+                steps[text[: -len(": finished")]]["finished"] = True
+        return list(steps.values())
+
+    def previous_duration_s(self) -> float | None:
+        """How long the last completed run of the same kind took, start to end."""
+        last = (MaintenanceRun.objects.filter(kind=self.kind, status=Status.DONE, started__isnull=False,
+                                              finished__isnull=False).exclude(pk=self.pk).order_by("-finished").first())
+        return None if last is None else (last.finished - last.started).total_seconds()
+
+    @property
+    def overall_remaining_s(self) -> float | None:
+        """The whole run's remaining time, if it takes as long as the last run of its kind did."""
+        previous = self.previous_duration_s()
+        if self.status != Status.RUNNING or previous is None or self.elapsed_s is None:
+            return None
+        return max(0.0, previous - self.elapsed_s)
 
     @property
     def remaining_s(self) -> float | None:

@@ -449,6 +449,10 @@ def staff_start(request):
 def run_payload(run: MaintenanceRun) -> dict:
     return {"id": run.pk, "kind": run.kind, "status": run.status, "step": run.step, "done": run.done,
             "total": run.total, "elapsed_s": run.elapsed_s, "remaining_s": run.remaining_s,
+            "steps": run.steps(), "overall_remaining_s": run.overall_remaining_s,
+            "previous_s": run.previous_duration_s(),
+            # what was not done again: features reused from the last build or an interrupted run
+            "reused": [line.partition(" ")[2] for line in run.log.splitlines() if "reused" in line],
             "error": run.error or None, "build": run.build or None, "log": run.log}
 
 

@@ -47,7 +47,7 @@ def shot(page, name):
 
 def assert_usable(page, name):
     """The page passes axe-core's checks (WCAG 2 A and AA rules; the report is saved as an
-    artifact), and at a phone's 390 px it scrolls only downwards (wide tables scroll inside
+    artifact), and on a small phone's 360 px it scrolls only downwards (wide tables scroll inside
     themselves)."""
     import json
 
@@ -59,12 +59,12 @@ def assert_usable(page, name):
     (ARTIFACTS / f"axe-{name}.json").write_text(json.dumps(results.response["violations"], indent=1))
     assert results.violations_count == 0, f"{name}: {results.generate_report()}"
     size = page.viewport_size
-    page.set_viewport_size({"width": 390, "height": 844})
+    page.set_viewport_size({"width": 360, "height": 780})
     try:
         page.wait_for_timeout(200)
         width = page.evaluate("() => document.documentElement.scrollWidth")
         shot(page, f"phone-{name}.png")
-        assert width <= 390, f"{name} is {width} px wide at 390 px"
+        assert width <= 360, f"{name} is {width} px wide at 360 px"
     finally:
         page.set_viewport_size(size)
 
@@ -97,6 +97,13 @@ def test_upload_gallery_rating_report_and_correspondences(page, browser, live_se
         assert summary.startswith("No confident match") and first.locator(".stage").inner_text() == "not verified"
     else:
         assert f"{job.n_verified} of" in summary and first.locator(".stage").inner_text() == "verified match"
+    # how sure, in words and as a bar, for each result the fine stage checked
+    confidence = job.results[0]["confidence"]
+    meter = first.locator(".confidence meter")
+    assert float(meter.get_attribute("value")) == pytest.approx(confidence)
+    expected = ("almost certainly the same" if confidence >= 0.9 else "probably the same" if confidence >= 0.5
+                else "unsure" if confidence >= 0.1 else "probably not the same")
+    assert first.locator(".confidence .words").inner_text() == expected
     page.wait_for_function("() => [...document.querySelectorAll('.result img')].every(i => i.complete && i.naturalWidth > 0)")
     shot(page, "gallery.png")
 
