@@ -287,7 +287,12 @@ def test_the_image_page_shows_staff_where_the_file_is_and_refuses_removed_images
     image_id, row = next(iter(active_catalog().rows.items()))
     path = str(active_catalog().path_of(image_id))
     assert path not in client.get(f"/images/{image_id}/").content.decode()
-    assert path in admin_client.get(f"/images/{image_id}/").content.decode()
+    staff_page = admin_client.get(f"/images/{image_id}/").content.decode()
+    assert path in staff_page and 'id="remove-image"' in staff_page
+    assert 'id="remove-image"' not in client.get(f"/images/{image_id}/").content.decode()
+    removed = admin_client.post("/staff/remove", {"images": image_id, "action": "remove"})  # the page's button
+    assert "1 image(s) removed from search" in removed.content.decode()
+    restore_to_search([image_id])
     remove_from_search([image_id])
     try:
         assert client.get(f"/images/{image_id}/").status_code == 404
