@@ -394,3 +394,17 @@ def test_make_thumbnails_makes_only_the_missing_ones(site_index):
     out = io.StringIO()
     call_command("make_thumbnails", stdout=out)
     assert "1 thumbnail(s) made" in out.getvalue() and thumbnail_file(first).is_file()
+
+
+def test_an_unrelated_photo_gets_no_confident_match(client, celery_worker_process, site_index):
+    """A laptop (Caltech-101) searched among Corel buses, beaches, dinosaurs and Africa: the
+    answer says nothing in the collection was verified to show it."""
+    from tests.conftest import DATASETS
+
+    with (DATASETS / "caltech101" / "images" / "laptop" / "image_0001.jpg").open("rb") as handle:
+        created = client.post("/api/searches", {"image": handle, "method": "hybrid+attention", "k": "5"}).json()
+    job = finished_job(created["id"])
+    body = client.get(f"/api/searches/{job.key}").json()
+    assert body["status"] == "done" and len(body["results"]) == 5
+    assert body["confident_match"] is False and body["n_verified"] == 0
+    assert all(r["stage"] == "coarse" for r in body["results"])
