@@ -27,5 +27,12 @@ if command -v pg_isready >/dev/null && ! pg_isready -h 127.0.0.1 -q && command -
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start \
     || echo "test.sh: could not start PostgreSQL; the compose test will be skipped" >&2
 fi
+# The container test (tests/web/test_container.py) builds and runs the image: start the Docker
+# engine when it is installed but not running (the test is skipped when none answers).
+if command -v dockerd >/dev/null && ! docker info >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "test.sh: starting dockerd" >&2
+  nohup dockerd >/tmp/dockerd.log 2>&1 &
+  for _ in $(seq 30); do docker info >/dev/null 2>&1 && break; sleep 1; done
+fi
 # The web tests start their own Celery worker (tests/web/conftest.py) on the Redis bootstrap started.
 exec "$VENV/bin/python" -m pytest "$@"
