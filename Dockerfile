@@ -11,8 +11,13 @@ WORKDIR /app
 # pip settings of the building machine, when scripts/build_image.sh put them there (docker/pip/README.md)
 COPY docker/pip/ /etc/build-pip/
 COPY requirements.txt .
+# TORCH_INDEX_URL: e.g. https://download.pytorch.org/whl/cpu for an image without the CUDA
+# libraries, several GB smaller (not reachable where this project is built, so not tried there)
+ARG TORCH_INDEX_URL=""
 RUN python3 -m venv /opt/venv \
  && if [ -f /etc/build-pip/pip.conf ]; then export PIP_CONFIG_FILE=/etc/build-pip/pip.conf; fi \
+ && if [ -n "$TORCH_INDEX_URL" ]; then \
+      pip install --index-url "$TORCH_INDEX_URL" $(grep -E '^(torch|torchvision)==' requirements.txt); fi \
  && pip install -r requirements.txt \
  && rm -rf /etc/build-pip
 COPY . .

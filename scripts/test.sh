@@ -14,6 +14,8 @@ cd "$ROOT"
 MISSING=()
 [ -x /usr/bin/chromium ] || MISSING+=(chromium chromium-driver)
 command -v docker-compose >/dev/null || MISSING+=(docker-compose)
+command -v dockerd >/dev/null || MISSING+=(docker.io)  # the container test builds and runs the image
+command -v debootstrap >/dev/null || MISSING+=(debootstrap)
 if [ "${#MISSING[@]}" -gt 0 ] && command -v apt-get >/dev/null; then
   echo "test.sh: installing ${MISSING[*]} (apt-get)" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

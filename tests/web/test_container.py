@@ -97,6 +97,14 @@ def test_the_image_runs_the_services_setup_web_and_worker(image, postgres_databa
         assert job["status"] == "done", job
         assert len(job["results"]) == 5 and job["results"][0]["label"] == "dinosaurs"
         assert http(base + job["results"][0]["thumbnail_url"])[0] == 200
+
+        import psycopg2
+
+        with psycopg2.connect(**dict(PG_ADMIN, dbname=postgres_database)) as connection:
+            with connection.cursor() as cursor:  # the containers wrote the job to PostgreSQL
+                cursor.execute("SELECT status, worker FROM search_searchjob WHERE key = %s", (json.loads(created)["id"],))
+                status, worker = cursor.fetchone()
+                assert status == "done" and worker
     finally:
         for role, name in names.items():
             logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)

@@ -291,3 +291,82 @@ def test_a_search_by_image_address_fetches_it_carefully(client, settings, image_
     assert response["Location"] == f"/jobs/{job.key}/" and job.query_image.name.endswith(".jpg")
     neither = client.post("/", {"method": "pca"})
     assert neither.status_code == 400 and "or give an image&#x27;s address" in neither.content.decode()
+
+
+def bad_input_corpus() -> list[tuple[str, bytes, bool]]:
+    """(file name, content, whether it is a usable picture): odd but valid pictures, which are
+    searched, and files that are not, or not whole, pictures, which are refused."""
+    import gzip
+    import zipfile
+
+    def save(image, fmt, **options):
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt, **options)
+        return buffer.getvalue()
+
+    photo = Image.open(corel_image(450)).convert("RGB")
+    jpeg = corel_image(450).read_bytes()
+    png = save(photo, "PNG")
+    frames = [photo.resize((64, 48)), photo.resize((64, 48)).rotate(90)]
+    animated = io.BytesIO()
+    frames[0].save(animated, format="GIF", save_all=True, append_images=frames[1:])
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("photo.jpg", jpeg)
+    corpus = [
+        ("one-pixel.png", save(Image.new("RGB", (1, 1), "white"), "PNG"), True),
+        ("cmyk.jpg", save(photo.convert("CMYK"), "JPEG"), True),
+        ("grey.png", save(photo.convert("L"), "PNG"), True),
+        ("sixteen-bit.png", save(photo.convert("I;16"), "PNG"), True),
+        ("alpha.png", save(photo.convert("RGBA"), "PNG"), True),
+        ("palette.gif", save(photo.convert("P"), "GIF"), True),
+        ("animated.gif", animated.getvalue(), True),
+        ("photo.webp", save(photo, "WEBP"), True),
+        ("photo.bmp", save(photo, "BMP"), True),
+        ("photo.tiff", save(photo, "TIFF"), True),
+        ("icon.ico", save(photo.resize((64, 64)), "ICO"), True),
+        ("progressive.jpg", save(photo, "JPEG", progressive=True), True),
+        ("png-named.jpg", png, True),
+        ("no-extension", jpeg, True),
+        ("strip.png", save(Image.new("RGB", (4000, 3), "blue"), "PNG"), True),
+        ("fuzzed-exif.jpg", jpeg_with_malformed_exif(), True),
+        ("empty.jpg", b"", False),
+        ("notes.jpg", b"just some text, not a picture\n" * 20, False),
+        ("page.png", b"<!doctype html><html><body>hello</body></html>", False),
+        ("drawing.svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', False),
+        ("document.jpg", b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", False),
+        ("half.jpg", jpeg[: len(jpeg) // 2], False),
+        ("half.png", png[: len(png) // 2], False),
+        ("header-only.jpg", jpeg[:600], False),
+        ("bomb.png", png_header_only(100_000, 100_000), False),
+        ("soi-then-garbage.jpg", b"\xff\xd8\xff" + bytes(range(256)) * 8, False),
+        ("random.jpg", bytes((i * 7919 + 13) % 256 for i in range(5000)), False),
+        ("photos.zip", archive.getvalue(), False),
+        ("photo.jpg.gz", gzip.compress(jpeg), False),
+        ("gif-header.gif", b"GIF89a\x10\x00\x10\x00", False),
+        ("png-signature.png", b"\x89PNG\r\n\x1a\n", False),
+        ("zeros.jpg", bytes(4096), False),
+    ]
+    return corpus
+
+
+def test_the_bad_input_corpus_gets_a_search_or_a_clear_refusal_never_a_500(client, monkeypatch):
+    """Every file of the corpus through the upload form: a usable picture becomes a search (its
+    query saved as a normalised JPEG), anything else a 400 naming what is wrong; never a 500."""
+    from search import views
+
+    monkeypatch.setattr(views, "enqueue_search", lambda job_id: "not-queued")  # no worker needed
+    outcomes = {}
+    for name, content, usable in bad_input_corpus():
+        before = SearchJob.objects.count()
+        response = post(client, image=upload(name, content))
+        outcomes[name] = response.status_code
+        if usable:
+            assert response.status_code == 302, (name, response.content.decode()[-600:])
+            with Image.open(SearchJob.objects.latest("pk").query_image.path) as saved:
+                assert saved.format == "JPEG" and saved.mode == "RGB", name
+        else:
+            page = response.content.decode()
+            assert response.status_code == 400 and 'class="errorlist' in page, (name, response.status_code)
+            assert SearchJob.objects.count() == before, name
+    assert len(outcomes) == 32 and 500 not in outcomes.values()
