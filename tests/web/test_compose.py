@@ -61,11 +61,12 @@ def on_this_machine(environment: dict[str, str], data_dir: Path, collection: Pat
             value = str(data_dir) + value[len("/data"):]
         mapped[key] = value
     venv_bin = str(Path(sys.executable).parent)
-    return dict(os.environ, **mapped, PATH=f"{venv_bin}:{os.environ['PATH']}", CELERY_TASK_DEFAULT_QUEUE=queue,
-                CELERY_MAINTENANCE_QUEUE=queue, DJANGO_MEDIA_ROOT=str(data_dir / "media"), DJANGO_STATIC_ROOT=str(data_dir / "static"),
-                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-                # a short training run: this checks the wiring, not the accuracy
-                RETRIEVAL_EPOCHS="1", RETRIEVAL_ATTENTION_EPOCHS="3", RETRIEVAL_BATCH_SIZE="16")
+    # this test's own queue, for the search and the maintenance messages alike (the file names both)
+    return {**os.environ, **mapped, "PATH": f"{venv_bin}:{os.environ['PATH']}", "CELERY_TASK_DEFAULT_QUEUE": queue,
+            "CELERY_MAINTENANCE_QUEUE": queue, "DJANGO_MEDIA_ROOT": str(data_dir / "media"),
+            "DJANGO_STATIC_ROOT": str(data_dir / "static"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+            # a short training run: this checks the wiring, not the accuracy
+            "RETRIEVAL_EPOCHS": "1", "RETRIEVAL_ATTENTION_EPOCHS": "3", "RETRIEVAL_BATCH_SIZE": "16"}
 
 
 @pytest.fixture
