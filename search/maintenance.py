@@ -3,8 +3,10 @@ and a log written to the MaintenanceRun row; the new build switched in only when
 (a retrain trains aside and swaps model and index together). Idempotent like the search jobs."""
 from __future__ import annotations
 
+import random
 import shutil
 from contextlib import nullcontext
+from datetime import UTC, datetime
 from pathlib import Path
 
 from django.conf import settings
@@ -16,9 +18,11 @@ from .conf import engine_config
 from .engine import layout
 from .engine.collection import Collection, scan_collection, write_labels_csv
 from .engine.errors import EngineError, SearchIndexError
+from .engine.evaluation import evaluate_methods, write_report
 from .engine.index import activate_build
 from .engine.progress import Throttle
-from .engine.workflows import Models, add_to_index, index_collection, load_models, train_models
+from .engine.workflows import (Models, add_to_index, index_collection, is_starter, load_models, open_engine,
+                               train_models)
 from .models import MaintenanceRun, Status
 from .watchdog import Heartbeat, worker_name
 
@@ -128,12 +132,6 @@ def evaluate(config, report: RunLog, run: MaintenanceRun) -> Path:
     """Precision@10 and mAP of every method the active index offers, on the classifier's
     validation images (a seeded sample of labelled images when it records none), written where the
     report page and ``evaluate`` put theirs."""
-    import random
-    from datetime import datetime, timezone as tz
-
-    from .engine.evaluation import evaluate_methods, write_report
-    from .engine.workflows import is_starter, open_engine
-
     engine = open_engine(config)
     query_ids = engine.model.info.get("val_ids")
     if not query_ids:
@@ -141,7 +139,7 @@ def evaluate(config, report: RunLog, run: MaintenanceRun) -> Path:
         query_ids = random.Random(config.seed).sample(labelled, min(settings.EVALUATE_SAMPLE, len(labelled)))
     label = "starter" if is_starter(engine.model) else "fine-tuned"
     scores = evaluate_methods(engine, query_ids, engine.methods, label, progress=report)
-    out = config.reports_dir / f"evaluate-{datetime.now(tz.utc):%Y%m%dT%H%M%S}.json"
+    out = config.reports_dir / f"evaluate-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
     write_report(out, scores, {"index": str(engine.index.path), "collection_size": len(engine.index),
                                "model": str(engine.model.path), "backbone": engine.model.name,
                                "queries": "val" if engine.model.info.get("val_ids") else f"{len(query_ids)} sampled",
