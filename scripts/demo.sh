@@ -31,7 +31,7 @@ fi
 
 manage prepare_collection --site-first --collection "$COLLECTION" "${LABEL_ARGS[@]}"
 manage make_thumbnails
-first_image="$(find -L "$COLLECTION" -type f \( -iname '*.jpg' -o -iname '*.png' \) | sort | head -n 1)"
+first_image="$(find -L "$COLLECTION" -type f \( -iname '*.jpg' -o -iname '*.png' \) | sort | sed -n 1p)"  # sed reads it all: head would make sort die of SIGPIPE on a large collection (pipefail)
 echo "sample search with $first_image:"
 manage search "$first_image"
 
