@@ -65,7 +65,10 @@ echo "staff pages: create an account with: $VENV/bin/python manage.py createsupe
 # its progress is printed here while the site serves
 manage start_training --follow --every 60 &
 FOLLOW_PID=$!
-trap 'kill "$SEARCH_PID" "$MAINTENANCE_PID" "$FOLLOW_PID" 2>/dev/null; wait "$SEARCH_PID" "$MAINTENANCE_PID" 2>/dev/null' EXIT
+# On exit the search worker finishes its search (SIGTERM, a warm shutdown); the maintenance worker
+# stops at once (SIGQUIT, a cold one) instead of finishing a training of tens of minutes: the next
+# start fails that run (its heartbeat stopped) and queues the training again.
+trap 'kill "$SEARCH_PID" "$FOLLOW_PID" 2>/dev/null; kill -QUIT "$MAINTENANCE_PID" 2>/dev/null; wait "$SEARCH_PID" "$MAINTENANCE_PID" 2>/dev/null' EXIT
 echo "serving the site at http://127.0.0.1:${PORT:-8000}/"
 # gunicorn, not Django's development server (whose listen queue of 10 drops connections under
 # load): two processes of four threads; the views only queue work, the worker does it.

@@ -265,8 +265,18 @@ def test_site_first_serves_the_imagenet_starter_then_the_training_swaps_in(tiny_
     assert "logits" in trained.variants and trained.local is not None and trained.path != index.path
     assert open_engine(config).default_method == "hybrid+attention"
     assert 'id="training-note"' not in client.get("/").content.decode()
+    # a training whose worker died (the demo stopped mid-run) is failed first, not waited for
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    long_ago = timezone.now() - timedelta(minutes=10)
+    stale = MaintenanceRun.objects.create(kind=MaintenanceRun.TRAIN, status=Status.RUNNING, started=long_ago,
+                                          heartbeat=long_ago)
     out, _ = run("start_training")
     assert "already fine-tuned" in out
+    stale.refresh_from_db()
+    assert stale.status == Status.FAILED
 
 
 def test_staff_scripts_add_and_remove_images_through_the_token_api(client, django_user_model, site_index, settings,

@@ -10,6 +10,7 @@ from ...engine.workflows import is_starter
 from ...maintenance import run_maintenance
 from ...models import MaintenanceRun, Status
 from ...queue import enqueue_maintenance
+from ...watchdog import requeue_orphans
 from ..base import EngineCommand
 
 
@@ -27,6 +28,7 @@ class Command(EngineCommand):
 
     def handle(self, *args, force, now, follow, every, **options):
         config = self.config(options)
+        requeue_orphans()  # a run whose worker died (the demo stopped mid-training) is failed, not waited for
         pending = MaintenanceRun.objects.filter(kind=MaintenanceRun.TRAIN,
                                                 status__in=[Status.QUEUED, Status.RUNNING]).first()
         if pending is not None:
