@@ -25,10 +25,15 @@ def indexed_image_path(image_id: str) -> Path | None:
     return active_catalog().path_of(image_id)
 
 
+def searchable_ids(catalog: layout.Catalog) -> list[str]:
+    """The image ids of the active build that are not removed from search, in table order."""
+    removed = layout.read_removed(engine_config().index_root)
+    return [image_id for image_id in catalog.rows if image_id not in removed]
+
+
 def searchable_sample(catalog: layout.Catalog, size: int) -> list[str]:
     """The first ``size`` image ids of the active build that are not removed from search."""
-    removed = layout.read_removed(engine_config().index_root)
-    return [image_id for image_id in catalog.rows if image_id not in removed][:size]
+    return searchable_ids(catalog)[:size]
 
 
 def remove_from_search(refs: list[str]) -> int:
@@ -113,9 +118,7 @@ def make_thumbnails(progress=None) -> tuple[int, list[tuple[str, str]]]:
     """The thumbnails the active build's searchable images lack, made now (after a build, so
     that no gallery shows a blank while one is made); returns how many were made and the images
     that could not be read."""
-    catalog = active_catalog()
-    removed = layout.read_removed(engine_config().index_root)
-    ids = [image_id for image_id in catalog.rows if image_id not in removed]
+    ids = searchable_ids(active_catalog())
     made, failed = 0, []
     for done, image_id in enumerate(ids, 1):
         if not thumbnail_file(image_id).is_file():

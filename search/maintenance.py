@@ -21,7 +21,7 @@ from .engine.errors import EngineError, SearchIndexError
 from .engine.evaluation import evaluate_methods, write_report
 from .engine.index import activate_build
 from .engine.progress import Throttle
-from .engine.workflows import (Models, add_to_index, index_collection, is_starter, load_models, open_engine,
+from .engine.workflows import (Models, add_to_index, index_collection, load_models, model_label, open_engine,
                                train_models)
 from .models import MaintenanceRun, Status
 from .watchdog import Heartbeat, worker_name
@@ -137,8 +137,7 @@ def evaluate(config, report: RunLog, run: MaintenanceRun) -> Path:
     if not query_ids:
         labelled = [i for i, label in zip(engine.index.image_ids, engine.index.labels) if label]
         query_ids = random.Random(config.seed).sample(labelled, min(settings.EVALUATE_SAMPLE, len(labelled)))
-    label = "starter" if is_starter(engine.model) else "fine-tuned"
-    scores = evaluate_methods(engine, query_ids, engine.methods, label, progress=report)
+    scores = evaluate_methods(engine, query_ids, engine.methods, model_label(engine.model), progress=report)
     out = config.reports_dir / f"evaluate-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
     write_report(out, scores, {"index": str(engine.index.path), "collection_size": len(engine.index),
                                "model": str(engine.model.path), "backbone": engine.model.name,

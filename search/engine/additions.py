@@ -24,6 +24,7 @@ from .errors import ImageError, SearchIndexError
 from .features import extract_global_features, variant_vectors
 from .images import is_image_name, open_image
 from .index import SearchIndex, load_index
+from .instance_features import describer_for
 from .local_store import build_local_store, fingerprint
 from .progress import Progress, no_progress
 
@@ -51,13 +52,14 @@ def image_files(paths) -> list[Path]:
 
 
 def add_images(index_root: Path, paths, models, config: EngineConfig, label: str | None = None,
-               describer=None, progress: Progress = no_progress) -> Additions:
+               progress: Progress = no_progress) -> Additions:
     """Add the images at ``paths`` to the active index: searchable from every worker's next query
     once this returns. Files that are not readable images are skipped with the reason; a picture
     the index already holds (same bytes) is not added twice."""
     index_root = Path(index_root)
     with layout.writing(index_root):
         index = load_index(index_root, expected_checksum=models.model.checksum)
+        describer = describer_for(index, config, models.device)
         _check_extractors(index, models, describer)
         result = Additions()
         seen = set(index.positions)
@@ -92,9 +94,9 @@ def _check_extractors(index: SearchIndex, models, describer) -> None:
                                     or models.extractor.checksum != index.local.meta["extractor"]):
         raise SearchIndexError(f"{index.path}: its local features were made by another attention head or other "
                                "settings than the loaded ones; reindex before adding images")
-    if index.describer_name != (describer.name if describer is not None else None):
+    if describer is not None and describer.name != index.describer_name:
         raise SearchIndexError(f"{index.path}: its instance vectors were made by {index.describer_name}, "
-                               "not by the loaded describer; reindex before adding images")
+                               f"not by {describer.name}; reindex before adding images")
 
 
 def write_delta(index: SearchIndex, records: list[ImageRecord], models, config: EngineConfig, describer=None,

@@ -149,6 +149,11 @@ class EngineConfig:
     prescore_keypoints: int = 100
 
     @property
+    def pretrained_weights(self) -> str | None:
+        """The weights file ``build_backbone`` reads for ImageNet weights (ResNet18's only)."""
+        return self.resnet18_weights if self.backbone == "resnet18" else None
+
+    @property
     def model_dir(self) -> Path:
         return Path(self.data_dir) / "models"
 

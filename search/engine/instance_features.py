@@ -47,9 +47,13 @@ class InstanceDescriber:
         return l2_normalise(self.backbone.pooled(batch).float().cpu().numpy())
 
 
+def describer_for(index, config: EngineConfig, device) -> InstanceDescriber | None:
+    """The instance describer an index's instance variant needs (None: it has none)."""
+    return instance_describer(config, device) if index.describer_name else None
+
+
 def instance_describer(config: EngineConfig, device) -> InstanceDescriber:
     """The configured backbone with its ImageNet weights (never fine-tuned)."""
-    weights = config.resnet18_weights if config.backbone == "resnet18" else None
-    model = imagenet_model(config.backbone, config.image_size, device, weights)
+    model = imagenet_model(config.backbone, config.image_size, device, config.pretrained_weights)
     return InstanceDescriber(model.backbone, config.image_size, device)
 

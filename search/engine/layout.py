@@ -27,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -100,8 +101,6 @@ def resume_folder(index_root: Path, kind: str, key: str) -> Path:
 
 def clear_resume(index_root: Path) -> None:
     """Forget what interrupted runs saved: a build has completed."""
-    import shutil
-
     shutil.rmtree(Path(index_root) / RESUME, ignore_errors=True)
 
 

@@ -20,9 +20,6 @@ from . import layout
 from .errors import SearchIndexError
 from .stored import load_array
 
-KINDS = ("penultimate", "logits", "instance")
-
-
 def global_key(model_checksum: str, describer_name: str | None) -> str:
     return hashlib.sha1(f"{model_checksum}|{describer_name}".encode()).hexdigest()
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
+
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
@@ -100,8 +101,7 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
         raise CollectionError(f"validation classes absent from training: {unknown}")
 
     device = pick_device(config.device)
-    backbone = build_backbone(config.backbone, len(classes), pretrained=True,
-                              weights_path=config.resnet18_weights if config.backbone == "resnet18" else None)
+    backbone = build_backbone(config.backbone, len(classes), pretrained=True, weights_path=config.pretrained_weights)
     backbone.to(device)
     # Training crops are cut from images decoded once and squashed to a
     # square, because the index squashes whole images to image_size x
@@ -233,8 +233,7 @@ def save_starter_classifier(collection: Collection, config: EngineConfig, out_pa
     layer is untrained: the logits variant means nothing and is not indexed."""
     classes = collection.classes or ["unlabelled"]
     torch.manual_seed(config.seed)
-    backbone = build_backbone(config.backbone, len(classes), pretrained=True,
-                              weights_path=config.resnet18_weights if config.backbone == "resnet18" else None)
+    backbone = build_backbone(config.backbone, len(classes), pretrained=True, weights_path=config.pretrained_weights)
     save_classifier(out_path, backbone, classes, config.image_size,
                     {"starter": True, "note": "ImageNet weights, not fine-tuned yet: train to replace it"})
     return Path(out_path)

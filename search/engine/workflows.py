@@ -8,14 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import layout
 from .additions import Additions, add_images
 from .attention import TrainedAttention, load_attention, train_attention
 from .collection import Collection
 from .config import EngineConfig
 from .errors import SearchIndexError
 from .index import SearchIndex, build_index, load_index
-from .instance_features import InstanceDescriber, instance_describer
+from .instance_features import describer_for, instance_describer
 from .local_features import AttentionExtractor
 from .methods import VARIANTS
 from .model import TrainedModel, load_classifier, pick_device
@@ -92,6 +91,11 @@ def is_starter(model: TrainedModel) -> bool:
     return bool(model.info.get("starter"))
 
 
+def model_label(model: TrainedModel) -> str:
+    """What evaluation rows call the loaded classifier: the starter is not fine-tuned."""
+    return "starter" if is_starter(model) else "fine-tuned"
+
+
 def index_collection(collection: Collection, models: Models, config: EngineConfig, index_root: Path | None = None,
                      activate: bool = True, progress: Progress = no_progress) -> Path:
     """A new build of ``collection`` (global features, trees, and local features when the
@@ -105,16 +109,8 @@ def add_to_index(paths, config: EngineConfig, index_root: Path | None = None, la
                  models: Models | None = None, progress: Progress = no_progress) -> Additions:
     """Add image files and folders to the active index with the models it was built with (see
     ``additions.add_images``)."""
-    root = Path(index_root or config.index_root)
-    models = models or load_models(config)
-    manifest = layout.read_manifest(layout.active_build(root))
-    describer = instance_describer(config, models.device) if manifest.get("instance_describer") else None
-    return add_images(root, paths, models, config, label, describer, progress)
-
-
-def describer_for(index: SearchIndex, config: EngineConfig, device) -> InstanceDescriber | None:
-    """The instance describer an index's instance variant needs (None: it has none)."""
-    return instance_describer(config, device) if index.describer_name else None
+    return add_images(Path(index_root or config.index_root), paths, models or load_models(config), config, label,
+                      progress)
 
 
 def open_engine(config: EngineConfig, build: Path | None = None, model_path: Path | None = None,

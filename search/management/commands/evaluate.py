@@ -11,7 +11,7 @@ from ...engine.instance_evaluation import evaluate_instances, format_instance_ta
 from ...engine.methods import METHODS
 from ...engine.model import imagenet_model
 from ...engine.pipeline import RetrievalEngine
-from ...engine.workflows import is_starter, open_engine
+from ...engine.workflows import model_label, open_engine
 from ..base import EngineCommand, StageBars
 
 
@@ -61,8 +61,7 @@ class Command(EngineCommand):
         unknown = sorted(set(methods) - set(METHODS))
         if unknown:
             raise CommandError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-        # the ImageNet starter (prepare_collection --site-first) is not fine-tuned: its rows say so
-        label = "starter" if is_starter(engine.model) else "fine-tuned"
+        label = model_label(engine.model)
         if instance:
             benchmark = load_instance_benchmark(instance)
             scores = self.run_instances(engine, benchmark, methods, label, n_candidates)
