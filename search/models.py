@@ -150,16 +150,22 @@ class MaintenanceRun(TrackedJob):
         return f"{self.kind} {self.pk} ({self.status})"
 
     def steps(self) -> list[dict]:
-        """The steps so far in order, each with whether it has finished, read from the log's
-        '<time> <step>: started (N to do)' and '<time> <step>: finished' lines."""
+        """The steps so far in order, each with whether it has finished and, once it has, how
+        many seconds it took, read from the log's '<HH:MM:SS> <step>: started (N to do)' and
+        '<HH:MM:SS> <step>: finished' lines (a step past midnight wraps round)."""
         steps: dict[str, dict] = {}
+        began: dict[str, int] = {}
         for line in self.log.splitlines():
-            text = line.partition(" ")[2]
+            stamp, _, text = line.partition(" ")
             if ": started (" in text:
                 name = text.split(": started (", 1)[0]
-                steps[name] = {"name": name, "finished": False}
+                steps[name] = {"name": name, "finished": False, "seconds": None}
+                began[name] = _clock_seconds(stamp)
             elif text.endswith(": finished") and text[: -len(": finished")] in steps:
-                steps[text[: -len(": finished")]]["finished"] = True
+                name = text[: -len(": finished")]
+                end, start = _clock_seconds(stamp), began.get(name)
+                steps[name].update(finished=True,
+                                   seconds=None if end is None or start is None else (end - start) % 86400)
         return list(steps.values())
 
     def previous_duration_s(self) -> float | None:
@@ -183,6 +189,15 @@ class MaintenanceRun(TrackedJob):
             return None
         spent = (timezone.now() - self.step_started).total_seconds()
         return spent / self.done * (self.total - self.done)
+
+
+def _clock_seconds(stamp: str) -> int | None:
+    """Seconds since midnight of a log line's 'HH:MM:SS' stamp; None for anything else."""
+    parts = stamp.split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return None
+    hours, minutes, seconds = map(int, parts)
+    return hours * 3600 + minutes * 60 + seconds
 
 
 class ApiToken(models.Model):

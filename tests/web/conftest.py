@@ -110,3 +110,41 @@ def wait_for(predicate, timeout=120.0, interval=0.3, what="condition"):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def image_server():
+    """A local web server: a photo, a text file, a redirect to the photo, a redirect loop, and a
+    redirect to a file:// address."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.conftest import corel_image
+
+    photo = corel_image(450).read_bytes()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            routes = {"/photo.jpg": (200, "image/jpeg", photo), "/notes.txt": (200, "text/plain", b"hello"),
+                      "/gone.jpg": (404, "text/plain", b"no")}
+            if self.path in ("/redirect", "/loop", "/to-file"):
+                target = {"/redirect": "/photo.jpg", "/loop": "/loop", "/to-file": "file:///etc/passwd"}[self.path]
+                self.send_response(302)
+                self.send_header("Location", target)
+                self.end_headers()
+                return
+            code, kind, body = routes.get(self.path, (404, "text/plain", b"no"))
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()

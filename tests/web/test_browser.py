@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from search.models import Rating, SearchJob
+from search.models import MaintenanceRun, Rating, SearchJob
 from tests.conftest import corel_image
 
 from .conftest import ARTIFACTS
@@ -45,10 +45,32 @@ def shot(page, name):
     page.screenshot(path=str(ARTIFACTS / name), full_page=True)
 
 
+# Every control a finger can press, with its size on the page; links inside a sentence are
+# exempt (WCAG 2.5.5's "inline" exception), as are controls not shown.
+SMALL_TARGETS_JS = """() => {
+  const words = el => el.textContent.replace(/\\s+/g, " ").trim();
+  const small = [];
+  for (const el of document.querySelectorAll(
+      "a[href], button, input:not([type=hidden]), select, textarea, summary, [role=button]")) {
+    const box = el.getBoundingClientRect();
+    if (!box.width || !box.height || getComputedStyle(el).visibility === "hidden") continue;
+    if (el.tagName === "A") {
+      const block = el.parentElement.closest("p, li, dd, small, label, td");
+      if (block && !el.closest("nav") && words(block).length > words(el).length + 2) continue;
+    }
+    if (box.width < 43.5 || box.height < 43.5)
+      small.push(`${el.tagName.toLowerCase()}${el.id ? "#" + el.id : ""} "${words(el).slice(0, 30)}" `
+                 + `${Math.round(box.width)}x${Math.round(box.height)}`);
+  }
+  return small;
+}"""
+PHONES = (390, 360)  # a common phone, and the narrowest the pages are made for
+
+
 def assert_usable(page, name):
     """The page passes axe-core's checks (WCAG 2 A and AA rules; the report is saved as an
-    artifact), and on a small phone's 360 px it scrolls only downwards (wide tables scroll inside
-    themselves)."""
+    artifact), and on phones 390 and 360 px wide it scrolls only downwards (wide tables scroll
+    inside themselves) and every control is at least 44 x 44 px (screenshots of both saved)."""
     import json
 
     from axe_playwright_python.sync_playwright import Axe
@@ -58,13 +80,17 @@ def assert_usable(page, name):
                                        "resultTypes": ["violations"]})
     (ARTIFACTS / f"axe-{name}.json").write_text(json.dumps(results.response["violations"], indent=1))
     assert results.violations_count == 0, f"{name}: {results.generate_report()}"
+    shot(page, f"{name}.png")
     size = page.viewport_size
-    page.set_viewport_size({"width": 360, "height": 780})
     try:
-        page.wait_for_timeout(200)
-        width = page.evaluate("() => document.documentElement.scrollWidth")
-        shot(page, f"phone-{name}.png")
-        assert width <= 360, f"{name} is {width} px wide at 360 px"
+        for width in PHONES:
+            page.set_viewport_size({"width": width, "height": 780})
+            page.wait_for_timeout(200)
+            shot(page, f"phone-{width}-{name}.png")
+            scroll_width = page.evaluate("() => document.documentElement.scrollWidth")
+            assert scroll_width <= width, f"{name} is {scroll_width} px wide at {width} px"
+            small = page.evaluate(SMALL_TARGETS_JS)
+            assert not small, f"{name} at {width} px: controls under 44 x 44 px: {small}"
     finally:
         page.set_viewport_size(size)
 
@@ -194,6 +220,8 @@ def test_a_dropped_file_is_uploaded_and_a_bad_one_refused_on_the_form(page, live
     page.wait_for_selector("#image-errors .errorlist")
     assert "not an image file" in page.locator("#image-errors").inner_text()
     shot(page, "upload-refused.png")
+    assert page.goto(live_server.url + "/no-such-page/").status == 404  # the site's own, usable on a phone
+    assert_usable(page, "not-found")
 
 
 def test_browse_the_collection_open_an_image_search_with_it_and_find_it_in_my_searches(
@@ -275,3 +303,143 @@ def test_a_dragged_box_searches_for_that_part_of_the_picture_only(page, live_ser
     page.wait_for_url(re.compile(r"/jobs/[0-9a-f-]{36}/$"))
     job = SearchJob.objects.latest("pk")
     assert Image.open(job.query_image.path).size == (w, h) and "part-of-450" in job.query_image.name
+
+
+def search_with(page, live_server, picture: Path) -> None:
+    """Upload ``picture`` on the home page and wait for the gallery."""
+    page.goto(live_server.url + "/")
+    page.set_input_files("input[name=image]", str(picture))
+    page.click("#search-button")
+    page.wait_for_url(re.compile(r"/jobs/[0-9a-f-]{36}/$"))
+    page.wait_for_selector(".result", timeout=180_000)
+
+
+def log_in_as_staff(page, live_server, django_user_model, to="/staff/"):
+    django_user_model.objects.create_user("curator", password="curator-pw", is_staff=True)
+    page.goto(f"{live_server.url}/login/?next={to}")
+    page.fill("#id_username", "curator")
+    page.fill("#id_password", "curator-pw")
+    page.click("#log-in-button")
+    page.wait_for_url(re.compile(re.escape(to) + "$"))
+
+
+def test_a_search_by_image_address_and_a_bad_address_refused_on_the_form(page, live_server, celery_worker_process,
+                                                                          settings, image_server):
+    settings.URL_FETCH_ALLOW_PRIVATE = True  # the test's own server is on loopback
+    page.goto(live_server.url + "/")
+    page.fill("input[name=url]", f"{image_server}/notes.txt")
+    page.click("#search-button")
+    page.wait_for_selector("#search-form .errorlist")
+    assert "cannot be used as an image" in page.locator("#search-form .errorlist").inner_text()
+    assert page.locator("input[name=url]").input_value() == f"{image_server}/notes.txt"  # kept to correct
+    assert_usable(page, "url-refused")
+    page.fill("input[name=url]", f"{image_server}/redirect")  # a redirect to a dinosaur not in the index
+    page.click("#search-button")
+    page.wait_for_url(re.compile(r"/jobs/[0-9a-f-]{36}/$"))
+    page.wait_for_selector(".result", timeout=180_000)
+    assert page.locator(".result").first.locator(".relpath").inner_text().startswith("dinosaurs/")
+    assert SearchJob.objects.get().query_image.name.endswith(".jpg")
+
+
+def test_an_unrelated_photo_is_answered_with_no_confident_match(page, live_server, celery_worker_process):
+    """A laptop (Caltech-101) among Corel buses, beaches, dinosaurs and Africa: the page says
+    that nothing was verified, and no card claims a match."""
+    from tests.conftest import DATASETS
+
+    search_with(page, live_server, DATASETS / "caltech101" / "images" / "laptop" / "image_0001.jpg")
+    assert page.locator("#job-summary").inner_text().startswith("No confident match")
+    stages = page.locator(".result .stage").all_inner_texts()
+    assert len(stages) == 10 and set(stages) == {"not verified"}
+    shot(page, "no-confident-match.png")
+
+
+def test_staff_add_pictures_watch_the_run_and_find_them_in_the_collection(page, live_server, celery_worker_process,
+                                                                          django_user_model, settings):
+    from search.engine.index import activate_build
+    from search.engine.layout import active_build
+    from search.maintenance import run_maintenance
+    from search.models import Status
+
+    index_root = Path(settings.RETRIEVAL.data_dir) / "index"
+    before = active_build(index_root)
+    # the additions go into a build of their own (a rebuild reusing everything), dropped at the end
+    assert run_maintenance(MaintenanceRun.objects.create(kind=MaintenanceRun.REINDEX).pk) == Status.DONE
+    try:
+        log_in_as_staff(page, live_server, django_user_model)
+        page.set_input_files("#upload-form input[name=images]", [str(corel_image(710)), str(corel_image(711))])
+        page.fill("#upload-form input[name=label]", "horses")
+        page.click("#add-images")
+        page.wait_for_url(re.compile(r"/staff/runs/\d+/$"))
+        page.wait_for_function("() => document.getElementById('run-status').textContent === 'done'",
+                               timeout=180_000)
+        steps = page.locator("#run-steps li").all_inner_texts()
+        # every step ticked off with the time it took
+        assert steps and all(re.fullmatch(r"✓ .+ \(\d+ s\)", step) for step in steps), steps
+        assert "added 2 image(s)" in page.locator("#run-log").inner_text()
+        assert_usable(page, "add-run")
+
+        page.goto(live_server.url + "/collection/?label=horses")
+        assert page.locator("#browse-count").inner_text() == "2 images labelled “horses”"
+        page.locator("#browse-grid a").first.click()
+        page.wait_for_url(re.compile(r"/images/[0-9a-f]{12}/$"))
+        assert page.locator("#image-label").inner_text() == "horses"
+        assert page.locator("#image-path").count() == 1  # staff see where the file is
+    finally:
+        activate_build(index_root, before)
+        (index_root / "added.json").unlink(missing_ok=True)  # the session's other tests index without it
+
+
+def test_site_first_answers_with_the_starter_then_the_training_swaps_in(
+        page, live_server, django_user_model, settings, tiny_collection_dir, tmp_path):
+    """The demo's start, in the browser: a site set up with the ImageNet starter answers at once
+    and says the model is still learning; staff start the training, a search made while it runs
+    is answered by the starter, and when it ends the trained model and fine index serve."""
+    import uuid
+
+    from tests.test_commands import run
+
+    from .conftest import start_worker, stop_process
+
+    settings.RETRIEVAL = settings.RETRIEVAL.replace(data_dir=tmp_path, device="cpu", epochs=1, attention_epochs=2,
+                                                    batch_size=16)
+    run("prepare_collection", "--site-first", "--collection", str(tiny_collection_dir), "--labels", "folders")
+    queue = f"site-first-{uuid.uuid4().hex[:8]}"
+    settings.SEARCH_QUEUE, settings.MAINTENANCE_QUEUE = f"{queue}-search", f"{queue}-maintenance"
+    env = dict(RETRIEVAL_DATA_DIR=str(tmp_path), RETRIEVAL_EPOCHS="1", RETRIEVAL_ATTENTION_EPOCHS="2",
+               RETRIEVAL_BATCH_SIZE="16", CELERY_MAINTENANCE_QUEUE=settings.MAINTENANCE_QUEUE)
+    workers = [start_worker(settings.SEARCH_QUEUE, "celery-site-first-search.log", **env)]
+    try:
+        workers.append(start_worker(settings.MAINTENANCE_QUEUE, "celery-site-first-maintenance.log", **env))
+        page.goto(live_server.url + "/")
+        assert "no training started yet" in page.locator("#training-note").inner_text()
+        search_with(page, live_server, corel_image(450))
+        first = page.locator(".result").first
+        assert first.locator(".relpath").inner_text().startswith("dinosaurs/")
+        assert first.locator(".stage").inner_text() == "similar (not checked point by point)"
+
+        log_in_as_staff(page, live_server, django_user_model)
+        page.click("#start-train")
+        page.wait_for_url(re.compile(r"/staff/runs/\d+/$"))
+        page.wait_for_function("() => document.getElementById('run-status').textContent === 'running'",
+                               timeout=60_000)
+        other = page.context.new_page()  # meanwhile, in another tab
+        search_with(other, live_server, corel_image(451))
+        other.goto(live_server.url + "/")
+        assert "still learning" in other.locator("#training-note").inner_text()
+        during = SearchJob.objects.latest("pk")
+        assert during.method == "hybrid" and during.status == "done"
+        page.wait_for_function("() => document.getElementById('run-status').textContent === 'done'",
+                               timeout=600_000)
+        training = MaintenanceRun.objects.get(kind=MaintenanceRun.TRAIN)
+        assert during.finished < training.finished  # answered before the training ended
+        assert all(step.endswith(" s)") or step.endswith(" min)") for step in page.locator("#run-steps li").all_inner_texts())
+
+        page.goto(live_server.url + "/")
+        assert page.locator("#training-note").count() == 0
+        assert page.locator("select[name=method]").input_value() == "hybrid+attention"
+        search_with(page, live_server, corel_image(450))
+        assert page.locator(".result").first.locator(".stage").inner_text() in ("verified match", "not verified")
+        assert SearchJob.objects.latest("pk").method == "hybrid+attention"
+    finally:
+        for worker in workers:
+            stop_process(worker)

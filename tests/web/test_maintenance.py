@@ -357,11 +357,14 @@ def test_a_run_lists_its_steps_what_it_reused_and_the_time_left_overall(admin_cl
         "01:00:05 global features: 38 images unchanged since the last build (reused), 2 extracted\n"
         "01:00:06 local features: started (40 to do)\n"))
     payload = admin_client.get(f"/staff/runs/{run.pk}.json").json()
-    assert payload["steps"] == [{"name": "global features", "finished": True},
-                                {"name": "local features", "finished": False}]
+    assert payload["steps"] == [{"name": "global features", "finished": True, "seconds": 4},
+                                {"name": "local features", "finished": False, "seconds": None}]
     assert payload["reused"] == ["global features: 38 images unchanged since the last build (reused), 2 extracted"]
     assert payload["previous_s"] == pytest.approx(100, abs=1)
     assert payload["overall_remaining_s"] == pytest.approx(70, abs=2)
+    # a step that ran past midnight
+    run.log = "23:59:58 fine-tune: started (3 to do)\n00:00:03 fine-tune: finished\n"
+    assert run.steps() == [{"name": "fine-tune", "finished": True, "seconds": 5}]
     train = MaintenanceRun.objects.create(kind=MaintenanceRun.TRAIN, status=Status.RUNNING, started=now)
     assert admin_client.get(f"/staff/runs/{train.pk}.json").json()["overall_remaining_s"] is None  # none before
 

@@ -223,42 +223,6 @@ def test_searches_past_their_retention_lose_their_photo_and_unrated_ones_their_r
     assert expire_old_searches() == {"expired": 0, "photos_deleted": 0}
 
 
-@pytest.fixture
-def image_server():
-    """A local web server: a photo, a text file, a redirect to the photo, a redirect loop, and a
-    redirect to a file:// address."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    photo = corel_image(450).read_bytes()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            routes = {"/photo.jpg": (200, "image/jpeg", photo), "/notes.txt": (200, "text/plain", b"hello"),
-                      "/gone.jpg": (404, "text/plain", b"no")}
-            if self.path in ("/redirect", "/loop", "/to-file"):
-                target = {"/redirect": "/photo.jpg", "/loop": "/loop", "/to-file": "file:///etc/passwd"}[self.path]
-                self.send_response(302)
-                self.send_header("Location", target)
-                self.end_headers()
-                return
-            code, kind, body = routes.get(self.path, (404, "text/plain", b"no"))
-            self.send_response(code)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
 def test_a_search_by_image_address_fetches_it_carefully(client, settings, image_server):
     from search.forms import SearchForm
 
