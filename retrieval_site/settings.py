@@ -228,6 +228,13 @@ STAFF_FOLDER_ROOTS = [p.strip() for p in os.environ.get(
 # Whether staff may add images to the active index's folder from the site (off by default: the
 # demo collection is a shared, read-only dataset).
 COLLECTION_UPLOADS = env_bool("COLLECTION_UPLOADS", True)
+# Images added from the site or the API wait in delta segments, scanned exactly beside the build.
+# After an 'add' run, a merge (a reindex that extracts nothing) is queued on the maintenance
+# queue once the deltas hold MERGE_DELTA_FRACTION of the build's images or number
+# MERGE_MAX_DELTAS; AUTO_MERGE=false leaves them to the next reindex.
+AUTO_MERGE = env_bool("AUTO_MERGE", True)
+MERGE_DELTA_FRACTION = float(os.environ.get("MERGE_DELTA_FRACTION", 0.05))
+MERGE_MAX_DELTAS = int(os.environ.get("MERGE_MAX_DELTAS", 20))
 # "search with this image": the collection image is scaled down to this longest side first
 QUERY_FROM_COLLECTION_MAX_SIDE = int(os.environ.get("QUERY_FROM_COLLECTION_MAX_SIDE", 1600))
 BROWSE_PAGE_SIZE = int(os.environ.get("BROWSE_PAGE_SIZE", 48))

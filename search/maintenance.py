@@ -16,6 +16,7 @@ from django.utils import timezone
 from .collection_files import make_thumbnails
 from .conf import engine_config
 from .engine import layout
+from .engine.additions import delta_load
 from .engine.collection import Collection, scan_collection, write_labels_csv
 from .engine.errors import EngineError, SearchIndexError
 from .engine.evaluation import evaluate_methods, write_report
@@ -24,7 +25,11 @@ from .engine.progress import Throttle
 from .engine.workflows import (Models, add_to_index, index_collection, load_models, model_label, open_engine,
                                train_models)
 from .models import MaintenanceRun, Status
+from .queue import enqueue_maintenance
 from .watchdog import Heartbeat, worker_name
+
+
+MERGE_REQUESTER = "automatic merge"  # the requested_by of the reindex runs an add run queues
 
 
 class RunLog:
@@ -68,8 +73,11 @@ def _scan(config, run: MaintenanceRun) -> Collection:
         root = active.collection_root if active is not None else Path(config.collection_dir)
     labels = run.labels or settings.COLLECTION_LABELS or None
     if labels is None and active is not None:
+        # the collection folder's images only: added ones (absolute paths under the index root)
+        # keep the labels their ledger records
         labelled = {row["path"]: row["label"] for row in active.rows.values()
-                    if row["label"] is not None and (root / row["path"]).is_file()}
+                    if row["label"] is not None and not Path(row["path"]).is_absolute()
+                    and (root / row["path"]).is_file()}
         if labelled:
             labels = Path(config.data_dir) / "site-labels.csv"
             write_labels_csv(labels, labelled)
@@ -125,7 +133,28 @@ def add(config, report: RunLog, run: MaintenanceRun) -> Path:
                 "the next reindex folds them into the build")
     if Path(run.collection_dir).parent == Path(config.data_dir) / "incoming":
         shutil.rmtree(run.collection_dir, ignore_errors=True)
+    queue_merge_if_due(config, report)
     return result.delta.parent.parent
+
+
+def queue_merge_if_due(config, report: RunLog) -> MaintenanceRun | None:
+    """Queue a merge once the deltas cost enough (AUTO_MERGE, MERGE_DELTA_FRACTION,
+    MERGE_MAX_DELTAS): a reindex of the active collection, which reuses every feature and switches
+    builds atomically; none while a reindex or retrain is queued or running (it folds them in)."""
+    if not settings.AUTO_MERGE:
+        return None
+    load = delta_load(config.index_root)
+    if not load.merge_due(settings.MERGE_DELTA_FRACTION, settings.MERGE_MAX_DELTAS):
+        return None
+    if MaintenanceRun.objects.filter(kind__in=[MaintenanceRun.REINDEX, MaintenanceRun.TRAIN],
+                                     status__in=[Status.QUEUED, Status.RUNNING]).exists():
+        report.line("the deltas are due a merge: the reindex already queued or running folds them in")
+        return None
+    merge = MaintenanceRun.objects.create(kind=MaintenanceRun.REINDEX, requested_by=MERGE_REQUESTER)
+    MaintenanceRun.objects.filter(pk=merge.pk).update(celery_task_id=enqueue_maintenance(merge.pk))
+    report.line(f"queued merge run {merge.pk}: {load.delta_images} image(s) in {load.deltas} delta(s) beside "
+                f"{load.build_images} in the build")
+    return merge
 
 
 def evaluate(config, report: RunLog, run: MaintenanceRun) -> Path:

@@ -64,6 +64,37 @@ def test_added_images_are_searchable_at_once_and_folded_in_by_the_next_build(tin
     assert response.results[0].image_id == bus and response.results[0].stage == "verified"
 
 
+def test_a_search_during_a_merge_is_answered_by_the_build_and_its_deltas(tiny_models, engine_config, tmp_path):
+    """A merge (the rebuild that folds the deltas in) writes a new build beside the serving one:
+    a search made while it runs, from inside its progress reports, still finds the added image,
+    verified; then the new build holds it with nothing extracted again."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for n in (0, 150, 300, 450):
+        shutil.copy(corel_image(n), folder / f"{n}.jpg")
+    root = tmp_path / "index"
+    build = index_collection(scan_collection(folder), tiny_models, engine_config, root)
+    engine = engine_for(tiny_models, build, engine_config)
+    new = tmp_path / "new"
+    new.mkdir()
+    shutil.copy(corel_image(905), new / "cake.jpg")
+    cake = add_to_index([new], engine_config, root, models=tiny_models).added[0].image_id
+
+    during = []
+
+    def progress(step, done, total):
+        if layout.active_build(root) == build and not during:  # the merge under way, not yet switched
+            during.append(engine.search(new / "cake.jpg", FINE))
+
+    merged = index_collection(scan_collection(folder), tiny_models, engine_config, root, progress=progress)
+    assert during, "the merge reported no progress before it switched"
+    assert during[0].results[0].image_id == cake and during[0].results[0].stage == "verified"
+    assert layout.active_build(root) == merged != build
+    assert load_index(merged).manifest["global"] == {"reused": 5, "extracted": 0}
+    after = engine_for(tiny_models, merged, engine_config).search(new / "cake.jpg", FINE)
+    assert after.results[0].image_id == cake and after.results[0].stage == "verified"
+
+
 def test_a_second_writer_waits_for_the_index_lock(tmp_path):
     """One build or delta at a time per index root, across processes; re-entrant within one."""
     probe = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR)\n"

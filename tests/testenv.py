@@ -18,6 +18,8 @@ os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/14")
 os.environ["CELERY_TASK_DEFAULT_QUEUE"] = f"retrieval-tests-{uuid.uuid4().hex[:8]}"
 # one private queue for both kinds of work: the tests' single worker takes both
 os.environ["CELERY_MAINTENANCE_QUEUE"] = os.environ["CELERY_TASK_DEFAULT_QUEUE"]
+# an 'add' run queues no merge unless the test asks for one: the session's tests share one index
+os.environ["AUTO_MERGE"] = "false"
 os.environ["DJANGO_MEDIA_ROOT"] = os.path.join(_DATA_DIR, "media")
 # Playwright's sync API runs an event loop in the test thread; the ORM calls the
 # tests make beside it are still synchronous.

@@ -89,6 +89,29 @@ def add_images(index_root: Path, paths, models, config: EngineConfig, label: str
         return result
 
 
+@dataclass(frozen=True)
+class DeltaLoad:
+    """How much of a build's collection sits in deltas (scanned exactly at every query)."""
+    build_images: int
+    delta_images: int
+    deltas: int
+
+    def merge_due(self, fraction: float, max_deltas: int) -> bool:
+        """Whether a merge (a rebuild that extracts nothing) should fold the deltas in now: they
+        hold ``fraction`` of the build's images, or there are ``max_deltas`` of them."""
+        if not self.deltas:
+            return False
+        return self.deltas >= max_deltas or self.delta_images >= fraction * max(1, self.build_images)
+
+
+def delta_load(index_root: Path) -> DeltaLoad:
+    """The active build's deltas, counted from the manifests alone."""
+    build = layout.active_build(index_root)
+    deltas = layout.deltas_of(build)
+    return DeltaLoad(layout.read_manifest(build)["collection_size"],
+                     sum(layout.read_manifest(d)["collection_size"] for d in deltas), len(deltas))
+
+
 def _check_extractors(index: SearchIndex, models, describer) -> None:
     if index.local is not None and (models.extractor is None
                                     or models.extractor.checksum != index.local.meta["extractor"]):

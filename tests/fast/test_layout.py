@@ -66,3 +66,22 @@ def test_incomplete_or_foreign_builds_are_refused(tmp_path):
     (build / layout.MANIFEST).unlink()
     with pytest.raises(SearchIndexError, match="is not a complete index"):
         layout.read_manifest(build)
+
+
+def test_the_deltas_are_counted_from_their_manifests_and_due_a_merge_by_share_or_number(tmp_path):
+    from search.engine.additions import DeltaLoad, delta_load
+
+    rows = [{"id": f"i{n}", "path": f"{n}.jpg", "label": None} for n in range(40)]
+    build = write_build(tmp_path, rows)
+    assert delta_load(tmp_path) == DeltaLoad(40, 0, 0) and not DeltaLoad(40, 0, 0).merge_due(0.0, 1)
+    for size in (1, 2):
+        partial, final = layout.new_delta(build)
+        layout.write_manifest(partial, {"collection_root": "/photos", "collection_size": size})
+        layout.finish_build(partial, final)
+    partial, _ = layout.new_delta(build)  # a delta still being written is not counted
+    layout.write_manifest(partial, {"collection_root": "/photos", "collection_size": 7})
+    load = delta_load(tmp_path)
+    assert load == DeltaLoad(40, 3, 2)
+    assert not load.merge_due(fraction=0.1, max_deltas=3)  # 3 of 40 images, 2 of 3 deltas
+    assert load.merge_due(fraction=0.075, max_deltas=3)  # 3 >= 0.075 * 40
+    assert load.merge_due(fraction=0.1, max_deltas=2)

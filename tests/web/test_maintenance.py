@@ -1,5 +1,6 @@
 """Staff-only maintenance and settings: access rules, the retrain path, search progress."""
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,49 @@ def test_reindex_of_another_folder_keeps_the_images_added_from_the_staff_page(si
         assert len(index) == 7 and not index.deltas and len(added) == 1
         run.refresh_from_db()  # nothing went through the network
         assert "global features: 7 images unchanged since the last build (reused), 0 extracted" in run.log
+    finally:
+        activate_build(index_root, before)
+        (index_root / "added.json").unlink(missing_ok=True)  # the session's other tests index without it
+
+
+def test_an_add_run_that_fills_the_deltas_queues_a_merge_the_worker_runs(site_index, tmp_path, settings,
+                                                                          celery_worker_process):
+    """After an 'add' run, a merge is queued once the deltas are many or large enough: the
+    worker's reindex folds them in, extracting nothing, and switches builds."""
+    from search.engine.index import activate_build, load_index
+    from search.engine.layout import active_build
+    from search.maintenance import MERGE_REQUESTER, run_maintenance
+
+    index_root = Path(settings.RETRIEVAL.data_dir) / "index"
+    before = active_build(index_root)
+    # the additions go into a build of their own (a rebuild reusing everything), dropped at the end
+    assert run_maintenance(MaintenanceRun.objects.create(kind=MaintenanceRun.REINDEX).pk) == Status.DONE
+    settings.AUTO_MERGE, settings.MERGE_DELTA_FRACTION, settings.MERGE_MAX_DELTAS = True, 0.5, 2
+
+    def add(number):
+        folder = tmp_path / f"add-{number}"
+        folder.mkdir()
+        shutil.copy(corel_image(number), folder / f"new-{number}.jpg")
+        run = MaintenanceRun.objects.create(kind=MaintenanceRun.ADD, collection_dir=str(folder), label="horses")
+        assert run_maintenance(run.pk) == Status.DONE
+        run.refresh_from_db()
+        return run
+
+    try:
+        first = add(720)
+        assert "queued merge run" not in first.log  # 1 image in 1 delta: not yet
+        assert not MaintenanceRun.objects.filter(requested_by=MERGE_REQUESTER).exists()
+        second = add(721)
+        merge = MaintenanceRun.objects.get(requested_by=MERGE_REQUESTER)
+        assert f"queued merge run {merge.pk}: 2 image(s) in 2 delta(s) beside 40 in the build" in second.log
+        merge = wait_for(lambda: MaintenanceRun.objects.filter(pk=merge.pk, status__in=[Status.DONE, Status.FAILED])
+                         .first(), timeout=180, what="the merge run")
+        assert merge.status == Status.DONE and merge.kind == MaintenanceRun.REINDEX, merge.log
+        assert "global features: 42 images unchanged since the last build (reused), 0 extracted" in merge.log
+        index = load_index(index_root)
+        assert len(index) == 42 and not index.deltas and index.path.name == merge.build
+        # the added images keep their label (a reindex without labels once failed on them)
+        assert [label for path, label in zip(index.relpaths, index.labels) if "/new-72" in path] == ["horses"] * 2
     finally:
         activate_build(index_root, before)
         (index_root / "added.json").unlink(missing_ok=True)  # the session's other tests index without it
