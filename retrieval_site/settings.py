@@ -210,6 +210,10 @@ URL_FETCH_ALLOW_PRIVATE = env_bool("URL_FETCH_ALLOW_PRIVATE", False)
 # (search/middleware.py): one photo plus the form's fields; staff may add several images at once.
 REQUEST_MAX_BYTES = UPLOAD_MAX_BYTES + 1024 * 1024
 STAFF_REQUEST_MAX_BYTES = int(os.environ.get("STAFF_REQUEST_MAX_BYTES", 200 * 1024 * 1024))
+# A zip archive staff add (the staff page or the collection API): at most this many pictures,
+# unpacking to at most this many bytes in all (each picture within UPLOAD_MAX_BYTES).
+ARCHIVE_MAX_IMAGES = int(os.environ.get("ARCHIVE_MAX_IMAGES", 10_000))
+ARCHIVE_MAX_BYTES = int(os.environ.get("ARCHIVE_MAX_BYTES", 1024 * 1024 * 1024))
 DATA_UPLOAD_MAX_MEMORY_SIZE = REQUEST_MAX_BYTES
 # Whether visitors who are not logged in may search and rate (staff pages always need staff).
 ANONYMOUS_CAN_SEARCH = env_bool("ANONYMOUS_CAN_SEARCH", True)

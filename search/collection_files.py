@@ -156,19 +156,29 @@ def correspondence_png(job: SearchJob, result: dict) -> bytes:
     return buffer.getvalue()
 
 
-def stage_uploads(images) -> Path:
-    """Save decoded uploads as JPEGs in a fresh folder under ``<data dir>/incoming/`` for an 'add'
-    run to take in (add_images copies them under the index root; the collection folder may be
-    read-only)."""
+def stage_uploads(items) -> tuple[Path, list[str]]:
+    """Save a valid upload form's pictures (decoded ones as JPEGs, archives unpacked) in a fresh
+    folder under ``<data dir>/incoming/`` for an 'add' run to take in (add_images copies them
+    under the index root; the collection folder may be read-only). Returns the folder and notes
+    for the run's log; an archive that fails to unpack leaves nothing behind."""
+    import shutil
     import uuid
+
+    from .archives import ArchiveError, unique_name, unpack_pictures
+    from .forms import archive_limits
 
     folder = engine_config().data_dir / "incoming" / uuid.uuid4().hex
     folder.mkdir(parents=True)
-    for name, image in images:
-        stem = Path(name).stem.replace("/", "_")[:80] or "image"
-        path, n = folder / f"{stem}.jpg", 1
-        while path.exists():
-            n += 1
-            path = folder / f"{stem}-{n}.jpg"
-        image.save(path, format="JPEG", quality=95)
-    return folder
+    notes, taken = [], set()
+    try:
+        for kind, name, content in items:
+            if kind == "zip":
+                unpacked = unpack_pictures(content, name, folder, archive_limits(), taken)
+                notes.append(f"archive {name}: {len(unpacked.files)} picture(s) unpacked"
+                             + (f", {len(unpacked.ignored)} other file(s) ignored" if unpacked.ignored else ""))
+            else:
+                content.save(folder / unique_name(Path(name).stem + ".jpg", taken), format="JPEG", quality=95)
+    except (ArchiveError, OSError):
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder, notes

@@ -150,19 +150,38 @@ class MultipleImageField(forms.FileField):
 
 
 class CollectionUploadForm(forms.Form):
-    """Staff: add images to the active index (decoded and normalised like a query), with an
-    optional class label; an 'add' run makes them searchable without a rebuild."""
-    images = MultipleImageField(label="Images", error_messages={"required": "Choose one or more image files."})
+    """Staff: add images to the active index, with an optional class label; an 'add' run makes
+    them searchable without a rebuild. Pictures are decoded and normalised like a query; a zip
+    archive of pictures is checked here (damage, encryption, the limits) and unpacked when staged,
+    its pictures decoded by the run, which skips with the reason what is no picture."""
+    images = MultipleImageField(label="Images or zip archives of images",
+                                error_messages={"required": "Choose one or more image files or zip archives."})
     label = forms.SlugField(max_length=60, label="Class label", required=False)
 
     def clean_images(self):
+        from .archives import ArchiveError, check_archive, is_zip
+
         limit = settings.UPLOAD_MAX_BYTES
-        decoded = []
+        items = []
         for upload in self.cleaned_data["images"]:
+            if is_zip(upload) or upload.name.lower().endswith(".zip"):
+                try:
+                    check_archive(upload, upload.name, archive_limits())
+                except ArchiveError as exc:
+                    raise forms.ValidationError(str(exc))
+                items.append(("zip", upload.name, upload))
+                continue
             if upload.size > limit:
                 raise forms.ValidationError(f"{upload.name} is over the limit of {limit / 2**20:.2f} MB.")
             try:
-                decoded.append((upload.name, open_image(upload)))
+                items.append(("image", upload.name, open_image(upload)))
             except ImageError as exc:
                 raise forms.ValidationError(f"{upload.name} cannot be used as an image: {_without_name(exc, upload)}")
-        return decoded
+        return items
+
+
+def archive_limits():
+    from .archives import ArchiveLimits
+
+    return ArchiveLimits(max_images=settings.ARCHIVE_MAX_IMAGES, max_image_bytes=settings.UPLOAD_MAX_BYTES,
+                         max_total_bytes=settings.ARCHIVE_MAX_BYTES)

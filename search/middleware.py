@@ -12,8 +12,9 @@ from django.shortcuts import render
 
 
 def body_limit(path: str) -> int:
-    """Staff adding images may send several at once; everyone else one photo and a few fields."""
-    if path.startswith("/staff/"):
+    """Staff adding images (the staff pages, the collection API) may send several at once, or an
+    archive; everyone else one photo and a few fields."""
+    if path.startswith(("/staff/", "/api/collection/")):
         return settings.STAFF_REQUEST_MAX_BYTES
     return settings.REQUEST_MAX_BYTES
 

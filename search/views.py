@@ -15,10 +15,12 @@ from django.db import transaction
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from . import collection_files
+from .archives import ArchiveError
 from .conf import engine_config
 from .engine.errors import EngineError, SearchIndexError
 from .engine.methods import is_fine, method_label
@@ -400,6 +402,9 @@ def staff_upload(request):
         return staff_home(request, upload_form=form)
     try:
         run = queue_additions(request, form)
+    except ArchiveError as exc:
+        form.add_error("images", str(exc))
+        return staff_home(request, upload_form=form)
     except OSError as exc:
         return staff_home(request, message=f"images not saved: {exc}")
     return redirect("staff_run", run_id=run.pk)
@@ -407,9 +412,11 @@ def staff_upload(request):
 
 def queue_additions(request, form: CollectionUploadForm) -> MaintenanceRun:
     """Stage a valid upload form's images and queue the 'add' run that takes them in."""
-    folder = collection_files.stage_uploads(form.cleaned_data["images"])
+    folder, notes = collection_files.stage_uploads(form.cleaned_data["images"])
+    stamp = timezone.now().strftime("%H:%M:%S")
     run = MaintenanceRun.objects.create(kind=MaintenanceRun.ADD, collection_dir=str(folder),
-                                        label=form.cleaned_data["label"], requested_by=request.user.get_username())
+                                        label=form.cleaned_data["label"], requested_by=request.user.get_username(),
+                                        log="".join(f"{stamp} {note}\n" for note in notes))
     MaintenanceRun.objects.filter(pk=run.pk).update(celery_task_id=enqueue_maintenance(run.pk))
     return run
 
@@ -497,6 +504,8 @@ def api_add_images(request):
         return JsonResponse({"errors": {k: [str(e) for e in v] for k, v in form.errors.items()}}, status=400)
     try:
         run = queue_additions(request, form)
+    except ArchiveError as exc:
+        return JsonResponse({"errors": {"images": [str(exc)]}}, status=400)
     except OSError as exc:
         status = 507 if is_disk_full(exc) else 500
         return JsonResponse({"error": f"images not saved: {exc}"}, status=status)

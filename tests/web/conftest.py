@@ -148,3 +148,25 @@ def image_server():
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+
+
+@pytest.fixture
+def scratch_build(site_index, django_db_setup):
+    """A build of the site's collection of the test's own (a rebuild reusing everything), for
+    tests that add images: afterwards the session's build is active again and the ledger of added
+    images gone, so the other tests index and search the 40 images they expect."""
+    from django.conf import settings
+
+    from search.engine.index import activate_build
+    from search.engine.layout import active_build
+    from search.maintenance import run_maintenance
+    from search.models import MaintenanceRun, Status
+
+    index_root = Path(settings.RETRIEVAL.data_dir) / "index"
+    before = active_build(index_root)
+    assert run_maintenance(MaintenanceRun.objects.create(kind=MaintenanceRun.REINDEX).pk) == Status.DONE
+    try:
+        yield active_build(index_root)
+    finally:
+        activate_build(index_root, before)
+        (index_root / "added.json").unlink(missing_ok=True)

@@ -167,18 +167,14 @@ def test_reindex_of_another_folder_keeps_the_images_added_from_the_staff_page(si
         (index_root / "added.json").unlink(missing_ok=True)  # the session's other tests index without it
 
 
-def test_an_add_run_that_fills_the_deltas_queues_a_merge_the_worker_runs(site_index, tmp_path, settings,
+def test_an_add_run_that_fills_the_deltas_queues_a_merge_the_worker_runs(scratch_build, tmp_path, settings,
                                                                           celery_worker_process):
     """After an 'add' run, a merge is queued once the deltas are many or large enough: the
     worker's reindex folds them in, extracting nothing, and switches builds."""
-    from search.engine.index import activate_build, load_index
-    from search.engine.layout import active_build
+    from search.engine.index import load_index
     from search.maintenance import MERGE_REQUESTER, run_maintenance
 
     index_root = Path(settings.RETRIEVAL.data_dir) / "index"
-    before = active_build(index_root)
-    # the additions go into a build of their own (a rebuild reusing everything), dropped at the end
-    assert run_maintenance(MaintenanceRun.objects.create(kind=MaintenanceRun.REINDEX).pk) == Status.DONE
     settings.AUTO_MERGE, settings.MERGE_DELTA_FRACTION, settings.MERGE_MAX_DELTAS = True, 0.5, 2
 
     def add(number):
@@ -190,24 +186,81 @@ def test_an_add_run_that_fills_the_deltas_queues_a_merge_the_worker_runs(site_in
         run.refresh_from_db()
         return run
 
-    try:
-        first = add(720)
-        assert "queued merge run" not in first.log  # 1 image in 1 delta: not yet
-        assert not MaintenanceRun.objects.filter(requested_by=MERGE_REQUESTER).exists()
-        second = add(721)
-        merge = MaintenanceRun.objects.get(requested_by=MERGE_REQUESTER)
-        assert f"queued merge run {merge.pk}: 2 image(s) in 2 delta(s) beside 40 in the build" in second.log
-        merge = wait_for(lambda: MaintenanceRun.objects.filter(pk=merge.pk, status__in=[Status.DONE, Status.FAILED])
-                         .first(), timeout=180, what="the merge run")
-        assert merge.status == Status.DONE and merge.kind == MaintenanceRun.REINDEX, merge.log
-        assert "global features: 42 images unchanged since the last build (reused), 0 extracted" in merge.log
-        index = load_index(index_root)
-        assert len(index) == 42 and not index.deltas and index.path.name == merge.build
-        # the added images keep their label (a reindex without labels once failed on them)
-        assert [label for path, label in zip(index.relpaths, index.labels) if "/new-72" in path] == ["horses"] * 2
-    finally:
-        activate_build(index_root, before)
-        (index_root / "added.json").unlink(missing_ok=True)  # the session's other tests index without it
+    first = add(720)
+    assert "queued merge run" not in first.log  # 1 image in 1 delta: not yet
+    assert not MaintenanceRun.objects.filter(requested_by=MERGE_REQUESTER).exists()
+    second = add(721)
+    merge = MaintenanceRun.objects.get(requested_by=MERGE_REQUESTER)
+    assert f"queued merge run {merge.pk}: 2 image(s) in 2 delta(s) beside 40 in the build" in second.log
+    merge = wait_for(lambda: MaintenanceRun.objects.filter(pk=merge.pk, status__in=[Status.DONE, Status.FAILED])
+                     .first(), timeout=180, what="the merge run")
+    assert merge.status == Status.DONE and merge.kind == MaintenanceRun.REINDEX, merge.log
+    assert "global features: 42 images unchanged since the last build (reused), 0 extracted" in merge.log
+    index = load_index(index_root)
+    assert len(index) == 42 and not index.deltas and index.path.name == merge.build
+    # the added images keep their label (a reindex without labels once failed on them)
+    assert [label for path, label in zip(index.relpaths, index.labels) if "/new-72" in path] == ["horses"] * 2
+
+
+def test_staff_add_a_zip_of_pictures_and_a_damaged_or_bomb_archive_is_refused(client, django_user_model,
+                                                                              scratch_build, settings):
+    """Bulk ingest: a zip's pictures are unpacked flat (its folders, hidden files and other files
+    left out) and added by one run, which skips with the reason what only looked like a picture;
+    a damaged archive, or one that would unpack past the limits, is refused with nothing staged."""
+    import io
+    import zipfile
+
+    from search.engine.index import load_index
+    from search.maintenance import run_maintenance
+
+    def archive(members: dict) -> SimpleUploadedFile:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+        return SimpleUploadedFile("pictures.zip", buffer.getvalue(), content_type="application/zip")
+
+    client.force_login(django_user_model.objects.create_user("curator", password="pw", is_staff=True))
+    incoming = Path(settings.RETRIEVAL.data_dir) / "incoming"
+    staged_before = set(incoming.iterdir()) if incoming.exists() else set()
+    settings.ARCHIVE_MAX_BYTES = 5 * 2**20
+    bomb = archive({"bomb.jpg": bytes(30 * 2**20)})  # 30 MB of zeros, about 30 KB packed
+    response = client.post("/staff/upload", {"images": [bomb], "label": "horses"})
+    assert response.status_code == 400 and "over the limit of 20.00 MB per picture" in response.content.decode()
+    damaged = SimpleUploadedFile("broken.zip", archive({"a.jpg": corel_image(730).read_bytes()}).read()[:-60])
+    response = client.post("/staff/upload", {"images": [damaged]})
+    assert response.status_code == 400 and "broken.zip is not a readable zip archive" in response.content.decode()
+    # whole on the outside, damaged inside: found while unpacking (the CRC), and nothing is kept
+    stored = io.BytesIO()
+    with zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("a.jpg", corel_image(730).read_bytes())
+    body = bytearray(stored.getvalue())
+    body[2000:2100] = bytes(100)
+    response = client.post("/staff/upload", {"images": [SimpleUploadedFile("inside.zip", bytes(body))]})
+    assert response.status_code == 400 and "inside.zip could not be unpacked" in response.content.decode()
+    settings.ARCHIVE_MAX_IMAGES = 1
+    two = archive({"x/1.jpg": corel_image(731).read_bytes(), "y/2.jpg": corel_image(732).read_bytes()})
+    assert "at most 1 are taken at once" in client.post("/staff/upload", {"images": [two]}).content.decode()
+    assert (set(incoming.iterdir()) if incoming.exists() else set()) == staged_before  # nothing staged
+    settings.ARCHIVE_MAX_IMAGES = 100
+
+    pictures = archive({"horses/730.jpg": corel_image(730).read_bytes(),
+                        "more/horses/730.jpg": corel_image(731).read_bytes(),  # same name, another picture
+                        "../../escape.jpg": corel_image(732).read_bytes(),
+                        "horses/notes.txt": b"not a picture", "__MACOSX/horses/._730.jpg": b"junk",
+                        ".hidden.jpg": b"junk", "horses/looks-like.jpg": b"not a picture either"})
+    response = client.post("/staff/upload", {"images": [pictures], "label": "horses"})
+    assert response.status_code == 302
+    run = MaintenanceRun.objects.latest("pk")
+    assert "archive pictures.zip: 4 picture(s) unpacked, 1 other file(s) ignored" in run.log
+    assert sorted(p.name for p in Path(run.collection_dir).iterdir()) == ["730-2.jpg", "730.jpg", "escape.jpg",
+                                                                           "looks-like.jpg"]
+    assert not (Path(settings.RETRIEVAL.data_dir) / "escape.jpg").exists()
+    assert run_maintenance(run.pk) == Status.DONE
+    run.refresh_from_db()
+    assert "skipped looks-like.jpg" in run.log and "added 3 image(s)" in run.log, run.log
+    index = load_index(Path(settings.RETRIEVAL.data_dir) / "index")
+    assert len(index) == 43 and index.labels[-3:] == ["horses"] * 3
 
 
 def add_images_from_the_staff_page(settings) -> MaintenanceRun:
