@@ -193,3 +193,29 @@ def test_a_verified_result_must_be_confident(tiny_fine_engine):
     assert quiet.n_verified == 0 and all(r.stage == "coarse" and r.confidence < 1e-6 for r in quiet.results)
     assert [r.inliers for r in quiet.results][0] == response.results[0].inliers  # the query itself, still matched
     assert [r.image_id for r in quiet.results] == [r.image_id for r in coarse.results]
+
+
+def test_a_photo_taken_sideways_is_found_by_turning_the_query(tiny_fine_engine):
+    """Local features are not rotation-invariant: a collection picture sent turned a quarter
+    (a phone photo without its EXIF orientation) verifies nothing as it is; with query_turns the
+    turned-back query finds it, verified, its matching points put back on the picture as sent."""
+    engine = tiny_fine_engine
+    position = 35  # a dinosaur on a plain ground (a busier picture can verify even turned)
+    upright = open_image(engine.index.path_of(position))
+    sideways = upright.transpose(Image.Transpose.ROTATE_270)  # a quarter turn clockwise
+    plain = engine.search(sideways, "penultimate+attention", k=5)
+    assert plain.n_verified == 0 and "turns" not in plain.timings_ms  # off by default
+    saved = engine.config
+    engine.config = saved.replace(query_turns="90,180,270")
+    try:
+        found = engine.search(sideways, "penultimate+attention", k=5)
+    finally:
+        engine.config = saved
+    first = found.results[0]
+    assert first.image_id == engine.index.image_ids[position] and first.stage == "verified"
+    assert found.timings_ms["turns"] > 0
+    # where each point of the picture lies on the sideways photo: (x, y) -> (height - y, x)
+    ours, theirs = np.array(first.query_points), np.array(first.result_points)
+    expected = np.stack([upright.height - theirs[:, 1], theirs[:, 0]], axis=1)
+    assert np.median(np.linalg.norm(ours - expected, axis=1)) < 4.0
+    assert (ours >= 0).all() and (ours[:, 0] <= sideways.width).all() and (ours[:, 1] <= sideways.height).all()

@@ -147,6 +147,19 @@ class EngineConfig:
     # full and fitted with RANSAC (0: verify every candidate). Measured: RESULTS.md.
     verify_top: int = 200
     prescore_keypoints: int = 100
+    # A photo taken sideways or upside down (no EXIF orientation to say so) verifies nothing: the
+    # local features are not rotation-invariant. When a fine method verified nothing, the query is
+    # turned by each of these angles (degrees counter-clockwise; empty: never) and searched again,
+    # turn_candidates verified, and the first turn that verifies something is kept.
+    query_turns: str = ""
+    turn_candidates: int = 200
+
+    @property
+    def turn_angles(self) -> tuple[int, ...]:
+        angles = tuple(int(a) for a in self.query_turns.replace(" ", "").split(",") if a)
+        if any(a not in (90, 180, 270) for a in angles):
+            raise ValueError(f"query_turns takes 90, 180 and 270 only, not {self.query_turns!r}")
+        return angles
 
     @property
     def pretrained_weights(self) -> str | None:

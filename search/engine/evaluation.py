@@ -79,16 +79,18 @@ def evaluate_methods(engine: RetrievalEngine, query_ids: Iterable[str], methods:
     stage = f"evaluating {model_label}"
     for done, position in enumerate(queries, 1):
         query_label = index.labels[position]
-        query = engine.query_features(index.path_of(position), local=any_fine)
+        image = open_image(index.path_of(position))
+        query, turned = engine.query_features(image, local=any_fine), {}
         for method in methods:
-            ranking = engine.rank(query, method, n_candidates, depth=len(index) - 1,
-                                  exclude_ids={index.image_ids[position]})
+            ranking = engine.rank_turning(image, query, method, n_candidates, depth=len(index) - 1,
+                                          exclude_ids={index.image_ids[position]}, turned=turned)
             relevant = labels[ranking.ranked_positions] == query_label
             stats[method]["p"].append(precision_at_k(relevant, k))
             stats[method]["ap"].append(average_precision(relevant, class_sizes[query_label] - 1))
             ms = query.timings_ms["global_features"] + ranking.timings_ms["coarse"]
             if is_fine(method):
-                ms += query.timings_ms["local_features"] + ranking.timings_ms["verification"]
+                ms += (query.timings_ms["local_features"] + ranking.timings_ms["verification"]
+                       + ranking.timings_ms.get("turns", 0.0))
                 stats[method]["verified"].append(ranking.n_verified)
             stats[method]["ms"].append(ms)
         progress(stage, done, len(queries))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import EngineError
+from .images import open_image
 from .instance_benchmark import InstanceBenchmark
 from .methods import is_fine
 from .pipeline import RetrievalEngine
@@ -90,14 +91,15 @@ def _score_runs(engine: RetrievalEngine, benchmark: InstanceBenchmark, runs: lis
     any_fine = any(is_fine(m) for m, _ in runs)
     rows = {run: [] for run in runs}
     for done, q in enumerate(queries, 1):
-        query = engine.query_features(benchmark.path_of(q), local=any_fine)
+        image = open_image(benchmark.path_of(q))
+        query, turned = engine.query_features(image, local=any_fine), {}
         target = _targets(q, position_of)
         for method, n_candidates in runs:
-            ranking = engine.rank(query, method, n_candidates, depth=depth)
+            ranking = engine.rank_turning(image, query, method, n_candidates, depth=depth, turned=turned)
             first = ranking.order[0]
             verified = bool(first < ranking.n_candidates and ranking.verified[first])
             ms = query.timings_ms["global_features"] + sum(ranking.timings_ms.get(k, 0.0)
-                                                           for k in ("coarse", "verification"))
+                                                           for k in ("coarse", "verification", "turns"))
             if is_fine(method):
                 ms += query.timings_ms["local_features"]
             rows[method, n_candidates].append({

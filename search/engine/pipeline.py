@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from .attention import TrainedAttention
 from .confidence import EVIDENCE, Calibration, load_calibration, match_evidence
@@ -57,6 +58,7 @@ class Ranking:
     confidence: np.ndarray
     verified: np.ndarray
     timings_ms: dict
+    turned: int = 0  # degrees the query was turned to give this ranking (query_turns)
 
     @property
     def inliers(self) -> np.ndarray:
@@ -242,6 +244,31 @@ class RetrievalEngine:
         return Ranking(method, positions, distances, order, n_verify, verifications, evidence, confidence, verified,
                        timings)
 
+    def rank_turning(self, image, query: QueryFeatures, method: str, n_candidates: int | None = None,
+                     depth: int | None = None, exclude_ids=frozenset(), progress: Progress = no_progress,
+                     turned: dict | None = None) -> Ranking:
+        """``rank``; and when a fine method verified nothing, the query ``image`` turned by each of
+        ``query_turns`` in turn, ``turn_candidates`` verified, until one verifies something (its
+        ranking is returned, ``turned`` saying by how much). ``turned`` caches the turned queries'
+        features across methods. The turns' time is in ``timings_ms['turns']``."""
+        ranking = self.rank(query, method, n_candidates, depth, exclude_ids, progress)
+        if not parse_method(method)[1] or ranking.n_verified or not self.config.turn_angles:
+            return ranking
+        started = time.perf_counter()
+        turned = {} if turned is None else turned
+        image = image if hasattr(image, "convert") else open_image(image)
+        few = min(n_candidates or self.config.n_candidates, self.config.turn_candidates)
+        for degrees in self.config.turn_angles:
+            if degrees not in turned:
+                turned[degrees] = self.query_features(image.transpose(TURNS[degrees]), local=True)
+            again = self.rank(turned[degrees], method, few, depth, exclude_ids)
+            if again.n_verified:
+                again.turned = degrees
+                ranking = again
+                break
+        ranking.timings_ms["turns"] = elapsed_ms(started)
+        return ranking
+
     def search(self, image, method: str | None = None, n_candidates: int | None = None,
                k: int | None = None, exclude_ids=(), progress: Progress = no_progress) -> SearchResponse:
         """The top k: coarse candidates, then (for ``+attention`` methods) verification and the
@@ -250,8 +277,9 @@ class RetrievalEngine:
         _, fine = self._parse(method)
         k = k or self.config.top_k
         n_candidates = max(k, n_candidates or self.config.n_candidates) if fine else k
+        image = image if hasattr(image, "convert") else open_image(image)
         query = self.query_features(image, local=fine, progress=progress)
-        ranking = self.rank(query, method, n_candidates, exclude_ids=exclude_ids, progress=progress)
+        ranking = self.rank_turning(image, query, method, n_candidates, exclude_ids=exclude_ids, progress=progress)
         results = []
         for rank, i in enumerate(ranking.order[:k], 1):
             result = self._result(rank, ranking.positions[i], ranking.distances[i])
@@ -261,7 +289,9 @@ class RetrievalEngine:
                 result.confidence = round(float(ranking.confidence[i]), 3)
                 if ranking.verified[i]:
                     result.stage = "verified"
-                    result.query_points = v.query_points.round(1).tolist()
+                    # the points on the picture as it was sent, not as it was turned
+                    result.query_points = unturn_points(v.query_points, ranking.turned,
+                                                        image.size).round(1).tolist()
                     result.result_points = v.candidate_points.round(1).tolist()
             results.append(result)
         timings = dict(query.timings_ms, **ranking.timings_ms)
@@ -271,6 +301,25 @@ class RetrievalEngine:
         index = self.index
         return SearchResult(rank, index.image_ids[position], index.relpaths[position],
                             str(index.path_of(position)), float(distance), index.labels[position])
+
+
+# query_turns: degrees counter-clockwise -> the exact (lossless) turn
+TURNS = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+
+
+def unturn_points(points: np.ndarray, degrees: int, size: tuple[int, int]) -> np.ndarray:
+    """(x, y) points on a picture of ``size`` (width, height) turned ``degrees`` counter-clockwise,
+    put back on the picture as it was."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    width, height = size
+    u, v = points[:, 0], points[:, 1]
+    if degrees == 90:
+        return np.stack([width - v, u], axis=1)
+    if degrees == 180:
+        return np.stack([width - u, height - v], axis=1)
+    if degrees == 270:
+        return np.stack([v, height - u], axis=1)
+    return points
 
 
 def fine_order(inliers: np.ndarray, reranked: np.ndarray, verified: np.ndarray | None = None) -> np.ndarray:
