@@ -42,8 +42,7 @@ class RunLog:
 
     def line(self, text: str) -> None:
         run = MaintenanceRun.objects.get(pk=self.run_id)
-        stamp = timezone.now().strftime("%H:%M:%S")
-        MaintenanceRun.objects.filter(pk=self.run_id).update(log=run.log + f"{stamp} {text}\n")
+        MaintenanceRun.objects.filter(pk=self.run_id).update(log=run.log + MaintenanceRun.log_line(text))
 
     def _write(self, step: str, done: int, total: int) -> None:
         changes = {"step": step, "done": done, "total": total}

@@ -1,6 +1,7 @@
 """The site's rows: a search job per uploaded query, a rating per (job, result, rater),
 and a maintenance run per retrain or reindex. The engine itself keeps no database."""
 import uuid
+from datetime import datetime
 
 from django.conf import settings
 from django.db import models
@@ -121,6 +122,9 @@ class Rating(models.Model):
         return f"{self.rater} rated {self.image_id} {self.value} for job {self.job_id}"
 
 
+LOG_STAMP = "%H:%M:%S"  # what each line of a maintenance run's log starts with
+
+
 class MaintenanceRun(TrackedJob):
     REINDEX = "reindex"
     TRAIN = "train"
@@ -148,6 +152,11 @@ class MaintenanceRun(TrackedJob):
 
     def __str__(self):
         return f"{self.kind} {self.pk} ({self.status})"
+
+    @staticmethod
+    def log_line(text: str) -> str:
+        """A line of a run's log: the time (LOG_STAMP, which ``steps`` reads back), then ``text``."""
+        return f"{timezone.now().strftime(LOG_STAMP)} {text}\n"
 
     def steps(self) -> list[dict]:
         """The steps so far in order, each with whether it has finished and, once it has, how
@@ -192,12 +201,12 @@ class MaintenanceRun(TrackedJob):
 
 
 def _clock_seconds(stamp: str) -> int | None:
-    """Seconds since midnight of a log line's 'HH:MM:SS' stamp; None for anything else."""
-    parts = stamp.split(":")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+    """Seconds since midnight of a log line's stamp (LOG_STAMP); None for anything else."""
+    try:
+        clock = datetime.strptime(stamp, LOG_STAMP)
+    except ValueError:
         return None
-    hours, minutes, seconds = map(int, parts)
-    return hours * 3600 + minutes * 60 + seconds
+    return clock.hour * 3600 + clock.minute * 60 + clock.second
 
 
 class ApiToken(models.Model):

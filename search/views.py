@@ -15,7 +15,6 @@ from django.db import transaction
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
@@ -413,10 +412,9 @@ def staff_upload(request):
 def queue_additions(request, form: CollectionUploadForm) -> MaintenanceRun:
     """Stage a valid upload form's images and queue the 'add' run that takes them in."""
     folder, notes = collection_files.stage_uploads(form.cleaned_data["images"])
-    stamp = timezone.now().strftime("%H:%M:%S")
     run = MaintenanceRun.objects.create(kind=MaintenanceRun.ADD, collection_dir=str(folder),
                                         label=form.cleaned_data["label"], requested_by=request.user.get_username(),
-                                        log="".join(f"{stamp} {note}\n" for note in notes))
+                                        log="".join(MaintenanceRun.log_line(note) for note in notes))
     MaintenanceRun.objects.filter(pk=run.pk).update(celery_task_id=enqueue_maintenance(run.pk))
     return run
 
