@@ -353,10 +353,15 @@ def test_an_unrelated_photo_is_answered_with_no_confident_match(page, live_serve
     shot(page, "no-confident-match.png")
 
 
-def test_staff_add_pictures_watch_the_run_and_find_them_in_the_collection(page, live_server, celery_worker_process,
-                                                                          django_user_model, scratch_build):
+def test_staff_add_a_picture_and_a_zip_watch_the_run_and_find_them_in_the_collection(page, live_server, celery_worker_process,
+                                                                          django_user_model, scratch_build, tmp_path):
+    import zipfile
+
+    archive = tmp_path / "more horses.zip"  # a picture and a zip of another, in one go
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(corel_image(711), "field/711.jpg")
     log_in_as_staff(page, live_server, django_user_model)
-    page.set_input_files("#upload-form input[name=images]", [str(corel_image(710)), str(corel_image(711))])
+    page.set_input_files("#upload-form input[name=images]", [str(corel_image(710)), str(archive)])
     page.fill("#upload-form input[name=label]", "horses")
     page.click("#add-images")
     page.wait_for_url(re.compile(r"/staff/runs/\d+/$"))
@@ -365,7 +370,8 @@ def test_staff_add_pictures_watch_the_run_and_find_them_in_the_collection(page, 
     steps = page.locator("#run-steps li").all_inner_texts()
     # every step ticked off with the time it took
     assert steps and all(re.fullmatch(r"✓ .+ \(\d+ s\)", step) for step in steps), steps
-    assert "added 2 image(s)" in page.locator("#run-log").inner_text()
+    log = page.locator("#run-log").inner_text()
+    assert "archive more horses.zip: 1 picture(s) unpacked" in log and "added 2 image(s)" in log
     assert_usable(page, "add-run")
 
     page.goto(live_server.url + "/collection/?label=horses")
