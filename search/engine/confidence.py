@@ -47,13 +47,17 @@ def match_evidence(verifications: list[Verification], query_keypoints: np.ndarra
     and their coarse distances between unit vectors). Coverage is the inliers' spread over that
     of all the image's keypoints, so it does not depend on the image's resolution (a phone photo
     is ten times a collection thumbnail). Unverified candidates (no affine) get zero inliers."""
+    rows = candidate_evidence(verifications, query_keypoints, candidate_keypoints)
+    inliers = np.array([v.inliers if v.affine is not None else 0 for v in verifications], dtype=np.float64)
+    return query_evidence(rows, inliers, distances)
+
+
+def candidate_evidence(verifications: list[Verification], query_keypoints: np.ndarray,
+                       candidate_keypoints: list[np.ndarray]) -> np.ndarray:
+    """The evidence each verification gives on its own (the columns up to ``log_anisotropy``; the
+    others are zero until ``query_evidence``): a shard judges its candidates this far."""
     query_spread = max(_spread(query_keypoints), 1e-6)
     rows = np.zeros((len(verifications), len(EVIDENCE)), dtype=np.float64)
-    rows[:, 5] = 1.0 - np.asarray(distances[:len(verifications)], dtype=np.float64) ** 2 / 2
-    inliers = np.array([v.inliers if v.affine is not None else 0 for v in verifications], dtype=np.float64)
-    fitted = np.sort(inliers[inliers > 0])[::-1]
-    floor = fitted[min(FLOOR_RANK, len(fitted)) - 1] if len(fitted) else 0.0
-    rows[:, 6] = np.where(inliers > 0, np.log((inliers + 1) / (floor + 1)), 0.0)
     for i, v in enumerate(verifications):  # one small step per fitted candidate (a few hundred at most)
         if v.affine is None or v.inliers == 0:
             continue
@@ -62,6 +66,19 @@ def match_evidence(verifications: list[Verification], query_keypoints: np.ndarra
                        min(_spread(v.query_points) / query_spread, 1.0),
                        min(_spread(v.candidate_points) / max(_spread(candidate_keypoints[i]), 1e-6), 1.0),
                        np.log(max(singular[0], 1e-9) / max(singular[1], 1e-9)))
+    return rows
+
+
+def query_evidence(rows: np.ndarray, inliers: np.ndarray, distances: np.ndarray) -> np.ndarray:
+    """``rows`` (from ``candidate_evidence``) completed with what depends on the query's whole list
+    of candidates: the coarse similarity, and the inliers' excess over the query's floor of chance
+    inliers (over every candidate fitted, so over every shard's). ``inliers``: 0 where no affine."""
+    rows = np.array(rows, dtype=np.float64)
+    inliers = np.asarray(inliers, dtype=np.float64)
+    rows[:, 5] = 1.0 - np.asarray(distances[:len(rows)], dtype=np.float64) ** 2 / 2
+    fitted = np.sort(inliers[inliers > 0])[::-1]
+    floor = fitted[min(FLOOR_RANK, len(fitted)) - 1] if len(fitted) else 0.0
+    rows[:, 6] = np.where(inliers > 0, np.log((inliers + 1) / (floor + 1)), 0.0)
     return rows
 
 

@@ -154,6 +154,10 @@ class EngineConfig:
     query_turns: str = ""
     turn_candidates: int = 200
 
+    # Sharded search (shards.py): the collection split by image id into this many shard builds
+    # (<data dir>/shards/<number>), each served by workers on its own queue; 0 or 1: one index.
+    shards: int = 0
+
     @property
     def turn_angles(self) -> tuple[int, ...]:
         angles = tuple(int(a) for a in self.query_turns.replace(" ", "").split(",") if a)
@@ -173,6 +177,19 @@ class EngineConfig:
     @property
     def index_root(self) -> Path:
         return Path(self.data_dir) / "index"
+
+    @property
+    def shards_root(self) -> Path:
+        return Path(self.data_dir) / "shards"
+
+    def shard_root(self, number: int) -> Path:
+        """The index root of shard ``number`` (its builds and active link, as under ``index_root``)."""
+        return self.shards_root / str(number)
+
+    @property
+    def shard_exchange_dir(self) -> Path:
+        """Where a sharded search's stages leave their files for each other (one folder per search)."""
+        return Path(self.data_dir) / "shard-searches"
 
     @property
     def reports_dir(self) -> Path:

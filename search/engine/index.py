@@ -145,8 +145,10 @@ class SearchIndex:
 
     @property
     def removed_ids(self) -> frozenset[str]:
-        """Ids removed from search since this build was made (``remove_images``), read afresh."""
-        return layout.read_removed(layout.index_root_of(self.path))
+        """Ids removed from search since this build was made (``remove_images``), read afresh; a
+        shard's are those of the collection it was split from (``shards.split_build``)."""
+        source = (self.manifest.get("shard") or {}).get("index_root")
+        return layout.read_removed(Path(source) if source else layout.index_root_of(self.path))
 
     def hidden(self, exclude_ids=frozenset()) -> np.ndarray | None:
         """A mask of the positions no search may return: removed images and ``exclude_ids``."""
@@ -157,6 +159,17 @@ class SearchIndex:
         mask = np.zeros(len(self), dtype=bool)
         mask[positions] = True
         return mask
+
+    def nearest(self, vector: np.ndarray, variant: str, n: int,
+                exclude_ids=frozenset()) -> tuple[np.ndarray, np.ndarray]:
+        """``coarse_candidates`` less ``exclude_ids`` and the images removed from search."""
+        hidden = self.hidden(exclude_ids)
+        extra = 0 if hidden is None else int(hidden.sum())
+        positions, distances = self.coarse_candidates(vector, variant, n + extra)
+        if hidden is not None:
+            keep = ~hidden[positions]
+            positions, distances = positions[keep], distances[keep]
+        return positions[:n], distances[:n]
 
     def coarse_candidates(self, vector: np.ndarray, variant: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions and distances of the ``n`` nearest images, nearest first."""

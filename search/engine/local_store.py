@@ -171,6 +171,13 @@ def build_local_store(path: Path, records: list[ImageRecord], extractor, pca_dim
 
 def _write_store(path: Path, records: list[ImageRecord], fingerprints: list[str], rows: list[LocalFeatures], pca,
                  extractor, extra: dict) -> dict:
+    return _write_rows(path, rows, pca, {
+        "extractor": extractor.checksum, "extractor_name": extractor.name, "dim": int(pca.n_components_),
+        "raw_dim": int(extractor.dim), "image_ids": [r.image_id for r in records], "fingerprints": fingerprints,
+        **extra})
+
+
+def _write_rows(path: Path, rows: list[LocalFeatures], pca, meta: dict) -> dict:
     counts = np.array([len(r) for r in rows], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     np.save(path / "offsets.npy", offsets)
@@ -179,11 +186,22 @@ def _write_store(path: Path, records: list[ImageRecord], fingerprints: list[str]
     np.save(path / "scores.npy", _stack([r.scores for r in rows], (0,), np.float32))
     np.save(path / "descriptors.npy", _stack([r.descriptors for r in rows], (0, pca.n_components_), np.float16))
     joblib.dump(pca, path / "pca.joblib")
-    meta = {"extractor": extractor.checksum, "extractor_name": extractor.name, "dim": int(pca.n_components_),
-            "raw_dim": int(extractor.dim), "image_ids": [r.image_id for r in records],
-            "fingerprints": fingerprints, "total_keypoints": int(offsets[-1]), **extra}
+    meta = dict(meta, total_keypoints=int(offsets[-1]))
     (path / META).write_text(json.dumps(meta))
     return meta
+
+
+def write_subset(store: LocalStore | StackedLocalStore, positions, path: Path) -> dict:
+    """A store at ``path`` holding ``store``'s rows at ``positions`` (a shard's share), with the
+    same extractor and PCA: nothing is extracted or projected again."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    positions = [int(p) for p in positions]
+    meta = {k: v for k, v in store.meta.items() if k not in ("image_ids", "fingerprints", "total_keypoints")}
+    meta.update(image_ids=[store.meta["image_ids"][p] for p in positions],
+                fingerprints=[store.meta["fingerprints"][p] for p in positions],
+                reused=len(positions), extracted=0, resumed=0, skipped=[])
+    return _write_rows(path, [store.features(p) for p in positions], store.pca, meta)
 
 
 def _checkpoint_stores(folder: Path | None) -> list[LocalStore]:

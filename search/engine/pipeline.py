@@ -59,6 +59,8 @@ class Ranking:
     verified: np.ndarray
     timings_ms: dict
     turned: int = 0  # degrees the query was turned to give this ranking (query_turns)
+    # a sharded ranking's images (shards.ShardedEngine): positions index this list, not one index
+    catalog: list | None = None
 
     @property
     def inliers(self) -> np.ndarray:
@@ -169,26 +171,13 @@ class RetrievalEngine:
         ``query_expansion_alpha`` when that is > 0) and searched again: distances are then to
         that expanded query."""
         vector = np.atleast_2d(vectors[variant])
-        expand, alpha = self.config.query_expansion, self.config.query_expansion_alpha
-        if expand > 0:
-            first, distances = self._nearest(vector, variant, expand, exclude_ids)
+        if self.config.query_expansion > 0:
+            first, distances = self.index.nearest(vector, variant, self.config.query_expansion, exclude_ids)
             ascending = np.argsort(first)  # memory-mapped rows read in file order
             first, distances = first[ascending], distances[ascending]
-            # unit vectors: cosine similarity = 1 - d^2 / 2
-            weights = np.ones(len(first)) if alpha <= 0 else np.clip(1 - distances ** 2 / 2, 0, None) ** alpha
-            neighbours = self.index.row_vectors(variant, first)
-            vector = l2_normalise(vector + (weights[:, None] * neighbours).sum(0))
-        return self._nearest(vector, variant, n, exclude_ids)
-
-    def _nearest(self, vector: np.ndarray, variant: str, n: int,
-                 exclude_ids: frozenset[str]) -> tuple[np.ndarray, np.ndarray]:
-        hidden = self.index.hidden(exclude_ids)
-        extra = 0 if hidden is None else int(hidden.sum())
-        positions, distances = self.index.coarse_candidates(vector, variant, n + extra)
-        if hidden is not None:
-            keep = ~hidden[positions]
-            positions, distances = positions[keep], distances[keep]
-        return positions[:n], distances[:n]
+            vector = expand_query(vector, distances, self.index.row_vectors(variant, first),
+                                  self.config.query_expansion_alpha)
+        return self.index.nearest(vector, variant, n, exclude_ids)
 
     def candidate_features(self, positions: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """(keypoints, descriptors) of each indexed image at ``positions``, from the store."""
@@ -201,15 +190,13 @@ class RetrievalEngine:
         return verify_candidates(query.keypoints, query.descriptors, candidates,
                                  self.verify_settings, progress, timings_ms, self.device)
 
-    def judge(self, query: LocalFeatures, verifications: list[Verification], inliers: np.ndarray,
-              candidate_keypoints, distances: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Each verification's evidence and confidence; whether it is re-ranked by inliers
+    def judge(self, evidence: np.ndarray, inliers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each verification's confidence (from its ``evidence``); whether it is re-ranked by inliers
         (``min_inliers`` and ``rerank_confidence``) and whether it counts as verified
         (``min_inliers`` and ``min_confidence``)."""
-        evidence = match_evidence(verifications, query.keypoints, candidate_keypoints, distances)
         confidence = self.calibration.probability(evidence)
         enough = inliers >= self.config.min_inliers
-        return (evidence, confidence, enough & (confidence >= self.config.rerank_confidence),
+        return (confidence, enough & (confidence >= self.config.rerank_confidence),
                 enough & (confidence >= self.config.min_confidence))
 
     def rank(self, query: QueryFeatures, method: str, n_candidates: int | None = None, depth: int | None = None,
@@ -237,8 +224,9 @@ class RetrievalEngine:
             candidates = self.candidate_features(positions[:n_verify])
             verifications = self.verify(query.local, positions[:n_verify], progress, timings, candidates)
             inliers = np.array([v.inliers for v in verifications], dtype=np.int64)
-            evidence, confidence, reranked, verified = self.judge(
-                query.local, verifications, inliers, [k for k, _ in candidates], distances[:n_verify])
+            evidence = match_evidence(verifications, query.local.keypoints, [k for k, _ in candidates],
+                                      distances[:n_verify])
+            confidence, reranked, verified = self.judge(evidence, inliers)
             timings["verification"] = elapsed_ms(started)
             order[:n_verify] = fine_order(inliers, reranked, verified)
         return Ranking(method, positions, distances, order, n_verify, verifications, evidence, confidence, verified,
@@ -282,7 +270,7 @@ class RetrievalEngine:
         ranking = self.rank_turning(image, query, method, n_candidates, exclude_ids=exclude_ids, progress=progress)
         results = []
         for rank, i in enumerate(ranking.order[:k], 1):
-            result = self._result(rank, ranking.positions[i], ranking.distances[i])
+            result = self._result(rank, ranking, i)
             if i < ranking.n_candidates:
                 v = ranking.verifications[i]
                 result.inliers = int(v.inliers)
@@ -297,10 +285,11 @@ class RetrievalEngine:
         timings = dict(query.timings_ms, **ranking.timings_ms)
         return SearchResponse(results, method, len(ranking.positions), ranking.n_verified, timings)
 
-    def _result(self, rank: int, position: int, distance: float) -> SearchResult:
-        index = self.index
+    def _result(self, rank: int, ranking: Ranking, i: int) -> SearchResult:
+        """The ``i``-th of ``ranking``'s coarse order as a result at ``rank``."""
+        index, position = self.index, ranking.positions[i]
         return SearchResult(rank, index.image_ids[position], index.relpaths[position],
-                            str(index.path_of(position)), float(distance), index.labels[position])
+                            str(index.path_of(position)), float(ranking.distances[i]), index.labels[position])
 
 
 # query_turns: degrees counter-clockwise -> the exact (lossless) turn
@@ -320,6 +309,14 @@ def unturn_points(points: np.ndarray, degrees: int, size: tuple[int, int]) -> np
     if degrees == 270:
         return np.stack([v, height - u], axis=1)
     return points
+
+
+def expand_query(vector: np.ndarray, distances: np.ndarray, neighbours: np.ndarray, alpha: float) -> np.ndarray:
+    """The query averaged with its nearest images (``neighbours``, at ``distances``), each weighted by
+    its cosine similarity to the query to the power ``alpha`` (plainly when ``alpha`` <= 0)."""
+    # unit vectors: cosine similarity = 1 - d^2 / 2
+    weights = np.ones(len(distances)) if alpha <= 0 else np.clip(1 - np.asarray(distances) ** 2 / 2, 0, None) ** alpha
+    return l2_normalise(np.atleast_2d(vector) + (weights[:, None] * neighbours).sum(0))
 
 
 def fine_order(inliers: np.ndarray, reranked: np.ndarray, verified: np.ndarray | None = None) -> np.ndarray:

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 from ...engine.methods import DEFAULT_METHOD, METHODS, is_fine
+from ...engine.shards import open_sharded_engine
 from ...engine.workflows import open_engine
 from ..base import EngineCommand
 
@@ -15,11 +16,16 @@ class Command(EngineCommand):
                             help=f"default: {DEFAULT_METHOD} (or the best the index offers)")
         parser.add_argument("-k", "--k", type=int, help="number of results (default: the RETRIEVAL_TOP_K setting)")
         parser.add_argument("--n-candidates", type=int, help="coarse candidates to verify (fine methods)")
+        parser.add_argument("--sharded", action="store_true",
+                            help="search the shards (split_index) in this process, as the sharded workers do")
         self.add_model_arguments(parser)
 
-    def handle(self, *args, image, method, k, n_candidates, **options):
+    def handle(self, *args, image, method, k, n_candidates, sharded, **options):
         config = self.config(options)
-        engine = open_engine(config, options["index_dir"], options["model"])
+        if sharded:
+            engine = open_sharded_engine(config)
+        else:
+            engine = open_engine(config, options["index_dir"], options["model"])
         response = engine.search(image, method, n_candidates, k)
         self.stdout.write(f"{'rank':>4}  {'distance':>8}  {'inliers':>7}  {'sure':>5}  {'stage':<8}  {'label':<12} path")
         for r in response.results:

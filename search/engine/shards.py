@@ -1,0 +1,383 @@
+"""Sharded search: one collection split by image id into shard builds, each served by its own
+workers, and a search that runs every stage on all shards and merges between stages, so that
+it gives the answer one index would.
+
+A shard build (``split_build``) is an ordinary build holding a share of the rows of a source
+build, chosen by a hash of each image id: the same model, PCA, instance describer and
+local-feature PCA, so the query is described once (by the coordinating worker, on shard 0's
+build) and every shard compares it in the same space. A search (``ShardedEngine.rank``) has up
+to three stages, each fanned out to every shard (``fan_out``: a Celery group on the site, a
+plain loop in-process) and merged by the coordinator:
+
+1. ``expand`` (query expansion on): each shard's e nearest images with their vectors; the e
+   nearest of all are averaged into the query, as one index would;
+2. ``candidates``: each shard's n nearest to that query, and their pre-scores when verification
+   will pick among more than ``verify_top``; the n nearest of all are the candidates, and the
+   pre-scores pick which of them are verified;
+3. ``verify``: each shard matches and fits the picked candidates it holds and judges what it can
+   alone (``confidence.candidate_evidence``); the coordinator completes the evidence over all
+   candidates (the query's floor of chance inliers spans every shard), then judges and ranks.
+
+The stages exchange files in one folder per search on the shared volume (the query's features,
+each shard's answer): the messages carry a shard number, a stage name and a folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import layout
+from .coarse_backends import FAISS, backend_class, choose_backend
+from .config import EngineConfig
+from .confidence import EVIDENCE, candidate_evidence, query_evidence
+from .errors import SearchIndexError
+from .index import SearchIndex, load_index
+from .local_features import LocalFeatures
+from .local_store import write_subset
+from .methods import parse_method
+from .pipeline import QueryFeatures, Ranking, RetrievalEngine, SearchResult, expand_query, fine_order
+from .progress import Progress, elapsed_ms, no_progress
+from .verification import Verification, prescore, verify_candidates
+
+STAGES = ("expand", "candidates", "verify")
+QUERY_FILE = "query.npz"
+EXPANDED_FILE = "expanded.npy"
+
+# (stage, exchange folder) -> each shard's answer file, in shard order
+FanOut = Callable[[str, Path], list[Path]]
+
+
+def shard_of(image_ids: list[str], shards: int) -> np.ndarray:
+    """Which shard each image belongs to: a hash of its id, so an image keeps its shard whatever
+    else the collection holds."""
+    return np.array([int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "big") % shards
+                     for i in image_ids], dtype=np.int64)
+
+
+def split_build(source: Path, shards_root: Path, shards: int, config: EngineConfig,
+                progress: Progress = no_progress) -> list[Path]:
+    """Write ``shards`` shard builds of the build at ``source`` (an index root or a build; its
+    deltas included) under ``shards_root/<number>``, and make each one active there. Vectors,
+    the PCA and local features are copied, never extracted again; each shard gets its own
+    coarse backends. Shard builds superseded before the last are deleted."""
+    if shards < 2:
+        raise SearchIndexError(f"a collection is split into 2 shards or more, not {shards}")
+    index = load_index(source, coarse_settings=config.coarse_settings())
+    owner = shard_of(index.image_ids, shards)
+    settings = config.coarse_settings()
+    builds = []
+    for number in range(shards):
+        rows = np.flatnonzero(owner == number)
+        progress("splitting into shards", number, shards)
+        root = Path(shards_root) / str(number)
+        with layout.writing(root):
+            partial, final = layout.new_build(root)
+            try:
+                _write_shard(index, rows, partial, number, shards, settings)
+                layout.finish_build(partial, final)
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+            load_index(final)  # it loads before it serves
+            layout.point_active(root, final)
+            _delete_superseded(root, keep=2)
+        builds.append(final)
+    progress("splitting into shards", shards, shards)
+    return builds
+
+
+def _write_shard(index: SearchIndex, rows: np.ndarray, build: Path, number: int, shards: int, settings) -> None:
+    if not len(rows):
+        raise SearchIndexError(f"shard {number} of {shards} would hold no image: fewer shards for {len(index)} images")
+    backend = choose_backend(settings, len(rows))
+    for variant in index.variants:
+        matrix = index.row_vectors(variant, rows).astype(np.float16 if backend == FAISS else np.float32)
+        np.save(layout.vectors_file(build, variant), matrix)
+        backend_class(backend).build(matrix, settings).save(layout.coarse_file(build, variant, backend))
+    source_build = index.path
+    if layout.pca_file(source_build).is_file():
+        shutil.copy2(layout.pca_file(source_build), layout.pca_file(build))
+    local = None
+    if index.local is not None:
+        local = write_subset(index.local, rows, layout.local_dir(build))
+    # added images keep their absolute paths, collection images their paths under the root
+    layout.write_table(build, [{"id": index.image_ids[p], "path": index.relpaths[p], "label": index.labels[p],
+                                "fingerprint": index.fingerprints[p]} for p in rows])
+    manifest = dict(index.manifest)
+    manifest.update(
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        collection_size=int(len(rows)),
+        coarse={v: backend for v in index.variants},
+        local=None if local is None else dict(manifest["local"], reused=len(rows), extracted=0, resumed=0,
+                                              total_keypoints=local["total_keypoints"]),
+        shard={"number": number, "shards": shards, "index_root": str(layout.index_root_of(source_build)),
+               "source_build": source_build.name, "deltas": [d.name for d in index.deltas]})
+    layout.write_manifest(build, manifest)
+
+
+def _delete_superseded(root: Path, keep: int) -> None:
+    """All but the ``keep`` newest complete builds under a shard's root (a worker may still be
+    finishing a search on the one just replaced)."""
+    builds = sorted(p for p in (root / layout.BUILDS).iterdir() if not p.name.endswith(layout.PARTIAL_SUFFIX))
+    active = layout.active_build(root)
+    for old in builds[:-keep]:
+        if old.resolve() != active:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+# --- the exchange folder ------------------------------------------------------------------------
+
+def save_query(folder: Path, query: QueryFeatures) -> None:
+    arrays = {f"vector_{variant}": np.asarray(v, dtype=np.float32) for variant, v in query.vectors.items()}
+    if query.local is not None:
+        arrays.update(keypoints=query.local.keypoints, scales=query.local.scales, scores=query.local.scores,
+                      descriptors=query.local.descriptors)
+    np.savez(folder / QUERY_FILE, **arrays)
+
+
+def load_query(folder: Path) -> QueryFeatures:
+    with np.load(folder / QUERY_FILE) as saved:
+        vectors = {k[len("vector_"):]: saved[k] for k in saved.files if k.startswith("vector_")}
+        local = None
+        if "descriptors" in saved.files:
+            local = LocalFeatures(saved["keypoints"], saved["scales"], saved["scores"], saved["descriptors"])
+    return QueryFeatures(vectors, local)
+
+
+def _request(folder: Path, stage: str) -> dict:
+    return json.loads((folder / f"{stage}.json").read_text())
+
+
+def _answer_file(folder: Path, stage: str, number: int) -> Path:
+    return folder / f"{stage}-{number}.npz"
+
+
+# --- a shard's side -----------------------------------------------------------------------------
+
+class Shard:
+    """What a shard's workers do: one stage of a search on their own shard build."""
+
+    def __init__(self, index: SearchIndex, config: EngineConfig):
+        shard = index.manifest.get("shard")
+        if not shard:
+            raise SearchIndexError(f"{index.path} is not a shard build (split_index makes them)")
+        self.index, self.config, self.number = index, config, int(shard["number"])
+        # the coordinator picks what is verified: a shard verifies every candidate it is sent
+        self.verify_settings = dataclasses.replace(config.verify_settings(), verify_top=0)
+
+    @classmethod
+    def open(cls, root: Path, config: EngineConfig) -> "Shard":
+        return cls(load_index(root, coarse_settings=config.coarse_settings()), config)
+
+    def run(self, stage: str, folder: Path) -> Path:
+        """Answer ``stage`` of the search whose files are in ``folder``; returns the answer's file."""
+        folder = Path(folder)
+        request, query = _request(folder, stage), load_query(folder)
+        exclude = frozenset(request.get("exclude_ids", ()))
+        variant = request.get("variant")
+        index = self.index
+        index.refresh_deltas()
+        out = _answer_file(folder, stage, self.number)
+        if stage == "expand":
+            positions, distances = index.nearest(query.vectors[variant], variant, request["n"], exclude)
+            _save(out, ids=self._ids(positions), distances=distances,
+                  vectors=index.row_vectors(variant, positions))
+        elif stage == "candidates":
+            expanded = folder / EXPANDED_FILE
+            vector = np.load(expanded) if expanded.is_file() else query.vectors[variant]
+            positions, distances = index.nearest(vector, variant, request["n"], exclude)
+            scores = np.zeros(0, dtype=np.int64)
+            if request.get("prescore"):
+                # this shard's share of the n nearest of all is among its own first n
+                scored = positions[:request["n_verify"]]
+                scores = prescore(query.local.descriptors, [index.local.features(int(p)).descriptors for p in scored],
+                                  self.verify_settings)
+            _save(out, ids=self._ids(positions), distances=distances, prescores=scores, **self._catalog(positions))
+        elif stage == "verify":
+            positions = np.array([index.positions[i] for i in request["ids"].get(str(self.number), [])],
+                                 dtype=np.int64)
+            candidates = [(c.keypoints, c.descriptors) for c in (index.local.features(int(p)) for p in positions)]
+            found = verify_candidates(query.local.keypoints, query.local.descriptors, candidates, self.verify_settings)
+            counts = np.array([len(v.query_points) for v in found], dtype=np.int64)
+            _save(out, ids=self._ids(positions),
+                  inliers=np.array([v.inliers if v.affine is not None else 0 for v in found], dtype=np.int64),
+                  matches=np.array([v.matches for v in found], dtype=np.int64),
+                  evidence=candidate_evidence(found, query.local.keypoints, [k for k, _ in candidates]),
+                  point_counts=counts,
+                  query_points=_stack_points([v.query_points for v in found]),
+                  candidate_points=_stack_points([v.candidate_points for v in found]))
+        else:
+            raise SearchIndexError(f"unknown stage {stage!r} of a sharded search; one of {', '.join(STAGES)}")
+        return out
+
+    def _ids(self, positions) -> np.ndarray:
+        return np.array([self.index.image_ids[int(p)] for p in positions], dtype=str)
+
+    def _catalog(self, positions) -> dict:
+        index = self.index
+        return {"relpaths": np.array([index.relpaths[int(p)] for p in positions], dtype=str),
+                "paths": np.array([str(index.path_of(int(p))) for p in positions], dtype=str),
+                "labels": np.array([index.labels[int(p)] or "" for p in positions], dtype=str),
+                "labelled": np.array([index.labels[int(p)] is not None for p in positions], dtype=bool)}
+
+
+def _save(file: Path, **arrays) -> None:
+    tmp = file.with_name(f".{file.stem}.{uuid.uuid4().hex[:6]}.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(file)  # a stage's answer is whole or absent
+
+
+def _stack_points(parts: list[np.ndarray]) -> np.ndarray:
+    parts = [np.asarray(p, dtype=np.float32).reshape(-1, 2) for p in parts]
+    return np.concatenate(parts) if parts else np.zeros((0, 2), np.float32)
+
+
+def local_fan_out(shards: list[Shard]) -> FanOut:
+    """Every stage run on ``shards`` in this process, one after the other (the commands and tests)."""
+    return lambda stage, folder: [shard.run(stage, folder) for shard in shards]
+
+
+# --- the coordinator ----------------------------------------------------------------------------
+
+class ShardedEngine(RetrievalEngine):
+    """An engine whose index is split into shards: the query is described here (with the model,
+    PCA and local PCA that every shard shares, from shard 0's build), and ``rank`` runs its stages
+    on the shards through ``fan_out``. Everything else (``search``, ``rank_turning``, methods) is
+    the one-index engine's."""
+
+    def __init__(self, engine: RetrievalEngine, fan_out: FanOut, exchange_dir: Path):
+        super().__init__(engine.model, engine.index, engine.device, engine.config, engine.attention,
+                         engine.calibration, engine.describer)
+        self.extractor = engine.extractor
+        self.shards = int(engine.index.manifest["shard"]["shards"])
+        self.fan_out, self.exchange_dir = fan_out, Path(exchange_dir)
+
+    def rank(self, query: QueryFeatures, method: str, n_candidates: int | None = None, depth: int | None = None,
+             exclude_ids=frozenset(), progress: Progress = no_progress) -> Ranking:
+        variant, fine = self._parse(method)
+        n_candidates = n_candidates or self.config.n_candidates
+        depth = max(depth or n_candidates, n_candidates if fine else 1)
+        if fine and query.local is None:
+            raise SearchIndexError(f"method {method} needs the query's local features")
+        folder = self.exchange_dir / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        try:
+            return self._rank(folder, query, method, variant, fine, n_candidates, depth, sorted(exclude_ids), progress)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _stage(self, folder: Path, stage: str, request: dict) -> list[dict]:
+        (folder / f"{stage}.json").write_text(json.dumps(request))
+        answers = []
+        for file in self.fan_out(stage, folder):
+            with np.load(file) as saved:
+                answers.append({k: saved[k] for k in saved.files})
+        if len(answers) != self.shards:
+            raise SearchIndexError(f"{len(answers)} shards answered '{stage}', not {self.shards}")
+        return answers
+
+    def _rank(self, folder, query, method, variant, fine, n_candidates, depth, exclude, progress) -> Ranking:
+        timings = {}
+        save_query(folder, query)
+        started = time.perf_counter()
+        base = {"variant": variant, "exclude_ids": exclude}
+        if self.config.query_expansion > 0:
+            answers = self._stage(folder, "expand", dict(base, n=self.config.query_expansion))
+            nearest = _merged(answers, self.config.query_expansion)
+            np.save(folder / EXPANDED_FILE, expand_query(
+                query.vectors[variant], nearest["distances"], nearest["vectors"], self.config.query_expansion_alpha))
+        n_verify_wanted = n_candidates if fine else 0
+        settings = self.verify_settings
+        will_prescore = fine and bool(settings.verify_top) and n_candidates > settings.verify_top
+        answers = self._stage(folder, "candidates", dict(base, n=depth, prescore=will_prescore,
+                                                           n_verify=n_verify_wanted))
+        merged = _merged(answers, depth)
+        distances = merged["distances"]
+        catalog = [(i, r, p, label if labelled else None) for i, r, p, label, labelled in zip(
+            merged["ids"], merged["relpaths"], merged["paths"], merged["labels"], merged["labelled"])]
+        timings["coarse"] = elapsed_ms(started)
+        progress("coarse", len(catalog), len(catalog))
+        positions = np.arange(len(catalog))
+        order = positions.copy()
+        n_verify = min(n_candidates, len(catalog)) if fine else 0
+        evidence = np.zeros((n_verify, len(EVIDENCE)))
+        confidence, verified = np.zeros(n_verify), np.zeros(n_verify, dtype=bool)
+        verifications: list[Verification] = []
+        if fine:
+            started = time.perf_counter()
+            chosen = np.arange(n_verify)
+            if will_prescore and n_verify > settings.verify_top:
+                scores = merged["prescores"][:n_verify]
+                chosen = np.sort(np.argsort(-scores, kind="stable")[:settings.verify_top])
+            progress("verifying", 0, len(chosen))
+            picked = {}
+            for i in chosen:
+                picked.setdefault(str(int(merged["shard"][i])), []).append(str(merged["ids"][i]))
+            answers = self._stage(folder, "verify", {"ids": picked})
+            verifications, evidence = self._gathered(answers, merged["ids"][:n_verify])
+            inliers = np.array([v.inliers for v in verifications], dtype=np.int64)
+            evidence = query_evidence(evidence, inliers, distances[:n_verify])
+            confidence, reranked, verified = self.judge(evidence, inliers)
+            order[:n_verify] = fine_order(inliers, reranked, verified)
+            timings["verification"] = elapsed_ms(started)
+            progress("verifying", len(chosen), len(chosen))
+        return Ranking(method, positions, distances, order, n_verify, verifications, evidence, confidence,
+                       verified, timings, catalog=catalog)
+
+    @staticmethod
+    def _gathered(answers: list[dict], ids: np.ndarray) -> tuple[list[Verification], np.ndarray]:
+        """The shards' verifications of ``ids`` (in that order; those not picked: none), and their evidence."""
+        where = {str(i): k for k, i in enumerate(ids)}
+        verifications = [Verification() for _ in ids]
+        evidence = np.zeros((len(ids), len(EVIDENCE)))
+        for answer in answers:
+            ends = np.cumsum(answer["point_counts"])
+            for j, image_id in enumerate(answer["ids"]):  # one small step per verified candidate
+                k = where[str(image_id)]
+                points = slice(int(ends[j] - answer["point_counts"][j]), int(ends[j]))
+                verifications[k] = Verification(int(answer["inliers"][j]), int(answer["matches"][j]), None,
+                                                answer["query_points"][points], answer["candidate_points"][points])
+                evidence[k] = answer["evidence"][j]
+        return verifications, evidence
+
+    def _result(self, rank: int, ranking: Ranking, i: int) -> SearchResult:
+        image_id, relpath, path, label = ranking.catalog[ranking.positions[i]]
+        return SearchResult(rank, str(image_id), str(relpath), str(path), float(ranking.distances[i]),
+                            None if label is None else str(label))
+
+
+def _merged(answers: list[dict], n: int) -> dict:
+    """The shards' answers joined and cut to the ``n`` nearest (ties: lower shard, then its own order),
+    with a ``shard`` column saying whose each row is."""
+    joined = {key: np.concatenate([a[key] for a in answers]) for key in answers[0]
+              if key != "prescores" and len(answers[0][key]) == len(answers[0]["ids"])}
+    joined["shard"] = np.concatenate([np.full(len(a["ids"]), s, dtype=np.int64) for s, a in enumerate(answers)])
+    if "prescores" in answers[0]:
+        # pre-scores cover each shard's first n_verify rows only; the rest are never picked from
+        joined["prescores"] = np.concatenate([
+            np.pad(a["prescores"], (0, len(a["ids"]) - len(a["prescores"]))) for a in answers])
+    order = np.lexsort((np.arange(len(joined["ids"])), joined["distances"]))[:n]
+    return {key: value[order] for key, value in joined.items()}
+
+
+def open_sharded_engine(config: EngineConfig, fan_out: FanOut | None = None) -> ShardedEngine:
+    """An engine on the shards under ``config.shards_root``: the query described on shard 0's build,
+    the stages sent through ``fan_out`` (default: every shard opened here, run in this process)."""
+    from .workflows import open_engine
+
+    engine = open_engine(config, config.shard_root(0))
+    split = (engine.index.manifest.get("shard") or {}).get("shards")
+    if not split:
+        raise SearchIndexError(f"{engine.index.path} is not a shard build (split_index makes them)")
+    if fan_out is None:
+        fan_out = local_fan_out([Shard.open(config.shard_root(n), config) for n in range(split)])
+    return ShardedEngine(engine, fan_out, config.shard_exchange_dir)

@@ -1,0 +1,113 @@
+"""Sharded search in one process: the tiny fine index split into two shards answers every
+method exactly as the one index does (expansion, pre-scored picking, verification, confidence,
+removals), with the shard stages run in-process (the site runs them on Celery workers:
+tests/web/test_shards.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from search.engine import layout
+from search.engine.errors import SearchIndexError
+from search.engine.index import load_index
+from search.engine.shards import Shard, ShardedEngine, local_fan_out, shard_of, split_build
+from search.engine.workflows import engine_for
+from tests.conftest import corel_image
+
+
+@pytest.fixture(scope="module")
+def two_shards(tiny_fine_engine, engine_config, tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    builds = split_build(tiny_fine_engine.index.path, root, 2, engine_config)
+    return root, builds
+
+
+def sharded(tiny_models, engine_config, root, exchange, **changes) -> tuple[ShardedEngine, list[Shard]]:
+    config = engine_config.replace(**changes)
+    shards = [Shard.open(root / str(n), config) for n in range(2)]
+    return ShardedEngine(engine_for(tiny_models, layout.active_build(root / "0"), config),
+                         local_fan_out(shards), exchange), shards
+
+
+def test_the_split_puts_every_image_in_exactly_one_shard_by_its_id(tiny_fine_engine, two_shards):
+    root, builds = two_shards
+    index = tiny_fine_engine.index
+    shards = [load_index(root / str(n)) for n in range(2)]
+    assert [s.path for s in shards] == builds
+    assert sorted(shards[0].image_ids + shards[1].image_ids) == sorted(index.image_ids)
+    assert all(len(s) for s in shards)
+    owner = dict(zip(index.image_ids, shard_of(index.image_ids, 2)))
+    for number, shard in enumerate(shards):
+        assert {owner[i] for i in shard.image_ids} == {number}
+        assert shard.manifest["shard"] == {"number": number, "shards": 2, "index_root": str(index.path.parent.parent),
+                                           "source_build": index.path.name, "deltas": []}
+        # the same PCA and local-feature projection as the source: one query description fits all
+        assert np.array_equal(shard.pca.components_, index.pca.components_)
+        assert np.array_equal(shard.local.pca.components_, index.local.pca.components_)
+        for image_id in shard.image_ids[:3]:
+            mine, source = shard.local.features(shard.positions[image_id]), index.local.features(index.positions[image_id])
+            assert np.array_equal(mine.descriptors, source.descriptors)
+            assert np.array_equal(shard.row_vectors("penultimate", [shard.positions[image_id]]),
+                                  index.row_vectors("penultimate", [index.positions[image_id]]))
+    # stable: an image's shard depends on its id alone
+    assert list(shard_of(["a", "b", "c"], 2)) == list(shard_of(["a", "b", "c"], 2))
+    assert list(shard_of(["b"], 2)) == [shard_of(["a", "b", "c"], 2)[1]]
+
+
+def same_answer(one, many):
+    assert [r.image_id for r in many.results] == [r.image_id for r in one.results]
+    assert [(r.stage, r.inliers, r.label, r.relpath, r.path) for r in many.results] == \
+        [(r.stage, r.inliers, r.label, r.relpath, r.path) for r in one.results]
+    assert np.allclose([r.distance for r in many.results], [r.distance for r in one.results], atol=1e-5)
+    assert np.allclose([r.confidence for r in many.results], [r.confidence for r in one.results], atol=2e-3)
+    assert [r.query_points for r in many.results] == [r.query_points for r in one.results]
+    assert (many.n_candidates, many.n_verified) == (one.n_candidates, one.n_verified)
+
+
+@pytest.mark.parametrize("changes", [{}, {"verify_top": 8, "n_candidates": 30}, {"query_expansion": 0}],
+                         ids=["defaults", "pre-scored picking", "no expansion"])
+def test_two_shards_answer_every_method_as_the_one_index(tiny_fine_engine, tiny_models, engine_config, two_shards,
+                                                          tmp_path, changes):
+    root, _ = two_shards
+    config = engine_config.replace(**changes)
+    one = engine_for(tiny_models, tiny_fine_engine.index.path, config)
+    many, _ = sharded(tiny_models, engine_config, root, tmp_path / "exchange", **changes)
+    assert many.methods == one.methods and many.default_method == one.default_method
+    crop = Image.open(corel_image(305)).convert("RGB").crop((20, 10, 330, 230))  # a bus, cropped
+    verified = 0
+    for query in (corel_image(3), corel_image(402), crop):
+        for method in one.methods:
+            expected = one.search(query, method, k=10)
+            same_answer(expected, many.search(query, method, k=10))
+            verified += expected.n_verified
+    assert verified > 0  # the fine stage really verified something on both sides
+    assert not list((tmp_path / "exchange").iterdir())  # each search's exchange folder is gone
+
+
+def test_a_removed_or_excluded_image_leaves_the_sharded_answer_too(tiny_fine_engine, tiny_models, engine_config,
+                                                                   two_shards, tmp_path):
+    root, _ = two_shards
+    many, _ = sharded(tiny_models, engine_config, root, tmp_path / "exchange")
+    index_root = tiny_fine_engine.index.path.parent.parent
+    first = many.search(corel_image(3), "penultimate+attention", k=5).results[0]
+    assert first.stage == "verified"
+    excluded = many.search(corel_image(3), "penultimate+attention", k=5, exclude_ids=[first.image_id])
+    assert first.image_id not in [r.image_id for r in excluded.results]
+    layout.remove_images(index_root, [first.image_id])
+    try:
+        removed = many.search(corel_image(3), "penultimate+attention", k=5)
+        assert first.image_id not in [r.image_id for r in removed.results]
+        one = tiny_fine_engine.search(corel_image(3), "penultimate+attention", k=5)
+        same_answer(one, removed)
+    finally:
+        layout.restore_images(index_root, [first.image_id])
+
+
+def test_a_shard_refuses_a_build_that_is_no_shard_and_a_split_into_one(tiny_fine_engine, engine_config, tmp_path):
+    with pytest.raises(SearchIndexError, match="not a shard build"):
+        Shard(tiny_fine_engine.index, engine_config)
+    with pytest.raises(SearchIndexError, match="2 shards or more"):
+        split_build(tiny_fine_engine.index.path, tmp_path, 1, engine_config)
+    with pytest.raises(SearchIndexError, match="would hold no image"):
+        split_build(tiny_fine_engine.index.path, tmp_path, 400, engine_config)
