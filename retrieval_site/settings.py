@@ -180,6 +180,11 @@ CELERY_TASK_TRACK_STARTED = True
 SEARCH_QUEUE = CELERY_TASK_DEFAULT_QUEUE
 MAINTENANCE_QUEUE = os.environ.get("CELERY_MAINTENANCE_QUEUE", "maintenance")
 CELERY_TASK_QUEUES = [Queue(name) for name in dict.fromkeys([SEARCH_QUEUE, MAINTENANCE_QUEUE])]
+# Sharded search (RETRIEVAL_SHARDS >= 2; search/engine/shards.py): the workers of shard n listen
+# on SHARD_QUEUE_PREFIX + n (`-Q shard-0`), never on the search queue's worker alone (it waits for
+# them); a search fails when a shard has not answered a stage within SHARD_STAGE_TIMEOUT_S.
+SHARD_QUEUE_PREFIX = os.environ.get("CELERY_SHARD_QUEUE_PREFIX", "shard-")
+SHARD_STAGE_TIMEOUT_S = float(os.environ.get("SHARD_STAGE_TIMEOUT_S", 120))
 
 # The site.
 # Jobs whose worker died (search/watchdog.py): the worker running a job stamps it every

@@ -13,13 +13,15 @@ from django.utils import timezone
 
 from .conf import engine_config
 from .engine import layout
-from .engine.errors import EngineError
+from .engine.errors import EngineError, SearchIndexError
 from .engine.images import open_image
 from .engine.methods import DEFAULT_METHOD
 from .engine.pipeline import RetrievalEngine
 from .engine.progress import Throttle
+from .engine.shards import ShardedEngine
 from .engine.workflows import open_engine
 from .models import SearchJob, Status
+from .shard_work import celery_fan_out
 from .watchdog import Heartbeat, worker_name
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,8 @@ def current_engine() -> RetrievalEngine:
     files, a disk error), the build this worker already serves keeps serving, and loading the
     new one is tried again a minute later; with nothing loaded yet the error is the job's."""
     config = engine_config()
-    build = layout.active_build(config.index_root)
+    sharded = config.shards >= 2  # the query is described on shard 0's build; the shards do the rest
+    build = layout.active_build(config.shard_root(0) if sharded else config.index_root)
     if _engine["build"] == build and _engine["engine"] is not None:
         return _engine["engine"]
     unloadable = _engine["unloadable"]
@@ -44,6 +47,8 @@ def current_engine() -> RetrievalEngine:
     log.info("loading the engine on index build %s", build)
     try:
         engine = open_engine(config, build)
+        if sharded:
+            engine = sharded_engine(engine, config)
     except EngineError as exc:
         if _engine["engine"] is None:
             raise
@@ -52,6 +57,14 @@ def current_engine() -> RetrievalEngine:
         return _engine["engine"]
     _engine.update(build=build, engine=engine, unloadable=None)
     return engine
+
+
+def sharded_engine(engine: RetrievalEngine, config) -> ShardedEngine:
+    split = (engine.index.manifest.get("shard") or {}).get("shards")
+    if split != config.shards:
+        raise SearchIndexError(f"RETRIEVAL_SHARDS is {config.shards} but {engine.index.path} is one of "
+                               f"{split or 'no'} shards; run split_index --shards {config.shards}")
+    return ShardedEngine(engine, celery_fan_out(config.shards), config.shard_exchange_dir)
 
 
 def _job_stage(stage: str, done: int, total: int) -> str:

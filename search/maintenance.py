@@ -22,6 +22,7 @@ from .engine.errors import EngineError, SearchIndexError
 from .engine.evaluation import evaluate_methods, write_report
 from .engine.index import activate_build
 from .engine.progress import Throttle
+from .engine.shards import split_build
 from .engine.workflows import (Models, add_to_index, index_collection, load_models, model_label, open_engine,
                                train_models)
 from .models import MaintenanceRun, Status
@@ -210,6 +211,9 @@ def _run_claimed(run: MaintenanceRun) -> str:
         lock = nullcontext() if run.kind == MaintenanceRun.EVALUATE else layout.writing(config.index_root)
         with lock:
             build = RUNNERS[run.kind](config, report, run)
+            if config.shards >= 2 and run.kind != MaintenanceRun.EVALUATE:
+                split_build(config.index_root, config.shards_root, config.shards, config, progress=report)
+                report.line(f"split into {config.shards} shards under {config.shards_root}")
     except Exception as exc:
         reason = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
         report.line(f"failed: {reason}")

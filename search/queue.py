@@ -7,6 +7,7 @@ from workers.celery import app
 
 RUN_SEARCH = "search.run_search"
 MAINTAIN = "search.maintain"
+SHARD_STAGE = "search.shard_stage"
 
 
 def enqueue_search(job_id: int) -> str:
@@ -17,3 +18,8 @@ def enqueue_search(job_id: int) -> str:
 def enqueue_maintenance(run_id: int) -> str:
     """Queue a reindex or retrain run; returns the Celery task id."""
     return app.send_task(MAINTAIN, args=[run_id], queue=settings.MAINTENANCE_QUEUE).id
+
+
+def shard_queue(number: int) -> str:
+    """The queue the workers of shard ``number`` listen on."""
+    return f"{settings.SHARD_QUEUE_PREFIX}{number}"

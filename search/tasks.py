@@ -7,7 +7,8 @@ from celery.signals import worker_ready
 
 from .jobs import run_search_job
 from .maintenance import run_maintenance
-from .queue import MAINTAIN, RUN_SEARCH
+from .queue import MAINTAIN, RUN_SEARCH, SHARD_STAGE
+from .shard_work import run_shard_stage
 
 
 @shared_task(name=RUN_SEARCH, acks_late=True, reject_on_worker_lost=True)
@@ -19,6 +20,13 @@ def run_search(job_id: int) -> str:
 def maintain(run_id: int) -> str:
     """A reindex or a retrain, as the run's ``kind`` says."""
     return run_maintenance(run_id)
+
+
+@shared_task(name=SHARD_STAGE, acks_late=True, reject_on_worker_lost=True)
+def shard_stage(shard: int, stage: str, folder: str) -> str:
+    """One stage of a sharded search on one shard; its answer is a file in ``folder``, whose path
+    is returned (redone whole if delivered again)."""
+    return run_shard_stage(shard, stage, folder)
 
 
 @worker_ready.connect

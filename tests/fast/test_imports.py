@@ -83,10 +83,10 @@ def test_the_web_process_does_not_load_torch_opencv_or_scikit_learn():
     assert out == "", f"the web process imported {out}"
 
 
-def test_the_worker_finds_both_tasks_by_autodiscovery():
+def test_the_worker_finds_every_task_by_autodiscovery():
     code = ("from workers.celery import app; app.loader.import_default_modules(); "
             "print(','.join(sorted(n for n in app.tasks if n.startswith('search.'))))")
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="retrieval_site.settings")
     out = subprocess.run([sys.executable, "-c", code], cwd=ENGINE.parents[1], env=env, capture_output=True,
                          text=True, check=True).stdout.strip()
-    assert out == "search.maintain,search.run_search"
+    assert out == "search.maintain,search.run_search,search.shard_stage"
