@@ -264,3 +264,29 @@ def test_benchmark_scale_measures_each_backend_against_the_exact_scan(tiny_engin
     assert "synthetic     3,000 x 64" in out and "recall@100" in out and "wrote" in out
     assert {r["depth"] for r in rows if r["data"] != "synthetic"} == {20}  # half the tiny index's 40
     assert not list(tmp_path.glob("tmp*"))  # the synthetic vectors are gone
+
+
+def test_split_index_then_search_and_benchmark_the_shards(tiny_fine_engine, engine_config, tmp_path, settings):
+    import shutil
+
+    shutil.copytree(engine_config.model_dir, tmp_path / "models")
+    settings.RETRIEVAL = engine_config.replace(data_dir=tmp_path)
+    build = tiny_fine_engine.index.path
+    stdout, _ = run("split_index", "--shards", "2", "--index-dir", str(build))
+    assert "shard 0:" in stdout and "shard 1:" in stdout and "RETRIEVAL_SHARDS=2" in stdout
+    assert (tmp_path / "shards" / "0" / "active").exists() and (tmp_path / "shards" / "1" / "active").exists()
+
+    one, _ = run("search", str(corel_image(300)), "-k", "3", "--index-dir", str(build))
+    many, _ = run("search", str(corel_image(300)), "-k", "3", "--sharded")
+    assert [line.split()[:6] for line in many.splitlines()[:4]] == [line.split()[:6] for line in one.splitlines()[:4]]
+    assert "verified" in many.splitlines()[1]
+
+    out = tmp_path / "bench.json"
+    stdout, _ = run("benchmark_shards", "--queries", "4", "--index-dir", str(build), "--no-split", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["queries"] == 4 and sum(report["shard_sizes"]) == 40 and report["split_seconds"] is None
+    assert report["same_top_k"] == 4 and report["same_stages_and_inliers"] == 4
+    assert report["ms_per_query"]["shards"]["median"] > 0 and "sharded / one index" in stdout
+
+    with pytest.raises(CommandError, match="2 shards or more"):
+        run("split_index", "--shards", "1", "--index-dir", str(build))
