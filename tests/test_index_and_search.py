@@ -249,7 +249,8 @@ def test_damaged_index_files_give_a_clear_error(tiny_fine_engine, tmp_path):
         np.save(build / "local" / "descriptors.npy", descriptors[:-5])
 
     cases = {
-        "vectors": (lambda b: truncate(b / "vectors_penultimate.npy"), r"vectors_penultimate.npy is damaged"),
+        "vectors": (lambda b: truncate(b / "vectors_penultimate.npy"),
+                    r"vectors_penultimate.npy is shorter than its header says"),
         "pca": (lambda b: truncate(b / "pca.joblib"), r"pca.joblib is damaged"),
         "manifest-json": (lambda b: (b / "manifest.json").write_text("{not json"), r"manifest.json is not valid JSON"),
         "manifest-key": (edit_manifest(lambda m: m.pop("variants")), r"manifest.json lacks variants"),
@@ -262,6 +263,13 @@ def test_damaged_index_files_give_a_clear_error(tiny_fine_engine, tmp_path):
     for name, (damage, message) in cases.items():
         with pytest.raises(SearchIndexError, match=message):
             load_index(damaged(name, damage))
+    # global vectors cut short under a loaded index: that read is a clear error, not a SIGBUS
+    index = load_index(damaged("cut", lambda b: None))
+    first = index.row_vectors("penultimate", [0, 1])
+    truncate(index.path / "vectors_penultimate.npy")
+    with pytest.raises(SearchIndexError, match="vectors_penultimate.npy was cut short after the index was loaded"):
+        index.row_vectors("penultimate", [len(index) - 1])
+    np.testing.assert_array_equal(index.row_vectors("penultimate", [0, 1]), first)
     # a tree is read when first searched: the error comes then, as clear
     index = load_index(damaged("tree", lambda b: truncate(b / "tree_pca.joblib")))
     with pytest.raises(SearchIndexError, match="tree_pca.joblib is damaged"):

@@ -29,7 +29,7 @@ from .methods import VARIANTS
 from .model import TrainedModel
 from .progress import Progress, no_progress
 from .resume import global_key, save_global_rows as save_resume_rows, saved_global_rows as resume_rows
-from .stored import load_array, load_pickled
+from .stored import RowFile, load_array, load_pickled
 
 
 @dataclass
@@ -40,7 +40,7 @@ class SearchIndex:
     relpaths: list[str]
     labels: list[str | None]
     collection_root: Path
-    vectors: dict[str, np.ndarray]  # memory-mapped, float32 (BallTree builds) or float16 (FAISS)
+    vectors: dict[str, RowFile]  # read from disk as needed: float32 (BallTree builds) or float16 (FAISS)
     pca: object | None
     local: LocalStore | None = None
     fingerprints: list[str | None] = field(default_factory=list)  # each image file's when indexed (reuse)
@@ -400,7 +400,9 @@ def load_index(path: Path, expected_checksum: str | None = None,
         backend_file = layout.coarse_file(build, variant, manifest.get("coarse", {}).get(variant, BALLTREE))
         if not backend_file.is_file():
             raise SearchIndexError(f"{build}: file missing for variant '{variant}': {backend_file}")
-        vectors[variant] = load_array(layout.vectors_file(build, variant))
+        # read by pread a run of rows at a time (stored.RowFile), not memory-mapped: a file cut short
+        # under a running worker is an error for that search, not a SIGBUS that kills the worker
+        vectors[variant] = RowFile(layout.vectors_file(build, variant))
         if vectors[variant].shape != (len(table), dim):
             raise SearchIndexError(
                 f"{build}: '{variant}' vectors are {vectors[variant].shape}, manifest says ({len(table)}, {dim})")

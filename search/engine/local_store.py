@@ -1,6 +1,6 @@
 """The local-feature store: every indexed image's keypoints, scales, scores
-and PCA-reduced descriptors, in flat arrays with an offset table, read
-through memory maps (an image's rows are a slice; nothing else is loaded).
+and PCA-reduced descriptors, in flat arrays with an offset table, read a
+slice at a time with ``pread`` (an image's rows are a slice; nothing else is loaded).
 
 Features are cached: a new build reuses the rows (and the PCA) of images
 whose file is unchanged, as long as the extractor is the same.

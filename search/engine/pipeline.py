@@ -173,7 +173,7 @@ class RetrievalEngine:
         vector = np.atleast_2d(vectors[variant])
         if self.config.query_expansion > 0:
             first, distances = self.index.nearest(vector, variant, self.config.query_expansion, exclude_ids)
-            ascending = np.argsort(first)  # memory-mapped rows read in file order
+            ascending = np.argsort(first)  # stored rows read in file order
             first, distances = first[ascending], distances[ascending]
             vector = expand_query(vector, distances, self.index.row_vectors(variant, first),
                                   self.config.query_expansion_alpha)

@@ -58,6 +58,7 @@ class RowFile:
         self.fd = os.open(self.path, os.O_RDONLY)
         if os.fstat(self.fd).st_size < self.offset + self.shape[0] * self.row_bytes:
             os.close(self.fd)
+            self.fd = None
             raise SearchIndexError(f"{file} is shorter than its header says: a damaged index; reindex")
 
     def __len__(self) -> int:
@@ -69,6 +70,46 @@ class RowFile:
         if out.nbytes and os.preadv(self.fd, [memoryview(out).cast("B")], self.offset + start * self.row_bytes) != out.nbytes:
             raise SearchIndexError(f"{self.path} was cut short after the index was loaded: a damaged index; reindex")
         return out
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key) -> np.ndarray:
+        """Rows as NumPy would index them: one row, a slice of rows (step 1), or an array of row
+        numbers (read as runs of consecutive rows, one ``pread`` per run)."""
+        if isinstance(key, (int, np.integer)):
+            row = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= row < len(self):
+                raise IndexError(f"row {key} of {len(self)}")
+            return self.rows(row, row + 1)[0]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                raise IndexError(f"{self.path}: rows are read in steps of 1")
+            return self.rows(start, max(start, stop))
+        rows = np.asarray(key)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        rows = rows.astype(np.int64).ravel()
+        rows = np.where(rows < 0, rows + len(self), rows)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows outside 0..{len(self) - 1}")
+        wanted, back = np.unique(rows, return_inverse=True)
+        out = np.empty((len(wanted),) + self.shape[1:], dtype=self.dtype)
+        if not len(wanted):
+            return out
+        breaks = np.flatnonzero(np.diff(wanted) != 1) + 1
+        for run_start, run_end in zip(np.r_[0, breaks], np.r_[breaks, len(wanted)]):
+            out[run_start:run_end] = self.rows(int(wanted[run_start]), int(wanted[run_end - 1]) + 1)
+        return out[back]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self.rows(0, len(self))
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+    def astype(self, dtype) -> np.ndarray:
+        return np.asarray(self, dtype=dtype)
 
     def __del__(self):
         fd = getattr(self, "fd", None)

@@ -85,3 +85,31 @@ def test_the_deltas_are_counted_from_their_manifests_and_due_a_merge_by_share_or
     assert not load.merge_due(fraction=0.1, max_deltas=3)  # 3 of 40 images, 2 of 3 deltas
     assert load.merge_due(fraction=0.075, max_deltas=3)  # 3 >= 0.075 * 40
     assert load.merge_due(fraction=0.1, max_deltas=2)
+
+
+def test_a_row_file_reads_rows_as_numpy_indexes_them(tmp_path):
+    import numpy as np
+
+    from search.engine.stored import RowFile
+
+    array = np.arange(60, dtype=np.float16).reshape(20, 3)
+    np.save(tmp_path / "a.npy", array)
+    rows = RowFile(tmp_path / "a.npy")
+    assert rows.shape == (20, 3) and rows.ndim == 2 and len(rows) == 20 and rows.dtype == np.float16
+    np.testing.assert_array_equal(rows[4], array[4])
+    np.testing.assert_array_equal(rows[-1], array[-1])
+    np.testing.assert_array_equal(rows[3:9], array[3:9])
+    np.testing.assert_array_equal(rows[18:40], array[18:40])
+    np.testing.assert_array_equal(rows[:], array)
+    picked = np.array([7, 2, 3, 4, 19, 7, 0])  # runs, repeats, any order
+    np.testing.assert_array_equal(rows[picked], array[picked])
+    np.testing.assert_array_equal(rows[np.arange(20) % 3 == 0], array[np.arange(20) % 3 == 0])
+    np.testing.assert_array_equal(rows[np.array([], dtype=np.int64)], array[[]])
+    np.testing.assert_array_equal(np.asarray(rows, dtype=np.float32), array.astype(np.float32))
+    np.testing.assert_array_equal(rows.astype(np.float32), array.astype(np.float32))
+    import pytest
+
+    with pytest.raises(IndexError):
+        rows[np.array([20])]
+    with pytest.raises(IndexError):
+        rows[20]
