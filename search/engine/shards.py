@@ -43,7 +43,6 @@ from .errors import SearchIndexError
 from .index import SearchIndex, load_index
 from .local_features import LocalFeatures
 from .local_store import write_subset
-from .methods import parse_method
 from .pipeline import QueryFeatures, Ranking, RetrievalEngine, SearchResult, expand_query, fine_order
 from .progress import Progress, elapsed_ms, no_progress
 from .verification import Verification, prescore, verify_candidates
