@@ -131,6 +131,8 @@ def add(config, report: RunLog, run: MaintenanceRun) -> Path:
         raise SearchIndexError("nothing added: no readable new images")
     report.line(f"added {len(result.added)} image(s) in delta {result.delta.name}: searchable now; "
                 "the next reindex folds them into the build")
+    if result.shard_deltas:
+        report.line(f"handed to the shards as {len(result.shard_deltas)} delta(s)")
     if Path(run.collection_dir).parent == Path(config.data_dir) / "incoming":
         shutil.rmtree(run.collection_dir, ignore_errors=True)
     queue_merge_if_due(config, report)
@@ -211,7 +213,7 @@ def _run_claimed(run: MaintenanceRun) -> str:
         lock = nullcontext() if run.kind == MaintenanceRun.EVALUATE else layout.writing(config.index_root)
         with lock:
             build = RUNNERS[run.kind](config, report, run)
-            if config.shards >= 2 and run.kind != MaintenanceRun.EVALUATE:
+            if config.shards >= 2 and run.kind in (MaintenanceRun.REINDEX, MaintenanceRun.TRAIN):
                 split_build(config.index_root, config.shards_root, config.shards, config, progress=report)
                 report.line(f"split into {config.shards} shards under {config.shards_root}")
     except Exception as exc:

@@ -111,3 +111,33 @@ def test_a_shard_refuses_a_build_that_is_no_shard_and_a_split_into_one(tiny_fine
         split_build(tiny_fine_engine.index.path, tmp_path, 1, engine_config)
     with pytest.raises(SearchIndexError, match="would hold no image"):
         split_build(tiny_fine_engine.index.path, tmp_path, 400, engine_config)
+
+
+def test_added_images_reach_the_shards_as_deltas_without_a_rebuild(tiny_collection, tiny_models, engine_config,
+                                                                  tmp_path):
+    from search.engine.additions import add_images
+    from search.engine.shards import split_delta
+    from search.engine.workflows import add_to_index, index_collection
+
+    config = engine_config.replace(data_dir=tmp_path, shards=2)
+    build = index_collection(tiny_collection, tiny_models, config, config.index_root)
+    split_build(config.index_root, config.shards_root, 2, config)
+    shard_builds = [layout.active_build(config.shard_root(n)) for n in range(2)]
+    many, shards = sharded(tiny_models, engine_config, config.shards_root, tmp_path / "exchange")
+    added = [corel_image(n) for n in (450, 451, 452, 453, 150)]  # dinosaurs and a beach outside the collection
+    result = add_to_index(added, config, models=tiny_models, label="new")
+    assert len(result.added) == 5 and len(result.shard_deltas) == 2  # five ids: both shards got some
+    assert [layout.active_build(config.shard_root(n)) for n in range(2)] == shard_builds  # no shard rebuilt
+    assert sum(len(load_index(config.shard_root(n))) for n in range(2)) == 45
+    # the open sharded engine finds an added image at once, as the one index does
+    one = engine_for(tiny_models, build, config)
+    expected = one.search(corel_image(450), "penultimate+attention", k=10)
+    got = many.search(corel_image(450), "penultimate+attention", k=10)
+    same_answer(expected, got)
+    assert got.results[0].label == "new" and got.results[0].stage == "verified"
+
+    # shards split from another build than the delta's: refused, saying to split again
+    index_collection(tiny_collection, tiny_models, config, config.index_root)  # a rebuild; shards not split again
+    fresh = add_images(config.index_root, [corel_image(454)], tiny_models, config, "new")
+    with pytest.raises(SearchIndexError, match="split the index again"):
+        split_delta(fresh.delta, config.shards_root, 2)

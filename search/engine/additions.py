@@ -35,6 +35,7 @@ class Additions:
     already: list[str] = field(default_factory=list)  # files whose picture the index holds already
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
     delta: Path | None = None
+    shard_deltas: list[Path] = field(default_factory=list)  # its share in each shard (sharded search)
 
 
 def image_files(paths) -> list[Path]:

@@ -42,9 +42,10 @@ from .confidence import EVIDENCE, candidate_evidence, query_evidence
 from .errors import SearchIndexError
 from .index import SearchIndex, load_index
 from .local_features import LocalFeatures
-from .local_store import write_subset
+from .local_store import LocalStore, write_subset
 from .pipeline import QueryFeatures, Ranking, RetrievalEngine, SearchResult, expand_query, fine_order
 from .progress import Progress, elapsed_ms, no_progress
+from .stored import load_array
 from .verification import Verification, prescore, verify_candidates
 
 STAGES = ("expand", "candidates", "verify")
@@ -92,6 +93,46 @@ def split_build(source: Path, shards_root: Path, shards: int, config: EngineConf
         builds.append(final)
     progress("splitting into shards", shards, shards)
     return builds
+
+
+def split_delta(delta: Path, shards_root: Path, shards: int) -> list[Path]:
+    """A delta of the source build (``add_images``) handed to the shards: each shard's share of its
+    images becomes a delta of that shard's active build, which the shard's next stage searches.
+    Nothing is extracted again and no shard is rebuilt. Refused when the shards were split from
+    another build than the delta's (split again first)."""
+    delta = Path(delta)
+    manifest = layout.read_manifest(delta, layout.INDEX_KEYS)
+    table = layout.read_table(delta, manifest)
+    owner = shard_of([row["id"] for row in table], shards)
+    vectors = {v: load_array(layout.vectors_file(delta, v), mmap=False) for v in manifest["variants"]}
+    local = LocalStore.open(layout.local_dir(delta)) if manifest.get("local") else None
+    made = []
+    for number in range(shards):
+        rows = np.flatnonzero(owner == number)
+        if not len(rows):
+            continue
+        root = Path(shards_root) / str(number)
+        with layout.writing(root):
+            build = layout.active_build(root)
+            shard = layout.read_manifest(build).get("shard") or {}
+            if shard.get("shards") != shards or shard.get("source_build") != manifest.get("build"):
+                raise SearchIndexError(
+                    f"{build} is not one of {shards} shards of build {manifest.get('build')}, which the new images "
+                    f"were added to; split the index again (split_index --shards {shards})")
+            partial, final = layout.new_delta(build)
+            try:
+                for variant, matrix in vectors.items():
+                    np.save(layout.vectors_file(partial, variant), matrix[rows])
+                if local is not None:
+                    write_subset(local, rows, layout.local_dir(partial))
+                layout.write_table(partial, [table[i] for i in rows])
+                layout.write_manifest(partial, dict(manifest, collection_size=int(len(rows)), build=build.name))
+                layout.finish_build(partial, final)
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+        made.append(final)
+    return made
 
 
 def _write_shard(index: SearchIndex, rows: np.ndarray, build: Path, number: int, shards: int, settings) -> None:

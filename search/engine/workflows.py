@@ -108,9 +108,14 @@ def index_collection(collection: Collection, models: Models, config: EngineConfi
 def add_to_index(paths, config: EngineConfig, index_root: Path | None = None, label: str | None = None,
                  models: Models | None = None, progress: Progress = no_progress) -> Additions:
     """Add image files and folders to the active index with the models it was built with (see
-    ``additions.add_images``)."""
-    return add_images(Path(index_root or config.index_root), paths, models or load_models(config), config, label,
-                      progress)
+    ``additions.add_images``); with ``config.shards``, their delta is handed to the shards too."""
+    index_root = Path(index_root or config.index_root)
+    result = add_images(index_root, paths, models or load_models(config), config, label, progress)
+    if result.delta is not None and config.shards >= 2 and index_root == Path(config.index_root):
+        from .shards import split_delta
+
+        result.shard_deltas = split_delta(result.delta, config.shards_root, config.shards)
+    return result
 
 
 def open_engine(config: EngineConfig, build: Path | None = None, model_path: Path | None = None,

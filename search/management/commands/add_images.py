@@ -30,5 +30,6 @@ class Command(EngineCommand):
             raise CommandError("nothing added: " + ("no readable new images" if result.skipped or result.already
                                                     else "no image files found"))
         self.stdout.write(self.style.SUCCESS(
-            f"added {len(result.added)} images (delta {result.delta.name}); searchable now, "
-            "folded into the build by the next reindex"))
+            f"added {len(result.added)} images (delta {result.delta.name}"
+            + (f", and its share in {len(result.shard_deltas)} shards" if result.shard_deltas else "")
+            + "); searchable now, folded into the build by the next reindex"))
