@@ -6,15 +6,16 @@ A shard build (``split_build``) is an ordinary build holding a share of the rows
 build, chosen by a hash of each image id: the same model, PCA, instance describer and
 local-feature PCA, so the query is described once (by the coordinating worker, on shard 0's
 build) and every shard compares it in the same space. A search (``ShardedEngine.rank``) has up
-to three stages, each fanned out to every shard (``fan_out``: a Celery group on the site, a
+to four stages, each fanned out to every shard (``fan_out``: a Celery group on the site, a
 plain loop in-process) and merged by the coordinator:
 
 1. ``expand`` (query expansion on): each shard's e nearest images with their vectors; the e
    nearest of all are averaged into the query, as one index would;
-2. ``candidates``: each shard's n nearest to that query, and their pre-scores when verification
-   will pick among more than ``verify_top``; the n nearest of all are the candidates, and the
-   pre-scores pick which of them are verified;
-3. ``verify``: each shard matches and fits the picked candidates it holds and judges what it can
+2. ``candidates``: each shard's n nearest to that query; the n nearest of all are the candidates;
+3. ``details``: each shard's members of them with their paths and labels, pre-scored when
+   verification will pick among more than ``verify_top`` (each candidate once, as one index would);
+   the coordinator picks the best pre-scores of all;
+4. ``verify``: each shard matches and fits the picked candidates it holds and judges what it can
    alone (``confidence.candidate_evidence``); the coordinator completes the evidence over all
    candidates (the query's floor of chance inliers spans every shard), then judges and ranks.
 
@@ -48,7 +49,7 @@ from .progress import Progress, elapsed_ms, no_progress
 from .stored import load_array
 from .verification import Verification, prescore, verify_candidates
 
-STAGES = ("expand", "candidates", "verify")
+STAGES = ("expand", "candidates", "details", "verify")
 QUERY_FILE = "query.npz"
 EXPANDED_FILE = "expanded.npy"
 
@@ -235,16 +236,21 @@ class Shard:
             expanded = folder / EXPANDED_FILE
             vector = np.load(expanded) if expanded.is_file() else query.vectors[variant]
             positions, distances = index.nearest(vector, variant, request["n"], exclude)
+            _save(out, ids=self._ids(positions), distances=distances)
+        elif stage == "details":
+            # this shard's members of the candidates of all, in their order; the first few pre-scored
+            positions = self._positions(request["ids"].get(str(self.number), []))
+            scored = positions[:request.get("prescore", {}).get(str(self.number), 0)]
             scores = np.zeros(0, dtype=np.int64)
-            if request.get("prescore"):
-                # this shard's share of the n nearest of all is among its own first n
-                scored = positions[:request["n_verify"]]
+            if len(scored):
                 scores = prescore(query.local.descriptors, [index.local.features(int(p)).descriptors for p in scored],
                                   self.verify_settings)
-            _save(out, ids=self._ids(positions), distances=distances, prescores=scores, **self._catalog(positions))
+            _save(out, ids=self._ids(positions), prescores=scores,
+                  relpaths=np.array([index.relpaths[int(p)] for p in positions], dtype=str),
+                  labels=np.array([index.labels[int(p)] or "" for p in positions], dtype=str),
+                  labelled=np.array([index.labels[int(p)] is not None for p in positions], dtype=bool))
         elif stage == "verify":
-            positions = np.array([index.positions[i] for i in request["ids"].get(str(self.number), [])],
-                                 dtype=np.int64)
+            positions = self._positions(request["ids"].get(str(self.number), []))
             candidates = [(c.keypoints, c.descriptors) for c in (index.local.features(int(p)) for p in positions)]
             found = verify_candidates(query.local.keypoints, query.local.descriptors, candidates, self.verify_settings)
             counts = np.array([len(v.query_points) for v in found], dtype=np.int64)
@@ -262,12 +268,15 @@ class Shard:
     def _ids(self, positions) -> np.ndarray:
         return np.array([self.index.image_ids[int(p)] for p in positions], dtype=str)
 
-    def _catalog(self, positions) -> dict:
-        index = self.index
-        return {"relpaths": np.array([index.relpaths[int(p)] for p in positions], dtype=str),
-                "paths": np.array([str(index.path_of(int(p))) for p in positions], dtype=str),
-                "labels": np.array([index.labels[int(p)] or "" for p in positions], dtype=str),
-                "labelled": np.array([index.labels[int(p)] is not None for p in positions], dtype=bool)}
+    def _positions(self, ids: list[str]) -> np.ndarray:
+        """Where the images named by ``ids`` sit in this shard (ids, not positions, cross between
+        stages: a shard may have switched to a newer build since the last one)."""
+        at = self.index.positions
+        missing = [i for i in ids if i not in at]
+        if missing:
+            raise SearchIndexError(f"shard {self.number} ({self.index.path.name}) no longer holds {len(missing)} "
+                                   "of the candidates it gave; it switched builds during the search: search again")
+        return np.array([at[i] for i in ids], dtype=np.int64)
 
 
 def _save(file: Path, **arrays) -> None:
@@ -335,35 +344,34 @@ class ShardedEngine(RetrievalEngine):
             nearest = _merged(answers, self.config.query_expansion)
             np.save(folder / EXPANDED_FILE, expand_query(
                 query.vectors[variant], nearest["distances"], nearest["vectors"], self.config.query_expansion_alpha))
-        n_verify_wanted = n_candidates if fine else 0
-        settings = self.verify_settings
-        will_prescore = fine and bool(settings.verify_top) and n_candidates > settings.verify_top
-        answers = self._stage(folder, "candidates", dict(base, n=depth, prescore=will_prescore,
-                                                           n_verify=n_verify_wanted))
-        merged = _merged(answers, depth)
-        distances = merged["distances"]
-        catalog = [(i, r, p, label if labelled else None) for i, r, p, label, labelled in zip(
-            merged["ids"], merged["relpaths"], merged["paths"], merged["labels"], merged["labelled"])]
+        merged = _merged(self._stage(folder, "candidates", dict(base, n=depth)), depth)
+        distances, ids, owner = merged["distances"], merged["ids"], merged["shard"]
         timings["coarse"] = elapsed_ms(started)
-        progress("coarse", len(catalog), len(catalog))
+        progress("coarse", len(ids), len(ids))
+        started = time.perf_counter()  # the details stage pre-scores: verification's time, as in one index
+        n_verify = min(n_candidates, len(ids)) if fine else 0
+        settings = self.verify_settings
+        prescoring = fine and bool(settings.verify_top) and n_verify > settings.verify_top
+        # each shard's members of the candidates of all, and how many of them are pre-scored
+        members = {str(n): ids[owner == n].tolist() for n in range(self.shards)}
+        scored = {str(n): int((owner[:n_verify] == n).sum()) for n in range(self.shards)} if prescoring else {}
+        details = self._stage(folder, "details", {"ids": members, "prescore": scored})
+        catalog, scores = _catalog(details, ids)
         positions = np.arange(len(catalog))
         order = positions.copy()
-        n_verify = min(n_candidates, len(catalog)) if fine else 0
         evidence = np.zeros((n_verify, len(EVIDENCE)))
         confidence, verified = np.zeros(n_verify), np.zeros(n_verify, dtype=bool)
         verifications: list[Verification] = []
-        if fine:
-            started = time.perf_counter()
+        if not fine:
+            timings["coarse"] += elapsed_ms(started)
+        else:
             chosen = np.arange(n_verify)
-            if will_prescore and n_verify > settings.verify_top:
-                scores = merged["prescores"][:n_verify]
-                chosen = np.sort(np.argsort(-scores, kind="stable")[:settings.verify_top])
+            if prescoring:
+                chosen = np.sort(np.argsort(-scores[:n_verify], kind="stable")[:settings.verify_top])
             progress("verifying", 0, len(chosen))
-            picked = {}
-            for i in chosen:
-                picked.setdefault(str(int(merged["shard"][i])), []).append(str(merged["ids"][i]))
+            picked = {str(n): ids[chosen][owner[chosen] == n].tolist() for n in range(self.shards)}
             answers = self._stage(folder, "verify", {"ids": picked})
-            verifications, evidence = self._gathered(answers, merged["ids"][:n_verify])
+            verifications, evidence = self._gathered(answers, ids[:n_verify])
             inliers = np.array([v.inliers for v in verifications], dtype=np.int64)
             evidence = query_evidence(evidence, inliers, distances[:n_verify])
             confidence, reranked, verified = self.judge(evidence, inliers)
@@ -390,23 +398,30 @@ class ShardedEngine(RetrievalEngine):
         return verifications, evidence
 
     def _result(self, rank: int, ranking: Ranking, i: int) -> SearchResult:
-        image_id, relpath, path, label = ranking.catalog[ranking.positions[i]]
-        return SearchResult(rank, str(image_id), str(relpath), str(path), float(ranking.distances[i]),
-                            None if label is None else str(label))
+        image_id, relpath, label = ranking.catalog[ranking.positions[i]]
+        # every shard's table is relative to the one collection root (added images: absolute paths)
+        return SearchResult(rank, image_id, relpath, str(self.index.collection_root / relpath),
+                            float(ranking.distances[i]), label)
 
 
 def _merged(answers: list[dict], n: int) -> dict:
     """The shards' answers joined and cut to the ``n`` nearest (ties: lower shard, then its own order),
     with a ``shard`` column saying whose each row is."""
-    joined = {key: np.concatenate([a[key] for a in answers]) for key in answers[0]
-              if key != "prescores" and len(answers[0][key]) == len(answers[0]["ids"])}
+    joined = {key: np.concatenate([a[key] for a in answers]) for key in answers[0]}
     joined["shard"] = np.concatenate([np.full(len(a["ids"]), s, dtype=np.int64) for s, a in enumerate(answers)])
-    if "prescores" in answers[0]:
-        # pre-scores cover each shard's first n_verify rows only; the rest are never picked from
-        joined["prescores"] = np.concatenate([
-            np.pad(a["prescores"], (0, len(a["ids"]) - len(a["prescores"]))) for a in answers])
     order = np.lexsort((np.arange(len(joined["ids"])), joined["distances"]))[:n]
     return {key: value[order] for key, value in joined.items()}
+
+
+def _catalog(details: list[dict], ids: np.ndarray) -> tuple[list[tuple], np.ndarray]:
+    """(id, relpath, label) of each of ``ids`` from the shards' details, and their pre-scores (zero
+    for those not pre-scored: each shard pre-scored the first of its members)."""
+    rows, scores = {}, {}
+    for answer in details:
+        labels = [str(label) if labelled else None for label, labelled in zip(answer["labels"], answer["labelled"])]
+        rows.update(zip(answer["ids"].tolist(), zip(answer["ids"].tolist(), answer["relpaths"].tolist(), labels)))
+        scores.update(zip(answer["ids"][:len(answer["prescores"])].tolist(), answer["prescores"].tolist()))
+    return [rows[i] for i in ids.tolist()], np.array([scores.get(i, 0) for i in ids.tolist()], dtype=np.int64)
 
 
 def open_sharded_engine(config: EngineConfig, fan_out: FanOut | None = None) -> ShardedEngine:
