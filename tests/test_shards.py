@@ -104,6 +104,25 @@ def test_a_removed_or_excluded_image_leaves_the_sharded_answer_too(tiny_fine_eng
         layout.restore_images(index_root, [first.image_id])
 
 
+def test_a_shard_asked_about_images_it_no_longer_holds_says_to_search_again(tiny_fine_engine, engine_config,
+                                                                             two_shards, tmp_path):
+    import json
+
+    from search.engine.pipeline import QueryFeatures
+    from search.engine.shards import save_query
+
+    root, _ = two_shards
+    shard = Shard.open(root / "0", engine_config)
+    query = QueryFeatures({"pca": np.zeros(32, dtype=np.float32)})
+    save_query(tmp_path, query)
+    (tmp_path / "details.json").write_text(json.dumps({"ids": {"0": [shard.index.image_ids[0], "gone"]}}))
+    with pytest.raises(SearchIndexError, match="switched builds during the search: search again"):
+        shard.run("details", tmp_path)
+    with pytest.raises(SearchIndexError, match="unknown stage"):
+        (tmp_path / "rank.json").write_text("{}")
+        shard.run("rank", tmp_path)
+
+
 def test_a_shard_refuses_a_build_that_is_no_shard_and_a_split_into_one(tiny_fine_engine, engine_config, tmp_path):
     with pytest.raises(SearchIndexError, match="not a shard build"):
         Shard(tiny_fine_engine.index, engine_config)
