@@ -423,16 +423,3 @@ def _catalog(details: list[dict], ids: np.ndarray) -> tuple[list[tuple], np.ndar
         scores.update(zip(answer["ids"][:len(answer["prescores"])].tolist(), answer["prescores"].tolist()))
     return [rows[i] for i in ids.tolist()], np.array([scores.get(i, 0) for i in ids.tolist()], dtype=np.int64)
 
-
-def open_sharded_engine(config: EngineConfig, fan_out: FanOut | None = None) -> ShardedEngine:
-    """An engine on the shards under ``config.shards_root``: the query described on shard 0's build,
-    the stages sent through ``fan_out`` (default: every shard opened here, run in this process)."""
-    from .workflows import open_engine
-
-    engine = open_engine(config, config.shard_root(0))
-    split = (engine.index.manifest.get("shard") or {}).get("shards")
-    if not split:
-        raise SearchIndexError(f"{engine.index.path} is not a shard build (split_index makes them)")
-    if fan_out is None:
-        fan_out = local_fan_out([Shard.open(config.shard_root(n), config) for n in range(split)])
-    return ShardedEngine(engine, fan_out, config.shard_exchange_dir)

@@ -20,6 +20,7 @@ from .methods import VARIANTS
 from .model import TrainedModel, load_classifier, pick_device
 from .pipeline import RetrievalEngine
 from .progress import Progress, no_progress
+from .shards import FanOut, Shard, ShardedEngine, local_fan_out, split_delta
 from .training import Split, TrainingResult, train_classifier
 
 
@@ -112,8 +113,6 @@ def add_to_index(paths, config: EngineConfig, index_root: Path | None = None, la
     index_root = Path(index_root or config.index_root)
     result = add_images(index_root, paths, models or load_models(config), config, label, progress)
     if result.delta is not None and config.shards >= 2 and index_root == Path(config.index_root):
-        from .shards import split_delta
-
         result.shard_deltas = split_delta(result.delta, config.shards_root, config.shards)
     return result
 
@@ -143,3 +142,15 @@ def engine_for(models: Models, build: Path, config: EngineConfig) -> RetrievalEn
     index = load_index(build, expected_checksum=models.model.checksum, coarse_settings=config.coarse_settings())
     return RetrievalEngine(models.model, index, models.device, config, models.attention,
                            describer=describer_for(index, config, models.device))
+
+
+def open_sharded_engine(config: EngineConfig, fan_out: FanOut | None = None) -> ShardedEngine:
+    """An engine on the shards under ``config.shards_root``: the query described on shard 0's build,
+    the stages sent through ``fan_out`` (default: every shard opened here, run in this process)."""
+    engine = open_engine(config, config.shard_root(0))
+    split = (engine.index.manifest.get("shard") or {}).get("shards")
+    if not split:
+        raise SearchIndexError(f"{engine.index.path} is not a shard build (split_index makes them)")
+    if fan_out is None:
+        fan_out = local_fan_out([Shard.open(config.shard_root(n), config) for n in range(split)])
+    return ShardedEngine(engine, fan_out, config.shard_exchange_dir)

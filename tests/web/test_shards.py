@@ -77,6 +77,11 @@ def test_two_shard_workers_answer_searches_as_the_one_index_does(site_index, dja
     finally:
         for process in shard_workers + [coordinator]:
             stop_process(process)
+        from workers.celery import app
+
+        with app.connection_for_write() as connection:  # the stage left for the stopped shard
+            for queue in [f"shard-{tag}-0", f"shard-{tag}-1", coordinator_queue]:
+                connection.default_channel.queue_purge(queue)
 
 
 def test_a_search_worker_set_for_more_shards_than_were_split_says_so(site_index, django_db_setup, settings,

@@ -8,8 +8,8 @@ from django.core.management.base import CommandError
 
 from ...engine import layout
 from ...engine.methods import METHODS
-from ...engine.shards import open_sharded_engine, split_build
-from ...engine.workflows import open_engine
+from ...engine.shards import split_build
+from ...engine.workflows import open_engine, open_sharded_engine
 from ..base import EngineCommand
 
 

@@ -1,8 +1,7 @@
 from pathlib import Path
 
 from ...engine.methods import DEFAULT_METHOD, METHODS, is_fine
-from ...engine.shards import open_sharded_engine
-from ...engine.workflows import open_engine
+from ...engine.workflows import open_engine, open_sharded_engine
 from ..base import EngineCommand
 
 
