@@ -78,7 +78,7 @@ class SearchIndex:
         table = layout.read_table(folder, manifest)
         vectors = {}
         for variant, dim in manifest["variants"].items():
-            vectors[variant] = load_array(layout.vectors_file(folder, variant), mmap=False).astype(np.float32)
+            vectors[variant] = load_array(layout.vectors_file(folder, variant)).astype(np.float32)
             if vectors[variant].shape != (len(table), dim):
                 raise SearchIndexError(f"{folder}: '{variant}' vectors do not match its table; reindex")
         local = None

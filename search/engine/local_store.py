@@ -51,7 +51,7 @@ class LocalStore:
         if not (path / META).is_file():
             raise SearchIndexError(f"{path}: no local-feature store ({META} missing); reindex with local features")
         arrays = {name: RowFile(path / f"{name}.npy") for name in ARRAYS}
-        offsets = load_array(path / "offsets.npy", mmap=False)
+        offsets = load_array(path / "offsets.npy")
         meta = layout.read_json(path / META, dict)
         total = int(offsets[-1]) if len(offsets) else -1
         short = [name for name, array in arrays.items() if len(array) != total]

@@ -51,7 +51,7 @@ def saved_global_rows(folder: Path, kinds: set[str]) -> SavedRows | None:
             continue
         try:
             table = layout.read_json(chunk / layout.TABLE, list)
-            arrays = {kind: load_array(chunk / f"{kind}.npy", mmap=False) for kind in kinds}
+            arrays = {kind: load_array(chunk / f"{kind}.npy") for kind in kinds}
         except SearchIndexError:
             continue  # damaged: those images are extracted again
         if any(len(a) != len(table) for a in arrays.values()):

@@ -105,7 +105,7 @@ def split_delta(delta: Path, shards_root: Path, shards: int) -> list[Path]:
     manifest = layout.read_manifest(delta, layout.INDEX_KEYS)
     table = layout.read_table(delta, manifest)
     owner = shard_of([row["id"] for row in table], shards)
-    vectors = {v: load_array(layout.vectors_file(delta, v), mmap=False) for v in manifest["variants"]}
+    vectors = {v: load_array(layout.vectors_file(delta, v)) for v in manifest["variants"]}
     local = LocalStore.open(layout.local_dir(delta)) if manifest.get("local") else None
     made = []
     for number in range(shards):

@@ -13,10 +13,10 @@ import numpy as np
 from .errors import SearchIndexError
 
 
-def load_array(file: Path, mmap: bool = True) -> np.ndarray:
-    """A ``.npy`` file, memory-mapped unless ``mmap`` is false."""
+def load_array(file: Path) -> np.ndarray:
+    """A ``.npy`` file read whole (large row files are read a run at a time: ``RowFile``)."""
     try:
-        return np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+        return np.load(file, allow_pickle=False)
     except FileNotFoundError as exc:
         raise SearchIndexError(f"{file} is missing: an incomplete index; reindex") from exc
     except (ValueError, OSError, EOFError) as exc:
