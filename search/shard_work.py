@@ -19,27 +19,35 @@ from django.conf import settings
 from .conf import engine_config
 from .engine import layout
 from .engine.errors import EngineError, SearchIndexError
-from .engine.shards import FanOut, Shard
+from .engine.shards import FanOut, Shard, requested_split, shard_build_for
 from .queue import SHARD_STAGE, shard_queue
 
 log = logging.getLogger(__name__)
 
-# One open shard build per shard this worker serves, reloaded when its active build changes.
-_shards: dict[int, tuple[Path, Shard]] = {}
+# The open shard builds of each shard this worker serves, by build: the active split's, and the
+# one before while searches begun on it finish.
+_shards: dict[int, dict[Path, Shard]] = {}
+KEEP_OPEN = 2
 
 
-def current_shard(number: int) -> Shard:
+def current_shard(number: int, split: str | None = None) -> Shard:
+    """Shard ``number`` on its build of ``split`` (default: its active build)."""
     config = engine_config()
-    build = layout.active_build(config.shard_root(number))
-    held = _shards.get(number)
-    if held is None or held[0] != build:
+    root = config.shard_root(number)
+    build = layout.active_build(root) if split is None else shard_build_for(root, split)
+    held = _shards.setdefault(number, {})
+    if build not in held:
         log.info("loading shard %s build %s", number, build)
-        _shards[number] = (build, Shard.open(build, config))
-    return _shards[number][1]
+        held[build] = Shard.open(build, config)
+        for old in [b for b in held if b != build and not b.exists()]:
+            del held[old]
+        while len(held) > KEEP_OPEN:  # the longest held goes first
+            del held[next(iter(held))]
+    return held[build]
 
 
 def run_shard_stage(number: int, stage: str, folder: str) -> str:
-    shard = current_shard(number)
+    shard = current_shard(number, requested_split(Path(folder), stage))
     if shard.number != number:
         raise SearchIndexError(f"{shard.index.path} is shard {shard.number}, not {number}")
     return str(shard.run(stage, Path(folder)))

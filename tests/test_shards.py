@@ -130,6 +130,56 @@ def test_a_shard_refuses_a_build_that_is_no_shard_and_a_split_into_one(tiny_fine
         split_build(tiny_fine_engine.index.path, tmp_path, 1, engine_config)
     with pytest.raises(SearchIndexError, match="would hold no image"):
         split_build(tiny_fine_engine.index.path, tmp_path, 400, engine_config)
+    # a split is whole or absent: the shards written before the empty one are gone again
+    assert list(tmp_path.glob(f"*/{layout.BUILDS}/*/{layout.MANIFEST}")) == []
+    assert list(tmp_path.glob(f"*/{layout.ACTIVE}")) == []
+
+
+def test_a_search_is_answered_on_the_split_it_began_on_while_the_shards_switch(tiny_fine_engine, tiny_models,
+                                                                             engine_config, tmp_path):
+    import shutil
+
+    from search.engine.shards import requested_split, shard_build_for
+
+    def source_copy(name):  # another build of the same collection, as a rebuild would make
+        copy = tmp_path / "index" / layout.BUILDS / name
+        shutil.copytree(tiny_fine_engine.index.path, copy)
+        return copy
+
+    root, answered = tmp_path / "shards", []
+
+    def pinned_fan_out(stage, folder):  # what each shard's worker does (search/shard_work.py)
+        builds = [shard_build_for(root / str(n), requested_split(folder, stage)) for n in range(2)]
+        answered.append(builds)
+        return [Shard.open(build, engine_config).run(stage, folder) for build in builds]
+
+    def coordinator(build):
+        return ShardedEngine(engine_for(tiny_models, build, engine_config), pinned_fan_out, tmp_path / "exchange")
+
+    one = tiny_fine_engine.search(corel_image(3), "penultimate+attention", k=5)
+    first = split_build(source_copy("20260101T000000-a"), root, 2, engine_config)
+    on_first = coordinator(first[0])
+    second = split_build(source_copy("20260101T000000-b"), root, 2, engine_config)
+    assert [layout.active_build(root / str(n)) for n in range(2)] == second
+    # begun on the first split: every stage of every shard answered there, as one index would
+    answered.clear()
+    same_answer(one, on_first.search(corel_image(3), "penultimate+attention", k=5))
+    assert answered and all(builds == first for builds in answered)
+    # begun on the second while shard 1 still serves the first: shard 1 answers on its second build
+    layout.point_active(root / "1", first[1])
+    answered.clear()
+    same_answer(one, coordinator(second[0]).search(corel_image(3), "penultimate+attention", k=5))
+    assert answered and all(builds == second for builds in answered)
+    # a shard opened on another split than the search's refuses the stage
+    mixed = ShardedEngine(engine_for(tiny_models, first[0], engine_config),
+                          local_fan_out([Shard.open(build, engine_config) for build in second]), tmp_path / "exchange")
+    with pytest.raises(SearchIndexError, match="not of 20260101T000000-a that the search began on: search again"):
+        mixed.search(corel_image(3), "penultimate+attention", k=5)
+    # two splits later the first is deleted: a search still on it is told to search again
+    split_build(source_copy("20260101T000000-c"), root, 2, engine_config)
+    assert not first[0].exists() and second[0].exists()
+    with pytest.raises(SearchIndexError, match="holds no build of split 20260101T000000-a any more.*search again"):
+        on_first.search(corel_image(3), "penultimate+attention", k=5)
 
 
 def test_added_images_reach_the_shards_as_deltas_without_a_rebuild(tiny_collection, tiny_models, engine_config,

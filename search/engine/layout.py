@@ -86,7 +86,8 @@ def new_delta(build: Path) -> tuple[Path, Path]:
 def new_folder_pair(parent: Path) -> tuple[Path, Path]:
     """A fresh ``(partial, final)`` pair of stamped folders under ``parent``; the partial one is created."""
     parent.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    # microseconds: folders made in one second still sort in the order they were made
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f") + "-" + uuid.uuid4().hex[:6]
     final = parent / stamp
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
     partial.mkdir()

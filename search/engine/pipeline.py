@@ -106,7 +106,7 @@ class SearchResponse:
 class RetrievalEngine:
     def __init__(self, model: TrainedModel, index: SearchIndex, device, config: EngineConfig,
                  attention: TrainedAttention | None = None, calibration: Calibration | None = None,
-                 describer: InstanceDescriber | None = None):
+                 describer: InstanceDescriber | None = None, extractor: AttentionExtractor | None = None):
         self.model, self.index, self.device, self.config = model, index, device, config
         self.attention = attention
         if describer is not None and describer.name != index.describer_name:
@@ -115,8 +115,9 @@ class RetrievalEngine:
                 f"{describer.name}; reindex")
         self.describer = describer
         self.calibration = calibration or load_calibration(config.calibration_file)
-        self.extractor = (AttentionExtractor(model, attention, config.local_settings(), device)
-                          if attention is not None else None)
+        if extractor is None and attention is not None:
+            extractor = AttentionExtractor(model, attention, config.local_settings(), device)
+        self.extractor = extractor
         self.verify_settings = config.verify_settings()
 
     @property

@@ -20,7 +20,10 @@ plain loop in-process) and merged by the coordinator:
    candidates (the query's floor of chance inliers spans every shard), then judges and ranks.
 
 The stages exchange files in one folder per search on the shared volume (the query's features,
-each shard's answer): the messages carry a shard number, a stage name and a folder.
+each shard's answer): the messages carry a shard number, a stage name and a folder. Every request
+names the split the query was described on (the build the shards were split from), and a shard
+answers on its build of that split (``shard_build_for``): a search running while the shards
+switch to a new split, one after the other, still meets one split.
 """
 from __future__ import annotations
 
@@ -69,31 +72,68 @@ def split_build(source: Path, shards_root: Path, shards: int, config: EngineConf
     """Write ``shards`` shard builds of the build at ``source`` (an index root or a build; its
     deltas included) under ``shards_root/<number>``, and make each one active there. Vectors,
     the PCA and local features are copied, never extracted again; each shard gets its own
-    coarse backends. Shard builds superseded before the last are deleted."""
+    coarse backends. Every shard build is complete before the first is made active, so a search
+    that meets a new shard finds the new builds of all (``shard_build_for``); the previous build
+    of each is kept for the searches begun before, older ones are deleted."""
     if shards < 2:
         raise SearchIndexError(f"a collection is split into 2 shards or more, not {shards}")
     index = load_index(source, coarse_settings=config.coarse_settings())
     owner = shard_of(index.image_ids, shards)
     settings = config.coarse_settings()
     builds = []
-    for number in range(shards):
-        rows = np.flatnonzero(owner == number)
-        progress("splitting into shards", number, shards)
+    try:
+        for number in range(shards):
+            rows = np.flatnonzero(owner == number)
+            progress("splitting into shards", number, shards)
+            root = Path(shards_root) / str(number)
+            with layout.writing(root):
+                partial, final = layout.new_build(root)
+                try:
+                    _write_shard(index, rows, partial, number, shards, settings)
+                    layout.finish_build(partial, final)
+                except BaseException:
+                    shutil.rmtree(partial, ignore_errors=True)
+                    raise
+                builds.append(final)
+                load_index(final)  # it loads before it serves
+    except BaseException:
+        for build in builds:  # a split is whole or absent: no shard switches to a part of one
+            shutil.rmtree(build, ignore_errors=True)
+        raise
+    for number, build in enumerate(builds):
         root = Path(shards_root) / str(number)
         with layout.writing(root):
-            partial, final = layout.new_build(root)
-            try:
-                _write_shard(index, rows, partial, number, shards, settings)
-                layout.finish_build(partial, final)
-            except BaseException:
-                shutil.rmtree(partial, ignore_errors=True)
-                raise
-            load_index(final)  # it loads before it serves
-            layout.point_active(root, final)
+            layout.point_active(root, build)
             _delete_superseded(root, keep=2)
-        builds.append(final)
     progress("splitting into shards", shards, shards)
     return builds
+
+
+def split_name(manifest: dict) -> str:
+    """Which split a shard build belongs to: the build it was split from (every shard of one split
+    holds a share of the same rows, whichever worker answers)."""
+    return str((manifest.get("shard") or {}).get("source_build"))
+
+
+def shard_build_for(root: Path, split: str) -> Path:
+    """The complete build under a shard's ``root`` that belongs to ``split``: the active one when it
+    does, else the other kept beside it. A search whose coordinator described the query on one
+    split gets every stage answered on that split, while the shards switch to a new one one by
+    one (``split_build``)."""
+    root = Path(root)
+    active = layout.active_build(root)
+    if split_name(layout.read_manifest(active)) == split:
+        return active
+    builds = sorted((p for p in (root / layout.BUILDS).iterdir() if not p.name.endswith(layout.PARTIAL_SUFFIX)),
+                    reverse=True) if (root / layout.BUILDS).is_dir() else []
+    for build in builds:
+        try:
+            if split_name(layout.read_manifest(build)) == split:
+                return build
+        except SearchIndexError:  # deleted while we looked: an older split
+            continue
+    raise SearchIndexError(f"shard {root.name} holds no build of split {split} any more (the index was split "
+                           f"again since this search began): search again")
 
 
 def split_delta(delta: Path, shards_root: Path, shards: int) -> list[Path]:
@@ -198,6 +238,11 @@ def _request(folder: Path, stage: str) -> dict:
     return json.loads((folder / f"{stage}.json").read_text())
 
 
+def requested_split(folder: Path, stage: str) -> str | None:
+    """The split a stage's request was made on (None: a request that names none)."""
+    return _request(Path(folder), stage).get("split")
+
+
 def _answer_file(folder: Path, stage: str, number: int) -> Path:
     return folder / f"{stage}-{number}.npz"
 
@@ -212,6 +257,7 @@ class Shard:
         if not shard:
             raise SearchIndexError(f"{index.path} is not a shard build (split_index makes them)")
         self.index, self.config, self.number = index, config, int(shard["number"])
+        self.split = split_name(index.manifest)
         # the coordinator picks what is verified: a shard verifies every candidate it is sent
         self.verify_settings = dataclasses.replace(config.verify_settings(), verify_top=0)
 
@@ -223,6 +269,9 @@ class Shard:
         """Answer ``stage`` of the search whose files are in ``folder``; returns the answer's file."""
         folder = Path(folder)
         request, query = _request(folder, stage), load_query(folder)
+        if request.get("split", self.split) != self.split:
+            raise SearchIndexError(f"shard {self.number} ({self.index.path.name}) is of split {self.split}, not of "
+                                   f"{request['split']} that the search began on: search again")
         exclude = frozenset(request.get("exclude_ids", ()))
         variant = request.get("variant")
         index = self.index
@@ -305,9 +354,9 @@ class ShardedEngine(RetrievalEngine):
 
     def __init__(self, engine: RetrievalEngine, fan_out: FanOut, exchange_dir: Path):
         super().__init__(engine.model, engine.index, engine.device, engine.config, engine.attention,
-                         engine.calibration, engine.describer)
-        self.extractor = engine.extractor
+                         engine.calibration, engine.describer, engine.extractor)
         self.shards = int(engine.index.manifest["shard"]["shards"])
+        self.split = split_name(engine.index.manifest)  # every stage answered on this split's shard builds
         self.fan_out, self.exchange_dir = fan_out, Path(exchange_dir)
 
     def rank(self, query: QueryFeatures, method: str, n_candidates: int | None = None, depth: int | None = None,
@@ -325,7 +374,7 @@ class ShardedEngine(RetrievalEngine):
             shutil.rmtree(folder, ignore_errors=True)
 
     def _stage(self, folder: Path, stage: str, request: dict) -> list[dict]:
-        (folder / f"{stage}.json").write_text(json.dumps(request))
+        (folder / f"{stage}.json").write_text(json.dumps(dict(request, split=self.split)))
         answers = []
         for file in self.fan_out(stage, folder):
             with np.load(file) as saved:
