@@ -18,8 +18,7 @@ from .engine.images import open_image
 from .engine.methods import DEFAULT_METHOD
 from .engine.pipeline import RetrievalEngine
 from .engine.progress import Throttle
-from .engine.shards import ShardedEngine
-from .engine.workflows import open_engine
+from .engine.workflows import as_sharded, open_engine
 from .models import SearchJob, Status
 from .shard_work import celery_fan_out
 from .watchdog import Heartbeat, worker_name
@@ -48,7 +47,10 @@ def current_engine() -> RetrievalEngine:
     try:
         engine = open_engine(config, build)
         if sharded:
-            engine = sharded_engine(engine, config)
+            try:
+                engine = as_sharded(engine, config, celery_fan_out(config.shards), config.shards)
+            except SearchIndexError as exc:
+                raise SearchIndexError(f"RETRIEVAL_SHARDS is {config.shards}: {exc}") from None
     except EngineError as exc:
         if _engine["engine"] is None:
             raise
@@ -57,14 +59,6 @@ def current_engine() -> RetrievalEngine:
         return _engine["engine"]
     _engine.update(build=build, engine=engine, unloadable=None)
     return engine
-
-
-def sharded_engine(engine: RetrievalEngine, config) -> ShardedEngine:
-    split = (engine.index.manifest.get("shard") or {}).get("shards")
-    if split != config.shards:
-        raise SearchIndexError(f"RETRIEVAL_SHARDS is {config.shards} but {engine.index.path} is one of "
-                               f"{split or 'no'} shards; run split_index --shards {config.shards}")
-    return ShardedEngine(engine, celery_fan_out(config.shards), config.shard_exchange_dir)
 
 
 def _job_stage(stage: str, done: int, total: int) -> str:

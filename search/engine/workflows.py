@@ -144,11 +144,21 @@ def engine_for(models: Models, build: Path, config: EngineConfig) -> RetrievalEn
                            describer=describer_for(index, config, models.device))
 
 
-def open_sharded_engine(config: EngineConfig, fan_out: FanOut | None = None) -> ShardedEngine:
+def open_sharded_engine(config: EngineConfig, fan_out: FanOut | None = None,
+                        shards: int | None = None) -> ShardedEngine:
     """An engine on the shards under ``config.shards_root``: the query described on shard 0's build,
-    the stages sent through ``fan_out`` (default: every shard opened here, run in this process)."""
-    engine = open_engine(config, config.shard_root(0))
+    the stages sent through ``fan_out`` (default: every shard opened here, run in this process).
+    With ``shards``, a split into another number of shards is refused."""
+    return as_sharded(open_engine(config, config.shard_root(0)), config, fan_out, shards)
+
+
+def as_sharded(engine: RetrievalEngine, config: EngineConfig, fan_out: FanOut | None = None,
+               shards: int | None = None) -> ShardedEngine:
+    """``engine`` (opened on shard 0's build) coordinating its split's shards through ``fan_out``."""
     split = (engine.index.manifest.get("shard") or {}).get("shards")
+    if shards is not None and split != shards:
+        raise SearchIndexError(f"{engine.index.path} is one of {split or 'no'} shards, not of {shards}; "
+                               f"run split_index --shards {shards}")
     if not split:
         raise SearchIndexError(f"{engine.index.path} is not a shard build (split_index makes them)")
     if fan_out is None:

@@ -4,7 +4,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from django.core.management.base import CommandError
 
 from ...engine import layout
 from ...engine.methods import METHODS
@@ -45,9 +44,7 @@ class Command(EngineCommand):
             from ...shard_work import celery_fan_out
 
             fan_out = celery_fan_out(shards)
-        many = open_sharded_engine(config, fan_out)
-        if many.shards != shards:
-            raise CommandError(f"the shards under {config.shards_root} are {many.shards}, not {shards}")
+        many = open_sharded_engine(config, fan_out, shards)
         method = method or one.default_method
         ids = random.Random(config.seed).sample(list(one.index.image_ids), min(queries, len(one.index)))
         times = {"one index": [], "shards": []}
