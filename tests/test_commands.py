@@ -262,6 +262,11 @@ def test_benchmark_scale_measures_each_backend_against_the_exact_scan(tiny_engin
     assert "IVF54,SQfp16, 32 lists probed (coverage 4)" in narrow["detail"]  # 64-d: float16 lists
     assert all(r["p50_ms"] > 0 and r["disk_bytes_per_image"] >= 64 * 2 for r in synthetic)
     assert "synthetic     3,000 x 64" in out and "recall@100" in out and "wrote" in out
+    # each backend also served alone by a fresh process, its memory measured
+    assert all(r["worker"]["anon_mib"] > 0 and r["worker"]["peak_mib"] >= r["worker"]["before_rss_mib"]
+               for r in (narrow, tree))
+    assert exact["worker"] is None and narrow["worker"]["mapped"] is False  # float16 lists: nothing to map
+    assert "served alone by a fresh process" in out
     assert {r["depth"] for r in rows if r["data"] != "synthetic"} == {20}  # half the tiny index's 40
     assert not list(tmp_path.glob("tmp*"))  # the synthetic vectors are gone
 

@@ -99,16 +99,20 @@ def test_unknown_variant_is_a_clear_error(tiny_engine):
 def test_faiss_and_balltree_builds_agree_on_the_tiny_index(tiny_engine, tiny_collection, tiny_model,
                                                             engine_config, tmp_path):
     """The same collection built with each backend (FAISS forced below its size threshold) ranks
-    every image's query alike; the FAISS build stores float16 vectors and says which backend it used."""
+    every image's query alike; the FAISS build stores float16 vectors and says which backend it used.
+    Re-scored from a float16 store (the PCA-4 lists' short list here holds all 40), its vectors are
+    that store: on disk once."""
     from search.engine.pipeline import RetrievalEngine
 
-    config = engine_config.replace(coarse_backend="faiss")
+    config = engine_config.replace(coarse_backend="faiss", faiss_reduce_dim=4, faiss_refine=8)
     build = build_index(tiny_collection, tiny_model, tmp_path / "faiss-index", config, "cpu",
                         variants=("pca", "penultimate"))
     index = load_index(build, coarse_settings=config.coarse_settings())
     assert index.manifest["coarse"] == {"pca": "faiss", "penultimate": "faiss"}
     assert {p.name for p in build.glob("faiss_*.index")} == {"faiss_pca.index", "faiss_penultimate.index"}
+    assert {p.name for p in build.glob("vectors_*")} == {"vectors_pca.faiss", "vectors_penultimate.faiss"}
     assert not list(build.glob("tree_*"))
+    assert all(index.backend(v).refined for v in ("pca", "penultimate"))
     assert tiny_engine.index.backend_name("pca") == "balltree"
     faiss_engine = RetrievalEngine(tiny_model, index, "cpu", config)
     for variant in ("pca", "penultimate"):

@@ -5,8 +5,9 @@ of the n nearest, nearest first.
   1,000+ dimensions it scans nearly every vector, so it grows linearly and slowly.
 - ``faiss``: a FAISS inverted file that scans only the lists (around k-means centroids) nearest
   the query. Vectors of more than ``faiss_reduce_dim`` dimensions are listed as int8 codes of
-  their PCA projection, and the short list (``faiss_refine`` x n) re-scored from float16 copies
-  of the full vectors; smaller ones are listed as float16 (``IVF<lists>,SQfp16``). Approximate
+  their PCA projection, and the short list (``faiss_refine`` x n) re-scored from the full
+  vectors in float16, a FAISS store that is also the build's vectors file (``save_variant``);
+  smaller ones are listed as float16 (``IVF<lists>,SQfp16``). Approximate
   in which vectors it finds, not in their distances (computed from the very float16 values the
   build stores); how much of the exact answer it returns is measured by ``benchmark_scale``
   (recall at 4,000 candidates).
@@ -24,6 +25,7 @@ import joblib
 import numpy as np
 from sklearn.neighbors import BallTree
 
+from . import layout
 from .config import CoarseSettings
 from .errors import SearchIndexError
 from .stored import load_pickled
@@ -96,10 +98,11 @@ class BallTreeBackend:
 class FaissBackend:
     name = FAISS
 
-    def __init__(self, index, vectors: np.ndarray, settings: CoarseSettings):
+    def __init__(self, index, vectors: np.ndarray, settings: CoarseSettings, mapped: bool = False):
         self.index, self.vectors, self.settings = index, vectors, settings
         self.lists = faiss.extract_index_ivf(index)  # the inverted file inside (behind a PCA, a refinement)
         self.refined = isinstance(index, faiss.IndexRefine)
+        self.mapped = mapped and self.refined  # only the re-scoring store can be mapped (lists are read)
 
     def probes_for(self, n: int) -> int:
         """Lists to scan for the n nearest: at least ``faiss_nprobe``, and enough that the scanned
@@ -134,18 +137,34 @@ class FaissBackend:
             index.add(np.ascontiguousarray(vectors[start:start + SCAN_BLOCK], dtype=np.float32))
         return cls(index, vectors, settings)
 
-    def save(self, path: Path) -> None:
-        faiss.write_index(self.index, str(path))
+    def save(self, path: Path, store: Path | None = None) -> None:
+        """Write the index to ``path``; with ``store``, a re-scored index's float16 store goes to that
+        file instead (the build's vectors file: ``save_variant``)."""
+        if store is not None and self.refined:
+            faiss.write_index(self.index.base_index, str(path))
+            faiss.write_index(self.index.refine_index, str(store))
+        else:
+            faiss.write_index(self.index, str(path))
 
     @classmethod
-    def load(cls, path: Path, vectors: np.ndarray, settings: CoarseSettings) -> "FaissBackend":
-        try:
-            index = faiss.read_index(str(path))
-        except RuntimeError as exc:
-            raise SearchIndexError(f"{path}: not a readable FAISS index ({str(exc).splitlines()[0]})") from exc
+    def load(cls, path: Path, vectors, settings: CoarseSettings) -> "FaissBackend":
+        """The index at ``path``; when its float16 store is the build's vectors file (``vectors``, a
+        ``stored.RowFile`` of a FAISS store), that file is joined to it. A large collection's store
+        stays in its file, paged in as queries touch it and shared by every worker on the machine
+        (``settings.faiss_map_min_images``)."""
+        mapped = len(vectors) >= settings.faiss_map_min_images
+        flags = faiss.IO_FLAG_MMAP_IFC if mapped else 0
+        index = _read_faiss(path, flags)
+        if not isinstance(index, faiss.IndexRefine) and getattr(vectors, "faiss_store", False):
+            store = _read_faiss(vectors.path, flags)
+            if store.ntotal != index.ntotal:
+                raise SearchIndexError(f"{vectors.path} holds {store.ntotal} vectors, {path} {index.ntotal}; reindex")
+            refined = faiss.IndexRefine(index, store)
+            refined.referenced_objects = [index, store]  # the joined index owns neither
+            index = refined
         if index.ntotal != len(vectors):
             raise SearchIndexError(f"{path} holds {index.ntotal} vectors, the index table {len(vectors)}")
-        return cls(index, vectors, settings)
+        return cls(index, vectors, settings, mapped)
 
     def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
@@ -163,7 +182,26 @@ class FaissBackend:
         return np.sqrt(np.clip(squared, 0.0, None)), positions
 
 
+def _read_faiss(path: Path, flags: int):
+    try:
+        return faiss.read_index(str(path), flags)
+    except RuntimeError as exc:
+        raise SearchIndexError(f"{path}: not a readable FAISS index ({str(exc).splitlines()[0]})") from exc
+
+
 _BACKENDS = {BALLTREE: BallTreeBackend, FAISS: FaissBackend}
+
+
+def save_variant(build: Path, variant: str, matrix: np.ndarray, backend: str, settings: CoarseSettings) -> None:
+    """A variant's vectors and its coarse backend, written into a build. A FAISS index that
+    re-scores its short list keeps its float16 store in the vectors file itself
+    (``layout.vector_store_file``), so the vectors are on disk, and in the page cache, once."""
+    built = backend_class(backend).build(matrix, settings)
+    if getattr(built, "refined", False):
+        built.save(layout.coarse_file(build, variant, backend), store=layout.vector_store_file(build, variant))
+    else:
+        np.save(layout.vectors_file(build, variant), matrix)
+        built.save(layout.coarse_file(build, variant, backend))
 
 
 def backend_class(name: str):

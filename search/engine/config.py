@@ -54,6 +54,7 @@ class CoarseSettings:
     faiss_refine: int  # the re-scored short list is this many times the candidates asked
     seed: int = 0
     faiss_train_size: int = 50_000  # vectors the k-means of the lists is trained on
+    faiss_map_min_images: int = 100_000  # from this size up the float16 store is memory-mapped
 
 
 def _default_data_dir() -> Path:
@@ -109,6 +110,12 @@ class EngineConfig:
     faiss_coverage: float = 16.0
     faiss_reduce_dim: int = 256
     faiss_refine: int = 4
+    # From this many images up, a worker maps a FAISS index's float16 store (the vectors its short
+    # list is re-scored from) from its file instead of reading it into its own memory: at a million
+    # images that is 5 GB per worker process for the hybrid variant, shared in the page cache
+    # when mapped. Below it the store is read whole: a file damaged under a running worker then
+    # fails a search instead of killing the worker (RESULTS.md, "FAISS store memory-mapped").
+    faiss_map_min_images: int = 100_000
     # The hybrid variant (features.hybrid_vectors): the weight of the fine-tuned penultimate cosine in
     # its similarity, the rest being the ImageNet instance vector's. Why equal: RESULTS.md.
     hybrid_weight: float = 0.5
@@ -227,7 +234,7 @@ class EngineConfig:
                               leaf_size=self.leaf_size, faiss_lists=self.faiss_lists,
                               faiss_nprobe=self.faiss_nprobe, faiss_coverage=self.faiss_coverage,
                               faiss_reduce_dim=self.faiss_reduce_dim, faiss_refine=self.faiss_refine,
-                              seed=self.seed)
+                              seed=self.seed, faiss_map_min_images=self.faiss_map_min_images)
 
     def replace(self, **changes) -> "EngineConfig":
         return dataclasses.replace(self, **changes)

@@ -18,7 +18,7 @@ import joblib
 import numpy as np
 
 from . import layout
-from .coarse_backends import BALLTREE, FAISS, backend_class, choose_backend
+from .coarse_backends import BALLTREE, FAISS, backend_class, choose_backend, save_variant
 from .collection import Collection, ImageRecord
 from .config import CoarseSettings, EngineConfig
 from .errors import SearchIndexError
@@ -330,9 +330,8 @@ def _build_index(collection, model, index_root, config, device, variants, activa
             progress(f"coarse index ({backend})", done, len(vectors))
             # FAISS serves large collections: float16 halves the disk and page cache, and its ~3
             # significant digits are well within the distance gaps that order neighbours
-            matrix = matrix.astype(np.float16 if backend == FAISS else np.float32)
-            np.save(layout.vectors_file(partial, variant), matrix)
-            backend_class(backend).build(matrix, settings).save(layout.coarse_file(partial, variant, backend))
+            save_variant(partial, variant, matrix.astype(np.float16 if backend == FAISS else np.float32), backend,
+                         settings)
         if pca is not None:
             joblib.dump(pca, layout.pca_file(partial))
         local_meta = None
@@ -402,7 +401,7 @@ def load_index(path: Path, expected_checksum: str | None = None,
             raise SearchIndexError(f"{build}: file missing for variant '{variant}': {backend_file}")
         # read by pread a run of rows at a time (stored.RowFile), not memory-mapped: a file cut short
         # under a running worker is an error for that search, not a SIGBUS that kills the worker
-        vectors[variant] = RowFile(layout.vectors_file(build, variant))
+        vectors[variant] = RowFile(layout.stored_vectors_file(build, variant))
         if vectors[variant].shape != (len(table), dim):
             raise SearchIndexError(
                 f"{build}: '{variant}' vectors are {vectors[variant].shape}, manifest says ({len(table)}, {dim})")

@@ -12,7 +12,9 @@
     <index root>/resume/local-<key>/<stamp>/   (vectors, local stores), reused if it was interrupted;
                                            removed when a build completes
     <build>/manifest.json  images.json  vectors_<variant>.npy  tree_<variant>.joblib | faiss_<variant>.index
-            pca.joblib  local/ (the local-feature store)
+            pca.joblib  local/ (the local-feature store); a FAISS build's variants whose short list is
+            re-scored keep their vectors in vectors_<variant>.faiss instead (a FAISS float16 store,
+            read by FAISS and by stored.RowFile alike: the vectors are on disk once)
     <build>/deltas/<stamp>/                images added since the build (a delta segment, searched
                                            beside it): manifest.json images.json vectors_<variant>.npy local/
 
@@ -63,6 +65,17 @@ def coarse_file(build: Path, variant: str, backend: str) -> Path:
 
 def vectors_file(build: Path, variant: str) -> Path:
     return Path(build) / f"vectors_{variant}.npy"
+
+
+def vector_store_file(build: Path, variant: str) -> Path:
+    """A variant's vectors as the float16 store its FAISS backend re-scores from (coarse_backends)."""
+    return Path(build) / f"vectors_{variant}.faiss"
+
+
+def stored_vectors_file(build: Path, variant: str) -> Path:
+    """Whichever file holds a build's ``variant`` vectors: its FAISS store, else its ``.npy``."""
+    store = vector_store_file(build, variant)
+    return store if store.is_file() else vectors_file(build, variant)
 
 
 def pca_file(build: Path) -> Path:

@@ -4,6 +4,7 @@ and queried at k = 4,000, against an exact scan. Used by ``benchmark_scale``; no
 test threshold."""
 from __future__ import annotations
 
+import multiprocessing
 import resource
 import time
 from dataclasses import dataclass, replace
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .coarse_backends import BallTreeBackend, FaissBackend, exact_nearest
+from .coarse_backends import BallTreeBackend, FaissBackend, backend_class, exact_nearest
 from .config import CoarseSettings
 from .features import l2_normalise
 from .progress import Progress, no_progress
@@ -51,6 +52,38 @@ def resident_mib() -> float:
     return pages * resource.getpagesize() / 2 ** 20
 
 
+def memory_status() -> dict[str, float]:
+    """This process's resident memory in MiB: all of it, its anonymous part (its own: heaps, arrays
+    read into memory) and its file-backed part (mapped files' pages, shared with every process
+    mapping them and given back by the kernel under pressure), and the peak."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    kib = {key: float(fields[key].split()[0]) for key in ("VmRSS", "RssAnon", "RssFile", "VmHWM") if key in fields}
+    return {key: value / 1024 for key, value in kib.items()}
+
+
+def worker_memory(backend: str, path: Path, vectors_file: Path, queries: np.ndarray, n: int,
+                  settings: CoarseSettings) -> dict[str, float]:
+    """What serving one variant costs a worker: a fresh process (no benchmark buffers in it) loads
+    the saved backend as ``SearchIndex`` does (vectors read by ``RowFile``) and answers ``queries``;
+    its memory before loading and after the queries (``memory_status``)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_serve_queries, (backend, str(path), str(vectors_file), queries, n, settings))
+
+
+def _serve_queries(backend: str, path: str, vectors_file: str, queries: np.ndarray, n: int,
+                   settings: CoarseSettings) -> dict[str, float]:
+    from .stored import RowFile
+
+    before = memory_status()
+    loaded = backend_class(backend).load(Path(path), RowFile(Path(vectors_file)), settings)
+    for query in queries:
+        loaded.search(query, n)
+    after = memory_status()
+    return {"before_rss_mib": before["VmRSS"], "before_anon_mib": before["RssAnon"],
+            "anon_mib": after["RssAnon"], "file_mib": after["RssFile"], "peak_mib": after["VmHWM"],
+            "mapped": bool(getattr(loaded, "mapped", False))}
+
+
 @dataclass
 class BackendFigures:
     size: int
@@ -62,8 +95,9 @@ class BackendFigures:
     recall: float  # share of the exact n nearest it returned, mean over queries
     depth: int  # that n
     disk_bytes_per_image: float
-    resident_mib: float  # the process's resident memory with this backend loaded
+    resident_mib: float  # the benchmark process's resident memory with this backend loaded
     detail: str = ""
+    worker: dict | None = None  # a fresh process serving the backend alone (worker_memory)
 
 
 def _timed_queries(search, queries: np.ndarray, n: int) -> tuple[np.ndarray, list[float]]:
@@ -81,11 +115,13 @@ def _recall(found: list[np.ndarray], exact: np.ndarray) -> float:
 
 
 def measure_backends(vectors: np.ndarray, queries: np.ndarray, n: int, settings: CoarseSettings, workdir: Path,
-                     balltree_max: int, coverages: tuple[float, ...] = (), progress: Progress = no_progress
-                     ) -> list[BackendFigures]:
+                     balltree_max: int, coverages: tuple[float, ...] = (), progress: Progress = no_progress,
+                     vectors_file: Path | None = None) -> list[BackendFigures]:
     """Build each backend over ``vectors`` (the BallTree only up to ``balltree_max`` images), time
     ``queries`` one at a time at depth ``n``, and compare with the exact scan. FAISS is queried
-    once per list coverage in ``coverages`` (default: the setting's), built once."""
+    once per list coverage in ``coverages`` (default: the setting's), built once. With
+    ``vectors_file`` (the ``.npy`` of ``vectors``), each backend is also served by a fresh process
+    whose memory is measured (``worker_memory``)."""
     size, dim = vectors.shape
     vector_bytes = vectors.dtype.itemsize * dim
     progress("exact scan", 0, 1)
@@ -99,10 +135,17 @@ def measure_backends(vectors: np.ndarray, queries: np.ndarray, n: int, settings:
         started = time.perf_counter()
         backend = kind.build(vectors, settings)
         build_s = time.perf_counter() - started
-        path = workdir / f"{name}.bin"
-        backend.save(path)
-        disk = path.stat().st_size
+        path, store = workdir / f"{name}.bin", workdir / f"{name}-vectors.faiss"
+        refined = getattr(backend, "refined", False)
+        # as a build stores it: a re-scored FAISS index's float16 store is the vectors file
+        backend.save(path, store=store) if refined else backend.save(path)
+        disk = path.stat().st_size + (store.stat().st_size if refined else vector_bytes * size)
+        worker = None
+        if vectors_file is not None:
+            progress(f"serve {name} in a fresh process", 0, 1)
+            worker = worker_memory(name, path, store if refined else vectors_file, queries, n, settings)
         path.unlink()
+        store.unlink(missing_ok=True)
         for coverage in (coverages or (settings.faiss_coverage,)) if name == "faiss" else (None,):
             if coverage is not None:
                 backend.settings = replace(settings, faiss_coverage=coverage)
@@ -116,6 +159,6 @@ def measure_backends(vectors: np.ndarray, queries: np.ndarray, n: int, settings:
                 detail = f"{listed}, {backend.probes_for(n)} lists probed (coverage {coverage:g})"
             figures.append(BackendFigures(size, dim, name, build_s, float(np.median(times)),
                                           float(np.percentile(times, 95)), _recall(found, exact), n,
-                                          (disk + vector_bytes * size) / size, resident_mib(), detail))
+                                          disk / size, resident_mib(), detail, worker))
         del backend
     return figures

@@ -40,7 +40,7 @@ from typing import Callable
 import numpy as np
 
 from . import layout
-from .coarse_backends import FAISS, backend_class, choose_backend
+from .coarse_backends import FAISS, choose_backend, save_variant
 from .config import EngineConfig
 from .confidence import EVIDENCE, candidate_evidence, query_evidence
 from .errors import SearchIndexError
@@ -182,8 +182,7 @@ def _write_shard(index: SearchIndex, rows: np.ndarray, build: Path, number: int,
     backend = choose_backend(settings, len(rows))
     for variant in index.variants:
         matrix = index.row_vectors(variant, rows).astype(np.float16 if backend == FAISS else np.float32)
-        np.save(layout.vectors_file(build, variant), matrix)
-        backend_class(backend).build(matrix, settings).save(layout.coarse_file(build, variant, backend))
+        save_variant(build, variant, matrix, backend, settings)
     source_build = index.path
     if layout.pca_file(source_build).is_file():
         shutil.copy2(layout.pca_file(source_build), layout.pca_file(build))

@@ -33,20 +33,33 @@ def load_pickled(file: Path):
         raise SearchIndexError(f"{file} is damaged ({type(exc).__name__}: {exc}); reindex") from exc
 
 
+FAISS_STORE_MAGIC = b"IxSQ"  # a FAISS IndexScalarQuantizer file: a float16 store (coarse_backends)
+
+
 class RowFile:
-    """A ``.npy`` file read a run of rows at a time with ``pread`` instead of a memory map: the
+    """A file of rows read a run of rows at a time with ``pread`` instead of a memory map: the
     page cache serves it just as well, and a file cut short under a running process gives a
-    ``SearchIndexError`` for that read, where a memory map's SIGBUS would kill the process."""
+    ``SearchIndexError`` for that read, where a memory map's SIGBUS would kill the process.
+
+    Two formats: a ``.npy`` file, or a FAISS float16 store (``IndexScalarQuantizer`` of type fp16,
+    whose codes are the rows as float16, at the end of the file): a large build's vectors are
+    stored once, read here and searched by FAISS (``coarse_backends.FaissBackend``)."""
 
     def __init__(self, file: Path):
         self.path = Path(file)
         try:
             with self.path.open("rb") as handle:
-                version = np.lib.format.read_magic(handle)
-                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)
-                shape, fortran_order, dtype = read_header(handle)
-                self.offset = handle.tell()
+                if handle.read(4) == FAISS_STORE_MAGIC:
+                    self.faiss_store = True
+                    shape, fortran_order, dtype = self._faiss_store_header(handle)
+                else:
+                    self.faiss_store = False
+                    handle.seek(0)
+                    version = np.lib.format.read_magic(handle)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, fortran_order, dtype = read_header(handle)
+                    self.offset = handle.tell()
         except FileNotFoundError as exc:
             raise SearchIndexError(f"{file} is missing: an incomplete index; reindex") from exc
         except (ValueError, OSError, EOFError) as exc:
@@ -60,6 +73,22 @@ class RowFile:
             os.close(self.fd)
             self.fd = None
             raise SearchIndexError(f"{file} is shorter than its header says: a damaged index; reindex")
+
+    def _faiss_store_header(self, handle) -> tuple[tuple[int, int], bool, np.dtype]:
+        """Shape of a FAISS float16 store's rows; sets ``offset``. Its header holds the dimension
+        (int32) and the number of rows (int64); its codes, the rows, end the file, preceded by
+        their length in bytes (uint64), which is checked."""
+        dim = int(np.frombuffer(handle.read(4), dtype="<i4")[0])
+        rows = int(np.frombuffer(handle.read(8), dtype="<i8")[0])
+        nbytes = rows * dim * 2
+        size = os.fstat(handle.fileno()).st_size
+        self.offset = size - nbytes
+        if dim <= 0 or rows < 0 or self.offset < 20:
+            raise ValueError(f"a FAISS store header says {rows} rows of {dim}")
+        handle.seek(self.offset - 8)
+        if int(np.frombuffer(handle.read(8), dtype="<u8")[0]) != nbytes:
+            raise ValueError("not a float16 FAISS store, or cut short")
+        return (rows, dim), False, np.dtype(np.float16)
 
     def __len__(self) -> int:
         return self.shape[0]

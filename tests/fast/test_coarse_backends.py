@@ -77,6 +77,54 @@ def test_faiss_answers_a_deep_request_exactly_and_round_trips_through_its_file(t
         FaissBackend.load(tmp_path / "broken.index", vectors, settings())
 
 
+def test_a_rescored_faiss_index_keeps_its_float16_store_in_the_vectors_file_mapped_or_read(tmp_path):
+    """A re-scored FAISS variant is written as its inverted file plus one float16 store that is
+    also the build's vectors file (the vectors on disk once); it loads read into memory or, from
+    faiss_map_min_images up, mapped from the file (shared by the workers of a machine), with the
+    same answers as the index built. An index written whole (builds made before) still loads."""
+    from search.engine import layout
+    from search.engine.coarse_backends import save_variant
+    from search.engine.stored import RowFile
+
+    vectors = synthetic_vectors(3000, 64, seed=6).astype(np.float16)
+    queries = synthetic_vectors(5, 64, seed=7, near=vectors)
+    config = settings(faiss_reduce_dim=16, faiss_nprobe=2)
+    built = FaissBackend.build(vectors, config)
+    assert built.refined
+    want_d, want_p = built.search(queries, 50)
+    save_variant(tmp_path, "hybrid", vectors, FAISS, config)
+    store = layout.vector_store_file(tmp_path, "hybrid")
+    assert layout.stored_vectors_file(tmp_path, "hybrid") == store and not layout.vectors_file(tmp_path, "hybrid").exists()
+    rows = RowFile(store)
+    assert rows.faiss_store and rows.shape == (3000, 64) and rows.dtype == np.float16
+    np.testing.assert_array_equal(rows[[5, 6, 2999]], vectors[[5, 6, 2999]])
+    np.testing.assert_array_equal(np.asarray(rows), vectors)
+    coarse = layout.coarse_file(tmp_path, "hybrid", FAISS)
+    assert coarse.stat().st_size < store.stat().st_size / 2  # no float16 copy: int8 codes of a PCA-16 projection
+    read = FaissBackend.load(coarse, rows, config)
+    mapped = FaissBackend.load(coarse, rows, settings(faiss_reduce_dim=16, faiss_nprobe=2, faiss_map_min_images=3000))
+    assert (read.refined, read.mapped, mapped.refined, mapped.mapped) == (True, False, True, True)
+    assert settings().faiss_map_min_images == 100_000
+    for backend in (read, mapped):
+        distances, positions = backend.search(queries, 50)
+        np.testing.assert_array_equal(positions, want_p)
+        np.testing.assert_array_equal(distances, want_d)
+    # written whole, with the vectors in a .npy beside it
+    built.save(tmp_path / "whole.index")
+    np.save(tmp_path / "whole.npy", vectors)
+    whole = FaissBackend.load(tmp_path / "whole.index", RowFile(tmp_path / "whole.npy"), config)
+    np.testing.assert_array_equal(whole.search(queries, 50)[1], want_p)
+    # a store that does not match its index, a store cut short
+    (tmp_path / "other").mkdir()
+    save_variant(tmp_path / "other", "hybrid", vectors[:2000], FAISS, config)
+    with pytest.raises(SearchIndexError, match="holds 2000 vectors"):
+        FaissBackend.load(coarse, RowFile(layout.vector_store_file(tmp_path / "other", "hybrid")), config)
+    cut = tmp_path / "cut.faiss"
+    cut.write_bytes(store.read_bytes()[:-64])
+    with pytest.raises(SearchIndexError, match="cut.faiss is damaged"):
+        RowFile(cut)
+
+
 def test_the_backend_is_chosen_by_collection_size_unless_set():
     assert choose_backend(settings(), 49_999) == BALLTREE
     assert choose_backend(settings(), 50_000) == FAISS

@@ -46,7 +46,7 @@ class Command(EngineCommand):
                 vectors = real.vectors[variant]
                 asked = synthetic_vectors(queries, vectors.shape[1], seed=1, near=vectors)
                 for row in measure_backends(vectors, asked, min(n, len(vectors) // 2), settings, tmp,
-                                            balltree_max, coverages, bars):
+                                            balltree_max, coverages, bars, real.vectors[variant].path):
                     rows.append(self.show(dict(asdict(row), data=f"{real.path.name} ({variant})")))
             for size in [int(s) for s in sizes.split(",") if s.strip()]:
                 file = tmp / f"vectors-{size}.npy"
@@ -55,7 +55,7 @@ class Command(EngineCommand):
                 vectors.flush()
                 vectors = np.load(file, mmap_mode="r")
                 asked = synthetic_vectors(queries, dim, seed=1, near=vectors)
-                for row in measure_backends(vectors, asked, n, settings, tmp, balltree_max, coverages, bars):
+                for row in measure_backends(vectors, asked, n, settings, tmp, balltree_max, coverages, bars, file):
                     rows.append(self.show(dict(asdict(row), data="synthetic")))
                 del vectors
                 file.unlink()
@@ -71,4 +71,12 @@ class Command(EngineCommand):
             f"query p50 {row['p50_ms']:8.1f} ms p95 {row['p95_ms']:8.1f} ms, recall@{row['depth']} {row['recall']:.3f}, "
             f"{row['disk_bytes_per_image'] / 1024:.1f} KiB/image, RSS {row['resident_mib']:,.0f} MiB  "
             f"[{row['detail']}]")
+        worker = row.get("worker")
+        if worker:
+            self.stdout.write(
+                f"{'':>24} served alone by a fresh process: {worker['anon_mib']:,.0f} MiB its own + "
+                f"{worker['file_mib']:,.0f} MiB mapped file pages (shared, reclaimable) after the queries, "
+                f"{worker['before_rss_mib']:,.0f} MiB before loading ({worker['before_anon_mib']:,.0f} its own); "
+                f"peak {worker['peak_mib']:,.0f} MiB"
+                f"{'; float16 store mapped' if worker['mapped'] else ''}")
         return row
