@@ -66,8 +66,9 @@ class LocalStore:
     def features(self, position: int) -> LocalFeatures:
         start, end = int(self.offsets[position]), int(self.offsets[position + 1])
         a = self.arrays
-        return LocalFeatures(a["keypoints"].rows(start, end), a["scales"].rows(start, end),
-                             a["scores"].rows(start, end), a["descriptors"].rows(start, end).astype(np.float32))
+        return LocalFeatures(a["keypoints"].rows(start, end), a["scales"].rows(start, end).astype(np.float32),
+                             a["scores"].rows(start, end).astype(np.float32),
+                             a["descriptors"].rows(start, end).astype(np.float32))
 
     def reduce(self, features: LocalFeatures) -> LocalFeatures:
         """Project raw descriptors (e.g. a query's) with this store's PCA."""
@@ -182,8 +183,9 @@ def _write_rows(path: Path, rows: list[LocalFeatures], pca, meta: dict) -> dict:
     offsets = np.concatenate([[0], np.cumsum(counts)])
     np.save(path / "offsets.npy", offsets)
     np.save(path / "keypoints.npy", _stack([r.keypoints for r in rows], (0, 2), np.float32))
-    np.save(path / "scales.npy", _stack([r.scales for r in rows], (0,), np.float32))
-    np.save(path / "scores.npy", _stack([r.scores for r in rows], (0,), np.float32))
+    # scales and attention scores are kept for the record (verification reads neither): float16 is plenty
+    np.save(path / "scales.npy", _stack([r.scales for r in rows], (0,), np.float16))
+    np.save(path / "scores.npy", _stack([r.scores for r in rows], (0,), np.float16))
     np.save(path / "descriptors.npy", _stack([r.descriptors for r in rows], (0, pca.n_components_), np.float16))
     joblib.dump(pca, path / "pca.joblib")
     meta = dict(meta, total_keypoints=int(offsets[-1]))
