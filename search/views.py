@@ -21,6 +21,7 @@ from django.views.decorators.http import require_POST
 from . import collection_files
 from .archives import ArchiveError
 from .conf import engine_config
+from .engine import layout
 from .engine.errors import EngineError, SearchIndexError
 from .engine.methods import is_fine, method_label
 from .forms import CollectionUploadForm, MaintenanceForm, SearchForm
@@ -385,8 +386,11 @@ def staff_home(request, form=None, upload_form=None, message=""):
                       "removed": collection_files.removed_images(catalog)}
     except SearchIndexError as exc:
         collection = {"error": str(exc)}
+    config = engine_config()
+    shards = layout.shard_summary(config.shards_root, config.shards, config.index_root) if config.shards >= 2 else []
     return render(request, "staff.html", {
-        "collection": collection, "runs": MaintenanceRun.objects.all()[:30], "form": form or MaintenanceForm(),
+        "collection": collection, "shards": shards, "stale_shards": any(not s["current"] for s in shards),
+        "runs": MaintenanceRun.objects.all()[:30], "form": form or MaintenanceForm(),
         "uploads_allowed": settings.COLLECTION_UPLOADS, "upload_form": upload_form or CollectionUploadForm(),
         "message": message}, status=400 if (form or upload_form) else 200)
 

@@ -210,3 +210,17 @@ def test_added_images_reach_the_shards_as_deltas_without_a_rebuild(tiny_collecti
     fresh = add_images(config.index_root, [corel_image(454)], tiny_models, config, "new")
     with pytest.raises(SearchIndexError, match="split the index again"):
         split_delta(fresh.delta, config.shards_root, 2)
+
+
+def test_the_shard_summary_says_what_each_shard_serves_and_whether_it_is_current(tiny_fine_engine, two_shards,
+                                                                               tmp_path):
+    root, builds = two_shards
+    index_root = tiny_fine_engine.index.path.parent.parent
+    rows = layout.shard_summary(root, 2, index_root)
+    assert [r["build"] for r in rows] == [b.name for b in builds]
+    assert all(r["current"] and r["split"] == tiny_fine_engine.index.path.name and not r["error"] for r in rows)
+    assert sum(r["images"] for r in rows) == len(tiny_fine_engine.index)
+    # another index root is active elsewhere: the shards are not its split
+    assert not any(r["current"] for r in layout.shard_summary(root, 2, tmp_path))
+    three = layout.shard_summary(root, 3, index_root)
+    assert [r["error"] for r in three[:2]] == ["one of 2 shards, not 3"] * 2 and "no index at" in three[2]["error"]

@@ -160,6 +160,33 @@ def active_build(index_root: Path) -> Path:
     return link.resolve()
 
 
+def shard_summary(shards_root: Path, shards: int, index_root: Path) -> list[dict]:
+    """What each of ``shards`` shards serves, from manifests alone (the staff page): its active
+    build, the build it was split from, whether that is ``index_root``'s active build (else the
+    shards answer for an older index until split again), and its images, deltas included."""
+    try:
+        source = active_build(index_root).name
+    except SearchIndexError:
+        source = None
+    rows = []
+    for number in range(shards):
+        row = {"number": number, "build": None, "split": None, "images": 0, "current": False, "error": ""}
+        try:
+            build = active_build(Path(shards_root) / str(number))
+            manifest = read_manifest(build)
+            shard = manifest.get("shard") or {}
+            row.update(build=build.name, split=shard.get("source_build"),
+                       images=int(manifest.get("collection_size", 0))
+                       + sum(int(read_manifest(d).get("collection_size", 0)) for d in deltas_of(build)),
+                       current=shard.get("source_build") == source and shard.get("shards") == shards)
+            if shard.get("shards") != shards:
+                row["error"] = f"one of {shard.get('shards') or 'no'} shards, not {shards}"
+        except SearchIndexError as exc:
+            row["error"] = str(exc)
+        rows.append(row)
+    return rows
+
+
 def has_active(index_root: Path) -> bool:
     return (Path(index_root) / ACTIVE).exists()
 
