@@ -34,8 +34,11 @@ def current_shard(number: int, split: str | None = None) -> Shard:
     """Shard ``number`` on its build of ``split`` (default: its active build)."""
     config = engine_config()
     root = config.shard_root(number)
-    build = layout.active_build(root) if split is None else shard_build_for(root, split)
     held = _shards.setdefault(number, {})
+    active = layout.active_build(root)
+    if active in held and split in (None, held[active].split):  # the usual case: no manifest read per stage
+        return held[active]
+    build = active if split is None else shard_build_for(root, split)
     if build not in held:
         log.info("loading shard %s build %s", number, build)
         held[build] = Shard.open(build, config)

@@ -82,8 +82,10 @@ class BallTreeBackend:
     def build(cls, vectors: np.ndarray, settings: CoarseSettings) -> "BallTreeBackend":
         return cls(BallTree(np.asarray(vectors, dtype=np.float32), leaf_size=settings.leaf_size))
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, store: Path | None = None) -> bool:
+        """Write the tree to ``path``; it keeps no vectors in a ``store`` (False)."""
         joblib.dump(self.tree, path)
+        return False
 
     @classmethod
     def load(cls, path: Path, vectors: np.ndarray, settings: CoarseSettings) -> "BallTreeBackend":
@@ -137,14 +139,15 @@ class FaissBackend:
             index.add(np.ascontiguousarray(vectors[start:start + SCAN_BLOCK], dtype=np.float32))
         return cls(index, vectors, settings)
 
-    def save(self, path: Path, store: Path | None = None) -> None:
+    def save(self, path: Path, store: Path | None = None) -> bool:
         """Write the index to ``path``; with ``store``, a re-scored index's float16 store goes to that
-        file instead (the build's vectors file: ``save_variant``)."""
+        file instead (the build's vectors file: ``save_variant``). Whether it wrote the store."""
         if store is not None and self.refined:
             faiss.write_index(self.index.base_index, str(path))
             faiss.write_index(self.index.refine_index, str(store))
-        else:
-            faiss.write_index(self.index, str(path))
+            return True
+        faiss.write_index(self.index, str(path))
+        return False
 
     @classmethod
     def load(cls, path: Path, vectors, settings: CoarseSettings) -> "FaissBackend":
@@ -197,11 +200,8 @@ def save_variant(build: Path, variant: str, matrix: np.ndarray, backend: str, se
     re-scores its short list keeps its float16 store in the vectors file itself
     (``layout.vector_store_file``), so the vectors are on disk, and in the page cache, once."""
     built = backend_class(backend).build(matrix, settings)
-    if getattr(built, "refined", False):
-        built.save(layout.coarse_file(build, variant, backend), store=layout.vector_store_file(build, variant))
-    else:
+    if not built.save(layout.coarse_file(build, variant, backend), store=layout.vector_store_file(build, variant)):
         np.save(layout.vectors_file(build, variant), matrix)
-        built.save(layout.coarse_file(build, variant, backend))
 
 
 def backend_class(name: str):

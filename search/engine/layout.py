@@ -128,7 +128,15 @@ def deltas_stamp(build: Path) -> int | None:
 
 def deltas_of(build: Path) -> list[Path]:
     """The complete deltas of ``build``, oldest first."""
-    folder = Path(build) / DELTAS
+    return _complete_folders(Path(build) / DELTAS)
+
+
+def builds_of(index_root: Path) -> list[Path]:
+    """The complete builds under ``index_root``, oldest first."""
+    return _complete_folders(Path(index_root) / BUILDS)
+
+
+def _complete_folders(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if not p.name.endswith(PARTIAL_SUFFIX) and (p / MANIFEST).is_file())

@@ -5,7 +5,6 @@ test threshold."""
 from __future__ import annotations
 
 import multiprocessing
-import resource
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,8 +47,7 @@ def synthetic_vectors(n: int, dim: int, seed: int = 0, near: np.ndarray | None =
 
 def resident_mib() -> float:
     """This process's resident memory now (not the peak), in MiB."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * resource.getpagesize() / 2 ** 20
+    return memory_status()["VmRSS"]
 
 
 def memory_status() -> dict[str, float]:
@@ -120,7 +118,7 @@ def measure_backends(vectors: np.ndarray, queries: np.ndarray, n: int, settings:
     """Build each backend over ``vectors`` (the BallTree only up to ``balltree_max`` images), time
     ``queries`` one at a time at depth ``n``, and compare with the exact scan. FAISS is queried
     once per list coverage in ``coverages`` (default: the setting's), built once. With
-    ``vectors_file`` (the ``.npy`` of ``vectors``), each backend is also served by a fresh process
+    ``vectors_file`` (the file of ``vectors``), each backend is also served by a fresh process
     whose memory is measured (``worker_memory``)."""
     size, dim = vectors.shape
     vector_bytes = vectors.dtype.itemsize * dim
@@ -136,14 +134,13 @@ def measure_backends(vectors: np.ndarray, queries: np.ndarray, n: int, settings:
         backend = kind.build(vectors, settings)
         build_s = time.perf_counter() - started
         path, store = workdir / f"{name}.bin", workdir / f"{name}-vectors.faiss"
-        refined = getattr(backend, "refined", False)
         # as a build stores it: a re-scored FAISS index's float16 store is the vectors file
-        backend.save(path, store=store) if refined else backend.save(path)
-        disk = path.stat().st_size + (store.stat().st_size if refined else vector_bytes * size)
+        stored = backend.save(path, store=store)
+        disk = path.stat().st_size + (store.stat().st_size if stored else vector_bytes * size)
         worker = None
         if vectors_file is not None:
             progress(f"serve {name} in a fresh process", 0, 1)
-            worker = worker_memory(name, path, store if refined else vectors_file, queries, n, settings)
+            worker = worker_memory(name, path, store if stored else vectors_file, queries, n, settings)
         path.unlink()
         store.unlink(missing_ok=True)
         for coverage in (coverages or (settings.faiss_coverage,)) if name == "faiss" else (None,):

@@ -124,9 +124,7 @@ def shard_build_for(root: Path, split: str) -> Path:
     active = layout.active_build(root)
     if split_name(layout.read_manifest(active)) == split:
         return active
-    builds = sorted((p for p in (root / layout.BUILDS).iterdir() if not p.name.endswith(layout.PARTIAL_SUFFIX)),
-                    reverse=True) if (root / layout.BUILDS).is_dir() else []
-    for build in builds:
+    for build in reversed(layout.builds_of(root)):
         try:
             if split_name(layout.read_manifest(build)) == split:
                 return build
@@ -207,9 +205,8 @@ def _write_shard(index: SearchIndex, rows: np.ndarray, build: Path, number: int,
 def _delete_superseded(root: Path, keep: int) -> None:
     """All but the ``keep`` newest complete builds under a shard's root (a worker may still be
     finishing a search on the one just replaced)."""
-    builds = sorted(p for p in (root / layout.BUILDS).iterdir() if not p.name.endswith(layout.PARTIAL_SUFFIX))
     active = layout.active_build(root)
-    for old in builds[:-keep]:
+    for old in layout.builds_of(root)[:-keep]:
         if old.resolve() != active:
             shutil.rmtree(old, ignore_errors=True)
 
