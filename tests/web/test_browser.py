@@ -436,3 +436,37 @@ def test_site_first_answers_with_the_starter_then_the_training_swaps_in(
     finally:
         for worker in workers:
             stop_process(worker)
+
+
+def test_staff_see_the_shards_and_a_warning_when_they_hold_an_older_index(page, live_server, site_index,
+                                                                          django_user_model, settings):
+    import shutil
+
+    from search.engine import layout
+    from search.engine.shards import split_build
+
+    config = settings.RETRIEVAL
+    active = layout.active_build(config.index_root)
+    split_build(config.index_root, config.shards_root, 2, config)
+    settings.RETRIEVAL = config.replace(shards=2)
+    older = active.parent / "20200101T000000-older"
+    try:
+        log_in_as_staff(page, live_server, django_user_model)
+        rows = page.locator("#shards tr")
+        assert rows.count() == 3  # a heading and a row per shard
+        for number in range(2):
+            row = page.locator(f"#shard-{number}").inner_text()
+            assert layout.active_build(config.shard_root(number)).name in row and active.name in row
+            assert "current" in row
+        assert page.locator("#stale-shards").count() == 0
+        assert_usable(page, "staff-shards")
+        shutil.copytree(active, older, symlinks=True)
+        split_build(older, config.shards_root, 2, config)  # as if the index was rebuilt but not split again
+        page.reload()
+        assert "split_index --shards 2" in page.locator("#stale-shards").inner_text()
+        assert "an older build" in page.locator("#shard-0").inner_text()
+        shot(page, "staff-shards-stale.png")
+        assert_usable(page, "staff-shards-stale")
+    finally:
+        split_build(config.index_root, config.shards_root, 2, config)
+        shutil.rmtree(older, ignore_errors=True)
