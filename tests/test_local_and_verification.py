@@ -197,6 +197,33 @@ def test_a_verified_result_must_be_confident(tiny_fine_engine):
     assert [r.image_id for r in quiet.results] == [r.image_id for r in coarse.results]
 
 
+def test_confidence_does_not_depend_on_how_many_candidates_are_verified(tiny_fine_engine):
+    """The query's floor of chance inliers is taken over the confidence pool (the whole tiny
+    collection here), not over the candidates asked for: three, ten or all of them give each
+    candidate the same evidence and confidence. With the pool at the count asked for, the floor,
+    and so the confidence, moves with it."""
+    engine = tiny_fine_engine
+    moved = 0
+    for position in (3, 12, 25, 35):
+        query = engine.query_features(engine.index.path_of(position), local=True)
+        rankings = [engine.rank(query, "hybrid+attention", n) for n in (3, 10, 40)]
+        assert [r.n_candidates for r in rankings] == [3, 10, 40]
+        assert rankings[-1].n_verified > 0  # the query itself, at least
+        for ranking in rankings[:2]:
+            n = ranking.n_candidates
+            np.testing.assert_array_equal(ranking.positions[:n], rankings[-1].positions[:n])
+            np.testing.assert_allclose(ranking.evidence, rankings[-1].evidence[:n])
+            np.testing.assert_allclose(ranking.confidence, rankings[-1].confidence[:n])
+        saved = engine.config
+        engine.config = saved.replace(confidence_pool=0)  # the floor over the candidates asked for only
+        try:
+            few = engine.rank(query, "hybrid+attention", 3)
+        finally:
+            engine.config = saved
+        moved += not np.allclose(few.evidence, rankings[0].evidence)
+    assert moved  # without the pool, some query's evidence changes with the count
+
+
 def test_a_photo_taken_sideways_is_found_by_turning_the_query(tiny_fine_engine):
     """Local features are not rotation-invariant: a collection picture sent turned a quarter
     (a phone photo without its EXIF orientation) verifies nothing as it is; with query_turns the

@@ -154,6 +154,12 @@ class EngineConfig:
     # full and fitted with RANSAC (0: verify every candidate). Measured: RESULTS.md.
     verify_top: int = 200
     prescore_keypoints: int = 100
+    # A fine search fits at least this many candidates (as many as the collection has, when fewer),
+    # even when fewer were asked for, and only the ones asked for are ranked: the query's floor of
+    # chance inliers (confidence.py) is taken over them, so a candidate's confidence does not
+    # depend on how many candidates a search verifies. Why: RESULTS.md ("Confidence that does not
+    # depend on the candidate count").
+    confidence_pool: int = 200
     # A photo taken sideways or upside down (no EXIF orientation to say so) verifies nothing: the
     # local features are not rotation-invariant. When a fine method verified nothing, the query is
     # turned by each of these angles (degrees counter-clockwise; empty: never) and searched again,

@@ -206,7 +206,7 @@ class RetrievalEngine:
         verified for a fine method (default: the ``n_candidates`` setting), and the final order."""
         variant, fine = self._parse(method)
         n_candidates = n_candidates or self.config.n_candidates
-        depth = max(depth or n_candidates, n_candidates if fine else 1)
+        depth = max(depth or n_candidates, max(n_candidates, self.config.confidence_pool) if fine else 1)
         self.index.refresh_deltas()  # images added since the last query (add_images)
         timings = {}
         started = time.perf_counter()
@@ -222,11 +222,13 @@ class RetrievalEngine:
             if query.local is None:
                 raise SearchIndexError(f"method {method} needs the query's local features")
             started = time.perf_counter()
-            candidates = self.candidate_features(positions[:n_verify])
-            verifications = self.verify(query.local, positions[:n_verify], progress, timings, candidates)
-            inliers = np.array([v.inliers for v in verifications], dtype=np.int64)
+            n_fit = fitted_count(n_verify, len(positions), self.config.confidence_pool)
+            candidates = self.candidate_features(positions[:n_fit])
+            verifications = self.verify(query.local, positions[:n_fit], progress, timings, candidates)
             evidence = match_evidence(verifications, query.local.keypoints, [k for k, _ in candidates],
-                                      distances[:n_verify])
+                                      distances[:n_fit])[:n_verify]
+            verifications = verifications[:n_verify]
+            inliers = np.array([v.inliers for v in verifications], dtype=np.int64)
             confidence, reranked, verified = self.judge(evidence, inliers)
             timings["verification"] = elapsed_ms(started)
             order[:n_verify] = fine_order(inliers, reranked, verified)
@@ -310,6 +312,12 @@ def unturn_points(points: np.ndarray, degrees: int, size: tuple[int, int]) -> np
     if degrees == 270:
         return np.stack([v, height - u], axis=1)
     return points
+
+
+def fitted_count(n_verify: int, n_positions: int, confidence_pool: int) -> int:
+    """How many coarse candidates a fine search fits: the ``n_verify`` it ranks, and at least
+    ``confidence_pool`` (of the ``n_positions`` it has) for the query's floor of chance inliers."""
+    return max(n_verify, min(confidence_pool, n_positions))
 
 
 def expand_query(vector: np.ndarray, distances: np.ndarray, neighbours: np.ndarray, alpha: float) -> np.ndarray:

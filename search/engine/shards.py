@@ -47,7 +47,8 @@ from .errors import SearchIndexError
 from .index import SearchIndex, load_index
 from .local_features import LocalFeatures
 from .local_store import LocalStore, write_subset
-from .pipeline import QueryFeatures, Ranking, RetrievalEngine, SearchResult, expand_query, fine_order
+from .pipeline import (QueryFeatures, Ranking, RetrievalEngine, SearchResult, expand_query, fine_order,
+                       fitted_count)
 from .progress import Progress, elapsed_ms, no_progress
 from .stored import load_array
 from .verification import Verification, prescore, verify_candidates
@@ -359,7 +360,7 @@ class ShardedEngine(RetrievalEngine):
              exclude_ids=frozenset(), progress: Progress = no_progress) -> Ranking:
         variant, fine = self._parse(method)
         n_candidates = n_candidates or self.config.n_candidates
-        depth = max(depth or n_candidates, n_candidates if fine else 1)
+        depth = max(depth or n_candidates, max(n_candidates, self.config.confidence_pool) if fine else 1)
         if fine and query.local is None:
             raise SearchIndexError(f"method {method} needs the query's local features")
         folder = self.exchange_dir / uuid.uuid4().hex
@@ -395,11 +396,12 @@ class ShardedEngine(RetrievalEngine):
         progress("coarse", len(ids), len(ids))
         started = time.perf_counter()  # the details stage pre-scores: verification's time, as in one index
         n_verify = min(n_candidates, len(ids)) if fine else 0
+        n_fit = fitted_count(n_verify, len(ids), self.config.confidence_pool) if fine else 0
         settings = self.verify_settings
-        prescoring = fine and bool(settings.verify_top) and n_verify > settings.verify_top
+        prescoring = fine and bool(settings.verify_top) and n_fit > settings.verify_top
         # each shard's members of the candidates of all, and how many of them are pre-scored
         members = {str(n): ids[owner == n].tolist() for n in range(self.shards)}
-        scored = {str(n): int((owner[:n_verify] == n).sum()) for n in range(self.shards)} if prescoring else {}
+        scored = {str(n): int((owner[:n_fit] == n).sum()) for n in range(self.shards)} if prescoring else {}
         details = self._stage(folder, "details", {"ids": members, "prescore": scored})
         catalog, scores = _catalog(details, ids)
         positions = np.arange(len(catalog))
@@ -410,15 +412,16 @@ class ShardedEngine(RetrievalEngine):
         if not fine:
             timings["coarse"] += elapsed_ms(started)
         else:
-            chosen = np.arange(n_verify)
+            chosen = np.arange(n_fit)
             if prescoring:
-                chosen = np.sort(np.argsort(-scores[:n_verify], kind="stable")[:settings.verify_top])
+                chosen = np.sort(np.argsort(-scores[:n_fit], kind="stable")[:settings.verify_top])
             progress("verifying", 0, len(chosen))
             picked = {str(n): ids[chosen][owner[chosen] == n].tolist() for n in range(self.shards)}
             answers = self._stage(folder, "verify", {"ids": picked})
-            verifications, evidence = self._gathered(answers, ids[:n_verify])
+            verifications, evidence = self._gathered(answers, ids[:n_fit])
             inliers = np.array([v.inliers for v in verifications], dtype=np.int64)
-            evidence = query_evidence(evidence, inliers, distances[:n_verify])
+            evidence = query_evidence(evidence, inliers, distances[:n_fit])[:n_verify]
+            verifications, inliers = verifications[:n_verify], inliers[:n_verify]
             confidence, reranked, verified = self.judge(evidence, inliers)
             order[:n_verify] = fine_order(inliers, reranked, verified)
             timings["verification"] = elapsed_ms(started)
