@@ -43,6 +43,25 @@ def test_keypoints_lie_inside_the_image_and_are_ranked(tiny_extractor):
     assert len(set(np.round(features.scales, 3))) >= 3  # several pyramid levels contribute
 
 
+def test_a_small_query_is_enlarged_and_verifies_with_more_inliers(tiny_extractor):
+    """A picture sent at 40 % of its size gives few keypoints on its own small pyramid; enlarged
+    to ``min_side`` first it gives more, still in its own pixels, and they verify against the
+    full-size picture with more inliers. A picture already that large is left as it is."""
+    image = open_image(corel_image(300))
+    small = image.resize((round(image.width * 0.4), round(image.height * 0.4)), Image.Resampling.BILINEAR)
+    full = tiny_extractor.extract(image)
+    plain, enlarged = tiny_extractor.extract(small), tiny_extractor.extract(small, min_side=256)
+    assert len(enlarged) > len(plain)
+    assert (enlarged.keypoints >= 0).all() and (enlarged.keypoints[:, 0] <= small.width).all()
+    assert (enlarged.keypoints[:, 1] <= small.height).all()
+    assert enlarged.scales.max() == pytest.approx(256 / small.width, rel=1e-3)
+    inliers = [verify_affine(f.keypoints, f.descriptors, full.keypoints, full.descriptors).inliers
+               for f in (plain, enlarged)]
+    assert inliers[1] > inliers[0], inliers
+    again = tiny_extractor.extract(image, min_side=256)  # 384 px wide: not enlarged
+    np.testing.assert_array_equal(again.keypoints, full.keypoints)
+
+
 def test_verification_recovers_a_synthetic_affine_warp(tiny_extractor):
     image = open_image(DATASETS / "boofcv-scene" / "image00.jpg")
     truth = cv2.getRotationMatrix2D((image.width / 2, image.height / 2), 12, 0.8)
@@ -222,6 +241,21 @@ def test_confidence_does_not_depend_on_how_many_candidates_are_verified(tiny_fin
             engine.config = saved
         moved += not np.allclose(few.evidence, rankings[0].evidence)
     assert moved  # without the pool, some query's evidence changes with the count
+
+
+def test_the_engine_enlarges_small_queries_by_its_setting(tiny_fine_engine):
+    engine = tiny_fine_engine
+    image = open_image(engine.index.path_of(12))
+    small = image.resize((image.width // 3, image.height // 3), Image.Resampling.BILINEAR)
+    saved = engine.config
+    counts = []
+    for side in (0, 256):
+        engine.config = saved.replace(local_query_min_side=side)
+        try:
+            counts.append(len(engine.query_features(small, local=True).local))
+        finally:
+            engine.config = saved
+    assert counts[1] > counts[0], counts
 
 
 def test_a_photo_taken_sideways_is_found_by_turning_the_query(tiny_fine_engine):

@@ -131,6 +131,9 @@ class EngineConfig:
     local_score_threshold: float = 0.0
     local_base_max_side: int = 640
     local_pca_dim: int = 40
+    # A query whose longer side is shorter than this is enlarged to it before its pyramid (0: never):
+    # a small photo or crop otherwise gives a few dozen keypoints. Collection images never are.
+    local_query_min_side: int = 0
 
     # Verification (matching + RANSAC) and the fine stage.
     match_ratio: float = 0.9

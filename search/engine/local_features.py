@@ -57,10 +57,14 @@ class AttentionExtractor:
         return hashlib.sha256(text.encode()).hexdigest()
 
     @torch.no_grad()
-    def extract(self, image: Image.Image) -> LocalFeatures:
+    def extract(self, image: Image.Image, min_side: int = 0) -> LocalFeatures:
+        """``min_side``: an image whose longer side is shorter is first enlarged to it (a query; the
+        index's features never are, so this setting is not part of ``checksum``)."""
         backbone, head, s = self.model.backbone, self.attention.head, self.settings
         width, height = image.size
         base = min(1.0, s.base_max_side / max(width, height))
+        if max(width, height) * base < min_side:
+            base = min_side / max(width, height)
         mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)
         std = torch.tensor(backbone.std).view(1, 3, 1, 1)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]

@@ -158,7 +158,7 @@ class RetrievalEngine:
             self._require_local("the fine stage")
             progress("local features", 0, 1)
             started = time.perf_counter()
-            query.local = self.index.local.reduce(self.extractor.extract(image))
+            query.local = self.index.local.reduce(self.extractor.extract(image, self.config.local_query_min_side))
             query.timings_ms["local_features"] = elapsed_ms(started)
         return query
 
