@@ -133,7 +133,8 @@ class EngineConfig:
     local_pca_dim: int = 40
     # A query whose longer side is shorter than this is enlarged to it before its pyramid (0: never):
     # a small photo or crop otherwise gives a few dozen keypoints. Collection images never are.
-    local_query_min_side: int = 0
+    # Why 256 and not more: RESULTS.md ("Small queries enlarged").
+    local_query_min_side: int = 256
 
     # Verification (matching + RANSAC) and the fine stage.
     match_ratio: float = 0.9
