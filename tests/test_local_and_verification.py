@@ -2,6 +2,7 @@
 coarse-to-fine search, on real images (Corel-1k and OpenCV's graf/box pairs)."""
 import os
 import shutil
+from contextlib import contextmanager
 
 import cv2
 import numpy as np
@@ -17,6 +18,17 @@ from search.engine.verification import verify_affine
 from .conftest import DATASETS, corel_image
 
 PAIRS = DATASETS / "opencv-pairs"
+
+
+@contextmanager
+def configured(engine, **changes):
+    """``engine`` with ``changes`` to its settings for the block (session fixtures are shared)."""
+    saved = engine.config
+    engine.config = saved.replace(**changes)
+    try:
+        yield engine
+    finally:
+        engine.config = saved
 
 
 def graf_homography() -> np.ndarray:
@@ -233,12 +245,8 @@ def test_confidence_does_not_depend_on_how_many_candidates_are_verified(tiny_fin
             np.testing.assert_array_equal(ranking.positions[:n], rankings[-1].positions[:n])
             np.testing.assert_allclose(ranking.evidence, rankings[-1].evidence[:n])
             np.testing.assert_allclose(ranking.confidence, rankings[-1].confidence[:n])
-        saved = engine.config
-        engine.config = saved.replace(confidence_pool=0)  # the floor over the candidates asked for only
-        try:
+        with configured(engine, confidence_pool=0):  # the floor over the candidates asked for only
             few = engine.rank(query, "hybrid+attention", 3)
-        finally:
-            engine.config = saved
         moved += not np.allclose(few.evidence, rankings[0].evidence)
     assert moved  # without the pool, some query's evidence changes with the count
 
@@ -247,14 +255,10 @@ def test_the_engine_enlarges_small_queries_by_its_setting(tiny_fine_engine):
     engine = tiny_fine_engine
     image = open_image(engine.index.path_of(12))
     small = image.resize((image.width // 3, image.height // 3), Image.Resampling.BILINEAR)
-    saved = engine.config
     counts = []
     for side in (0, 256):
-        engine.config = saved.replace(local_query_min_side=side)
-        try:
+        with configured(engine, local_query_min_side=side):
             counts.append(len(engine.query_features(small, local=True).local))
-        finally:
-            engine.config = saved
     assert counts[1] > counts[0], counts
 
 
@@ -268,12 +272,8 @@ def test_a_photo_taken_sideways_is_found_by_turning_the_query(tiny_fine_engine):
     sideways = upright.transpose(Image.Transpose.ROTATE_270)  # a quarter turn clockwise
     plain = engine.search(sideways, "penultimate+attention", k=5)
     assert plain.n_verified == 0 and "turns" not in plain.timings_ms  # off by default
-    saved = engine.config
-    engine.config = saved.replace(query_turns="90,180,270")
-    try:
+    with configured(engine, query_turns="90,180,270"):
         found = engine.search(sideways, "penultimate+attention", k=5)
-    finally:
-        engine.config = saved
     first = found.results[0]
     assert first.image_id == engine.index.image_ids[position] and first.stage == "verified"
     assert found.timings_ms["turns"] > 0

@@ -142,6 +142,11 @@ class RetrievalEngine:
         if self.index.local is None or self.extractor is None:
             raise SearchIndexError(f"index {self.index.path} has no local features; {what} needs them")
 
+    def _depth(self, depth: int | None, n_candidates: int, fine: bool) -> int:
+        """How deep a ranking's coarse order goes: ``depth`` (default: the candidates), and for a fine
+        method at least the candidates and the confidence pool it fits."""
+        return max(depth or n_candidates, max(n_candidates, self.config.confidence_pool) if fine else 1)
+
     def query_features(self, image, local: bool, progress: Progress = no_progress) -> QueryFeatures:
         """Global vectors of a PIL image (or path), and its local features when ``local``."""
         if not hasattr(image, "convert"):
@@ -206,7 +211,7 @@ class RetrievalEngine:
         verified for a fine method (default: the ``n_candidates`` setting), and the final order."""
         variant, fine = self._parse(method)
         n_candidates = n_candidates or self.config.n_candidates
-        depth = max(depth or n_candidates, max(n_candidates, self.config.confidence_pool) if fine else 1)
+        depth = self._depth(depth, n_candidates, fine)
         self.index.refresh_deltas()  # images added since the last query (add_images)
         timings = {}
         started = time.perf_counter()

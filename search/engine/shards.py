@@ -360,7 +360,7 @@ class ShardedEngine(RetrievalEngine):
              exclude_ids=frozenset(), progress: Progress = no_progress) -> Ranking:
         variant, fine = self._parse(method)
         n_candidates = n_candidates or self.config.n_candidates
-        depth = max(depth or n_candidates, max(n_candidates, self.config.confidence_pool) if fine else 1)
+        depth = self._depth(depth, n_candidates, fine)
         if fine and query.local is None:
             raise SearchIndexError(f"method {method} needs the query's local features")
         folder = self.exchange_dir / uuid.uuid4().hex
