@@ -470,3 +470,30 @@ def test_staff_see_the_shards_and_a_warning_when_they_hold_an_older_index(page, 
     finally:
         split_build(config.index_root, config.shards_root, 2, config)
         shutil.rmtree(older, ignore_errors=True)
+
+
+def test_a_thumbnail_of_a_collection_picture_comes_back_as_a_verified_match(page, live_server, celery_worker_process,
+                                                                              site_index, tmp_path):
+    """A picture sent at 40 % of its size (about 150 px, enlarged to LOCAL_QUERY_MIN_SIDE before its
+    local features are taken): the gallery shows its source first, as a verified match. On this
+    tiny collection it verifies without the enlargement too; what the enlargement adds is shown by
+    test_the_engine_enlarges_small_queries_by_its_setting and measured in RESULTS.md."""
+    from PIL import Image
+
+    from search.engine.images import open_image
+    from search.engine.index import load_index
+
+    index = load_index(site_index)
+    source = open_image(index.path_of(12))
+    thumbnail = tmp_path / "thumbnail.jpg"
+    source.resize((round(source.width * 0.4), round(source.height * 0.4)), Image.Resampling.BILINEAR).save(thumbnail)
+    page.goto(live_server.url + "/")
+    page.set_input_files("input[name=image]", str(thumbnail))
+    page.click("#search-button")
+    page.wait_for_url(re.compile(r"/jobs/[0-9a-f-]{36}/$"))
+    page.wait_for_selector(".result", timeout=180_000)
+    first = page.locator(".result").first
+    assert first.locator(".relpath").inner_text().split(" (")[0] == index.relpaths[12]
+    assert first.locator(".stage").inner_text() == "verified match"
+    assert not page.locator("#job-summary").inner_text().startswith("No confident match")
+    shot(page, "thumbnail-verified.png")
