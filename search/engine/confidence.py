@@ -42,12 +42,15 @@ def _spread(points: np.ndarray) -> float:
 
 
 def match_evidence(verifications: list[Verification], query_keypoints: np.ndarray,
-                   candidate_keypoints: list[np.ndarray], distances: np.ndarray) -> np.ndarray:
+                   candidate_keypoints: list[np.ndarray], distances: np.ndarray,
+                   n_rows: int | None = None) -> np.ndarray:
     """One row of ``EVIDENCE`` per verification (candidates in coarse order, with their keypoints
-    and their coarse distances between unit vectors). Coverage is the inliers' spread over that
+    and their coarse distances between unit vectors), for the first ``n_rows`` only (default: all):
+    the others count only towards the query's floor. Coverage is the inliers' spread over that
     of all the image's keypoints, so it does not depend on the image's resolution (a phone photo
     is ten times a collection thumbnail). Unverified candidates (no affine) get zero inliers."""
-    rows = candidate_evidence(verifications, query_keypoints, candidate_keypoints)
+    n_rows = len(verifications) if n_rows is None else n_rows
+    rows = candidate_evidence(verifications[:n_rows], query_keypoints, candidate_keypoints[:n_rows])
     inliers = np.array([v.inliers if v.affine is not None else 0 for v in verifications], dtype=np.float64)
     return query_evidence(rows, inliers, distances)
 
@@ -72,13 +75,15 @@ def candidate_evidence(verifications: list[Verification], query_keypoints: np.nd
 def query_evidence(rows: np.ndarray, inliers: np.ndarray, distances: np.ndarray) -> np.ndarray:
     """``rows`` (from ``candidate_evidence``) completed with what depends on the query's whole list
     of candidates: the coarse similarity, and the inliers' excess over the query's floor of chance
-    inliers (over every candidate fitted, so over every shard's). ``inliers``: 0 where no affine."""
+    inliers (over every candidate fitted, so over every shard's). ``inliers``: of every candidate fitted, 0
+    where no affine; ``rows`` may cover only the first of them."""
     rows = np.array(rows, dtype=np.float64)
     inliers = np.asarray(inliers, dtype=np.float64)
     rows[:, 5] = 1.0 - np.asarray(distances[:len(rows)], dtype=np.float64) ** 2 / 2
     fitted = np.sort(inliers[inliers > 0])[::-1]
     floor = fitted[min(FLOOR_RANK, len(fitted)) - 1] if len(fitted) else 0.0
-    rows[:, 6] = np.where(inliers > 0, np.log((inliers + 1) / (floor + 1)), 0.0)
+    own = inliers[:len(rows)]
+    rows[:, 6] = np.where(own > 0, np.log((own + 1) / (floor + 1)), 0.0)
     return rows
 
 

@@ -231,7 +231,7 @@ class RetrievalEngine:
             candidates = self.candidate_features(positions[:n_fit])
             verifications = self.verify(query.local, positions[:n_fit], progress, timings, candidates)
             evidence = match_evidence(verifications, query.local.keypoints, [k for k, _ in candidates],
-                                      distances[:n_fit])[:n_verify]
+                                      distances[:n_fit], n_rows=n_verify)
             verifications = verifications[:n_verify]
             inliers = np.array([v.inliers for v in verifications], dtype=np.int64)
             confidence, reranked, verified = self.judge(evidence, inliers)

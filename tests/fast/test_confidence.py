@@ -46,6 +46,10 @@ def test_inlier_excess_is_measured_from_the_queries_floor_of_chance_inliers():
     floor = sorted(counts, reverse=True)[FLOOR_RANK - 1]
     np.testing.assert_allclose(rows[:, 6], np.log((np.array(counts) + 1) / (floor + 1)))
     assert rows[0, 6] > 1.3 and rows[-1, 6] < 0
+    # rows for the first three only (the ones a search ranks): the same rows, the floor still
+    # taken over every candidate fitted
+    first = match_evidence(verifications, keypoints, [keypoints] * len(counts), np.zeros(len(counts)), n_rows=3)
+    np.testing.assert_array_equal(first, rows[:3])
 
 
 def test_probability_rises_with_evidence_and_is_zero_without_inliers(tmp_path):
