@@ -43,7 +43,7 @@ def main() -> None:
         extract_ms = (time.perf_counter() - started) / len(images) * 1000
         started = time.perf_counter()
         for _ in range(3):
-            verification.prescore(query.local.descriptors, descriptors, settings)
+            verification.prescore(query.local.keypoints, query.local.descriptors, descriptors, settings)
         prescore_ms = (time.perf_counter() - started) / 3 * 1000
         print(f"torch threads {threads}: local features {extract_ms:.1f} ms/image, "
               f"pre-score of 4,000 candidates {prescore_ms:.0f} ms")

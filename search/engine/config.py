@@ -35,7 +35,8 @@ class VerifySettings:
     max_iters: int
     method: str  # ransac | usac_magsac | usac_accurate
     verify_top: int  # more candidates than this: pre-score all, match and fit the best this many (0: all)
-    prescore_keypoints: int  # the query's strongest descriptors used for the pre-score
+    prescore_keypoints: int  # how many of the query's descriptors the pre-score uses
+    prescore_grid: int  # taken in turn from the cells of this grid over the query (0: the strongest)
     min_matches: int = 4  # fewer tentative matches: not worth a RANSAC run (3 fit an affine)
     confidence: float = 0.99
     block_size: int = 64  # candidates per batched matrix product
@@ -153,11 +154,16 @@ class EngineConfig:
     # The confidence calibration (calibrate writes <data dir>/models/calibration.json); empty: that
     # file when it exists, else the one fitted on the public instance benchmark.
     calibration_path: str = ""
-    # With more coarse candidates than verify_top, each is pre-scored by tentative matches of the
-    # query's prescore_keypoints strongest descriptors, and only the verify_top best are matched in
+    # With more coarse candidates than verify_top, each is pre-scored by tentative matches of
+    # prescore_keypoints of the query's descriptors, and only the verify_top best are matched in
     # full and fitted with RANSAC (0: verify every candidate). Measured: RESULTS.md.
     verify_top: int = 200
     prescore_keypoints: int = 100
+    # ... taken in turn from each cell of a prescore_grid x prescore_grid division of the query
+    # (strongest of each cell first), not only the strongest of the whole query (0): a photo's
+    # strongest descriptors can all lie on the wall or table around the picture. Why 6: RESULTS.md
+    # ("Pre-score descriptors spread over the query").
+    prescore_grid: int = 6
     # A fine search fits at least this many candidates (as many as the collection has, when fewer),
     # even when fewer were asked for, and only the ones asked for are ranked: the query's floor of
     # chance inliers (confidence.py) is taken over them, so a candidate's confidence does not
@@ -237,7 +243,8 @@ class EngineConfig:
         return VerifySettings(ratio=self.match_ratio, max_distance=self.match_max_distance,
                               mutual=self.match_mutual, reprojection_px=self.ransac_reprojection_px,
                               max_iters=self.ransac_max_iters, method=self.ransac_method,
-                              verify_top=self.verify_top, prescore_keypoints=self.prescore_keypoints)
+                              verify_top=self.verify_top, prescore_keypoints=self.prescore_keypoints,
+                              prescore_grid=self.prescore_grid)
 
     def coarse_settings(self) -> "CoarseSettings":
         return CoarseSettings(backend=self.coarse_backend, faiss_min_images=self.faiss_min_images,

@@ -289,7 +289,8 @@ class Shard:
             scored = positions[:request.get("prescore", {}).get(str(self.number), 0)]
             scores = np.zeros(0, dtype=np.int64)
             if len(scored):
-                scores = prescore(query.local.descriptors, [index.local.features(int(p)).descriptors for p in scored],
+                scores = prescore(query.local.keypoints, query.local.descriptors,
+                                  [index.local.features(int(p)).descriptors for p in scored],
                                   self.verify_settings)
             _save(out, ids=self._ids(positions), prescores=scores,
                   relpaths=np.array([index.relpaths[int(p)] for p in positions], dtype=str),

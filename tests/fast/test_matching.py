@@ -8,7 +8,7 @@ import pytest
 from search.engine.config import EngineConfig
 from search.engine.evaluation import average_precision, precision_at_k
 from search.engine.pipeline import fine_order
-from search.engine.verification import fit_affine, match_block, verify_candidates
+from search.engine.verification import fit_affine, match_block, spread_rows, verify_candidates
 
 SETTINGS = EngineConfig().verify_settings()
 
@@ -121,6 +121,42 @@ def test_prescore_sends_only_the_best_candidates_to_ransac():
     # with room for every candidate, the pre-score changes nothing
     roomy = verify_candidates(keypoints, query, candidates, replace(limited, verify_top=32))
     assert [r.inliers for r in roomy] == [r.inliers for r in full]
+
+
+def test_spread_rows_take_the_strongest_of_every_cell_in_turn():
+    rng = np.random.default_rng(6)
+    keypoints = rng.uniform(0, 400, size=(300, 2))
+    keypoints[:150] = rng.uniform(0, 50, size=(150, 2))  # the strongest half crowds one corner
+    rows = spread_rows(keypoints, 100, 4)
+    assert len(rows) == 100 and len(set(rows)) == 100 and (np.diff(rows) > 0).all()
+    assert (rows < 150).sum() < 15  # the corner is one cell of 16, not all 100
+    cells = np.minimum((keypoints - keypoints.min(0)) / np.ptp(keypoints, axis=0) * 4, 3).astype(int)
+    chosen_cells = {tuple(c) for c in cells[rows]}
+    assert len(chosen_cells) == len({tuple(c) for c in cells})  # every occupied cell gives some
+    for cell in chosen_cells:  # and within a cell, the strongest first
+        members = np.flatnonzero((cells == cell).all(1))
+        taken = np.intersect1d(members, rows)
+        np.testing.assert_array_equal(taken, members[:len(taken)])
+    np.testing.assert_array_equal(spread_rows(keypoints, 100, 0), np.arange(100))  # no grid: the strongest
+    np.testing.assert_array_equal(spread_rows(keypoints[:40], 100, 4), np.arange(40))  # fewer than asked: all
+
+
+def test_a_spread_prescore_finds_a_picture_whose_query_is_strongest_on_its_background():
+    """A photo of a picture in a room: its strongest descriptors lie on the room (which other
+    collection images share), the picture's on the rest of the photo."""
+    rng = np.random.default_rng(7)
+    query = unit(rng.normal(size=(80, 40)))
+    keypoints = np.concatenate([rng.uniform(0, 60, size=(30, 2)),  # the room: the 30 strongest, one corner
+                                rng.uniform(60, 400, size=(50, 2))]).astype(np.float32)
+    picture = (keypoints[30:] * 0.8 + 5, unit(query[30:] + rng.normal(scale=0.02, size=(50, 40))))
+    rooms = [(rng.uniform(0, 300, size=(60, 2)).astype(np.float32),
+              unit(np.concatenate([query[:30] + rng.normal(scale=0.02, size=(30, 40)), rng.normal(size=(30, 40))])))
+             for _ in range(20)]
+    candidates = rooms[:13] + [picture] + rooms[13:]
+    strongest = replace(SETTINGS, verify_top=5, prescore_keypoints=30, prescore_grid=0)
+    assert verify_candidates(keypoints, query, candidates, strongest)[13].inliers == 0  # never fitted
+    spread = verify_candidates(keypoints, query, candidates, replace(strongest, prescore_grid=4))
+    assert spread[13].inliers >= 40
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device on this machine")
