@@ -39,7 +39,7 @@ from search.engine.workflows import open_engine  # noqa: E402
 
 def selected_rows(selection: str, keypoints: np.ndarray, n: int) -> np.ndarray:
     if selection == "strongest":
-        return np.arange(min(n, len(keypoints)))
+        return spread_rows(keypoints, n, 0)
     if selection == "all":
         return np.arange(len(keypoints))
     if selection == "random":

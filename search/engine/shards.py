@@ -421,7 +421,7 @@ class ShardedEngine(RetrievalEngine):
             answers = self._stage(folder, "verify", {"ids": picked})
             verifications, evidence = self._gathered(answers, ids[:n_fit])
             inliers = np.array([v.inliers for v in verifications], dtype=np.int64)
-            evidence = query_evidence(evidence, inliers, distances[:n_fit])[:n_verify]
+            evidence = query_evidence(evidence[:n_verify], inliers, distances[:n_fit])
             verifications, inliers = verifications[:n_verify], inliers[:n_verify]
             confidence, reranked, verified = self.judge(evidence, inliers)
             order[:n_verify] = fine_order(inliers, reranked, verified)
