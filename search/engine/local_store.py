@@ -1,6 +1,8 @@
-"""The local-feature store: every indexed image's keypoints, scales, scores
-and PCA-reduced descriptors, in flat arrays with an offset table, read a
-slice at a time with ``pread`` (an image's rows are a slice; nothing else is loaded).
+"""The local-feature store: every indexed image's keypoints and PCA-reduced descriptors, the
+two things verification reads, in flat float16 arrays with an offset table, read a slice at a
+time with ``pread`` (an image's rows are a slice; nothing else is loaded). An image's rows are in
+the extractor's order, strongest attention first; the attention scores and pyramid scales
+themselves are not kept (stores written before kept them; their files are ignored).
 
 Features are cached: a new build reuses the rows (and the PCA) of images
 whose file is unchanged, as long as the extractor is the same.
@@ -27,7 +29,8 @@ from .progress import Progress, no_progress
 from .stored import RowFile, load_array, load_pickled
 
 META = "meta.json"
-ARRAYS = ("keypoints", "scales", "scores", "descriptors")
+ARRAYS = ("keypoints", "descriptors")
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 STAGE = "local features"
 
 
@@ -35,6 +38,16 @@ def fingerprint(path: Path) -> str:
     """Size and modification time: cheap, and changes when the file is replaced."""
     stat = os.stat(path)
     return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+@dataclass
+class StoredFeatures:
+    """An indexed image's local features as the store keeps them: what verification matches."""
+    keypoints: np.ndarray  # (K, 2) float32, x and y in original image pixels
+    descriptors: np.ndarray  # (K, D) float32, unit length
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
 
 
 @dataclass
@@ -63,12 +76,10 @@ class LocalStore:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def features(self, position: int) -> LocalFeatures:
+    def features(self, position: int) -> StoredFeatures:
         start, end = int(self.offsets[position]), int(self.offsets[position + 1])
-        a = self.arrays
-        return LocalFeatures(a["keypoints"].rows(start, end), a["scales"].rows(start, end).astype(np.float32),
-                             a["scores"].rows(start, end).astype(np.float32),
-                             a["descriptors"].rows(start, end).astype(np.float32))
+        return StoredFeatures(self.arrays["keypoints"].rows(start, end).astype(np.float32),
+                              self.arrays["descriptors"].rows(start, end).astype(np.float32))
 
     def reduce(self, features: LocalFeatures) -> LocalFeatures:
         """Project raw descriptors (e.g. a query's) with this store's PCA."""
@@ -91,7 +102,7 @@ class StackedLocalStore:
     def __len__(self) -> int:
         return int(self.starts[-1])
 
-    def features(self, position: int) -> LocalFeatures:
+    def features(self, position: int) -> StoredFeatures:
         store = int(np.searchsorted(self.starts, position, side="right")) - 1
         return self.stores[store].features(position - int(self.starts[store]))
 
@@ -131,7 +142,7 @@ def build_local_store(path: Path, records: list[ImageRecord], extractor, pca_dim
             if i not in reusable and j is not None and store.meta["fingerprints"][j] == fingerprints[i]:
                 reusable[i] = (store, j)
 
-    rows: list[LocalFeatures | str | None] = [None] * len(records)
+    rows: list[LocalFeatures | StoredFeatures | str | None] = [None] * len(records)
     saver = _Checkpoints(checkpoint, checkpoint_images, records, fingerprints, extractor)
     done = 0
     to_extract = [i for i in range(len(records)) if i not in reusable]
@@ -170,7 +181,7 @@ def build_local_store(path: Path, records: list[ImageRecord], extractor, pca_dim
         "resumed": sum(store is not previous for store, _ in reusable.values())})
 
 
-def _write_store(path: Path, records: list[ImageRecord], fingerprints: list[str], rows: list[LocalFeatures], pca,
+def _write_store(path: Path, records: list[ImageRecord], fingerprints: list[str], rows: list, pca,
                  extractor, extra: dict) -> dict:
     return _write_rows(path, rows, pca, {
         "extractor": extractor.checksum, "extractor_name": extractor.name, "dim": int(pca.n_components_),
@@ -178,14 +189,17 @@ def _write_store(path: Path, records: list[ImageRecord], fingerprints: list[str]
         **extra})
 
 
-def _write_rows(path: Path, rows: list[LocalFeatures], pca, meta: dict) -> dict:
+def _write_rows(path: Path, rows: list[LocalFeatures | StoredFeatures], pca, meta: dict) -> dict:
+    """Rows (``LocalFeatures`` or ``StoredFeatures``) written as a store: their keypoints and descriptors."""
     counts = np.array([len(r) for r in rows], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     np.save(path / "offsets.npy", offsets)
-    np.save(path / "keypoints.npy", _stack([r.keypoints for r in rows], (0, 2), np.float32))
-    # scales and attention scores are kept for the record (verification reads neither): float16 is plenty
-    np.save(path / "scales.npy", _stack([r.scales for r in rows], (0,), np.float16))
-    np.save(path / "scores.npy", _stack([r.scores for r in rows], (0,), np.float16))
+    keypoints = _stack([r.keypoints for r in rows], (0, 2), np.float32)
+    # float16 keypoints are off by at most 1/2048 of the coordinate, a few hundredths of the stride-16
+    # grid they were taken on, whatever the image's size; a store whose keypoints float16 cannot hold
+    # (an image wider than 65,504 pixels) keeps them float32
+    fits = not len(keypoints) or float(np.abs(keypoints).max()) <= FLOAT16_MAX
+    np.save(path / "keypoints.npy", keypoints.astype(np.float16) if fits else keypoints)
     np.save(path / "descriptors.npy", _stack([r.descriptors for r in rows], (0, pca.n_components_), np.float16))
     joblib.dump(pca, path / "pca.joblib")
     meta = dict(meta, total_keypoints=int(offsets[-1]))
