@@ -131,6 +131,41 @@ def test_faiss_and_balltree_builds_agree_on_the_tiny_index(tiny_engine, tiny_col
                 assert len(set(faiss_order) & set(tree_order)) >= depth - 1
 
 
+def test_a_faiss_build_keeps_the_penultimate_and_instance_vectors_inside_the_hybrid_ones(
+        tiny_fine_engine, tiny_collection, tiny_models, engine_config, tmp_path):
+    """At FAISS scale (forced here) the penultimate and instance variants have no float16 store of
+    their own: the manifest says where in the hybrid store they are, and they rank as the BallTree
+    build's own vectors do."""
+    from search.engine.pipeline import RetrievalEngine
+    from search.engine.workflows import instance_describer
+
+    config = engine_config.replace(coarse_backend="faiss", faiss_reduce_dim=4, faiss_refine=8)
+    build = build_index(tiny_collection, tiny_models.model, tmp_path / "faiss-index", config, "cpu",
+                        describer=instance_describer(config, "cpu"))
+    index = load_index(build, coarse_settings=config.coarse_settings())
+    width = tiny_models.model.backbone.feature_dim
+    assert index.manifest["stored_in"] == {
+        "penultimate": {"source": "hybrid", "start": 0, "stop": width, "factor": pytest.approx(0.5 ** 0.5)},
+        "instance": {"source": "hybrid", "start": width, "stop": index.manifest["variants"]["hybrid"],
+                     "factor": pytest.approx(0.5 ** 0.5)}}
+    assert config.hybrid_weight == 0.5
+    # (the four logits are listed as float16, no wider than the PCA-4 projection: a .npy beside them)
+    assert {p.name for p in build.glob("vectors_*")} == {"vectors_hybrid.faiss", "vectors_pca.faiss",
+                                                         "vectors_logits.npy"}
+    fine = tiny_fine_engine.index
+    faiss_engine = RetrievalEngine(tiny_models.model, index, "cpu", config)
+    for variant in ("penultimate", "instance", "hybrid"):
+        np.testing.assert_allclose(index.row_vectors(variant, range(40)), fine.row_vectors(variant, range(40)),
+                                   atol=1e-3)
+        for position in range(0, 40, 7):
+            vectors = {variant: fine.row_vectors(variant, [position])}
+            tree_order, tree_distances = tiny_fine_engine.coarse_order(vectors, variant, 5)
+            faiss_order, faiss_distances = faiss_engine.coarse_order(vectors, variant, 5)
+            assert faiss_order[0] == tree_order[0] == position
+            np.testing.assert_allclose(faiss_distances, tree_distances, atol=5e-3)
+            assert len(set(faiss_order) & set(tree_order)) >= 4
+
+
 def test_a_rebuild_extracts_only_new_or_changed_images(tiny_model, engine_config, tmp_path):
     """Global vectors are reused by file fingerprint when the model is the same: an unchanged
     collection runs no network, a changed one only on what changed, a retrained model on everything."""

@@ -12,12 +12,18 @@ of the n nearest, nearest first.
   build stores); how much of the exact answer it returns is measured by ``benchmark_scale``
   (recall at 4,000 candidates).
 
+At FAISS scale a variant whose vectors are a block of another variant's (the penultimate and
+instance vectors are the two halves of the hybrid ones, each scaled: ``Share``) keeps no float16
+copy of its own: its lists are built over those columns of the other variant's vectors and its
+short list is re-scored from that variant's store (``save_variants``).
+
 A request as deep as a large part of the collection (``evaluate``'s whole ranking, or a
 collection smaller than the short list) is answered by an exact scan instead, so every caller
 can ask "as deep as it needs" whatever the backend.
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import faiss
@@ -28,7 +34,8 @@ from sklearn.neighbors import BallTree
 from . import layout
 from .config import CoarseSettings
 from .errors import SearchIndexError
-from .stored import load_pickled
+from .progress import Progress, no_progress
+from .stored import RowFile, load_pickled
 
 BALLTREE, FAISS = "balltree", "faiss"
 BACKENDS = (BALLTREE, FAISS)
@@ -72,6 +79,66 @@ def exact_nearest(vectors: np.ndarray, queries: np.ndarray, n: int,
     return distances, np.take_along_axis(best_p, order, axis=1)
 
 
+@dataclass(frozen=True)
+class Share:
+    """A variant stored as columns ``start:stop`` of the ``source`` variant's unit vectors, times
+    ``factor`` (its own vectors being unit too, the rest of a source row has squared length
+    1 - factor^2)."""
+    source: str
+    start: int
+    stop: int
+    factor: float
+
+    @property
+    def width(self) -> int:
+        return self.stop - self.start
+
+    def lift(self, queries: np.ndarray, source_dim: int) -> np.ndarray:
+        """Queries of this variant as source-sized ones: their squared distance to a source row is
+        factor^2 times the distance to this variant's row, plus the rest's 1 - factor^2."""
+        lifted = np.zeros((len(queries), source_dim), dtype=np.float32)
+        lifted[:, self.start:self.stop] = self.factor * queries
+        return lifted
+
+    def own_distances(self, lifted_squared: np.ndarray) -> np.ndarray:
+        """This variant's distances from squared distances to lifted queries."""
+        return np.sqrt(np.clip((lifted_squared - (1.0 - self.factor ** 2)) / self.factor ** 2, 0.0, None))
+
+
+class SharedColumns:
+    """A shared variant's rows (``Share``), read through its source's rows (a ``stored.RowFile``
+    or an array) as ``RowFile`` reads its own: by row number, slice or array of row numbers."""
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, source, share: Share):
+        self.source, self.share = source, share
+        self.shape = (len(source), share.width)
+
+    @property
+    def path(self) -> Path:
+        return self.source.path
+
+    @property
+    def faiss_store(self) -> bool:
+        return getattr(self.source, "faiss_store", False)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows = np.asarray(self.source[key], dtype=np.float32)
+        return rows[..., self.share.start:self.share.stop] / np.float32(self.share.factor)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[0:len(self)]
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+    def astype(self, dtype) -> np.ndarray:
+        return np.asarray(self, dtype=dtype)
+
+
 class BallTreeBackend:
     name = BALLTREE
 
@@ -105,6 +172,7 @@ class FaissBackend:
         self.lists = faiss.extract_index_ivf(index)  # the inverted file inside (behind a PCA, a refinement)
         self.refined = isinstance(index, faiss.IndexRefine)
         self.mapped = mapped and self.refined  # only the re-scoring store can be mapped (lists are read)
+        self.share = getattr(vectors, "share", None)  # searched with lifted queries (Share)
 
     def probes_for(self, n: int) -> int:
         """Lists to scan for the n nearest: at least ``faiss_nprobe``, and enough that the scanned
@@ -120,11 +188,16 @@ class FaissBackend:
         lists = settings.faiss_lists or int(np.sqrt(n_images))
         return int(max(1, min(lists, n_images // 39)))  # k-means wants >= 39 points per list
 
+    @staticmethod
+    def reduces(n: int, dim: int, settings: CoarseSettings) -> bool:
+        """Whether vectors this wide are listed by a PCA projection and re-scored (enough rows to fit it)."""
+        return 0 < settings.faiss_reduce_dim < dim and n >= 10 * settings.faiss_reduce_dim
+
     @classmethod
     def build(cls, vectors: np.ndarray, settings: CoarseSettings) -> "FaissBackend":
         n, dim = vectors.shape
         lists = cls.lists_for(n, settings)
-        if 0 < settings.faiss_reduce_dim < dim and n >= 10 * settings.faiss_reduce_dim:  # enough to fit a PCA
+        if cls.reduces(n, dim, settings):
             # lists of int8 codes of a PCA projection, scanned cheaply; their short list re-scored
             # from float16 copies of the full vectors, which give the distances returned
             index = faiss.IndexRefine(
@@ -132,19 +205,32 @@ class FaissBackend:
                 faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_L2))
         else:
             index = faiss.index_factory(dim, f"IVF{lists},SQfp16", faiss.METRIC_L2)
-        rng = np.random.default_rng(settings.seed)
-        sample = np.sort(rng.choice(n, size=min(n, settings.faiss_train_size), replace=False))
-        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
-        for start in range(0, n, SCAN_BLOCK):
-            index.add(np.ascontiguousarray(vectors[start:start + SCAN_BLOCK], dtype=np.float32))
+        _train_and_add(index, vectors, settings)
         return cls(index, vectors, settings)
+
+    @classmethod
+    def build_shared(cls, source: "FaissBackend", share: Share, settings: CoarseSettings) -> "FaissBackend":
+        """A shared variant's index (``Share``): int8 lists of a PCA projection of its columns of
+        ``source``'s vectors (a re-scored backend, just built), re-scored from ``source``'s store."""
+        n, dim = source.vectors.shape
+        base = faiss.index_factory(share.width, f"PCA{settings.faiss_reduce_dim},IVF{cls.lists_for(n, settings)},SQ8",
+                                   faiss.METRIC_L2)
+        columns = np.arange(share.start, share.stop, dtype=np.int32)
+        remap = faiss.RemapDimensionsTransform(dim, share.width, faiss.swig_ptr(columns))
+        remap.this.disown()  # the chain owns it
+        base.prepend_transform(remap)
+        _train_and_add(base, source.vectors, settings)  # the lists are over factor x the variant's vectors
+        index = faiss.IndexRefine(base, source.index.refine_index)
+        index.referenced_objects = [base, source.index]  # the joined index owns neither
+        return cls(index, SharedColumns(source.vectors, share), settings)
 
     def save(self, path: Path, store: Path | None = None) -> bool:
         """Write the index to ``path``; with ``store``, a re-scored index's float16 store goes to that
         file instead (the build's vectors file: ``save_variant``). Whether it wrote the store."""
         if store is not None and self.refined:
             faiss.write_index(self.index.base_index, str(path))
-            faiss.write_index(self.index.refine_index, str(store))
+            if self.share is None:  # a shared variant's store is its source's
+                faiss.write_index(self.index.refine_index, str(store))
             return True
         faiss.write_index(self.index, str(path))
         return False
@@ -178,11 +264,27 @@ class FaissBackend:
         self.lists.nprobe = self.probes_for(n)
         if self.refined:
             self.index.k_factor = float(self.settings.faiss_refine)
-        squared, positions = self.index.search(queries, n)
+        if self.share is not None:
+            squared, positions = self.index.search(self.share.lift(queries, self.index.d), n)
+        else:
+            squared, positions = self.index.search(queries, n)
         if (positions < 0).any():  # the probed lists held fewer than asked: scan everything
             return exact_nearest(self.vectors, queries, n)
-        # computed from the same float16 values as the stored vectors: their exact distances
+        # computed from the same float16 values as the stored vectors: their exact distances (a
+        # shared variant's up to the float16 rounding of the rest of its source rows)
+        if self.share is not None:
+            return self.share.own_distances(squared), positions
         return np.sqrt(np.clip(squared, 0.0, None)), positions
+
+
+def _train_and_add(index, vectors, settings: CoarseSettings) -> None:
+    """Train ``index`` on a seeded sample of ``vectors`` and add them all, a block at a time."""
+    n = len(vectors)
+    rng = np.random.default_rng(settings.seed)
+    sample = np.sort(rng.choice(n, size=min(n, settings.faiss_train_size), replace=False))
+    index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+    for start in range(0, n, SCAN_BLOCK):
+        index.add(np.ascontiguousarray(vectors[start:start + SCAN_BLOCK], dtype=np.float32))
 
 
 def _read_faiss(path: Path, flags: int):
@@ -195,13 +297,43 @@ def _read_faiss(path: Path, flags: int):
 _BACKENDS = {BALLTREE: BallTreeBackend, FAISS: FaissBackend}
 
 
-def save_variant(build: Path, variant: str, matrix: np.ndarray, backend: str, settings: CoarseSettings) -> None:
-    """A variant's vectors and its coarse backend, written into a build. A FAISS index that
+def save_variants(build: Path, vectors: dict[str, np.ndarray], backend: str, settings: CoarseSettings,
+                  shares: dict[str, Share] | None = None, progress: Progress = no_progress) -> dict[str, dict]:
+    """Variants' vectors and their coarse backends, written into a build. A FAISS index that
     re-scores its short list keeps its float16 store in the vectors file itself
-    (``layout.vector_store_file``), so the vectors are on disk, and in the page cache, once."""
-    built = backend_class(backend).build(matrix, settings)
-    if not built.save(layout.coarse_file(build, variant, backend), store=layout.vector_store_file(build, variant)):
-        np.save(layout.vectors_file(build, variant), matrix)
+    (``layout.vector_store_file``), so the vectors are on disk, and in the page cache, once; and
+    a variant that is a block of another's (``shares``) keeps no store at all, where both are
+    re-scored FAISS indexes. Returns the shares used, as the manifest records them."""
+    used = {}
+    sources = {}
+    order = sorted(vectors, key=lambda v: v not in {s.source for s in (shares or {}).values()})  # sources first
+    for done, variant in enumerate(order):
+        progress(f"coarse index ({backend})", done, len(vectors))
+        matrix = vectors[variant]
+        share = (shares or {}).get(variant)
+        source = sources.get(share.source) if share is not None else None
+        if source is not None and source.refined and FaissBackend.reduces(len(matrix), share.width, settings):
+            built = FaissBackend.build_shared(source, share, settings)
+            used[variant] = asdict(share)
+        else:
+            built = backend_class(backend).build(matrix, settings)
+        if not built.save(layout.coarse_file(build, variant, backend), store=layout.vector_store_file(build, variant)):
+            np.save(layout.vectors_file(build, variant), matrix)
+        if isinstance(built, FaissBackend) and variant in {s.source for s in (shares or {}).values()}:
+            sources[variant] = built
+    return used
+
+
+def stored_rows(build: Path, variants: dict[str, int], used: dict[str, dict]) -> dict:
+    """Each variant's rows in ``build`` (``stored.RowFile``, or ``SharedColumns`` of its source's)."""
+    own = {v: RowFile(layout.stored_vectors_file(build, v)) for v in variants if v not in used}
+    shared = {}
+    for variant, share in used.items():
+        share = Share(**share)
+        if share.source not in own:
+            raise SearchIndexError(f"{build}: '{variant}' is stored in '{share.source}', which it lacks; reindex")
+        shared[variant] = SharedColumns(own[share.source], share)
+    return {v: own.get(v, shared.get(v)) for v in variants}
 
 
 def backend_class(name: str):

@@ -98,6 +98,13 @@ def hybrid_vectors(penultimate: np.ndarray, instance: np.ndarray, weight: float)
     return l2_normalise(np.hstack([np.sqrt(weight) * penultimate, np.sqrt(1.0 - weight) * instance]))
 
 
+def hybrid_parts(penultimate_dim: int, instance_dim: int, weight: float) -> dict[str, tuple[int, int, float]]:
+    """Where each part sits in a hybrid vector (``hybrid_vectors``) and how it is scaled there:
+    variant -> (first column, end column, factor)."""
+    return {"penultimate": (0, penultimate_dim, float(np.sqrt(weight))),
+            "instance": (penultimate_dim, penultimate_dim + instance_dim, float(np.sqrt(1.0 - weight)))}
+
+
 def variant_vectors(penultimate: np.ndarray, logits: np.ndarray, pca: PCA | None,
                     instance: np.ndarray | None = None, hybrid_weight: float | None = None) -> dict[str, np.ndarray]:
     """The paper's three global feature variants from one forward pass's outputs, and with the

@@ -18,11 +18,11 @@ import joblib
 import numpy as np
 
 from . import layout
-from .coarse_backends import BALLTREE, FAISS, backend_class, choose_backend, save_variant
+from .coarse_backends import BALLTREE, FAISS, Share, backend_class, choose_backend, save_variants, stored_rows
 from .collection import Collection, ImageRecord
 from .config import CoarseSettings, EngineConfig
 from .errors import SearchIndexError
-from .features import GlobalFeatures, extract_global_features, fit_pca, variant_vectors
+from .features import GlobalFeatures, extract_global_features, fit_pca, hybrid_parts, variant_vectors
 from .instance_features import InstanceDescriber
 from .local_store import LocalStore, StackedLocalStore, build_local_store, fingerprint
 from .methods import VARIANTS
@@ -326,12 +326,12 @@ def _build_index(collection, model, index_root, config, device, variants, activa
     backend = choose_backend(settings, len(features.records))
     partial, final = layout.new_build(index_root)
     try:
-        for done, (variant, matrix) in enumerate(vectors.items()):
-            progress(f"coarse index ({backend})", done, len(vectors))
-            # FAISS serves large collections: float16 halves the disk and page cache, and its ~3
-            # significant digits are well within the distance gaps that order neighbours
-            save_variant(partial, variant, matrix.astype(np.float16 if backend == FAISS else np.float32), backend,
-                         settings)
+        # FAISS serves large collections: float16 halves the disk and page cache, and its ~3
+        # significant digits are well within the distance gaps that order neighbours
+        for variant in list(vectors):  # one at a time, each float32 copy let go (where nothing else holds it)
+            vectors[variant] = vectors[variant].astype(np.float16 if backend == FAISS else np.float32)
+        stored_in = save_variants(partial, vectors, backend, settings, variant_shares(vectors, config.hybrid_weight),
+                                  progress)
         if pca is not None:
             joblib.dump(pca, layout.pca_file(partial))
         local_meta = None
@@ -353,6 +353,7 @@ def _build_index(collection, model, index_root, config, device, variants, activa
             "collection_size": len(features.records),
             "variants": {k: int(v.shape[1]) for k, v in vectors.items()},
             "coarse": {k: backend for k in vectors},
+            "stored_in": stored_in,
             "global": {"reused": reused, "extracted": len(features.records) - reused},
             "added": len(added),
             "removed": len(collection.records) + len(added) - len(records),
@@ -376,6 +377,17 @@ def _build_index(collection, model, index_root, config, device, variants, activa
     return final
 
 
+def variant_shares(variants, hybrid_weight: float | None) -> dict[str, Share]:
+    """The variants a build may store as parts of the hybrid one (``coarse_backends.Share``): the
+    penultimate and instance vectors, when the hybrid variant is built beside them. ``variants``:
+    variant -> vectors (or width)."""
+    widths = {k: (v if isinstance(v, int) else v.shape[1]) for k, v in dict(variants).items()}
+    if hybrid_weight is None or not {"hybrid", "penultimate", "instance"} <= set(widths):
+        return {}
+    parts = hybrid_parts(widths["penultimate"], widths["instance"], hybrid_weight)
+    return {k: Share("hybrid", start, stop, factor) for k, (start, stop, factor) in parts.items()}
+
+
 def activate_build(index_root: Path, build: Path) -> None:
     """Make ``build`` the active one, after checking that it loads."""
     with layout.writing(index_root):
@@ -394,14 +406,14 @@ def load_index(path: Path, expected_checksum: str | None = None,
             f"{build} was built with model {manifest['model_checksum'][:12]}, not the loaded model "
             f"{expected_checksum[:12]}; reindex with the current model")
     table = layout.read_table(build, manifest)
-    vectors = {}
-    for variant, dim in manifest["variants"].items():
+    for variant in manifest["variants"]:
         backend_file = layout.coarse_file(build, variant, manifest.get("coarse", {}).get(variant, BALLTREE))
         if not backend_file.is_file():
             raise SearchIndexError(f"{build}: file missing for variant '{variant}': {backend_file}")
-        # read by pread a run of rows at a time (stored.RowFile), not memory-mapped: a file cut short
-        # under a running worker is an error for that search, not a SIGBUS that kills the worker
-        vectors[variant] = RowFile(layout.stored_vectors_file(build, variant))
+    # read by pread a run of rows at a time (stored.RowFile), not memory-mapped: a file cut short
+    # under a running worker is an error for that search, not a SIGBUS that kills the worker
+    vectors = stored_rows(build, manifest["variants"], manifest.get("stored_in") or {})
+    for variant, dim in manifest["variants"].items():
         if vectors[variant].shape != (len(table), dim):
             raise SearchIndexError(
                 f"{build}: '{variant}' vectors are {vectors[variant].shape}, manifest says ({len(table)}, {dim})")

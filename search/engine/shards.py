@@ -40,11 +40,11 @@ from typing import Callable
 import numpy as np
 
 from . import layout
-from .coarse_backends import FAISS, choose_backend, save_variant
+from .coarse_backends import FAISS, choose_backend, save_variants
 from .config import EngineConfig
 from .confidence import EVIDENCE, candidate_evidence, query_evidence
 from .errors import SearchIndexError
-from .index import SearchIndex, load_index
+from .index import SearchIndex, load_index, variant_shares
 from .local_features import LocalFeatures
 from .local_store import LocalStore, write_subset
 from .pipeline import (QueryFeatures, Ranking, RetrievalEngine, SearchResult, expand_query, fine_order,
@@ -179,9 +179,11 @@ def _write_shard(index: SearchIndex, rows: np.ndarray, build: Path, number: int,
     if not len(rows):
         raise SearchIndexError(f"shard {number} of {shards} would hold no image: fewer shards for {len(index)} images")
     backend = choose_backend(settings, len(rows))
-    for variant in index.variants:
-        matrix = index.row_vectors(variant, rows).astype(np.float16 if backend == FAISS else np.float32)
-        save_variant(build, variant, matrix, backend, settings)
+    vectors = {v: index.row_vectors(v, rows).astype(np.float16 if backend == FAISS else np.float32)
+               for v in index.variants}
+    stored_in = save_variants(build, vectors, backend, settings,
+                              variant_shares(index.manifest["variants"], index.manifest.get("hybrid_weight")))
+    del vectors
     source_build = index.path
     if layout.pca_file(source_build).is_file():
         shutil.copy2(layout.pca_file(source_build), layout.pca_file(build))
@@ -196,6 +198,7 @@ def _write_shard(index: SearchIndex, rows: np.ndarray, build: Path, number: int,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         collection_size=int(len(rows)),
         coarse={v: backend for v in index.variants},
+        stored_in=stored_in,
         local=None if local is None else dict(manifest["local"], reused=len(rows), extracted=0, resumed=0,
                                               total_keypoints=local["total_keypoints"]),
         shard={"number": number, "shards": shards, "index_root": str(layout.index_root_of(source_build)),

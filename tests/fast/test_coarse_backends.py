@@ -83,7 +83,7 @@ def test_a_rescored_faiss_index_keeps_its_float16_store_in_the_vectors_file_mapp
     faiss_map_min_images up, mapped from the file (shared by the workers of a machine), with the
     same answers as the index built. An index written whole (builds made before) still loads."""
     from search.engine import layout
-    from search.engine.coarse_backends import save_variant
+    from search.engine.coarse_backends import save_variants
     from search.engine.stored import RowFile
 
     vectors = synthetic_vectors(3000, 64, seed=6).astype(np.float16)
@@ -92,7 +92,7 @@ def test_a_rescored_faiss_index_keeps_its_float16_store_in_the_vectors_file_mapp
     built = FaissBackend.build(vectors, config)
     assert built.refined
     want_d, want_p = built.search(queries, 50)
-    save_variant(tmp_path, "hybrid", vectors, FAISS, config)
+    assert save_variants(tmp_path, {"hybrid": vectors}, FAISS, config) == {}
     store = layout.vector_store_file(tmp_path, "hybrid")
     assert layout.stored_vectors_file(tmp_path, "hybrid") == store and not layout.vectors_file(tmp_path, "hybrid").exists()
     rows = RowFile(store)
@@ -116,13 +116,64 @@ def test_a_rescored_faiss_index_keeps_its_float16_store_in_the_vectors_file_mapp
     np.testing.assert_array_equal(whole.search(queries, 50)[1], want_p)
     # a store that does not match its index, a store cut short
     (tmp_path / "other").mkdir()
-    save_variant(tmp_path / "other", "hybrid", vectors[:2000], FAISS, config)
+    save_variants(tmp_path / "other", {"hybrid": vectors[:2000]}, FAISS, config)
     with pytest.raises(SearchIndexError, match="holds 2000 vectors"):
         FaissBackend.load(coarse, RowFile(layout.vector_store_file(tmp_path / "other", "hybrid")), config)
     cut = tmp_path / "cut.faiss"
     cut.write_bytes(store.read_bytes()[:-64])
     with pytest.raises(SearchIndexError, match="cut.faiss is damaged"):
         RowFile(cut)
+
+
+def test_variants_that_are_halves_of_the_hybrid_one_are_re_scored_from_its_store(tmp_path):
+    """The penultimate and instance vectors are the hybrid ones' halves, scaled: a FAISS build keeps
+    no float16 copy of them. Their lists are over those columns; their short lists are re-scored
+    from the hybrid store, with their own distances; their rows are read through it."""
+    from search.engine import layout
+    from search.engine.coarse_backends import SharedColumns, save_variants, stored_rows
+    from search.engine.features import hybrid_vectors
+    from search.engine.index import variant_shares
+
+    penultimate, instance = synthetic_vectors(3000, 48, seed=8), synthetic_vectors(3000, 32, seed=9)
+    vectors = {"penultimate": penultimate, "instance": instance,
+               "hybrid": hybrid_vectors(penultimate, instance, 0.3)}
+    vectors = {k: v.astype(np.float16) for k, v in vectors.items()}  # as a FAISS build stores them
+    shares = variant_shares(vectors, 0.3)
+    assert (shares["penultimate"].start, shares["penultimate"].stop, shares["instance"].stop) == (0, 48, 80)
+    config = settings(faiss_reduce_dim=16, faiss_nprobe=2, faiss_coverage=8)
+    (tmp_path / "own").mkdir()
+    assert save_variants(tmp_path / "own", vectors, FAISS, config) == {}
+    used = save_variants(tmp_path, vectors, FAISS, config, shares)
+    assert set(used) == {"penultimate", "instance"} and used["instance"]["source"] == "hybrid"
+    assert sorted(p.name for p in tmp_path.glob("vectors_*")) == ["vectors_hybrid.faiss"]
+    saved = sum(p.stat().st_size for p in (tmp_path / "own").glob("*")) - sum(
+        p.stat().st_size for p in tmp_path.glob("*.*"))
+    assert saved >= 0.99 * 3000 * (48 + 32) * 2  # the two float16 copies (less two small column maps)
+    rows = stored_rows(tmp_path, {"penultimate": 48, "instance": 32, "hybrid": 80}, used)
+    own_rows = stored_rows(tmp_path / "own", {"penultimate": 48, "instance": 32, "hybrid": 80}, {})
+    for variant, own in (("penultimate", penultimate), ("instance", instance)):
+        assert isinstance(rows[variant], SharedColumns) and rows[variant].shape == own.shape
+        np.testing.assert_allclose(rows[variant][[0, 5, 2999]], own[[0, 5, 2999]], atol=1e-3)
+        np.testing.assert_allclose(np.asarray(rows[variant]), own, atol=1e-3)
+        shared = FaissBackend.load(layout.coarse_file(tmp_path, variant, FAISS), rows[variant], config)
+        alone = FaissBackend.load(layout.coarse_file(tmp_path / "own", variant, FAISS), own_rows[variant], config)
+        assert shared.refined and shared.share is not None and alone.share is None
+        queries = synthetic_vectors(10, own.shape[1], seed=10, near=own)
+        distances, positions = shared.search(queries, 60)
+        exact_d, exact_p = exact_nearest(np.asarray(rows[variant]), queries, 60)
+        recall = np.mean([len(set(a) & set(b)) / 60 for a, b in zip(positions, exact_p)])
+        assert recall >= 0.95, recall
+        assert (positions[:, 0] == exact_p[:, 0]).all()
+        true = np.linalg.norm(np.asarray(rows[variant])[positions] - queries[:, None, :], axis=2)
+        np.testing.assert_allclose(distances, true, atol=2e-3)  # its own distances, not the hybrid's
+        assert (np.diff(distances, axis=1) >= -1e-6).all()
+        alone_positions = alone.search(queries, 60)[1]
+        assert np.mean([len(set(a) & set(b)) / 60 for a, b in zip(positions, alone_positions)]) >= 0.95
+        # a deep request is the exact scan over the rows read through the hybrid store
+        np.testing.assert_array_equal(shared.search(queries[:1], 2000)[1], exact_nearest(rows[variant], queries[:1],
+                                                                                          2000)[1])
+    with pytest.raises(SearchIndexError, match="stored in 'hybrid', which it lacks"):
+        stored_rows(tmp_path, {"penultimate": 48}, {"penultimate": used["penultimate"]})
 
 
 def test_the_backend_is_chosen_by_collection_size_unless_set():

@@ -45,8 +45,10 @@ class Command(EngineCommand):
                     raise CommandError(f"{real.path} has no '{variant}' variant (it has {', '.join(real.vectors)})")
                 vectors = real.vectors[variant]
                 asked = synthetic_vectors(queries, vectors.shape[1], seed=1, near=vectors)
+                # a variant stored inside another's (coarse_backends.Share) has no file of its own to serve
+                own_file = None if getattr(vectors, "share", None) else vectors.path
                 for row in measure_backends(vectors, asked, min(n, len(vectors) // 2), settings, tmp,
-                                            balltree_max, coverages, bars, real.vectors[variant].path):
+                                            balltree_max, coverages, bars, own_file):
                     rows.append(self.show(dict(asdict(row), data=f"{real.path.name} ({variant})")))
             for size in [int(s) for s in sizes.split(",") if s.strip()]:
                 file = tmp / f"vectors-{size}.npy"
