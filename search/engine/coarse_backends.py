@@ -226,7 +226,8 @@ class FaissBackend:
 
     def save(self, path: Path, store: Path | None = None) -> bool:
         """Write the index to ``path``; with ``store``, a re-scored index's float16 store goes to that
-        file instead (the build's vectors file: ``save_variant``). Whether it wrote the store."""
+        file instead (the build's vectors file: ``save_variants``; a shared variant writes none, its
+        source's store being its own). Whether its store is in a file of its own or its source's."""
         if store is not None and self.refined:
             faiss.write_index(self.index.base_index, str(path))
             if self.share is None:  # a shared variant's store is its source's
@@ -304,13 +305,13 @@ def save_variants(build: Path, vectors: dict[str, np.ndarray], backend: str, set
     (``layout.vector_store_file``), so the vectors are on disk, and in the page cache, once; and
     a variant that is a block of another's (``shares``) keeps no store at all, where both are
     re-scored FAISS indexes. Returns the shares used, as the manifest records them."""
-    used = {}
-    sources = {}
-    order = sorted(vectors, key=lambda v: v not in {s.source for s in (shares or {}).values()})  # sources first
-    for done, variant in enumerate(order):
+    shares = shares or {}
+    source_names = {share.source for share in shares.values()}
+    used, sources = {}, {}  # the shares used; the source variants' backends, built first
+    for done, variant in enumerate(sorted(vectors, key=lambda v: v not in source_names)):
         progress(f"coarse index ({backend})", done, len(vectors))
         matrix = vectors[variant]
-        share = (shares or {}).get(variant)
+        share = shares.get(variant)
         source = sources.get(share.source) if share is not None else None
         if source is not None and source.refined and FaissBackend.reduces(len(matrix), share.width, settings):
             built = FaissBackend.build_shared(source, share, settings)
@@ -319,7 +320,7 @@ def save_variants(build: Path, vectors: dict[str, np.ndarray], backend: str, set
             built = backend_class(backend).build(matrix, settings)
         if not built.save(layout.coarse_file(build, variant, backend), store=layout.vector_store_file(build, variant)):
             np.save(layout.vectors_file(build, variant), matrix)
-        if isinstance(built, FaissBackend) and variant in {s.source for s in (shares or {}).values()}:
+        if isinstance(built, FaissBackend) and variant in source_names:
             sources[variant] = built
     return used
 
