@@ -52,9 +52,8 @@ def main() -> None:
     del penultimate, instance
     exact = {k: exact_nearest(vectors[k], queries[k], args.n)[1] for k in vectors}
     widths = {k: v.shape[1] for k, v in vectors.items()}
-
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        for layout_name, shares in (("own stores", {}), ("halves in the hybrid store", variant_shares(vectors, args.weight))):
+        for layout_name, shares in (("own stores", {}), ("halves in the hybrid store", variant_shares(widths, args.weight))):
             build = Path(tmp) / layout_name.replace(" ", "-")
             build.mkdir()
             started = time.perf_counter()

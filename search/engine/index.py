@@ -330,7 +330,8 @@ def _build_index(collection, model, index_root, config, device, variants, activa
         # significant digits are well within the distance gaps that order neighbours
         for variant in list(vectors):  # one at a time, each float32 copy let go (where nothing else holds it)
             vectors[variant] = vectors[variant].astype(np.float16 if backend == FAISS else np.float32)
-        stored_in = save_variants(partial, vectors, backend, settings, variant_shares(vectors, config.hybrid_weight),
+        widths = {k: int(v.shape[1]) for k, v in vectors.items()}
+        stored_in = save_variants(partial, vectors, backend, settings, variant_shares(widths, config.hybrid_weight),
                                   progress)
         if pca is not None:
             joblib.dump(pca, layout.pca_file(partial))
@@ -351,7 +352,7 @@ def _build_index(collection, model, index_root, config, device, variants, activa
             "classes": model.classes,
             "collection_root": str(collection.root),
             "collection_size": len(features.records),
-            "variants": {k: int(v.shape[1]) for k, v in vectors.items()},
+            "variants": widths,
             "coarse": {k: backend for k in vectors},
             "stored_in": stored_in,
             "global": {"reused": reused, "extracted": len(features.records) - reused},
@@ -377,11 +378,10 @@ def _build_index(collection, model, index_root, config, device, variants, activa
     return final
 
 
-def variant_shares(variants, hybrid_weight: float | None) -> dict[str, Share]:
+def variant_shares(widths: dict[str, int], hybrid_weight: float | None) -> dict[str, Share]:
     """The variants a build may store as parts of the hybrid one (``coarse_backends.Share``): the
-    penultimate and instance vectors, when the hybrid variant is built beside them. ``variants``:
-    variant -> vectors (or width)."""
-    widths = {k: (v if isinstance(v, int) else v.shape[1]) for k, v in dict(variants).items()}
+    penultimate and instance vectors, when the hybrid variant is built beside them. ``widths``:
+    variant -> dimensions, as the manifest's ``variants``."""
     if hybrid_weight is None or not {"hybrid", "penultimate", "instance"} <= set(widths):
         return {}
     parts = hybrid_parts(widths["penultimate"], widths["instance"], hybrid_weight)

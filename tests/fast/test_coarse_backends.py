@@ -138,7 +138,7 @@ def test_variants_that_are_halves_of_the_hybrid_one_are_re_scored_from_its_store
     vectors = {"penultimate": penultimate, "instance": instance,
                "hybrid": hybrid_vectors(penultimate, instance, 0.3)}
     vectors = {k: v.astype(np.float16) for k, v in vectors.items()}  # as a FAISS build stores them
-    shares = variant_shares(vectors, 0.3)
+    shares = variant_shares({k: v.shape[1] for k, v in vectors.items()}, 0.3)
     assert (shares["penultimate"].start, shares["penultimate"].stop, shares["instance"].stop) == (0, 48, 80)
     config = settings(faiss_reduce_dim=16, faiss_nprobe=2, faiss_coverage=8)
     (tmp_path / "own").mkdir()
