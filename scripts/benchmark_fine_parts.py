@@ -32,7 +32,7 @@ def main() -> None:
     paths = [engine.index.path_of(p) for p in range(0, n, max(1, n // args.images))][: args.images]
     images = [open_image(p) for p in paths]
     query = engine.query_features(paths[0], local=True)
-    descriptors = [d for _, d in engine.candidate_features(np.arange(min(n, 4000)))]
+    descriptors = list(engine.candidate_features(np.arange(min(n, 4000))).descriptors)
     descriptors = (descriptors * (4000 // len(descriptors) + 1))[:4000]
     settings = engine.verify_settings
     for threads in (2, 1, 2):

@@ -74,7 +74,7 @@ def main() -> None:
         if rank_of(positions, targets) == NOT_FOUND:  # the coarse stage lost it: nothing to pre-score
             rows.append(row | {s: NOT_FOUND for s in selections})
             continue
-        candidates = [store.features(int(p)).descriptors for p in positions]
+        candidates = store.candidates(positions).descriptors
         local = features.local
         for selection in selections:
             started = time.perf_counter()

@@ -13,6 +13,7 @@ stand above the query's floor of chance inliers.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def _spread(points: np.ndarray) -> float:
 
 
 def match_evidence(verifications: list[Verification], query_keypoints: np.ndarray,
-                   candidate_keypoints: list[np.ndarray], distances: np.ndarray,
+                   candidate_keypoints: Sequence[np.ndarray], distances: np.ndarray,
                    n_rows: int | None = None) -> np.ndarray:
     """One row of ``EVIDENCE`` per verification (candidates in coarse order, with their keypoints
     and their coarse distances between unit vectors), for the first ``n_rows`` only (default: all):
@@ -50,15 +51,16 @@ def match_evidence(verifications: list[Verification], query_keypoints: np.ndarra
     of all the image's keypoints, so it does not depend on the image's resolution (a phone photo
     is ten times a collection thumbnail). Unverified candidates (no affine) get zero inliers."""
     n_rows = len(verifications) if n_rows is None else n_rows
-    rows = candidate_evidence(verifications[:n_rows], query_keypoints, candidate_keypoints[:n_rows])
+    rows = candidate_evidence(verifications[:n_rows], query_keypoints, candidate_keypoints)
     inliers = np.array([v.inliers if v.affine is not None else 0 for v in verifications], dtype=np.float64)
     return query_evidence(rows, inliers, distances)
 
 
 def candidate_evidence(verifications: list[Verification], query_keypoints: np.ndarray,
-                       candidate_keypoints: list[np.ndarray]) -> np.ndarray:
+                       candidate_keypoints: Sequence[np.ndarray]) -> np.ndarray:
     """The evidence each verification gives on its own (the columns up to ``log_anisotropy``; the
-    others are zero until ``query_evidence``): a shard judges its candidates this far."""
+    others are zero until ``query_evidence``): a shard judges its candidates this far. Only the
+    fitted candidates' keypoints are read (``local_store.LazyKeypoints``)."""
     query_spread = max(_spread(query_keypoints), 1e-6)
     rows = np.zeros((len(verifications), len(EVIDENCE)), dtype=np.float64)
     for i, v in enumerate(verifications):  # one small step per fitted candidate (a few hundred at most)

@@ -26,7 +26,7 @@ from .local_features import AttentionExtractor, LocalFeatures
 from .methods import FALLBACK_METHODS, METHODS, parse_method
 from .model import TrainedModel
 from .progress import Progress, elapsed_ms, no_progress
-from .verification import Verification, verify_candidates
+from .verification import Candidates, Verification, verify_candidates
 
 
 @dataclass
@@ -185,10 +185,10 @@ class RetrievalEngine:
                                   self.config.query_expansion_alpha)
         return self.index.nearest(vector, variant, n, exclude_ids)
 
-    def candidate_features(self, positions: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(keypoints, descriptors) of each indexed image at ``positions``, from the store."""
-        store = self.index.local
-        return [(c.keypoints, c.descriptors) for c in (store.features(int(p)) for p in positions)]
+    def candidate_features(self, positions: np.ndarray) -> Candidates:
+        """The local features of each indexed image at ``positions``, from the store (keypoints read
+        only for the candidates fitted)."""
+        return self.index.local.candidates(positions)
 
     def verify(self, query: LocalFeatures, positions: np.ndarray, progress: Progress = no_progress,
                timings_ms: dict | None = None, candidates=None) -> list[Verification]:
@@ -230,7 +230,7 @@ class RetrievalEngine:
             n_fit = fitted_count(n_verify, len(positions), self.config.confidence_pool)
             candidates = self.candidate_features(positions[:n_fit])
             verifications = self.verify(query.local, positions[:n_fit], progress, timings, candidates)
-            evidence = match_evidence(verifications, query.local.keypoints, [k for k, _ in candidates],
+            evidence = match_evidence(verifications, query.local.keypoints, candidates.keypoints,
                                       distances[:n_fit], n_rows=n_verify)
             verifications = verifications[:n_verify]
             inliers = np.array([v.inliers for v in verifications], dtype=np.int64)

@@ -293,7 +293,7 @@ class Shard:
             scores = np.zeros(0, dtype=np.int64)
             if len(scored):
                 scores = prescore(query.local.keypoints, query.local.descriptors,
-                                  [index.local.features(int(p)).descriptors for p in scored],
+                                  index.local.candidates(scored).descriptors,
                                   self.verify_settings)
             _save(out, ids=self._ids(positions), prescores=scores,
                   relpaths=np.array([index.relpaths[int(p)] for p in positions], dtype=str),
@@ -301,13 +301,13 @@ class Shard:
                   labelled=np.array([index.labels[int(p)] is not None for p in positions], dtype=bool))
         elif stage == "verify":
             positions = self._positions(request["ids"].get(str(self.number), []))
-            candidates = [(c.keypoints, c.descriptors) for c in (index.local.features(int(p)) for p in positions)]
+            candidates = index.local.candidates(positions)
             found = verify_candidates(query.local.keypoints, query.local.descriptors, candidates, self.verify_settings)
             counts = np.array([len(v.query_points) for v in found], dtype=np.int64)
             _save(out, ids=self._ids(positions),
                   inliers=np.array([v.inliers if v.affine is not None else 0 for v in found], dtype=np.int64),
                   matches=np.array([v.matches for v in found], dtype=np.int64),
-                  evidence=candidate_evidence(found, query.local.keypoints, [k for k, _ in candidates]),
+                  evidence=candidate_evidence(found, query.local.keypoints, candidates.keypoints),
                   point_counts=counts,
                   query_points=_stack_points([v.query_points for v in found]),
                   candidate_points=_stack_points([v.candidate_points for v in found]))

@@ -95,7 +95,11 @@ class RowFile:
 
     def rows(self, start: int, end: int) -> np.ndarray:
         """Rows ``start`` to ``end`` (a fresh, writable array)."""
-        out = np.empty((end - start,) + self.shape[1:], dtype=self.dtype)
+        return self.read_into(start, np.empty((end - start,) + self.shape[1:], dtype=self.dtype))
+
+    def read_into(self, start: int, out: np.ndarray) -> np.ndarray:
+        """Rows from ``start`` on into ``out`` (C-contiguous, of this file's dtype), as many as it
+        holds: many short runs read into one buffer without an array each."""
         if out.nbytes and os.preadv(self.fd, [memoryview(out).cast("B")], self.offset + start * self.row_bytes) != out.nbytes:
             raise SearchIndexError(f"{self.path} was cut short after the index was loaded: a damaged index; reindex")
         return out

@@ -9,6 +9,7 @@ that has enough matches to fit a model.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -34,6 +35,25 @@ class Verification:
     candidate_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
 
 
+@dataclass
+class Candidates:
+    """The candidates' local features as verification reads them: every candidate's descriptors
+    (the pre-score compares them all) and their keypoints by position in the list, which a store
+    may read only when asked (``local_store.LazyKeypoints``): of 4,000 candidates only the few
+    hundred fitted need theirs."""
+    descriptors: Sequence[np.ndarray]  # (M_i, d), float16 or float32
+    keypoints: Sequence[np.ndarray]  # (M_i, 2)
+
+    @classmethod
+    def of(cls, pairs) -> "Candidates":
+        """From (keypoints, descriptors) pairs held in memory."""
+        pairs = list(pairs)
+        return cls([d for _, d in pairs], [k for k, _ in pairs])
+
+    def __len__(self) -> int:
+        return len(self.descriptors)
+
+
 def _pad(descriptor_sets: list[np.ndarray], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One zero-padded (C, M, dim) float32 tensor and its (C, M) validity mask, filled by one
     scatter of all the rows (no Python step per candidate beyond reading its length)."""
@@ -42,7 +62,7 @@ def _pad(descriptor_sets: list[np.ndarray], dim: int) -> tuple[torch.Tensor, tor
     padded = torch.zeros(len(descriptor_sets), longest, dim)
     valid = torch.zeros(len(descriptor_sets), longest, dtype=torch.bool)
     if lengths.sum():
-        rows = torch.from_numpy(np.concatenate(descriptor_sets).astype(np.float32, copy=False))
+        rows = torch.from_numpy(np.concatenate(descriptor_sets)).float()  # stored float16, converted once
         owner = np.repeat(np.arange(len(lengths)), lengths)
         slot = np.arange(len(owner)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         owner, slot = torch.from_numpy(owner), torch.from_numpy(slot)
@@ -130,10 +150,15 @@ def prescore(query_keypoints: np.ndarray, query: np.ndarray, candidates: list[np
     return counts
 
 
+def can_fit(matches: int, settings: VerifySettings) -> bool:
+    """Whether that many tentative matches are worth a RANSAC fit (an affine needs three)."""
+    return matches >= max(3, settings.min_matches)
+
+
 def fit_affine(query_points: np.ndarray, candidate_points: np.ndarray, settings: VerifySettings) -> Verification:
     """RANSAC affine fit on matched point pairs; the inlier count is the score."""
     matches = len(query_points)
-    if matches < max(3, settings.min_matches):
+    if not can_fit(matches, settings):
         return Verification(0, matches)
     affine, mask = cv2.estimateAffine2D(
         query_points.astype(np.float32), candidate_points.astype(np.float32),
@@ -146,13 +171,13 @@ def fit_affine(query_points: np.ndarray, candidate_points: np.ndarray, settings:
                         query_points[inlier].astype(np.float32), candidate_points[inlier].astype(np.float32))
 
 
-def verify_candidates(query_keypoints: np.ndarray, query_descriptors: np.ndarray,
-                      candidates: list[tuple[np.ndarray, np.ndarray]],
+def verify_candidates(query_keypoints: np.ndarray, query_descriptors: np.ndarray, candidates: Candidates,
                       settings: VerifySettings | None = None,
                       progress: Progress = no_progress, timings_ms: dict | None = None,
                       device="cpu") -> list[Verification]:
-    """Verify each (keypoints, descriptors) candidate against the query, in blocks (descriptor
-    products on ``device``: a GPU when the engine has one; RANSAC on the CPU).
+    """Verify each candidate against the query, in blocks (descriptor products on ``device``: a
+    GPU when the engine has one; RANSAC on the CPU). A candidate's keypoints are read only if it
+    is fitted.
 
     With more than ``verify_top`` candidates (0: no limit), all are pre-scored first and
     only the ``verify_top`` best are matched in full and fitted; the others keep zero
@@ -160,14 +185,13 @@ def verify_candidates(query_keypoints: np.ndarray, query_descriptors: np.ndarray
     ``timings_ms``, when given, gets the milliseconds spent pre-scoring, matching and in
     RANSAC added to it."""
     settings = settings or default_settings()
-    results = [Verification() for _ in candidates]
+    results = [Verification() for _ in range(len(candidates))]
     spent = {"prescore": 0.0, "matching": 0.0, "ransac": 0.0}
     chosen = np.arange(len(candidates))
     if settings.verify_top and len(candidates) > settings.verify_top:
         progress("pre-scoring", 0, len(candidates))
         started = time.perf_counter()
-        scores = prescore(query_keypoints, query_descriptors, [descriptors for _, descriptors in candidates],
-                          settings, device)
+        scores = prescore(query_keypoints, query_descriptors, candidates.descriptors, settings, device)
         chosen = np.sort(np.argsort(-scores, kind="stable")[: settings.verify_top])
         spent["prescore"] += elapsed_ms(started)
         progress("pre-scoring", len(candidates), len(candidates))
@@ -175,11 +199,14 @@ def verify_candidates(query_keypoints: np.ndarray, query_descriptors: np.ndarray
     for start in range(0, len(chosen), settings.block_size):
         block = chosen[start:start + settings.block_size]
         started = time.perf_counter()
-        pairs = match_block(query_descriptors, [candidates[i][1] for i in block], settings, device)
+        pairs = match_block(query_descriptors, [candidates.descriptors[i] for i in block], settings, device)
         spent["matching"] += elapsed_ms(started)
         started = time.perf_counter()
         for i, pair in zip(block, pairs):
-            results[i] = fit_affine(query_keypoints[pair[:, 0]], candidates[i][0][pair[:, 1]], settings)
+            if can_fit(len(pair), settings):  # else its keypoints are not even read
+                results[i] = fit_affine(query_keypoints[pair[:, 0]], candidates.keypoints[i][pair[:, 1]], settings)
+            else:
+                results[i] = Verification(0, len(pair))
         spent["ransac"] += elapsed_ms(started)
         progress("verifying", min(start + settings.block_size, len(chosen)), len(chosen))
     if timings_ms is not None:
@@ -191,4 +218,4 @@ def verify_candidates(query_keypoints: np.ndarray, query_descriptors: np.ndarray
 def verify_affine(query_keypoints, query_descriptors, keypoints, descriptors,
                   settings: VerifySettings | None = None) -> Verification:
     """One pair: the query against one image."""
-    return verify_candidates(query_keypoints, query_descriptors, [(keypoints, descriptors)], settings)[0]
+    return verify_candidates(query_keypoints, query_descriptors, Candidates([descriptors], [keypoints]), settings)[0]

@@ -2,7 +2,7 @@
 import numpy as np
 from sklearn.decomposition import PCA
 
-from search.engine.local_store import LocalStore, StoredFeatures, _write_rows
+from search.engine.local_store import LocalStore, StackedLocalStore, StoredFeatures, _write_rows
 
 
 def _rows(width: float) -> list[StoredFeatures]:
@@ -26,3 +26,27 @@ def test_keypoints_are_float16_unless_an_image_is_wider_than_float16_holds(tmp_p
             got = store.features(position)
             np.testing.assert_allclose(got.keypoints, row.keypoints, rtol=tolerance)
             np.testing.assert_allclose(got.descriptors, row.descriptors, atol=1e-3)
+
+
+def test_candidates_read_every_descriptor_at_once_and_keypoints_only_when_asked(tmp_path):
+    """What verification reads: positions in any order (repeats too), across a build's store and a
+    delta's (``StackedLocalStore``), the same rows as ``features`` gives one image at a time."""
+    pca = PCA(n_components=8).fit(np.random.default_rng(1).standard_normal((40, 8)))
+    stores = []
+    for name, width in (("build", 500.0), ("delta", 900.0)):
+        (tmp_path / name).mkdir()
+        rows = _rows(width) + [StoredFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 8), np.float32))]
+        _write_rows(tmp_path / name, rows, pca, {"image_ids": ["a", "b", "c"], "fingerprints": ["1", "2", "3"]})
+        stores.append(LocalStore.open(tmp_path / name))
+    for store in (stores[0], StackedLocalStore(stores)):
+        positions = np.array([1, 0, len(store) - 1, 2, 1])
+        candidates = store.candidates(positions)
+        assert len(candidates) == 5 and not candidates.keypoints.read  # no keypoints read yet
+        for i, position in enumerate(positions):
+            expected = store.features(int(position))
+            assert candidates.descriptors[i].dtype == np.float16
+            np.testing.assert_array_equal(candidates.descriptors[i].astype(np.float32), expected.descriptors)
+        np.testing.assert_array_equal(candidates.keypoints[4], store.features(1).keypoints)
+        assert list(candidates.keypoints.read) == [4]  # only the one asked for
+        np.testing.assert_array_equal(candidates.keypoints[-1], candidates.keypoints[4])
+        assert [len(k) for k in candidates.keypoints] == [len(store.features(int(p))) for p in positions]

@@ -8,7 +8,7 @@ import pytest
 from search.engine.config import EngineConfig
 from search.engine.evaluation import average_precision, precision_at_k
 from search.engine.pipeline import fine_order
-from search.engine.verification import fit_affine, match_block, spread_rows, verify_candidates
+from search.engine.verification import Candidates, fit_affine, match_block, spread_rows, verify_candidates
 
 SETTINGS = EngineConfig().verify_settings()
 
@@ -54,7 +54,7 @@ def test_verify_candidates_reports_each_block():
     rng = np.random.default_rng(2)
     query = unit(rng.normal(size=(20, 8)))
     keypoints = rng.uniform(0, 100, size=(20, 2)).astype(np.float32)
-    candidates = [(keypoints + 5, query)] * 5
+    candidates = Candidates.of([(keypoints + 5, query)] * 5)
     calls = []
     results = verify_candidates(keypoints, query, candidates, replace(SETTINGS, block_size=2),
                                 progress=lambda *a: calls.append(a))
@@ -88,13 +88,15 @@ def test_synthetic_candidates_are_variations_of_the_real_ones():
     from search.management.commands.benchmark_fine import synthetic_candidates
 
     rng = np.random.default_rng(3)
-    real = [(rng.uniform(0, 300, size=(30, 2)).astype(np.float32), unit(rng.normal(size=(30, 8))))
-            for _ in range(3)]
-    out = synthetic_candidates(real, 7)
-    assert len(out) == 7 and all(out[i] is real[i] for i in range(3))
+    pairs = [(rng.uniform(0, 300, size=(30, 2)).astype(np.float32), unit(rng.normal(size=(30, 8))))
+             for _ in range(3)]
+    real = Candidates.of(pairs)
+    out = synthetic_candidates(real, 7, real.keypoints)
+    assert len(out) == 7 and len(out.keypoints) == 7
+    assert all(out.descriptors[i] is real.descriptors[i] and out.keypoints[i] is real.keypoints[i] for i in range(3))
     for i in range(3, 7):
-        keypoints, descriptors = out[i]
-        source_keypoints, source_descriptors = real[i % 3]
+        keypoints, descriptors = out.keypoints[i], out.descriptors[i]
+        source_keypoints, source_descriptors = pairs[i % 3]
         rows = [int(np.flatnonzero((source_descriptors == d).all(1))[0]) for d in descriptors]
         assert sorted(rows) == list(range(30)) and rows != list(range(30))  # same rows, another order
         fitted = fit_affine(source_keypoints[rows], keypoints, SETTINGS)
@@ -109,7 +111,7 @@ def test_prescore_sends_only_the_best_candidates_to_ransac():
                  for _ in range(30)]
     # two true candidates: the query's descriptors (slightly noisy), keypoints moved rigidly
     true = [(keypoints + 7, unit(query + rng.normal(scale=0.02, size=query.shape))) for _ in range(2)]
-    candidates = unrelated[:11] + true[:1] + unrelated[11:] + true[1:]
+    candidates = Candidates.of(unrelated[:11] + true[:1] + unrelated[11:] + true[1:])
     full = verify_candidates(keypoints, query, candidates, SETTINGS)
     calls = []
     limited = replace(SETTINGS, verify_top=4, prescore_keypoints=20)
@@ -121,6 +123,32 @@ def test_prescore_sends_only_the_best_candidates_to_ransac():
     # with room for every candidate, the pre-score changes nothing
     roomy = verify_candidates(keypoints, query, candidates, replace(limited, verify_top=32))
     assert [r.inliers for r in roomy] == [r.inliers for r in full]
+
+
+def test_only_the_candidates_fitted_have_their_keypoints_read():
+    rng = np.random.default_rng(8)
+    query = unit(rng.normal(size=(40, 16)))
+    keypoints = rng.uniform(0, 300, size=(40, 2)).astype(np.float32)
+    true = (keypoints * 1.1 + 3, unit(query + rng.normal(scale=0.02, size=query.shape)))
+    pairs = [(rng.uniform(0, 300, size=(40, 2)).astype(np.float32), unit(rng.normal(size=(40, 16))))
+             for _ in range(9)]
+    pairs[6] = true
+
+    class Recorded(list):
+        def __init__(self, rows):
+            super().__init__(rows)
+            self.asked = []
+
+        def __getitem__(self, i):
+            self.asked.append(i)
+            return list.__getitem__(self, i)
+
+    candidates = Candidates([d for _, d in pairs], Recorded(k for k, _ in pairs))
+    results = verify_candidates(keypoints, query, candidates, replace(SETTINGS, verify_top=3, prescore_keypoints=20))
+    asked = set(candidates.keypoints.asked)
+    assert results[6].inliers == 40
+    assert 6 in asked and len(asked) <= 3  # pre-scored out, or too few matches to fit: never read
+    assert all(results[i].inliers == 0 for i in set(range(9)) - asked)
 
 
 def test_spread_rows_take_the_strongest_of_every_cell_in_turn():
@@ -152,7 +180,7 @@ def test_a_spread_prescore_finds_a_picture_whose_query_is_strongest_on_its_backg
     rooms = [(rng.uniform(0, 300, size=(60, 2)).astype(np.float32),
               unit(np.concatenate([query[:30] + rng.normal(scale=0.02, size=(30, 40)), rng.normal(size=(30, 40))])))
              for _ in range(20)]
-    candidates = rooms[:13] + [picture] + rooms[13:]
+    candidates = Candidates.of(rooms[:13] + [picture] + rooms[13:])
     strongest = replace(SETTINGS, verify_top=5, prescore_keypoints=30, prescore_grid=0)
     assert verify_candidates(keypoints, query, candidates, strongest)[13].inliers == 0  # never fitted
     spread = verify_candidates(keypoints, query, candidates, replace(strongest, prescore_grid=4))
@@ -164,9 +192,9 @@ def test_matching_on_cuda_gives_the_cpu_answer():
     rng = np.random.default_rng(5)
     query = unit(rng.normal(size=(80, 40)))
     keypoints = rng.uniform(0, 300, size=(80, 2)).astype(np.float32)
-    candidates = [(rng.uniform(0, 300, size=(70, 2)).astype(np.float32),
-                   unit(np.concatenate([query[:30] + rng.normal(scale=0.05, size=(30, 40)),
-                                        rng.normal(size=(40, 40))]))) for _ in range(50)]
+    candidates = Candidates.of((rng.uniform(0, 300, size=(70, 2)).astype(np.float32),
+                                unit(np.concatenate([query[:30] + rng.normal(scale=0.05, size=(30, 40)),
+                                                     rng.normal(size=(40, 40))]))) for _ in range(50))
     settings = replace(SETTINGS, verify_top=20, prescore_keypoints=40)
     cpu = verify_candidates(keypoints, query, candidates, settings)
     gpu = verify_candidates(keypoints, query, candidates, settings, device="cuda")

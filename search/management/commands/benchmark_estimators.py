@@ -8,7 +8,7 @@ from django.core.management.base import CommandError
 
 from ...engine.images import open_image
 from ...engine.workflows import open_engine
-from ...engine.verification import RANSAC_METHODS, verify_candidates
+from ...engine.verification import RANSAC_METHODS, Candidates, verify_candidates
 from ..base import EngineCommand
 
 
@@ -36,7 +36,7 @@ class Command(EngineCommand):
         if engine.extractor is None:
             raise CommandError("the active index has no local features; index with the attention head first")
         features = [engine.query_features(open_image(p), local=True).local for p in paths]
-        candidates = [(f.keypoints, f.descriptors) for f in features]
+        candidates = Candidates.of((f.keypoints, f.descriptors) for f in features)
         groups = np.arange(len(paths)) // group_size
         same = groups[:, None] == groups[None, :]
         off_diagonal = ~np.eye(len(paths), dtype=bool)
