@@ -35,7 +35,7 @@ from . import layout
 from .config import CoarseSettings
 from .errors import SearchIndexError
 from .progress import Progress, no_progress
-from .stored import RowFile, load_pickled
+from .stored import RowFile, Rows, load_pickled
 
 BALLTREE, FAISS = "balltree", "faiss"
 BACKENDS = (BALLTREE, FAISS)
@@ -105,7 +105,7 @@ class Share:
         return np.sqrt(np.clip((lifted_squared - (1.0 - self.factor ** 2)) / self.factor ** 2, 0.0, None))
 
 
-class SharedColumns:
+class SharedColumns(Rows):
     """A shared variant's rows (``Share``), read through its source's rows (a ``stored.RowFile``
     or an array) as ``RowFile`` reads its own: by row number, slice or array of row numbers."""
 
@@ -130,13 +130,6 @@ class SharedColumns:
     def __getitem__(self, key) -> np.ndarray:
         rows = np.asarray(self.source[key], dtype=np.float32)
         return rows[..., self.share.start:self.share.stop] / np.float32(self.share.factor)
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        whole = self[0:len(self)]
-        return whole if dtype is None else whole.astype(dtype, copy=False)
-
-    def astype(self, dtype) -> np.ndarray:
-        return np.asarray(self, dtype=dtype)
 
 
 class BallTreeBackend:

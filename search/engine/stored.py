@@ -36,7 +36,18 @@ def load_pickled(file: Path):
 FAISS_STORE_MAGIC = b"IxSQ"  # a FAISS IndexScalarQuantizer file: a float16 store (coarse_backends)
 
 
-class RowFile:
+class Rows:
+    """What NumPy asks of a source of rows beyond indexing them (``self[a:b]``): the whole as one array."""
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[0:len(self)]
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+    def astype(self, dtype) -> np.ndarray:
+        return np.asarray(self, dtype=dtype)
+
+
+class RowFile(Rows):
     """A file of rows read a run of rows at a time with ``pread`` instead of a memory map: the
     page cache serves it just as well, and a file cut short under a running process gives a
     ``SearchIndexError`` for that read, where a memory map's SIGBUS would kill the process.
@@ -136,13 +147,6 @@ class RowFile:
         for run_start, run_end in zip(np.r_[0, breaks], np.r_[breaks, len(wanted)]):
             out[run_start:run_end] = self.rows(int(wanted[run_start]), int(wanted[run_end - 1]) + 1)
         return out[back]
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        whole = self.rows(0, len(self))
-        return whole if dtype is None else whole.astype(dtype, copy=False)
-
-    def astype(self, dtype) -> np.ndarray:
-        return np.asarray(self, dtype=dtype)
 
     def __del__(self):
         fd = getattr(self, "fd", None)
