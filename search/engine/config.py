@@ -37,6 +37,7 @@ class VerifySettings:
     verify_top: int  # more candidates than this: pre-score all, match and fit the best this many (0: all)
     prescore_keypoints: int  # how many of the query's descriptors the pre-score uses
     prescore_grid: int  # taken in turn from the cells of this grid over the query (0: the strongest)
+    prescore_dtype: str  # the pre-score's products: bfloat16 | float32
     min_matches: int = 4  # fewer tentative matches: not worth a RANSAC run (3 fit an affine)
     confidence: float = 0.99
     block_size: int = 64  # candidates per batched matrix product
@@ -164,6 +165,9 @@ class EngineConfig:
     # strongest descriptors can all lie on the wall or table around the picture. Why 6: RESULTS.md
     # ("Pre-score descriptors spread over the query").
     prescore_grid: int = 6
+    # The pre-score's matrix products in bfloat16 or float32 (verification.PRESCORE_DTYPES). Why
+    # bfloat16: RESULTS.md ("The pre-score's products in bfloat16").
+    prescore_dtype: str = "bfloat16"
     # A fine search fits at least this many candidates (as many as the collection has, when fewer),
     # even when fewer were asked for, and only the ones asked for are ranked: the query's floor of
     # chance inliers (confidence.py) is taken over them, so a candidate's confidence does not
@@ -240,11 +244,13 @@ class EngineConfig:
                              base_max_side=self.local_base_max_side)
 
     def verify_settings(self) -> "VerifySettings":
+        if self.prescore_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"prescore_dtype takes float32 or bfloat16, not {self.prescore_dtype!r}")
         return VerifySettings(ratio=self.match_ratio, max_distance=self.match_max_distance,
                               mutual=self.match_mutual, reprojection_px=self.ransac_reprojection_px,
                               max_iters=self.ransac_max_iters, method=self.ransac_method,
                               verify_top=self.verify_top, prescore_keypoints=self.prescore_keypoints,
-                              prescore_grid=self.prescore_grid)
+                              prescore_grid=self.prescore_grid, prescore_dtype=self.prescore_dtype)
 
     def coarse_settings(self) -> "CoarseSettings":
         return CoarseSettings(backend=self.coarse_backend, faiss_min_images=self.faiss_min_images,

@@ -8,7 +8,7 @@ import pytest
 from search.engine.config import EngineConfig
 from search.engine.evaluation import average_precision, precision_at_k
 from search.engine.pipeline import fine_order
-from search.engine.verification import Candidates, fit_affine, match_block, spread_rows, verify_candidates
+from search.engine.verification import Candidates, fit_affine, match_block, prescore, spread_rows, verify_candidates
 
 SETTINGS = EngineConfig().verify_settings()
 
@@ -195,7 +195,26 @@ def test_matching_on_cuda_gives_the_cpu_answer():
     candidates = Candidates.of((rng.uniform(0, 300, size=(70, 2)).astype(np.float32),
                                 unit(np.concatenate([query[:30] + rng.normal(scale=0.05, size=(30, 40)),
                                                      rng.normal(size=(40, 40))]))) for _ in range(50))
-    settings = replace(SETTINGS, verify_top=20, prescore_keypoints=40)
+    # float32 products: bfloat16 ones round each similarity, and the two devices may sum in another order
+    settings = replace(SETTINGS, verify_top=20, prescore_keypoints=40, prescore_dtype="float32")
     cpu = verify_candidates(keypoints, query, candidates, settings)
     gpu = verify_candidates(keypoints, query, candidates, settings, device="cuda")
     assert [(r.inliers, r.matches) for r in gpu] == [(r.inliers, r.matches) for r in cpu]
+
+
+def test_a_bfloat16_prescore_ranks_the_true_candidates_first_as_float32_does():
+    rng = np.random.default_rng(9)
+    query = unit(rng.normal(size=(100, 40)))
+    keypoints = rng.uniform(0, 300, size=(100, 2)).astype(np.float32)
+    unrelated = [unit(rng.normal(size=(120, 40))).astype(np.float16) for _ in range(60)]
+    true = [unit(np.concatenate([query[:50] + rng.normal(scale=0.03, size=(50, 40)), rng.normal(size=(70, 40))]))
+            .astype(np.float16) for _ in range(3)]
+    candidates = unrelated[:20] + true[:1] + unrelated[20:40] + true[1:2] + unrelated[40:] + true[2:]
+    settings = replace(SETTINGS, prescore_keypoints=100, prescore_grid=0)
+    exact = prescore(keypoints, query, candidates, replace(settings, prescore_dtype="float32"))
+    fast = prescore(keypoints, query, candidates, replace(settings, prescore_dtype="bfloat16"))
+    true_positions = [20, 41, 62]
+    assert sorted(np.argsort(-exact)[:3]) == sorted(np.argsort(-fast)[:3]) == true_positions
+    assert np.abs(fast - exact).max() <= 3  # a borderline match or two may flip
+    with pytest.raises(ValueError, match="prescore_dtype"):
+        EngineConfig(prescore_dtype="float16").verify_settings()
