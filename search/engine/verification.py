@@ -20,7 +20,7 @@ from .config import EngineConfig, VerifySettings
 from .progress import Progress, elapsed_ms, no_progress
 
 # the pre-score's products: bfloat16 runs them several times faster on CPUs with bfloat16
-# instructions (AVX512-BF16, AMX) and no slower elsewhere; matching in full stays float32
+# instructions (AVX512-BF16) and no slower elsewhere (RESULTS.md); matching in full stays float32
 PRESCORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 RANSAC_METHODS = {"ransac": cv2.RANSAC, "usac_magsac": cv2.USAC_MAGSAC, "usac_accurate": cv2.USAC_ACCURATE}
 
