@@ -38,6 +38,7 @@ class VerifySettings:
     prescore_keypoints: int  # how many of the query's descriptors the pre-score uses
     prescore_grid: int  # taken in turn from the cells of this grid over the query (0: the strongest)
     prescore_dtype: str  # the pre-score's products: bfloat16 | float32
+    prescore_candidate_keypoints: int = 0  # the pre-score compares each candidate's this many strongest (0: all)
     min_matches: int = 4  # fewer tentative matches: not worth a RANSAC run (3 fit an affine)
     confidence: float = 0.99
     block_size: int = 64  # candidates per batched matrix product
@@ -168,6 +169,10 @@ class EngineConfig:
     # The pre-score's matrix products in bfloat16 or float32 (verification.PRESCORE_DTYPES). Why
     # bfloat16: RESULTS.md ("The pre-score's products in bfloat16").
     prescore_dtype: str = "bfloat16"
+    # ... against each candidate's prescore_candidate_keypoints strongest descriptors (0: all of
+    # them; the full match of the fitted ones always uses all). Why 150: RESULTS.md ("The
+    # pre-score on each candidate's strongest descriptors").
+    prescore_candidate_keypoints: int = 150
     # A fine search fits at least this many candidates (as many as the collection has, when fewer),
     # even when fewer were asked for, and only the ones asked for are ranked: the query's floor of
     # chance inliers (confidence.py) is taken over them, so a candidate's confidence does not
@@ -246,11 +251,14 @@ class EngineConfig:
     def verify_settings(self) -> "VerifySettings":
         if self.prescore_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"prescore_dtype takes float32 or bfloat16, not {self.prescore_dtype!r}")
+        if self.prescore_candidate_keypoints < 0:
+            raise ValueError(f"prescore_candidate_keypoints takes 0 (all) or more, not {self.prescore_candidate_keypoints}")
         return VerifySettings(ratio=self.match_ratio, max_distance=self.match_max_distance,
                               mutual=self.match_mutual, reprojection_px=self.ransac_reprojection_px,
                               max_iters=self.ransac_max_iters, method=self.ransac_method,
                               verify_top=self.verify_top, prescore_keypoints=self.prescore_keypoints,
-                              prescore_grid=self.prescore_grid, prescore_dtype=self.prescore_dtype)
+                              prescore_grid=self.prescore_grid, prescore_dtype=self.prescore_dtype,
+                              prescore_candidate_keypoints=self.prescore_candidate_keypoints)
 
     def coarse_settings(self) -> "CoarseSettings":
         return CoarseSettings(backend=self.coarse_backend, faiss_min_images=self.faiss_min_images,

@@ -140,15 +140,18 @@ def spread_rows(keypoints: np.ndarray, n: int, grid: int) -> np.ndarray:
 def prescore(query_keypoints: np.ndarray, query: np.ndarray, candidates: list[np.ndarray],
              settings: VerifySettings, device="cpu") -> np.ndarray:
     """A cheap score per candidate: how many of ``prescore_keypoints`` of the query's descriptors
-    (spread over the query by ``spread_rows``) have a tentative match in it. Computed in large
-    blocks, with no geometry."""
+    (spread over the query by ``spread_rows``) have a tentative match among its
+    ``prescore_candidate_keypoints`` strongest (stores keep them strongest first). Computed in
+    large blocks, with no geometry."""
     query = np.asarray(query)[spread_rows(query_keypoints, settings.prescore_keypoints, settings.prescore_grid)]
     counts = np.zeros(len(candidates), dtype=np.int64)
     if len(query) == 0:
         return counts
     block, dtype = settings.block_size * 4, PRESCORE_DTYPES[settings.prescore_dtype]
+    strongest = settings.prescore_candidate_keypoints or None
     for start in range(0, len(candidates), block):
-        keep, _ = _tentative(query, candidates[start:start + block], settings, device, dtype)
+        descriptor_sets = [d[:strongest] for d in candidates[start:start + block]]
+        keep, _ = _tentative(query, descriptor_sets, settings, device, dtype)
         counts[start:start + block] = keep.sum(dim=1).numpy()
     return counts
 

@@ -218,3 +218,29 @@ def test_a_bfloat16_prescore_ranks_the_true_candidates_first_as_float32_does():
     assert np.abs(fast - exact).max() <= 3  # a borderline match or two may flip
     with pytest.raises(ValueError, match="prescore_dtype"):
         EngineConfig(prescore_dtype="float16").verify_settings()
+
+
+def test_the_prescore_compares_only_each_candidates_strongest_descriptors_when_asked():
+    """Stores keep a candidate's descriptors strongest first; a capped pre-score reads only the
+    first rows, and the candidates it lets through are still matched with all of theirs."""
+    rng = np.random.default_rng(11)
+    query = unit(rng.normal(size=(50, 24)))
+    keypoints = rng.uniform(0, 300, size=(50, 2)).astype(np.float32)
+    noise = [unit(rng.normal(size=(40, 24))) for _ in range(3)]
+    # the query's 50 descriptors as a candidate's 50 strongest, or after 40 others
+    strong = (np.concatenate([keypoints + 5, rng.uniform(0, 300, size=(40, 2))]).astype(np.float32),
+              np.concatenate([unit(query + rng.normal(scale=0.02, size=query.shape)), noise[0]]))
+    weak = (np.concatenate([rng.uniform(0, 300, size=(40, 2)), keypoints + 5]).astype(np.float32),
+            np.concatenate([noise[1], unit(query + rng.normal(scale=0.02, size=query.shape))]))
+    settings = replace(SETTINGS, prescore_keypoints=50, prescore_grid=0, prescore_candidate_keypoints=0)
+    all_rows = prescore(keypoints, query, [strong[1], weak[1]], settings)
+    strongest = prescore(keypoints, query, [strong[1], weak[1]], replace(settings, prescore_candidate_keypoints=50))
+    assert all_rows[0] >= 45 and all_rows[1] >= 45
+    assert strongest[0] == all_rows[0] and strongest[1] <= 10  # 40 of its 50 matches lie past its 50 strongest
+    unrelated = [(rng.uniform(0, 300, size=(90, 2)).astype(np.float32), unit(rng.normal(size=(90, 24))))
+                 for _ in range(10)]
+    capped = replace(settings, verify_top=2, prescore_candidate_keypoints=60)
+    results = verify_candidates(keypoints, query, Candidates.of(unrelated[:4] + [weak] + unrelated[4:]), capped)
+    assert results[4].inliers == 50  # pre-scored on 20 of its matches, then matched on all 50
+    with pytest.raises(ValueError, match="prescore_candidate_keypoints"):
+        EngineConfig(prescore_candidate_keypoints=-1).verify_settings()
