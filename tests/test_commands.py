@@ -190,7 +190,7 @@ def test_benchmark_estimators_separates_true_from_unrelated_pairs(tiny_fine_engi
 
 def test_benchmark_fine_splits_the_time_and_tops_up_with_synthetic_candidates(tiny_fine_engine, engine_config,
                                                                             tmp_path, settings):
-    settings.RETRIEVAL = engine_config
+    settings.RETRIEVAL = engine_config.replace(verify_top=50)  # 100 candidates are pre-scored, 10 are not
     queries = tmp_path / "queries.txt"
     queries.write_text("buses/300.jpg\ndinosaurs/400.jpg\n")
     out = tmp_path / "bench.json"
@@ -200,6 +200,7 @@ def test_benchmark_fine_splits_the_time_and_tops_up_with_synthetic_candidates(ti
     assert [r["n_candidates"] for r in rows] == [10, 100] and all(r["queries"] == 2 for r in rows)
     # the collection has 40 images: 60 of the 100 candidates are variations of them
     assert rows[0]["synthetic_share"] == 0 and rows[1]["synthetic_share"] == pytest.approx(0.6)
+    assert rows[0]["prescore_ms_per_candidate"] == 0 and rows[1]["prescore_ms_per_candidate"] > 0
     for row in rows:
         assert row["ms_per_candidate"] == pytest.approx(row["prescore_ms_per_candidate"]
                                                         + row["matching_ms_per_candidate"]

@@ -295,3 +295,31 @@ def test_a_photo_taken_sideways_is_found_by_turning_the_query(tiny_fine_engine):
     expected = np.stack([upright.height - theirs[:, 1], theirs[:, 0]], axis=1)
     assert np.median(np.linalg.norm(ours - expected, axis=1)) < 4.0
     assert (ours >= 0).all() and (ours[:, 0] <= sideways.width).all() and (ours[:, 1] <= sideways.height).all()
+
+
+def test_a_prescored_search_reads_the_pre_scores_rows_at_once_and_verifies_as_reading_all(tiny_fine_engine):
+    """With more candidates than it fits, the engine reads only each candidate's strongest rows
+    at once (what the pre-score compares) and the rest of a candidate's descriptors when it is let
+    through; the inliers are those of a search that read every row first."""
+    from dataclasses import replace
+
+    engine = tiny_fine_engine
+    saved = engine.verify_settings
+    engine.verify_settings = replace(saved, verify_top=6, prescore_candidate_keypoints=60)
+    try:
+        for position in (4, 21):
+            query = engine.query_features(engine.index.path_of(position), local=True)
+            positions, _ = engine.coarse_order(query.vectors, "hybrid", 40)
+            candidates = engine.candidate_features(positions)
+            assert candidates.heads is not None and max(len(h) for h in candidates.heads) == 60
+            assert max(len(engine.index.local.features(int(p))) for p in positions) > 60  # some are cut
+            lazy = engine.verify(query.local, positions, candidates=candidates)
+            read_through = sorted(candidates.descriptors.read)
+            everything = engine.verify(query.local, positions, candidates=engine.index.local.candidates(positions))
+            assert [(v.inliers, v.matches) for v in lazy] == [(v.inliers, v.matches) for v in everything]
+            assert lazy[int(np.flatnonzero(positions == position)[0])].inliers >= 50  # the query itself
+            let_through = [i for i, v in enumerate(lazy) if v.matches > 0]
+            assert set(let_through) <= set(read_through) and len(let_through) <= 6
+            assert len(read_through) < len(positions)  # the others' rest was never read
+    finally:
+        engine.verify_settings = saved

@@ -60,7 +60,7 @@ def candidate_evidence(verifications: list[Verification], query_keypoints: np.nd
                        candidate_keypoints: Sequence[np.ndarray]) -> np.ndarray:
     """The evidence each verification gives on its own (the columns up to ``log_anisotropy``; the
     others are zero until ``query_evidence``): a shard judges its candidates this far. Only the
-    fitted candidates' keypoints are read (``local_store.LazyKeypoints``)."""
+    fitted candidates' keypoints are read (``local_store.LazyRows``)."""
     query_spread = max(_spread(query_keypoints), 1e-6)
     rows = np.zeros((len(verifications), len(EVIDENCE)), dtype=np.float64)
     for i, v in enumerate(verifications):  # one small step per fitted candidate (a few hundred at most)

@@ -89,8 +89,8 @@ class LocalStore:
         """Which store holds each position, and where in it (``StackedLocalStore`` has several)."""
         return [self], np.zeros(len(positions), dtype=np.int64), np.asarray(positions, dtype=np.int64)
 
-    def candidates(self, positions) -> Candidates:
-        return read_candidates(self, positions)
+    def candidates(self, positions, head_rows: int = 0) -> Candidates:
+        return read_candidates(self, positions, head_rows)
 
     def reduce(self, features: LocalFeatures) -> LocalFeatures:
         """Project raw descriptors (e.g. a query's) with this store's PCA."""
@@ -122,48 +122,61 @@ class StackedLocalStore:
         which = np.searchsorted(self.starts, positions, side="right") - 1
         return self.stores, which, positions - self.starts[which]
 
-    def candidates(self, positions) -> Candidates:
-        return read_candidates(self, positions)
+    def candidates(self, positions, head_rows: int = 0) -> Candidates:
+        return read_candidates(self, positions, head_rows)
 
     def reduce(self, features: LocalFeatures) -> LocalFeatures:
         return reduce_descriptors(self.pca, features)
 
 
-class LazyKeypoints(Sequence):
-    """Candidates' keypoints, each read from its store the first time it is asked for."""
+class LazyRows(Sequence):
+    """Candidates' rows of one kind (keypoints, or the whole of their descriptors), each read from
+    its store the first time it is asked for: of 4,000 candidates only the few hundred fitted need
+    them. ``known``: rows already read."""
 
-    def __init__(self, stores: list[LocalStore], which: np.ndarray, local: np.ndarray):
-        self.stores, self.which, self.local = stores, which, local
-        self.read: dict[int, np.ndarray] = {}
+    def __init__(self, read, count: int, known: dict[int, np.ndarray] | None = None):
+        self._read, self.count = read, count
+        self.read: dict[int, np.ndarray] = dict(known or {})
 
     def __len__(self) -> int:
-        return len(self.local)
+        return self.count
 
     def __getitem__(self, i: int) -> np.ndarray:
         if not -len(self) <= i < len(self):
             raise IndexError(f"candidate {i} of {len(self)}")
         i = int(i) % len(self)
         if i not in self.read:
-            self.read[i] = self.stores[self.which[i]].keypoints(int(self.local[i]))
+            self.read[i] = self._read(i)
         return self.read[i]
 
 
-def read_candidates(store: LocalStore | StackedLocalStore, positions) -> Candidates:
-    """The local features of the images at ``positions``, for verification: all their descriptors
-    read into one float16 buffer (one ``pread`` each, and no array or float32 conversion per image,
-    which made reading 4,000 candidates five times dearer: RESULTS.md), their keypoints when asked for."""
+def read_candidates(store: LocalStore | StackedLocalStore, positions, head_rows: int = 0) -> Candidates:
+    """The local features of the images at ``positions``, for verification: their descriptors read
+    into one float16 buffer (one ``pread`` each, and no array or float32 conversion per image,
+    which made reading 4,000 candidates five times dearer: RESULTS.md), their keypoints when asked
+    for. ``head_rows`` > 0: only each image's first (strongest) that many descriptors go into the
+    buffer, as ``Candidates.heads``, which is all a pre-score compares; the whole of an image's
+    descriptors is read when asked for (the few hundred it lets through)."""
     stores, which, local = store.locate(np.asarray(positions, dtype=np.int64).ravel())
     starts, ends = np.zeros(len(local), dtype=np.int64), np.zeros(len(local), dtype=np.int64)
     for s, part in enumerate(stores):
         mine = which == s
         starts[mine], ends[mine] = part.offsets[local[mine]], part.offsets[local[mine] + 1]
     lengths = ends - starts
+    if head_rows > 0:
+        lengths = np.minimum(lengths, head_rows)
     bounds = np.concatenate([[0], np.cumsum(lengths)])
     buffer = np.empty((int(bounds[-1]), int(store.pca.n_components_)), dtype=np.float16)
     for i in range(len(local)):  # one read per candidate
         stores[which[i]].arrays["descriptors"].read_into(int(starts[i]), buffer[bounds[i]:bounds[i + 1]])
-    descriptors = [buffer[bounds[i]:bounds[i + 1]] for i in range(len(local))]
-    return Candidates(descriptors, LazyKeypoints(stores, which, local))
+    read = [buffer[bounds[i]:bounds[i + 1]] for i in range(len(local))]
+    keypoints = LazyRows(lambda i: stores[which[i]].keypoints(int(local[i])), len(local))
+    if head_rows <= 0:
+        return Candidates(read, keypoints)
+    whole = np.flatnonzero(ends - starts <= head_rows)  # their heads are all they have
+    descriptors = LazyRows(lambda i: stores[which[i]].arrays["descriptors"].rows(int(starts[i]), int(ends[i])),
+                           len(local), {int(i): read[i] for i in whole})
+    return Candidates(descriptors, keypoints, heads=read)
 
 
 def _extract(extractor, record: ImageRecord) -> LocalFeatures | str:

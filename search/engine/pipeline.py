@@ -26,7 +26,7 @@ from .local_features import AttentionExtractor, LocalFeatures
 from .methods import FALLBACK_METHODS, METHODS, parse_method
 from .model import TrainedModel
 from .progress import Progress, elapsed_ms, no_progress
-from .verification import Candidates, Verification, verify_candidates
+from .verification import Candidates, Verification, prescore_rows, verify_candidates
 
 
 @dataclass
@@ -186,9 +186,10 @@ class RetrievalEngine:
         return self.index.nearest(vector, variant, n, exclude_ids)
 
     def candidate_features(self, positions: np.ndarray) -> Candidates:
-        """The local features of each indexed image at ``positions``, from the store (keypoints read
-        only for the candidates fitted)."""
-        return self.index.local.candidates(positions)
+        """The local features of each indexed image at ``positions``, from the store: when they are
+        more than the pre-score lets through, only the rows it compares at once, the rest of a
+        candidate's descriptors when it is let through, its keypoints when it is fitted."""
+        return self.index.local.candidates(positions, prescore_rows(self.verify_settings, len(positions)))
 
     def verify(self, query: LocalFeatures, positions: np.ndarray, progress: Progress = no_progress,
                timings_ms: dict | None = None, candidates=None) -> list[Verification]:

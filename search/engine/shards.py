@@ -292,9 +292,8 @@ class Shard:
             scored = positions[:request.get("prescore", {}).get(str(self.number), 0)]
             scores = np.zeros(0, dtype=np.int64)
             if len(scored):
-                scores = prescore(query.local.keypoints, query.local.descriptors,
-                                  index.local.candidates(scored).descriptors,
-                                  self.verify_settings)
+                heads = index.local.candidates(scored, self.verify_settings.prescore_candidate_keypoints).prescored
+                scores = prescore(query.local.keypoints, query.local.descriptors, heads, self.verify_settings)
             _save(out, ids=self._ids(positions), prescores=scores,
                   relpaths=np.array([index.relpaths[int(p)] for p in positions], dtype=str),
                   labels=np.array([index.labels[int(p)] or "" for p in positions], dtype=str),

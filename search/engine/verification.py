@@ -40,12 +40,15 @@ class Verification:
 
 @dataclass
 class Candidates:
-    """The candidates' local features as verification reads them: every candidate's descriptors
-    (the pre-score compares them all) and their keypoints by position in the list, which a store
-    may read only when asked (``local_store.LazyKeypoints``): of 4,000 candidates only the few
-    hundred fitted need theirs."""
+    """The candidates' local features as verification reads them, by position in the list: their
+    descriptors and keypoints, which a store may read only when asked (``local_store.LazyRows``):
+    of 4,000 candidates only the few hundred the pre-score lets through need all their
+    descriptors, and only those fitted need keypoints. ``heads``: each candidate's first
+    (strongest) descriptors, read at once, all that the pre-score compares (None: it takes them
+    from ``descriptors``)."""
     descriptors: Sequence[np.ndarray]  # (M_i, d), float16 or float32
     keypoints: Sequence[np.ndarray]  # (M_i, 2)
+    heads: Sequence[np.ndarray] | None = None  # (min(M_i, prescore_candidate_keypoints), d)
 
     @classmethod
     def of(cls, pairs) -> "Candidates":
@@ -55,6 +58,11 @@ class Candidates:
 
     def __len__(self) -> int:
         return len(self.descriptors)
+
+    @property
+    def prescored(self) -> Sequence[np.ndarray]:
+        """What the pre-score compares: the heads when they were read apart, else the descriptors."""
+        return self.heads if self.heads is not None else self.descriptors
 
 
 def _pad(descriptor_sets: list[np.ndarray], dim: int, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,10 +158,17 @@ def prescore(query_keypoints: np.ndarray, query: np.ndarray, candidates: list[np
     block, dtype = settings.block_size * 4, PRESCORE_DTYPES[settings.prescore_dtype]
     strongest = settings.prescore_candidate_keypoints or None
     for start in range(0, len(candidates), block):
-        descriptor_sets = [d[:strongest] for d in candidates[start:start + block]]
+        descriptor_sets = [candidates[i][:strongest] for i in range(start, min(start + block, len(candidates)))]
         keep, _ = _tentative(query, descriptor_sets, settings, device, dtype)
         counts[start:start + block] = keep.sum(dim=1).numpy()
     return counts
+
+
+def prescore_rows(settings: VerifySettings, n_candidates: int) -> int:
+    """How many of each candidate's descriptors a store reads at once for ``n_candidates``: the
+    rows the pre-score compares when there will be one, else 0 (all of them)."""
+    will_prescore = bool(settings.verify_top) and n_candidates > settings.verify_top
+    return settings.prescore_candidate_keypoints if will_prescore else 0
 
 
 def can_fit(matches: int, settings: VerifySettings) -> bool:
@@ -197,7 +212,7 @@ def verify_candidates(query_keypoints: np.ndarray, query_descriptors: np.ndarray
     if settings.verify_top and len(candidates) > settings.verify_top:
         progress("pre-scoring", 0, len(candidates))
         started = time.perf_counter()
-        scores = prescore(query_keypoints, query_descriptors, candidates.descriptors, settings, device)
+        scores = prescore(query_keypoints, query_descriptors, candidates.prescored, settings, device)
         chosen = np.sort(np.argsort(-scores, kind="stable")[: settings.verify_top])
         spent["prescore"] += elapsed_ms(started)
         progress("pre-scoring", len(candidates), len(candidates))

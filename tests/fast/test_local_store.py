@@ -50,3 +50,12 @@ def test_candidates_read_every_descriptor_at_once_and_keypoints_only_when_asked(
         assert list(candidates.keypoints.read) == [4]  # only the one asked for
         np.testing.assert_array_equal(candidates.keypoints[-1], candidates.keypoints[4])
         assert [len(k) for k in candidates.keypoints] == [len(store.features(int(p))) for p in positions]
+        # a pre-score's read: the first 25 rows of each at once, the whole of one only when asked
+        headed = store.candidates(positions, head_rows=25)
+        whole = [store.features(int(p)).descriptors for p in positions]
+        for i in range(len(positions)):
+            np.testing.assert_array_equal(headed.prescored[i].astype(np.float32), whole[i][:25])
+        assert sorted(headed.descriptors.read) == [i for i, d in enumerate(whole) if len(d) <= 25]  # heads are all they have
+        for i in range(len(positions)):
+            np.testing.assert_array_equal(headed.descriptors[i].astype(np.float32), whole[i])
+        assert len(whole[1]) == 30 and 1 in headed.descriptors.read  # read when asked for

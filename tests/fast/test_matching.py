@@ -91,8 +91,8 @@ def test_synthetic_candidates_are_variations_of_the_real_ones():
     pairs = [(rng.uniform(0, 300, size=(30, 2)).astype(np.float32), unit(rng.normal(size=(30, 8))))
              for _ in range(3)]
     real = Candidates.of(pairs)
-    out = synthetic_candidates(real, 7, real.keypoints)
-    assert len(out) == 7 and len(out.keypoints) == 7
+    out = synthetic_candidates(real, 7, Candidates.of(pairs))
+    assert len(out) == 7 and len(out.keypoints) == 7 and out.heads is None
     assert all(out.descriptors[i] is real.descriptors[i] and out.keypoints[i] is real.keypoints[i] for i in range(3))
     for i in range(3, 7):
         keypoints, descriptors = out.keypoints[i], out.descriptors[i]
@@ -101,6 +101,11 @@ def test_synthetic_candidates_are_variations_of_the_real_ones():
         assert sorted(rows) == list(range(30)) and rows != list(range(30))  # same rows, another order
         fitted = fit_affine(source_keypoints[rows], keypoints, SETTINGS)
         assert fitted.inliers == 30  # the keypoints moved by one similarity transform
+    # read with heads, the variations have theirs: their own first rows
+    headed = synthetic_candidates(Candidates(real.descriptors, real.keypoints, [d[:10] for d in real.descriptors]),
+                                  7, Candidates.of(pairs))
+    assert [len(h) for h in headed.heads] == [10] * 7
+    assert all(np.array_equal(headed.heads[i], headed.descriptors[i][:10]) for i in range(3, 7))
 
 
 def test_prescore_sends_only_the_best_candidates_to_ransac():

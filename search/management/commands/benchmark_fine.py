@@ -13,24 +13,29 @@ from ...engine.workflows import open_engine
 from ..base import EngineCommand
 
 
-def synthetic_candidates(candidates: Candidates, n: int, keypoints: Sequence[np.ndarray], seed: int = 0) -> Candidates:
-    """``candidates`` repeated up to ``n``; each repeat is a variation (keypoints scaled and shifted,
-    descriptor rows in another order), so matching and RANSAC redo real work on it. ``keypoints``:
-    the candidates' keypoints read apart, so that theirs are still read only when fitted."""
+def synthetic_candidates(candidates: Candidates, n: int, source: Candidates, seed: int = 0) -> Candidates:
+    """``candidates`` topped up to ``n`` with variations of ``source`` (the same images read apart,
+    so that ``candidates`` still read their keypoints and the rest of their descriptors only when
+    verification asks): keypoints scaled and shifted, descriptor rows in another order, so
+    matching and RANSAC redo real work on each. When ``candidates`` were read with heads, a
+    variation's are its first rows, as many as its image's."""
     rng = np.random.default_rng(seed)
     real = min(n, len(candidates))
-    descriptors, extra = list(candidates.descriptors[:real]), []
-    while len(descriptors) < n:
-        source = len(descriptors) % len(candidates)
-        rows = rng.permutation(len(keypoints[source]))
+    keypoints, descriptors, heads = [], [], []
+    while real + len(descriptors) < n:
+        i = (real + len(descriptors)) % len(candidates)
+        rows = rng.permutation(len(source.keypoints[i]))
         scale, shift = rng.uniform(0.8, 1.25), rng.uniform(-40, 40, size=2)
-        extra.append((keypoints[source][rows] * scale + shift).astype(np.float32))
-        descriptors.append(candidates.descriptors[source][rows])
-    return Candidates(descriptors, _Keypoints(candidates.keypoints, real, extra))
+        keypoints.append((source.keypoints[i][rows] * scale + shift).astype(np.float32))
+        descriptors.append(source.descriptors[i][rows])
+        if candidates.heads is not None:
+            heads.append(descriptors[-1][:len(candidates.heads[i])])
+    return Candidates(_ToppedUp(candidates.descriptors, real, descriptors), _ToppedUp(candidates.keypoints, real, keypoints),
+                      None if candidates.heads is None else _ToppedUp(candidates.heads, real, heads))
 
 
-class _Keypoints(Sequence):
-    """The first ``real`` candidates' keypoints as the store gives them (read when asked), then the variations'."""
+class _ToppedUp(Sequence):
+    """The first ``real`` candidates' rows as the store gives them (read when asked), then the variations'."""
 
     def __init__(self, stored: Sequence[np.ndarray], real: int, extra: list[np.ndarray]):
         self.stored, self.real, self.extra = stored, real, extra
@@ -39,6 +44,8 @@ class _Keypoints(Sequence):
         return self.real + len(self.extra)
 
     def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < len(self):
+            raise IndexError(f"candidate {i} of {len(self)}")
         return self.stored[i] if i < self.real else self.extra[i - self.real]
 
 
@@ -72,10 +79,12 @@ class Command(EngineCommand):
                 query = engine.query_features(engine.index.path_of(position), local=True)
                 positions, _ = engine.coarse_order(query.vectors, variant, min(n, len(engine.index)))
                 started = time.perf_counter()
-                real = engine.candidate_features(positions)  # descriptors; keypoints when fitted (in RANSAC's time)
+                # the pre-score's rows; the rest of a candidate's descriptors when it is let through (in
+                # matching's time), its keypoints when fitted (in RANSAC's)
+                real = engine.candidate_features(positions)
                 totals["reading"] += (time.perf_counter() - started) * 1000
                 read += len(real)
-                candidates = synthetic_candidates(real, n, engine.candidate_features(positions).keypoints, seed=q)
+                candidates = synthetic_candidates(real, n, engine.index.local.candidates(positions), seed=q)
                 synthetic += len(candidates) - len(real)
                 timings = {}
                 results = verify_candidates(query.local.keypoints, query.local.descriptors, candidates,
