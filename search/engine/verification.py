@@ -145,7 +145,7 @@ def spread_rows(keypoints: np.ndarray, n: int, grid: int) -> np.ndarray:
     return np.sort(np.lexsort((np.arange(len(cells)), turn))[:n])
 
 
-def prescore(query_keypoints: np.ndarray, query: np.ndarray, candidates: list[np.ndarray],
+def prescore(query_keypoints: np.ndarray, query: np.ndarray, candidates: Sequence[np.ndarray],
              settings: VerifySettings, device="cpu") -> np.ndarray:
     """A cheap score per candidate: how many of ``prescore_keypoints`` of the query's descriptors
     (spread over the query by ``spread_rows``) have a tentative match among its
