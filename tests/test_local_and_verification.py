@@ -187,6 +187,28 @@ def test_fallback_fills_k_with_coarse_results(tiny_fine_engine):
     assert [r.image_id for r in response.results] == [r.image_id for r in coarse.results]
 
 
+def test_a_fine_method_verifies_the_querys_own_nearest_and_falls_back_on_the_expanded_order(tiny_fine_engine):
+    """Query expansion cannot take a candidate from the fine stage: the candidates are the query's
+    own nearest; the expanded query only orders the fallback (and is what confidence judges)."""
+    engine = tiny_fine_engine
+    query = engine.query_features(corel_image(950), local=True)  # a class the tiny collection lacks
+    deep = 20  # of the tiny index's 40
+    with configured(engine, query_expansion=0):
+        own, _ = engine.coarse_order(query.vectors, "pca", deep)
+    with configured(engine, query_expansion=3, query_expansion_alpha=0.0, confidence_pool=deep):
+        ranking = engine.rank(query, "pca+attention", n_candidates=10, depth=deep)
+        expanded, _ = engine.coarse_order(query.vectors, "pca", len(engine.index))
+    np.testing.assert_array_equal(ranking.positions, own)
+    assert set(own.tolist()) != set(expanded[:deep].tolist())  # expansion would have made other candidates
+    matrix = np.asarray(engine.index.vectors["pca"], dtype=np.float64)
+    average = query.vectors["pca"][0] + matrix[own[:3]].sum(0)
+    average /= np.linalg.norm(average)
+    np.testing.assert_allclose(ranking.distances, np.linalg.norm(matrix[own] - average, axis=1), atol=1e-4)
+    assert not ranking.verified.any() and ranking.order.tolist() != list(range(deep))
+    # nothing verified: the answer is the expanded query's order, among the query's own candidates
+    assert ranking.ranked_positions.tolist() == [p for p in expanded.tolist() if p in set(own.tolist())]
+
+
 def test_methods_offered_follow_the_index(tiny_fine_engine, tiny_engine):
     from search.engine.pipeline import RetrievalEngine
 

@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
 from PIL import Image
 
 from .attention import TrainedAttention
@@ -42,12 +43,15 @@ class QueryFeatures:
 class Ranking:
     """One method's answer to one query, before it is cut to k.
 
-    ``positions`` / ``distances`` are the coarse order (nearest first, as deep as asked);
-    for a fine method the first ``n_candidates`` of them were verified, ``verifications``
-    holding one result each in that order, with its ``confidence`` (the calibrated probability
-    of showing the same object) and whether it counts as ``verified`` (confident and with
+    ``positions`` are the coarse order (nearest first, as deep as asked), ``distances`` each one's
+    distance to the query, expanded (``query_expansion``): for a coarse method that is the
+    order's own; a fine method finds its candidates with the query as it is, so that expansion
+    cannot cost it an instance, and uses the expanded distances to judge and to fall back on.
+    For a fine method the first ``n_candidates`` were verified, ``verifications`` holding one
+    result each in that order, with its ``confidence`` (the calibrated probability of showing
+    the same object) and whether it counts as ``verified`` (confident and with
     ``min_inliers``). ``order`` ranks all of ``positions``: the candidates with ``min_inliers``
-    and at least ``rerank_confidence`` by inliers, then the rest in coarse order (the fallback)."""
+    and at least ``rerank_confidence`` by inliers, then the rest by distance (the fallback)."""
     method: str
     positions: np.ndarray
     distances: np.ndarray
@@ -168,22 +172,36 @@ class RetrievalEngine:
         return query
 
     def coarse_order(self, vectors: dict[str, np.ndarray], variant: str, n: int,
-                     exclude_ids: frozenset[str] = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+                     exclude_ids: frozenset[str] = frozenset(), expand: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Positions and distances of the ``n`` nearest images, skipping ``exclude_ids`` and the
         images removed from search (``remove_images``).
 
-        With ``query_expansion`` = e > 0 (average query expansion, Chum et al. 2007) the
-        query vector is first averaged with its e nearest images (weighted by similarity **
+        With ``expand`` and ``query_expansion`` = e > 0 (average query expansion, Chum et al. 2007)
+        the query vector is first averaged with its e nearest images (weighted by similarity **
         ``query_expansion_alpha`` when that is > 0) and searched again: distances are then to
-        that expanded query."""
+        that expanded query. A fine method finds its candidates unexpanded (``rank``)."""
         vector = np.atleast_2d(vectors[variant])
-        if self.config.query_expansion > 0:
+        if expand and self.config.query_expansion > 0:
             first, distances = self.index.nearest(vector, variant, self.config.query_expansion, exclude_ids)
             ascending = np.argsort(first)  # stored rows read in file order
             first, distances = first[ascending], distances[ascending]
             vector = expand_query(vector, distances, self.index.row_vectors(variant, first),
                                   self.config.query_expansion_alpha)
         return self.index.nearest(vector, variant, n, exclude_ids)
+
+    def expanded_distances(self, vectors: dict[str, np.ndarray], variant: str, positions: np.ndarray,
+                           distances: np.ndarray) -> np.ndarray:
+        """The distances of the candidates at ``positions`` (found by the query as it is, at
+        ``distances``, nearest first) to the query expanded with the first ``query_expansion``
+        of them: the class-level similarity a fine method judges and falls back on, while which
+        images are candidates stays the query's own (expansion cannot lose an instance there)."""
+        if self.config.query_expansion <= 0 or not len(positions):
+            return distances
+        rows = self.index.row_vectors(variant, positions)
+        first = slice(0, self.config.query_expansion)
+        expanded = expand_query(np.atleast_2d(vectors[variant]), distances[first], rows[first],
+                                self.config.query_expansion_alpha)
+        return euclidean_to(rows, expanded)
 
     def candidate_features(self, positions: np.ndarray) -> Candidates:
         """The local features of each indexed image at ``positions``, from the store: when they are
@@ -216,7 +234,9 @@ class RetrievalEngine:
         self.index.refresh_deltas()  # images added since the last query (add_images)
         timings = {}
         started = time.perf_counter()
-        positions, distances = self.coarse_order(query.vectors, variant, depth, frozenset(exclude_ids))
+        positions, distances = self.coarse_order(query.vectors, variant, depth, frozenset(exclude_ids), expand=not fine)
+        if fine:
+            distances = self.expanded_distances(query.vectors, variant, positions, distances)
         timings["coarse"] = elapsed_ms(started)
         progress("coarse", len(positions), len(positions))
         verifications: list[Verification] = []
@@ -237,7 +257,7 @@ class RetrievalEngine:
             inliers = np.array([v.inliers for v in verifications], dtype=np.int64)
             confidence, reranked, verified = self.judge(evidence, inliers)
             timings["verification"] = elapsed_ms(started)
-            order[:n_verify] = fine_order(inliers, reranked, verified)
+            order = fine_order(inliers, reranked, verified, distances)
         return Ranking(method, positions, distances, order, n_verify, verifications, evidence, confidence, verified,
                        timings)
 
@@ -334,10 +354,29 @@ def expand_query(vector: np.ndarray, distances: np.ndarray, neighbours: np.ndarr
     return l2_normalise(np.atleast_2d(vector) + (weights[:, None] * neighbours).sum(0))
 
 
-def fine_order(inliers: np.ndarray, reranked: np.ndarray, verified: np.ndarray | None = None) -> np.ndarray:
+def fine_order(inliers: np.ndarray, reranked: np.ndarray, verified: np.ndarray | None = None,
+               fallback: np.ndarray | None = None) -> np.ndarray:
     """Candidates (given in coarse order) re-ranked: the ``verified`` ones first, then the other
-    ``reranked`` ones, each group by inlier count (ties kept in coarse order), then the rest as
-    the coarse fallback."""
+    ``reranked`` ones, each group by inlier count, then the rest as the fallback. Ties and the
+    fallback go by ``fallback`` (a fine method's distances to the expanded query: it may be longer
+    than the verified candidates, which come first in it), else in coarse order."""
     inliers, reranked = np.asarray(inliers), np.asarray(reranked, dtype=bool)
     verified = reranked if verified is None else np.asarray(verified, dtype=bool) & reranked
-    return np.lexsort((np.arange(len(inliers)), -np.where(reranked, inliers, 0), ~reranked, ~verified))
+    n = len(inliers) if fallback is None else len(fallback)
+    key = np.arange(n) if fallback is None else np.asarray(fallback)
+
+    def padded(values, fill):
+        return np.concatenate([values, np.full(n - len(values), fill, dtype=values.dtype)])
+
+    inliers, reranked, verified = padded(inliers, 0), padded(reranked, False), padded(verified, False)
+    return np.lexsort((np.arange(n), key, -np.where(reranked, inliers, 0), ~reranked, ~verified))
+
+
+def euclidean_to(rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """Euclidean distances of each of ``rows`` to one ``vector``, as the coarse backends give them.
+    In torch, not NumPy: NumPy's BLAS threads spin on after a product and slowed the torch
+    matching that follows by half on 2 cores (RESULTS.md, stop 23)."""
+    rows = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+    vector = torch.from_numpy(np.asarray(vector, dtype=np.float32).reshape(-1))
+    squared = (rows * rows).sum(1) - 2 * (rows @ vector) + vector @ vector
+    return squared.clamp_(min=0).sqrt_().numpy()

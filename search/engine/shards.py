@@ -11,7 +11,8 @@ plain loop in-process) and merged by the coordinator:
 
 1. ``expand`` (query expansion on): each shard's e nearest images with their vectors; the e
    nearest of all are averaged into the query, as one index would;
-2. ``candidates``: each shard's n nearest to that query; the n nearest of all are the candidates;
+2. ``candidates``: each shard's n nearest to that query (a fine method's: to the query as it is,
+   each with its distance to the expanded one); the n nearest of all are the candidates;
 3. ``details``: each shard's members of them with their paths and labels, pre-scored when
    verification will pick among more than ``verify_top`` (each candidate once, as one index would);
    the coordinator picks the best pre-scores of all;
@@ -47,8 +48,8 @@ from .errors import SearchIndexError
 from .index import SearchIndex, load_index, variant_shares
 from .local_features import LocalFeatures
 from .local_store import LocalStore, write_subset
-from .pipeline import (QueryFeatures, Ranking, RetrievalEngine, SearchResult, expand_query, fine_order,
-                       fitted_count)
+from .pipeline import (QueryFeatures, Ranking, RetrievalEngine, SearchResult, euclidean_to, expand_query,
+                       fine_order, fitted_count)
 from .progress import Progress, elapsed_ms, no_progress
 from .stored import load_array
 from .verification import Verification, prescore, verify_candidates
@@ -282,10 +283,16 @@ class Shard:
             _save(out, ids=self._ids(positions), distances=distances,
                   vectors=index.row_vectors(variant, positions))
         elif stage == "candidates":
-            expanded = folder / EXPANDED_FILE
-            vector = np.load(expanded) if expanded.is_file() else query.vectors[variant]
-            positions, distances = index.nearest(vector, variant, request["n"], exclude)
-            _save(out, ids=self._ids(positions), distances=distances)
+            # a coarse method searches with the expanded query; a fine one finds its candidates with
+            # the query as it is and is told their distances to the expanded one (RetrievalEngine.rank)
+            file = folder / EXPANDED_FILE
+            expanded = np.load(file) if file.is_file() else None
+            searched = expanded if expanded is not None and request.get("search_expanded", True) \
+                else query.vectors[variant]
+            positions, distances = index.nearest(searched, variant, request["n"], exclude)
+            shown = distances if expanded is None or searched is expanded \
+                else euclidean_to(index.row_vectors(variant, positions), expanded)
+            _save(out, ids=self._ids(positions), distances=distances, shown=shown)
         elif stage == "details":
             # this shard's members of the candidates of all, in their order; the first few pre-scored
             positions = self._positions(request["ids"].get(str(self.number), []))
@@ -393,8 +400,8 @@ class ShardedEngine(RetrievalEngine):
             nearest = _merged(answers, self.config.query_expansion)
             np.save(folder / EXPANDED_FILE, expand_query(
                 query.vectors[variant], nearest["distances"], nearest["vectors"], self.config.query_expansion_alpha))
-        merged = _merged(self._stage(folder, "candidates", dict(base, n=depth)), depth)
-        distances, ids, owner = merged["distances"], merged["ids"], merged["shard"]
+        merged = _merged(self._stage(folder, "candidates", dict(base, n=depth, search_expanded=not fine)), depth)
+        distances, ids, owner = merged["shown"], merged["ids"], merged["shard"]
         timings["coarse"] = elapsed_ms(started)
         progress("coarse", len(ids), len(ids))
         started = time.perf_counter()  # the details stage pre-scores: verification's time, as in one index
@@ -426,7 +433,7 @@ class ShardedEngine(RetrievalEngine):
             evidence = query_evidence(evidence[:n_verify], inliers, distances[:n_fit])
             verifications, inliers = verifications[:n_verify], inliers[:n_verify]
             confidence, reranked, verified = self.judge(evidence, inliers)
-            order[:n_verify] = fine_order(inliers, reranked, verified)
+            order = fine_order(inliers, reranked, verified, distances)
             timings["verification"] = elapsed_ms(started)
             progress("verifying", len(chosen), len(chosen))
         return Ranking(method, positions, distances, order, n_verify, verifications, evidence, confidence,

@@ -7,7 +7,7 @@ import pytest
 
 from search.engine.config import EngineConfig
 from search.engine.evaluation import average_precision, precision_at_k
-from search.engine.pipeline import fine_order
+from search.engine.pipeline import euclidean_to, fine_order
 from search.engine.verification import Candidates, fit_affine, match_block, prescore, spread_rows, verify_candidates
 
 SETTINGS = EngineConfig().verify_settings()
@@ -71,6 +71,23 @@ def test_fine_order_puts_verified_first_by_inliers_then_the_coarse_order():
     reranked = (inliers >= 8) & (np.arange(7) != 4)
     assert fine_order(inliers, reranked).tolist() == [1, 3, 6, 0, 2, 4, 5]
     assert fine_order(inliers, reranked, np.arange(7) == 6).tolist() == [6, 1, 3, 0, 2, 4, 5]
+
+
+def test_fine_order_falls_back_on_the_expanded_distances_past_the_verified_candidates():
+    # five candidates in the query's own coarse order, three of them verified; seven deep in all
+    inliers = np.array([3, 20, 0, 9, 1])
+    expanded = np.array([0.9, 0.5, 0.2, 0.6, 0.4, 0.1, 0.8])  # to the expanded query: not in coarse order
+    order = fine_order(inliers, inliers >= 8, None, expanded)
+    # verified by inliers (1, 3), then every other candidate by its expanded distance, the unverified tail too
+    assert order.tolist() == [1, 3, 5, 2, 4, 6, 0]
+    # ties among the verified go by the expanded distance
+    assert fine_order(np.array([20, 20]), np.array([True, True]), None, np.array([0.7, 0.3])).tolist() == [1, 0]
+
+
+def test_euclidean_to_gives_the_distances_a_brute_force_search_gives():
+    rng = np.random.default_rng(3)
+    rows, vector = unit(rng.normal(size=(50, 16))).astype(np.float32), unit(rng.normal(size=(1, 16)))
+    assert np.allclose(euclidean_to(rows, vector), np.linalg.norm(rows - vector, axis=1), atol=1e-5)
 
 
 def test_precision_and_ap_by_hand():

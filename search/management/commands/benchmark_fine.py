@@ -77,7 +77,7 @@ class Command(EngineCommand):
             with_min_inliers, synthetic, read = 0, 0, 0
             for q, position in enumerate(queries):
                 query = engine.query_features(engine.index.path_of(position), local=True)
-                positions, _ = engine.coarse_order(query.vectors, variant, min(n, len(engine.index)))
+                positions, _ = engine.coarse_order(query.vectors, variant, min(n, len(engine.index)), expand=False)
                 started = time.perf_counter()
                 # the pre-score's rows; the rest of a candidate's descriptors when it is let through (in
                 # matching's time), its keypoints when fitted (in RANSAC's)
