@@ -34,6 +34,7 @@ import json
 import shutil
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -176,15 +177,32 @@ def split_delta(delta: Path, shards_root: Path, shards: int) -> list[Path]:
     return made
 
 
+class ShardVectors(Mapping):
+    """A shard's rows of each variant, read from the source when ``save_variants`` asks for that
+    variant: a split holds one variant's share in memory at a time, not all of them."""
+
+    def __init__(self, index: SearchIndex, rows: np.ndarray, dtype):
+        self.index, self.rows, self.dtype = index, rows, dtype
+
+    def __getitem__(self, variant: str) -> np.ndarray:
+        if variant not in self.index.variants:
+            raise KeyError(variant)
+        return self.index.row_vectors(variant, self.rows).astype(self.dtype, copy=False)
+
+    def __iter__(self):
+        return iter(self.index.variants)
+
+    def __len__(self) -> int:
+        return len(self.index.variants)
+
+
 def _write_shard(index: SearchIndex, rows: np.ndarray, build: Path, number: int, shards: int, settings) -> None:
     if not len(rows):
         raise SearchIndexError(f"shard {number} of {shards} would hold no image: fewer shards for {len(index)} images")
     backend = choose_backend(settings, len(rows))
-    vectors = {v: index.row_vectors(v, rows).astype(np.float16 if backend == FAISS else np.float32)
-               for v in index.variants}
+    vectors = ShardVectors(index, rows, np.float16 if backend == FAISS else np.float32)
     stored_in = save_variants(build, vectors, backend, settings,
                               variant_shares(index.manifest["variants"], index.manifest.get("hybrid_weight")))
-    del vectors
     source_build = index.path
     if layout.pca_file(source_build).is_file():
         shutil.copy2(layout.pca_file(source_build), layout.pca_file(build))
