@@ -30,6 +30,8 @@ from search.engine.evaluation import precision_at_k  # noqa: E402
 from search.engine.features import l2_normalise  # noqa: E402
 from search.engine.images import open_image  # noqa: E402
 from search.engine.instance_benchmark import load_instance_benchmark  # noqa: E402
+from search.engine.instance_evaluation import _answerable as answerable  # noqa: E402
+from search.engine.instance_evaluation import _targets as answer_positions  # noqa: E402
 from search.engine.instance_evaluation import rank_of  # noqa: E402
 from search.engine.pipeline import fine_order  # noqa: E402
 from search.engine.workflows import open_engine  # noqa: E402
@@ -61,8 +63,8 @@ def main() -> None:
     args = parser.parse_args()
     weights = [float(w) for w in args.weights.split(",")]
     engine = open_engine(EngineConfig.from_env(), args.index_dir)
-    index = engine.index
     if args.corel:
+        index = engine.index
         labels = np.array([label or "" for label in index.labels])
         p10 = {w: [] for w in weights}
         for image_id in engine.model.info["val_ids"]:
@@ -74,13 +76,11 @@ def main() -> None:
             print(f"logits weight {w:<5} Corel-1k {METHOD} P@10 {np.mean(p10[w]):.4f}")
         return
     benchmark = load_instance_benchmark(args.benchmark)
-    position_of = {p: i for i, p in enumerate(index.relpaths)}
+    position_of, queries, _ = answerable(engine, benchmark)  # as evaluate takes them
     rows = []
-    for query in benchmark.queries:
-        if query.source is None or query.source not in position_of:
-            continue
-        targets = [position_of[a] for a in query.answers if a in position_of]
+    for query in (q for q in queries if q.source is not None):  # unrelated queries have nothing to find
         found = orders(engine, open_image(benchmark.path_of(query)), weights)
+        targets = answer_positions(query, position_of)
         rows.append({"family": query.family, **{w: rank_of(order, targets) for w, order in found.items()}})
     families = sorted({r["family"] for r in rows})
     for w in weights:
