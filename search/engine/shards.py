@@ -305,10 +305,10 @@ class Shard:
             # the query as it is and is told their distances to the expanded one (RetrievalEngine.rank)
             file = folder / EXPANDED_FILE
             expanded = np.load(file) if file.is_file() else None
-            searched = expanded if expanded is not None and request.get("search_expanded", True) \
-                else query.vectors[variant]
-            positions, distances = index.nearest(searched, variant, request["n"], exclude)
-            shown = distances if expanded is None or searched is expanded \
+            search_expanded = expanded is not None and request.get("search_expanded", True)
+            positions, distances = index.nearest(expanded if search_expanded else query.vectors[variant],
+                                                 variant, request["n"], exclude)
+            shown = distances if expanded is None or search_expanded \
                 else euclidean_to(index.row_vectors(variant, positions), expanded)
             _save(out, ids=self._ids(positions), distances=distances, shown=shown)
         elif stage == "details":
