@@ -103,11 +103,12 @@ class SearchIndex:
     def row_vectors(self, variant: str, positions) -> np.ndarray:
         """The ``variant`` vectors (float32) of the images at ``positions``, build or delta."""
         positions = np.asarray(positions, dtype=np.int64)
-        out = np.empty((len(positions), self.vectors[variant].shape[1]), dtype=np.float32)
         in_build = positions < self.main_size
+        if in_build.all():  # no copy beyond the read itself (float32 stores are not converted)
+            return self.vectors[variant][positions].astype(np.float32, copy=False)
+        out = np.empty((len(positions), self.vectors[variant].shape[1]), dtype=np.float32)
         out[in_build] = self.vectors[variant][positions[in_build]]
-        if not in_build.all():
-            out[~in_build] = self.delta_vectors[variant][positions[~in_build] - self.main_size]
+        out[~in_build] = self.delta_vectors[variant][positions[~in_build] - self.main_size]
         return out
 
     @property

@@ -49,7 +49,7 @@ from .errors import SearchIndexError
 from .index import SearchIndex, load_index, variant_shares
 from .local_features import LocalFeatures
 from .local_store import LocalStore, write_subset
-from .pipeline import (QueryFeatures, Ranking, RetrievalEngine, SearchResult, euclidean_to, expand_query,
+from .pipeline import (QueryFeatures, Ranking, RetrievalEngine, SearchResult, expand_query, stored_distances,
                        fine_order, fitted_count)
 from .progress import Progress, elapsed_ms, no_progress
 from .stored import load_array
@@ -309,7 +309,7 @@ class Shard:
             positions, distances = index.nearest(expanded if search_expanded else query.vectors[variant],
                                                  variant, request["n"], exclude)
             shown = distances if expanded is None or search_expanded \
-                else euclidean_to(index.row_vectors(variant, positions), expanded)
+                else stored_distances(index, variant, positions, expanded)
             _save(out, ids=self._ids(positions), distances=distances, shown=shown)
         elif stage == "details":
             # this shard's members of the candidates of all, in their order; the first few pre-scored

@@ -144,9 +144,11 @@ class RowFile(Rows):
         if not len(wanted):
             return out
         breaks = np.flatnonzero(np.diff(wanted) != 1) + 1
-        for run_start, run_end in zip(np.r_[0, breaks], np.r_[breaks, len(wanted)]):
-            out[run_start:run_end] = self.rows(int(wanted[run_start]), int(wanted[run_end - 1]) + 1)
-        return out[back]
+        starts, ends = np.r_[0, breaks].tolist(), np.r_[breaks, len(wanted)].tolist()
+        for run_start, run_end, row in zip(starts, ends, wanted[starts].tolist()):
+            self.read_into(row, out[run_start:run_end])  # straight into place
+        # rows asked for in ascending order need no second copy
+        return out if len(wanted) == len(rows) and (np.diff(rows) > 0).all() else out[back]
 
     def __del__(self):
         fd = getattr(self, "fd", None)

@@ -103,6 +103,8 @@ def test_a_row_file_reads_rows_as_numpy_indexes_them(tmp_path):
     np.testing.assert_array_equal(rows[:], array)
     picked = np.array([7, 2, 3, 4, 19, 7, 0])  # runs, repeats, any order
     np.testing.assert_array_equal(rows[picked], array[picked])
+    ascending = np.array([0, 1, 2, 5, 6, 19])  # runs with gaps, in file order (read without a second copy)
+    np.testing.assert_array_equal(rows[ascending], array[ascending])
     np.testing.assert_array_equal(rows[np.arange(20) % 3 == 0], array[np.arange(20) % 3 == 0])
     np.testing.assert_array_equal(rows[np.array([], dtype=np.int64)], array[[]])
     np.testing.assert_array_equal(np.asarray(rows, dtype=np.float32), array.astype(np.float32))

@@ -7,7 +7,7 @@ import pytest
 
 from search.engine.config import EngineConfig
 from search.engine.evaluation import average_precision, precision_at_k
-from search.engine.pipeline import euclidean_to, fine_order
+from search.engine.pipeline import euclidean_to, fine_order, stored_distances
 from search.engine.verification import Candidates, fit_affine, match_block, prescore, spread_rows, verify_candidates
 
 SETTINGS = EngineConfig().verify_settings()
@@ -88,6 +88,20 @@ def test_euclidean_to_gives_the_distances_a_brute_force_search_gives():
     rng = np.random.default_rng(3)
     rows, vector = unit(rng.normal(size=(50, 16))).astype(np.float32), unit(rng.normal(size=(1, 16)))
     assert np.allclose(euclidean_to(rows, vector), np.linalg.norm(rows - vector, axis=1), atol=1e-5)
+
+
+def test_stored_distances_read_rows_in_file_order_and_answer_in_the_order_asked():
+    rng = np.random.default_rng(4)
+    stored, vector = unit(rng.normal(size=(30, 8))).astype(np.float32), unit(rng.normal(size=(1, 8)))
+
+    class Index:
+        def row_vectors(self, variant, positions):
+            assert variant == "hybrid" and (np.diff(positions) >= 0).all()
+            return stored[positions]
+
+    positions = np.array([17, 3, 29, 0, 3, 12])  # coarse order: any order, a repeat
+    found = stored_distances(Index(), "hybrid", positions, vector)
+    assert np.allclose(found, np.linalg.norm(stored[positions] - vector, axis=1), atol=1e-5)
 
 
 def test_precision_and_ap_by_hand():
