@@ -72,6 +72,31 @@ def test_malformed_exif_keeps_the_picture_as_stored(tmp_path):
     assert image.mode == "RGB" and image.size == (60, 20)  # kept as stored: orientation not applied
 
 
+def test_a_16_bit_grey_scan_opens_as_it_looks_not_clipped_to_white(tmp_path):
+    import numpy as np
+
+    grey = np.asarray(Image.open(corel_image(3)).convert("L"), dtype=np.uint16)
+    Image.fromarray(grey * 257).save(tmp_path / "scan.png")  # the same picture in 16 bits
+    Image.fromarray(grey * 257).save(tmp_path / "scan.tif")
+    for name in ("scan.png", "scan.tif"):
+        opened = np.asarray(open_image(tmp_path / name), dtype=np.int16)
+        assert opened.shape == grey.shape + (3,)
+        assert np.abs(opened - grey[..., None]).max() <= 1, name  # Pillow's convert gave ~all 255
+
+
+def test_transparent_pixels_open_as_white_and_the_rest_as_drawn(tmp_path):
+    import numpy as np
+
+    photo = Image.open(corel_image(450)).convert("RGBA")
+    alpha = np.zeros(photo.size[::-1], dtype=np.uint8)
+    alpha[60:180, 100:260] = 255  # a cut-out: the middle kept, the rest transparent
+    photo.putalpha(Image.fromarray(alpha))
+    photo.save(tmp_path / "cutout.png")
+    opened = np.asarray(open_image(tmp_path / "cutout.png"))
+    assert (opened[alpha == 0] == 255).all()
+    assert (opened[alpha == 255] == np.asarray(photo)[..., :3][alpha == 255]).all()
+
+
 def test_file_object_is_accepted():
     image = open_image(io.BytesIO(corel_image(2).read_bytes()))
     assert image.size == open_image(corel_image(2)).size == (384, 256) and image.mode == "RGB"

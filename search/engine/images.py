@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
@@ -51,6 +52,29 @@ def open_image(source, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
         image = ImageOps.exif_transpose(image)
     except Exception:  # EXIF is metadata: a malformed block must not lose the picture, which is kept
         pass  # as stored (Pillow re-packs every tag on the way and fails in several ways: struct.error, ...)
+    return to_rgb(image)
+
+
+# modes of one channel wider than 8 bits, which Pillow's convert("RGB") clips to white above 255
+WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The picture as a person sees it, in 8-bit RGB: a 16-bit grey scan (archives keep them)
+    scaled to 8 bits as a viewer shows it, where ``convert`` would clip it to nearly all white;
+    transparent pixels on white, where ``convert`` would show the colour stored under them
+    (black, in most product cut-outs)."""
+    if image.mode in WIDE_GREY_MODES:
+        grey = np.asarray(image, dtype=np.float32)
+        if image.mode == "F" and grey.size and grey.max() <= 1.0:
+            grey = grey * 255.0  # a float image in 0..1
+        elif grey.size and grey.max() > 255:
+            grey = grey / (257.0 if grey.max() <= 65535 else grey.max() / 255.0)  # 16 bits: the top 8
+        return Image.fromarray(np.clip(grey + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
     return image.convert("RGB")
 
 
