@@ -19,7 +19,7 @@ def method_choices() -> list[tuple[str, str]]:
 
 class SearchForm(forms.Form):
     # image/* lets phones offer their camera beside the photo library
-    image = forms.FileField(label="Query image", widget=forms.ClearableFileInput(attrs={"accept": "image/*"}),
+    image = forms.FileField(label="Query image", widget=forms.ClearableFileInput(attrs={"accept": "image/*,.heic,.heif"}),
                             required=False, error_messages={"empty": "The uploaded file is empty."})
     url = forms.URLField(label="or the address of an image on the web", required=False, assume_scheme="https",
                          max_length=2000, widget=forms.URLInput(attrs={"placeholder": "https://…/photo.jpg"}))

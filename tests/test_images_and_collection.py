@@ -97,6 +97,20 @@ def test_transparent_pixels_open_as_white_and_the_rest_as_drawn(tmp_path):
     assert (opened[alpha == 255] == np.asarray(photo)[..., :3][alpha == 255]).all()
 
 
+def test_heic_and_avif_photos_open_and_are_collection_members(tmp_path):
+    import numpy as np
+
+    photo = Image.open(corel_image(450)).convert("RGB")
+    (tmp_path / "lib" / "dinos").mkdir(parents=True)
+    for name, fmt in (("photo.heic", "HEIF"), ("photo.avif", "AVIF")):
+        photo.save(tmp_path / "lib" / "dinos" / name, format=fmt, quality=90)
+        opened = open_image(tmp_path / "lib" / "dinos" / name)
+        assert opened.size == photo.size and opened.mode == "RGB"
+        assert np.abs(np.asarray(opened, dtype=np.int16) - np.asarray(photo, dtype=np.int16)).mean() < 4, name
+    collection = scan_collection(tmp_path / "lib", "folders")
+    assert sorted(r.relpath for r in collection.records) == ["dinos/photo.avif", "dinos/photo.heic"]
+
+
 def test_file_object_is_accepted():
     image = open_image(io.BytesIO(corel_image(2).read_bytes()))
     assert image.size == open_image(corel_image(2)).size == (384, 256) and image.mode == "RGB"

@@ -7,11 +7,15 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
 from tqdm import tqdm
 
 from .errors import ImageError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+# HEIC, the format iPhones take photos in (and AVIF, which Pillow reads itself)
+register_heif_opener()
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                              ".heic", ".heif", ".avif"})
 
 # Pillow's own default warns at ~89 Mpx and raises at twice that; we refuse
 # at a fixed, explicit size (about 8,000 x 5,000) whatever Pillow's default is.

@@ -288,6 +288,8 @@ def bad_input_corpus() -> list[tuple[str, bytes, bool]]:
         ("photo.webp", save(photo, "WEBP"), True),
         ("photo.bmp", save(photo, "BMP"), True),
         ("photo.tiff", save(photo, "TIFF"), True),
+        ("photo.heic", save(photo, "HEIF"), True),  # an iPhone's own format
+        ("photo.avif", save(photo, "AVIF"), True),
         ("icon.ico", save(photo.resize((64, 64)), "ICO"), True),
         ("progressive.jpg", save(photo, "JPEG", progressive=True), True),
         ("png-named.jpg", png, True),
@@ -333,4 +335,4 @@ def test_the_bad_input_corpus_gets_a_search_or_a_clear_refusal_never_a_500(clien
             page = response.content.decode()
             assert response.status_code == 400 and 'class="errorlist' in page, (name, response.status_code)
             assert SearchJob.objects.count() == before, name
-    assert len(outcomes) == 32 and 500 not in outcomes.values()
+    assert len(outcomes) == 34 and 500 not in outcomes.values()
