@@ -246,6 +246,8 @@ MERGE_DELTA_FRACTION = float(os.environ.get("MERGE_DELTA_FRACTION", 0.05))
 MERGE_MAX_DELTAS = int(os.environ.get("MERGE_MAX_DELTAS", 20))
 # "search with this image": the collection image is scaled down to this longest side first
 QUERY_FROM_COLLECTION_MAX_SIDE = int(os.environ.get("QUERY_FROM_COLLECTION_MAX_SIDE", 1600))
+# a collection image in a format browsers do not show (HEIC, TIFF) is served as a JPEG this large
+SHOWN_IMAGE_MAX_SIDE = int(os.environ.get("SHOWN_IMAGE_MAX_SIDE", 2048))
 BROWSE_PAGE_SIZE = int(os.environ.get("BROWSE_PAGE_SIZE", 48))
 MY_SEARCHES_SHOWN = int(os.environ.get("MY_SEARCHES_SHOWN", 50))
 # a staff evaluation of a classifier that records no validation images: this many labelled ones

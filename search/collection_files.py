@@ -98,6 +98,14 @@ def removed_images(catalog: layout.Catalog) -> list[dict]:
             for image_id in sorted(removed)]
 
 
+# what every current browser shows in an <img>; the rest (HEIC, TIFF) is shown as a JPEG of it
+BROWSER_FORMATS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".avif", ".bmp"})
+
+
+def browsers_show(path: Path) -> bool:
+    return path.suffix.lower() in BROWSER_FORMATS
+
+
 def thumbnail(image_id: str, max_side: int = 256) -> Path | None:
     """A cached JPEG thumbnail of an indexed image, under MEDIA_ROOT/thumbs/."""
     source = indexed_image_path(image_id)

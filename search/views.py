@@ -192,11 +192,14 @@ def query_image(request, key):
 
 @may_search
 def collection_image(request, image_id):
-    """An image of the active index, by id only (never by path)."""
+    """An image of the active index, by id only (never by path): the file itself, or a large JPEG
+    of it where browsers cannot show the file (HEIC, TIFF)."""
     try:
         path = collection_files.indexed_image_path(image_id)
-    except SearchIndexError:
-        raise Http404("no active index")
+        if path is not None and path.is_file() and not collection_files.browsers_show(path):
+            path = collection_files.thumbnail(image_id, settings.SHOWN_IMAGE_MAX_SIDE)
+    except (SearchIndexError, EngineError):
+        raise Http404(f"no readable image {image_id} in the active index")
     if path is None or not path.is_file():
         raise Http404(f"no image {image_id} in the active index")
     return FileResponse(path.open("rb"))

@@ -280,6 +280,28 @@ def test_collection_images_need_the_search_permission(client, settings, site_ind
     assert response.status_code == 302 and "/login/" in response["Location"]
 
 
+def test_a_collection_image_browsers_cannot_show_is_served_as_a_jpeg_of_it(client, site_index, settings,
+                                                                          tmp_path, monkeypatch):
+    from PIL import Image
+
+    from search import collection_files
+
+    image_id = next(iter(collection_files.active_catalog().rows))
+    original = collection_files.indexed_image_path(image_id)
+    served = b"".join(client.get(f"/images/{image_id}").streaming_content)
+    assert served == original.read_bytes()  # a JPEG is served as it is
+    photo = Image.open(corel_image(450)).convert("RGB")  # 384 x 256
+    settings.SHOWN_IMAGE_MAX_SIDE = 300
+    for name, fmt in (("scan.tif", "TIFF"), ("phone.heic", "HEIF")):
+        photo.save(tmp_path / name, format=fmt)
+        # the indexed image's file is that picture, as a collection folder of scans or phone photos has it
+        monkeypatch.setattr(collection_files, "indexed_image_path", lambda _id, path=tmp_path / name: path)
+        collection_files.thumbnail_file(image_id, 300).unlink(missing_ok=True)
+        response = client.get(f"/images/{image_id}")
+        with Image.open(io.BytesIO(b"".join(response.streaming_content))) as shown:
+            assert response.status_code == 200 and shown.format == "JPEG" and shown.size == (300, 200), name
+
+
 def test_the_image_page_shows_staff_where_the_file_is_and_refuses_removed_images(
         client, admin_client, site_index, settings):
     from search.collection_files import active_catalog, remove_from_search, restore_to_search
