@@ -101,6 +101,17 @@ def test_unknown_backbone_is_refused():
         build_backbone("vgg", 3)
 
 
+def test_only_the_second_half_of_a_run_is_averaged():
+    from search.engine.training import first_averaged_epoch
+
+    assert first_averaged_epoch(6, 3) == 4  # the default: epochs 4-6
+    assert first_averaged_epoch(3, 3) == 3  # a short run keeps its last epoch's weights
+    assert first_averaged_epoch(4, 3) == 3
+    assert first_averaged_epoch(10, 3) == 8
+    assert first_averaged_epoch(6, 1) == 6
+    assert first_averaged_epoch(1, 3) == 2  # nothing averaged
+
+
 def test_weight_average_is_the_mean_and_recomputes_batchnorm_statistics():
     from search.engine.training import WeightAverage
 
@@ -133,10 +144,10 @@ def test_training_saves_the_average_of_the_last_epochs(tiny_collection, engine_c
 
     config = engine_config.replace(average_last_epochs=2)
     path = tmp_path / "averaged.pt"
-    result = train_classifier(tiny_collection, config, path, epochs=2)
-    assert [row["epoch"] for row in result.history] == [1, 2, "average of 1-2"]
+    result = train_classifier(tiny_collection, config, path, epochs=4)  # the second half: 3-4
+    assert [row["epoch"] for row in result.history] == [1, 2, 3, 4, "average of 3-4"]
     info = json.loads(metrics_path(path).read_text())
-    assert info["averaged_epochs"] == [1, 2] and info["settings"]["average_last_epochs"] == 2
+    assert info["averaged_epochs"] == [3, 4] and info["settings"]["average_last_epochs"] == 2
     assert info["val_accuracy"] == result.history[-1]["val_accuracy"]
 
 

@@ -86,8 +86,8 @@ class EngineConfig:
     weight_decay: float = 1e-4
     val_fraction: float = 0.2
     seed: int = 0
-    # Save the mean of the last epochs' weights, BatchNorm statistics recomputed (1: the last
-    # epoch's own); why 3: RESULTS.md.
+    # Save the mean of the last epochs' weights (those in the second half of the run only),
+    # BatchNorm statistics recomputed (1: the last epoch's own); why 3: RESULTS.md.
     average_last_epochs: int = 3
     num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
 

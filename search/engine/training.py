@@ -129,7 +129,7 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     history = []
-    averaged = WeightAverage(first_epoch=epochs - min(config.average_last_epochs, epochs) + 1)
+    averaged = WeightAverage(first_averaged_epoch(epochs, config.average_last_epochs))
     started = time.monotonic()
     progress(STAGE, 0, epochs)
     for epoch in range(1, epochs + 1):
@@ -178,6 +178,14 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
     }
     checksum = save_classifier(out_path, backbone.cpu(), classes, config.image_size, info)
     return TrainingResult(checksum, classes, split, history, skipped_train + skipped_val)
+
+
+def first_averaged_epoch(epochs: int, average_last: int) -> int:
+    """The first epoch whose weights are averaged: of the last ``average_last``, only those in the
+    second half of the run. A short run's early epochs are far from its last (Caltech-101, 3
+    epochs: 0.88, 0.94, 0.94 validation accuracy; the mean of all three 0.935, RESULTS.md), so
+    a 3-epoch run keeps its last epoch's weights and the default 6 averages 4-6."""
+    return epochs - min(average_last, epochs // 2) + 1
 
 
 class WeightAverage:
