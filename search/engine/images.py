@@ -70,10 +70,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
     (black, in most product cut-outs)."""
     if image.mode in WIDE_GREY_MODES:
         grey = np.asarray(image, dtype=np.float32)
-        if image.mode == "F" and grey.size and grey.max() <= 1.0:
+        top = float(grey.max()) if grey.size else 0.0
+        if image.mode == "F" and top <= 1.0:
             grey = grey * 255.0  # a float image in 0..1
-        elif grey.size and grey.max() > 255:
-            grey = grey / (257.0 if grey.max() <= 65535 else grey.max() / 255.0)  # 16 bits: the top 8
+        elif top > 255:
+            grey = grey / (257.0 if top <= 65535 else top / 255.0)  # 16 bits: the top 8
         return Image.fromarray(np.clip(grey + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
     if image.has_transparency_data:
         rgba = image.convert("RGBA")
