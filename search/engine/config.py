@@ -148,11 +148,14 @@ class EngineConfig:
     ransac_method: str = "ransac"
     min_inliers: int = 8  # fewer: the candidate does not count as verified
     # A verified result must also be this sure to show the same object (the calibrated probability
-    # of confidence.py). Candidates with min_inliers and at least rerank_confidence are ranked by
-    # inliers ahead of the coarse order (a true match is often verified but not sure); the rest
-    # keep the coarse order. Why these two: RESULTS.md.
+    # of confidence.py). Of the candidates with min_inliers and at least rerank_confidence that are
+    # not that sure (a true match is often found but not sure), the rerank_unsure with most inliers
+    # are ranked right after the verified ones, ahead of the coarse order; the rest keep the coarse
+    # order (on a collection of many similar objects they are mostly lookalikes). Why these three:
+    # RESULTS.md ("Unsure matches").
     min_confidence: float = 0.5
     rerank_confidence: float = 0.01
+    rerank_unsure: int = 1
     # The confidence calibration (calibrate writes <data dir>/models/calibration.json); empty: that
     # file when it exists, else the one fitted on the public instance benchmark.
     calibration_path: str = ""

@@ -50,8 +50,9 @@ class Ranking:
     For a fine method the first ``n_candidates`` were verified, ``verifications`` holding one
     result each in that order, with its ``confidence`` (the calibrated probability of showing
     the same object) and whether it counts as ``verified`` (confident and with
-    ``min_inliers``). ``order`` ranks all of ``positions``: the candidates with ``min_inliers``
-    and at least ``rerank_confidence`` by inliers, then the rest by distance (the fallback)."""
+    ``min_inliers``). ``order`` ranks all of ``positions``: the verified candidates and the best
+    ``rerank_unsure`` unsure ones by inliers (``RetrievalEngine.judge``), then the rest by
+    distance (the fallback)."""
     method: str
     positions: np.ndarray
     distances: np.ndarray
@@ -216,12 +217,13 @@ class RetrievalEngine:
 
     def judge(self, evidence: np.ndarray, inliers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each verification's confidence (from its ``evidence``); whether it is re-ranked by inliers
-        (``min_inliers`` and ``rerank_confidence``) and whether it counts as verified
-        (``min_inliers`` and ``min_confidence``)."""
+        (verified, or one of the ``rerank_unsure`` unsure ones: ``unsure_reranked``) and whether it
+        counts as verified (``min_inliers`` and ``min_confidence``)."""
         confidence = self.calibration.probability(evidence)
         enough = inliers >= self.config.min_inliers
-        return (confidence, enough & (confidence >= self.config.rerank_confidence),
-                enough & (confidence >= self.config.min_confidence))
+        verified = enough & (confidence >= self.config.min_confidence)
+        unsure = enough & (confidence >= self.config.rerank_confidence) & ~verified
+        return confidence, verified | unsure_reranked(inliers, unsure, self.config.rerank_unsure), verified
 
     def rank(self, query: QueryFeatures, method: str, n_candidates: int | None = None, depth: int | None = None,
              exclude_ids=frozenset(), progress: Progress = no_progress) -> Ranking:
@@ -351,6 +353,20 @@ def expand_query(vector: np.ndarray, distances: np.ndarray, neighbours: np.ndarr
     # unit vectors: cosine similarity = 1 - d^2 / 2
     weights = np.ones(len(distances)) if alpha <= 0 else np.clip(1 - np.asarray(distances) ** 2 / 2, 0, None) ** alpha
     return l2_normalise(np.atleast_2d(vector) + (weights[:, None] * neighbours).sum(0))
+
+
+def unsure_reranked(inliers: np.ndarray, unsure: np.ndarray, limit: int) -> np.ndarray:
+    """Which of the ``unsure`` candidates (given in coarse order) go ahead of the coarse order: the
+    ``limit`` with most inliers, ties in coarse order. A query shows one object, so the best of the
+    unsure matches is the likely one; on a class-level collection the others are mostly lookalikes
+    of another kind (RESULTS.md, "Unsure matches")."""
+    unsure = np.asarray(unsure, dtype=bool)
+    chosen = np.zeros_like(unsure)
+    candidates = np.flatnonzero(unsure)
+    if limit > 0 and len(candidates):
+        best = candidates[np.lexsort((candidates, -np.asarray(inliers)[candidates]))[:limit]]
+        chosen[best] = True
+    return chosen
 
 
 def fine_order(inliers: np.ndarray, reranked: np.ndarray, verified: np.ndarray | None = None,

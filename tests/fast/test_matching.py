@@ -7,7 +7,7 @@ import pytest
 
 from search.engine.config import EngineConfig
 from search.engine.evaluation import average_precision, precision_at_k
-from search.engine.pipeline import euclidean_to, fine_order, stored_distances
+from search.engine.pipeline import euclidean_to, fine_order, stored_distances, unsure_reranked
 from search.engine.verification import Candidates, fit_affine, match_block, prescore, spread_rows, verify_candidates
 
 SETTINGS = EngineConfig().verify_settings()
@@ -71,6 +71,20 @@ def test_fine_order_puts_verified_first_by_inliers_then_the_coarse_order():
     reranked = (inliers >= 8) & (np.arange(7) != 4)
     assert fine_order(inliers, reranked).tolist() == [1, 3, 6, 0, 2, 4, 5]
     assert fine_order(inliers, reranked, np.arange(7) == 6).tolist() == [6, 1, 3, 0, 2, 4, 5]
+
+
+def test_only_the_unsure_candidate_with_most_inliers_goes_ahead_of_the_coarse_order():
+    inliers = np.array([12, 30, 9, 30, 15, 40])
+    unsure = np.array([True, True, True, True, True, False])  # the 40 is not unsure (verified, or unlikely)
+    # the most inliers wins; of two 30s the nearer in coarse order
+    assert np.flatnonzero(unsure_reranked(inliers, unsure, 1)).tolist() == [1]
+    assert np.flatnonzero(unsure_reranked(inliers, unsure, 3)).tolist() == [1, 3, 4]
+    assert not unsure_reranked(inliers, unsure, 0).any()
+    assert not unsure_reranked(inliers, np.zeros(6, bool), 2).any()
+    # in the final order: the verified first, then the one unsure candidate, then the coarse order
+    verified = np.arange(6) == 5
+    reranked = verified | unsure_reranked(inliers, unsure, 1)
+    assert fine_order(inliers, reranked, verified).tolist() == [5, 1, 0, 2, 3, 4]
 
 
 def test_fine_order_falls_back_on_the_expanded_distances_past_the_verified_candidates():
