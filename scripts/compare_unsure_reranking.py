@@ -1,0 +1,156 @@
+"""Which unsure matches should go ahead of the coarse order? A benchmark script (not a test).
+
+A fine method puts its verified candidates (``min_inliers`` and ``min_confidence``) first. A true
+match is often found but not sure, so candidates with ``min_inliers`` and at least
+``rerank_confidence`` also go ahead of the coarse order: until stop 25 all of them, now only the
+``rerank_unsure`` with most inliers. This script ranks each query once with hybrid+attention
+(caching what re-ordering needs in ``--cache``) and re-orders offline by each rule:
+
+- ``coarse``: nothing re-ranked (the coarse order of the candidates, expanded as the fallback is);
+- ``verified``: only the verified ones;
+- ``all >= t``: every unsure candidate with confidence >= t (the rule before, t = 0.01);
+- ``best m``: the verified ones, then the m unsure ones with most inliers (now: m = 1).
+
+Prints R@1 / R@5 per family on an instance benchmark, or P@10 for labelled queries (Corel-1k's
+validation queries with ``--corel``; a list file with ``--queries``), also with the labels that
+``--same`` joins (Caltech-101's ``Faces_easy`` are crops of the photos in ``Faces``).
+Results: RESULTS.md, "Unsure matches".
+
+    python scripts/compare_unsure_reranking.py --corel --cache /work/data/unsure-corel.pkl
+    python scripts/compare_unsure_reranking.py --index-dir /work/data/caltech-index \\
+        --queries ../shared/datasets/caltech101/test.txt --limit 250 --same Faces_easy=Faces \\
+        --cache /work/data/unsure-caltech.pkl
+    python scripts/compare_unsure_reranking.py --index-dir /work/data/caltech-index \\
+        --benchmark /work/data/instance-benchmark --cache /work/data/unsure-instance.pkl
+
+Reads <data dir> from RETRIEVAL_DATA_DIR like the commands.
+"""
+from __future__ import annotations
+
+import argparse
+import pickle
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from search.engine.collection import read_list_file, stable_id  # noqa: E402
+from search.engine.config import EngineConfig  # noqa: E402
+from search.engine.evaluation import precision_at_k  # noqa: E402
+from search.engine.images import open_image  # noqa: E402
+from search.engine.instance_benchmark import load_instance_benchmark  # noqa: E402
+from search.engine.instance_evaluation import _answerable as answerable  # noqa: E402
+from search.engine.instance_evaluation import _targets as answer_positions  # noqa: E402
+from search.engine.instance_evaluation import rank_of  # noqa: E402
+from search.engine.pipeline import fine_order, unsure_reranked  # noqa: E402
+from search.engine.workflows import open_engine  # noqa: E402
+
+METHOD = "hybrid+attention"
+
+
+def queries_of(engine, args) -> list[tuple[Path, frozenset, str, object]]:
+    """(image, ids to exclude, family or "class", the answers' positions or the label) per query."""
+    index = engine.index
+    if args.benchmark:
+        benchmark = load_instance_benchmark(args.benchmark)
+        position_of, queries, _ = answerable(engine, benchmark)
+        return [(benchmark.path_of(q), frozenset(), q.family, answer_positions(q, position_of)) for q in queries]
+    if args.corel:
+        ids = list(engine.model.info["val_ids"])
+    else:
+        ids = [stable_id(p) for p in read_list_file(args.queries)]
+        random.Random(0).shuffle(ids)  # as evaluate --limit takes them
+        ids = ids[: args.limit] if args.limit else ids
+    found = [index.positions[i] for i in ids if i in index.positions and index.labels[index.positions[i]]]
+    return [(index.path_of(p), frozenset([index.image_ids[p]]), "class", index.labels[p]) for p in found]
+
+
+def collect(engine, args) -> dict:
+    """One hybrid+attention ranking per query, cut to the candidates verified."""
+    index = engine.index
+    n = min(engine.config.n_candidates, len(index) - 1)
+    rows = []
+    for done, (path, exclude, kind, truth) in enumerate(queries_of(engine, args), 1):
+        ranking = engine.rank(engine.query_features(open_image(path), local=True), METHOD, n, depth=n,
+                              exclude_ids=exclude)
+        rows.append({"kind": kind, "truth": truth, "positions": ranking.positions, "distances": ranking.distances,
+                     "inliers": ranking.inliers, "confidence": ranking.confidence})
+        if done % 50 == 0:
+            print(f"{done} queries ranked", file=sys.stderr, flush=True)
+    return {"labels": np.array([label or "" for label in index.labels], dtype=object), "rows": rows}
+
+
+def rules(config: EngineConfig) -> dict:
+    """Rule name -> function(inliers, confidence) -> (re-ranked, verified)."""
+    def judged(inliers, confidence):
+        enough = inliers >= config.min_inliers
+        verified = enough & (confidence >= config.min_confidence)
+        return enough, verified
+
+    def threshold(t):
+        def rule(inliers, confidence):
+            enough, verified = judged(inliers, confidence)
+            return verified | (enough & (confidence >= t)), verified
+        return rule
+
+    def best(m):
+        def rule(inliers, confidence):
+            enough, verified = judged(inliers, confidence)
+            unsure = enough & (confidence >= config.rerank_confidence) & ~verified
+            return verified | unsure_reranked(inliers, unsure, m), verified
+        return rule
+
+    found = {"coarse": lambda i, c: (np.zeros(len(i), bool), np.zeros(len(i), bool)),
+             "verified": threshold(np.inf)}
+    found |= {f"all >= {t}": threshold(t) for t in (0.01, 0.02, 0.05, 0.1, 0.2)}
+    found |= {f"best {m}": best(m) for m in (1, 2, 3)}
+    return found
+
+
+def ordered(row: dict, rule) -> np.ndarray:
+    reranked, verified = rule(row["inliers"], row["confidence"])
+    return row["positions"][fine_order(row["inliers"], reranked, verified, row["distances"])]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--index-dir", type=Path, help="the index searched (default: the active one)")
+    parser.add_argument("--benchmark", type=Path, help="an instance benchmark (prepare_instance_benchmark)")
+    parser.add_argument("--corel", action="store_true", help="the classifier's validation queries, P@10")
+    parser.add_argument("--queries", type=Path, help="a list file of labelled collection images, P@10")
+    parser.add_argument("--limit", type=int, default=0, help="a seeded sample of --queries, as evaluate's")
+    parser.add_argument("--same", action="append", default=[], help="LABEL=OTHER: count as one class")
+    parser.add_argument("--cache", type=Path, help="rankings saved here, and read from here when it exists")
+    args = parser.parse_args()
+    config = EngineConfig.from_env()
+    if args.cache and args.cache.exists():
+        data = pickle.loads(args.cache.read_bytes())
+    else:
+        data = collect(open_engine(config, args.index_dir), args)
+        if args.cache:
+            args.cache.write_bytes(pickle.dumps(data))
+    rows, labels = data["rows"], data["labels"]
+    joined = dict(pair.split("=", 1) for pair in args.same)
+    join = np.vectorize(lambda label: joined.get(label, label), otypes=[object])
+    for name, rule in rules(config).items():
+        if rows[0]["kind"] == "class":
+            p10 = [precision_at_k(labels[ordered(r, rule)] == r["truth"], 10) for r in rows]
+            line = f"P@10 {np.mean(p10):.4f}"
+            if joined:
+                p10 = [precision_at_k(join(labels[ordered(r, rule)[:10]]) == join(r["truth"]), 10) for r in rows]
+                line += f"   with {', '.join(args.same)}: {np.mean(p10):.4f}"
+        else:
+            rows_i = [r for r in rows if len(r["truth"])]
+            final = np.array([rank_of(ordered(r, rule), r["truth"]) for r in rows_i])
+            families = sorted({r["kind"] for r in rows_i})
+            line = f"R@1 {np.mean(final < 1):.3f} R@5 {np.mean(final < 5):.3f}  " + " ".join(
+                f"{f}:{np.mean([k < 1 for k, r in zip(final, rows_i) if r['kind'] == f]):.2f}" for f in families)
+        print(f"{name:<12} {line}")
+    print(f"{len(rows)} queries")
+
+
+if __name__ == "__main__":
+    main()
