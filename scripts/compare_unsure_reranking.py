@@ -31,6 +31,7 @@ import argparse
 import pickle
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ from search.engine.instance_benchmark import load_instance_benchmark  # noqa: E4
 from search.engine.instance_evaluation import _answerable as answerable  # noqa: E402
 from search.engine.instance_evaluation import _targets as answer_positions  # noqa: E402
 from search.engine.instance_evaluation import rank_of  # noqa: E402
-from search.engine.pipeline import fine_order, unsure_reranked  # noqa: E402
+from search.engine.pipeline import fine_order, reranked_and_verified  # noqa: E402
 from search.engine.workflows import open_engine  # noqa: E402
 
 METHOD = "hybrid+attention"
@@ -97,11 +98,8 @@ def rules(config: EngineConfig) -> dict:
         return rule
 
     def best(m):
-        def rule(inliers, confidence):
-            enough, verified = judged(inliers, confidence)
-            unsure = enough & (confidence >= config.rerank_confidence) & ~verified
-            return verified | unsure_reranked(inliers, unsure, m), verified
-        return rule
+        return lambda inliers, confidence: reranked_and_verified(inliers, confidence,
+                                                                 replace(config, rerank_unsure=m))
 
     found = {"coarse": lambda i, c: (np.zeros(len(i), bool), np.zeros(len(i), bool)),
              "verified": threshold(np.inf)}

@@ -220,10 +220,7 @@ class RetrievalEngine:
         (verified, or one of the ``rerank_unsure`` unsure ones: ``unsure_reranked``) and whether it
         counts as verified (``min_inliers`` and ``min_confidence``)."""
         confidence = self.calibration.probability(evidence)
-        enough = inliers >= self.config.min_inliers
-        verified = enough & (confidence >= self.config.min_confidence)
-        unsure = enough & (confidence >= self.config.rerank_confidence) & ~verified
-        return confidence, verified | unsure_reranked(inliers, unsure, self.config.rerank_unsure), verified
+        return (confidence, *reranked_and_verified(inliers, confidence, self.config))
 
     def rank(self, query: QueryFeatures, method: str, n_candidates: int | None = None, depth: int | None = None,
              exclude_ids=frozenset(), progress: Progress = no_progress) -> Ranking:
@@ -353,6 +350,16 @@ def expand_query(vector: np.ndarray, distances: np.ndarray, neighbours: np.ndarr
     # unit vectors: cosine similarity = 1 - d^2 / 2
     weights = np.ones(len(distances)) if alpha <= 0 else np.clip(1 - np.asarray(distances) ** 2 / 2, 0, None) ** alpha
     return l2_normalise(np.atleast_2d(vector) + (weights[:, None] * neighbours).sum(0))
+
+
+def reranked_and_verified(inliers: np.ndarray, confidence: np.ndarray,
+                          config: EngineConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each candidate is re-ranked by inliers (verified, or one of the ``rerank_unsure``
+    unsure ones) and whether it counts as verified (``min_inliers`` and ``min_confidence``)."""
+    enough = np.asarray(inliers) >= config.min_inliers
+    verified = enough & (confidence >= config.min_confidence)
+    unsure = enough & (confidence >= config.rerank_confidence) & ~verified
+    return verified | unsure_reranked(inliers, unsure, config.rerank_unsure), verified
 
 
 def unsure_reranked(inliers: np.ndarray, unsure: np.ndarray, limit: int) -> np.ndarray:
