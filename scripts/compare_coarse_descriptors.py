@@ -7,8 +7,8 @@ Candidates, from the fine-tuned classifier ("ft") and the same backbone with its
 weights ("in"): mean pooling of the last map (the penultimate vector), GeM (p = 3) and max
 pooling of it, the mean of the L2-normalised stride-16 local descriptors, their attention-weighted
 mean (DELG-style aggregation; fine-tuned head only), each raw and PCA-whitened on its collection
-(Radenovic et al.; several dimensions and shrinkages), and weighted joins of the fine-tuned and
-ImageNet vectors. Results: RESULTS.md, "Coarse descriptors".
+(Radenovic et al.; several dimensions and shrinkages), and weighted joins of the ImageNet vector
+with the fine-tuned penultimate, its PCA (the paper's pca variant) or the logits. Results: RESULTS.md, "Coarse descriptors".
 
     python scripts/compare_coarse_descriptors.py --data-dir /work/data [--sample 3000]
 
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from search.engine.attention import load_attention  # noqa: E402
 from search.engine.collection import scan_collection, stable_id  # noqa: E402
+from search.engine.features import fit_pca  # noqa: E402
 from search.engine.images import open_image  # noqa: E402
 from search.engine.instance_benchmark import load_instance_benchmark  # noqa: E402
 from search.engine.model import eval_transform, imagenet_model, load_classifier  # noqa: E402
@@ -95,6 +96,20 @@ def whiten(collection: np.ndarray, queries: np.ndarray, dim: int, shrinkage: flo
     return l2((collection - mean) @ projection), l2((queries - mean) @ projection)
 
 
+def add_classifier_views(col: dict, qry: dict, cor: dict, data_dir: Path, pca_dim: int) -> None:
+    """The paper's other two variants of the fine-tuned penultimate vector, as the index makes them
+    (features.variant_vectors): the classifier's logits, and the PCA fitted on each collection's
+    unit penultimate vectors (the Caltech-101 sample for the instance queries, Corel-1k for its own)."""
+    classifier = load_classifier(data_dir / "models" / "classifier.pt").backbone.eval()
+    for feats in (col, qry, cor):
+        with torch.no_grad():
+            feats["ft_logits"] = classifier.classify(torch.from_numpy(feats["ft_pen"])).numpy()
+    for collection, others in ((col, (qry,)), (cor, ())):
+        pca = fit_pca(l2(collection["ft_pen"]), pca_dim)
+        for feats in (collection, *others):
+            feats["ft_pca"] = pca.transform(l2(feats["ft_pen"])).astype(np.float32)
+
+
 def expand(queries, collection, n=3, alpha=3.0, exclude=None):
     s = queries @ collection.T
     if exclude is not None:
@@ -129,6 +144,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--sample", type=int, default=3000, help="collection images (all answers + a seeded sample)")
+    parser.add_argument("--pca-dim", type=int, default=32, help="the pca variant's width (the product's PCA_DIM)")
+    parser.add_argument("--joins-only", action="store_true",
+                        help="print only the plain descriptors and the weighted joins (no whitening rows)")
     parser.add_argument("--corel", type=Path, default=Path(__file__).resolve().parents[2] / "shared/datasets/corel1k/images")
     args = parser.parse_args()
     cache = args.data_dir / "reports" / "coarse-descriptors"
@@ -158,17 +176,23 @@ def main():
                 f"{m} {v:.3f}" for m, v in inst.items()) + f" | Corel P@10 {cls['P@10']:.4f} mAP {cls['mAP']:.4f}",
                 flush=True)
 
+    add_classifier_views(col, qry, cor, args.data_dir, args.pca_dim)
     print(f"{len(queries)} instance queries, collection sample {len(sample)}; Corel-1k {len(query_rows)} queries")
     for name in sorted(col):
         c, q, k = l2(col[name]), l2(qry[name]), l2(cor[name])
         row(name, c, q, k)
+        if args.joins_only:
+            continue
         for dim, shrinkage in ((0, 0.0), (512, 0.0), (256, 0.0), (0, 0.01), (0, 0.1)):
             if dim and dim >= c.shape[1]:
                 continue
             wc, wq = whiten(c, q, dim, shrinkage)
             wk, _ = whiten(k, k[:1], dim, shrinkage)
             row(f"{name} white {dim or 'all'}/{shrinkage:g}", wc, wq, wk)
-    for a, b in (("ft_pen", "in_pen"), ("ft_pen", "in_gem"), ("ft_pen", "ft_att16")):
+    pairs = [("ft_pen", "in_pen"), ("ft_pca", "in_pen"), ("ft_logits", "in_pen")]
+    if not args.joins_only:
+        pairs += [("ft_pen", "in_gem"), ("ft_pen", "ft_att16")]
+    for a, b in pairs:
         for w in (0.3, 0.5, 0.7):
             join = lambda x, y: l2(np.hstack([np.sqrt(w) * l2(x[a]), np.sqrt(1 - w) * l2(y[b])]))
             row(f"{a}+{b} {w:g}", join(col, col), join(qry, qry), join(cor, cor))
