@@ -8,7 +8,8 @@ weights ("in"): mean pooling of the last map (the penultimate vector), GeM (p = 
 pooling of it, the mean of the L2-normalised stride-16 local descriptors, their attention-weighted
 mean (DELG-style aggregation; fine-tuned head only), each raw and PCA-whitened on its collection
 (Radenovic et al.; several dimensions and shrinkages), and weighted joins of the ImageNet vector
-with the fine-tuned penultimate, its PCA (the paper's pca variant) or the logits. Results: RESULTS.md, "Coarse descriptors".
+with the fine-tuned penultimate, its PCA (the paper's pca variant) or the logits. Results:
+RESULTS.md, "Coarse descriptors" (stop 11) and "The hybrid's class part" (stop 26, --joins-only).
 
     python scripts/compare_coarse_descriptors.py --data-dir /work/data [--sample 3000]
 
