@@ -229,7 +229,7 @@ def test_instance_and_hybrid_variants_find_the_image_itself(tiny_fine_engine):
     index = engine.index
     size = engine.config.image_size
     assert index.describer_name == engine.describer.name == f"imagenet:efficientnet_lite0:{size}px:mean"
-    assert index.vectors["instance"].shape == (len(index), 1280) and index.manifest["hybrid_weight"] == 0.5
+    assert index.vectors["instance"].shape == (len(index), 1280) and index.manifest["hybrid_weight"] == 0.3
     query = engine.query_features(index.path_of(7), local=True)
     for variant in ("instance", "hybrid"):
         np.testing.assert_allclose(query.vectors[variant][0], index.vectors[variant][7], atol=1e-4)
@@ -237,6 +237,11 @@ def test_instance_and_hybrid_variants_find_the_image_itself(tiny_fine_engine):
         first = engine.search(index.path_of(7), method, n_candidates=40, k=3).results[0]
         assert first.image_id == index.image_ids[7]
     assert engine.search(index.path_of(7), "hybrid+attention", n_candidates=40).results[0].stage == "verified"
+    # a later default weight does not change an existing index's queries: they are joined with its own
+    served = RetrievalEngine(engine.model, index, "cpu", engine.config.replace(hybrid_weight=0.8),
+                             engine.attention, describer=engine.describer)
+    np.testing.assert_allclose(served.query_features(index.path_of(7), local=False).vectors["hybrid"][0],
+                               index.vectors["hybrid"][7], atol=1e-4)
     other = replace(engine.describer, image_size=size + 32)
     with pytest.raises(SearchIndexError, match="reindex"):
         RetrievalEngine(engine.model, index, "cpu", engine.config, engine.attention, describer=other)

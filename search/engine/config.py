@@ -120,8 +120,9 @@ class EngineConfig:
     # fails a search instead of killing the worker (RESULTS.md, "FAISS store memory-mapped").
     faiss_map_min_images: int = 100_000
     # The hybrid variant (features.hybrid_vectors): the weight of the fine-tuned penultimate cosine in
-    # its similarity, the rest being the ImageNet instance vector's. Why equal: RESULTS.md.
-    hybrid_weight: float = 0.5
+    # its similarity, the rest being the ImageNet instance vector's. Read when indexing; an index
+    # keeps the weight it was built with. Why 0.3: RESULTS.md ("The hybrid's weight").
+    hybrid_weight: float = 0.3
     # A build run saves what it extracts every this many images (index root's resume/ folder):
     # a killed run loses at most that much work, and the next run resumes from there.
     checkpoint_images: int = 500
