@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from search.engine.attention import load_attention  # noqa: E402
 from search.engine.collection import scan_collection, stable_id  # noqa: E402
-from search.engine.features import fit_pca  # noqa: E402
+from search.engine.features import fit_pca, hybrid_vectors  # noqa: E402
 from search.engine.images import open_image  # noqa: E402
 from search.engine.instance_benchmark import load_instance_benchmark  # noqa: E402
 from search.engine.model import eval_transform, imagenet_model, load_classifier  # noqa: E402
@@ -194,9 +194,9 @@ def main():
     if not args.joins_only:
         pairs += [("ft_pen", "in_gem"), ("ft_pen", "ft_att16")]
     for a, b in pairs:
-        for w in (0.3, 0.5, 0.7):
-            join = lambda x, y: l2(np.hstack([np.sqrt(w) * l2(x[a]), np.sqrt(1 - w) * l2(y[b])]))
-            row(f"{a}+{b} {w:g}", join(col, col), join(qry, qry), join(cor, cor))
+        for w in (0.3, 0.5, 0.7):  # joined as the index joins its hybrid variant
+            join = lambda feats: hybrid_vectors(l2(feats[a]), l2(feats[b]), w)
+            row(f"{a}+{b} {w:g}", join(col), join(qry), join(cor))
 
 
 if __name__ == "__main__":
