@@ -12,6 +12,13 @@ of the n nearest, nearest first.
   build stores); how much of the exact answer it returns is measured by ``benchmark_scale``
   (recall at 4,000 candidates).
 
+A re-scored index answers one query on ``faiss_parts`` threads: each searches the same lists for
+its own part of every list and re-scores its own short list (FAISS re-scores one query's short list
+on one core, and scanning and re-scoring are most of a query's time at a million images;
+``FaissBackend.search_in_parts``). Its lists are filled in a seeded random order of the collection,
+so that the parts (a stretch of every list each) do not follow the collection's own order, in which
+look-alikes often sit together.
+
 At FAISS scale a variant whose vectors are a block of another variant's (the penultimate and
 instance vectors are the two halves of the hybrid ones, each scaled: ``Share``) keeps no float16
 copy of its own: its lists are built over those columns of the other variant's vectors and its
@@ -23,6 +30,8 @@ can ask "as deep as it needs" whatever the backend.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +49,10 @@ from .stored import RowFile, Rows, load_pickled
 BALLTREE, FAISS = "balltree", "faiss"
 BACKENDS = (BALLTREE, FAISS)
 SCAN_BLOCK = 65536  # rows per block of an exact scan (a few hundred MB of float32 at 2,560-d)
+# A part of a split search (FaissBackend.search_in_parts) is searched again only when its short list
+# was under this share of faiss_refine x what it gave: parts give a little more or less than an even
+# share by chance, and a short list of 3 x instead of 4 x for them costs little recall (RESULTS.md)
+PART_SLACK = 0.75
 
 
 def choose_backend(settings: CoarseSettings, n_images: int) -> str:
@@ -166,6 +179,13 @@ class FaissBackend:
         self.refined = isinstance(index, faiss.IndexRefine)
         self.mapped = mapped and self.refined  # only the re-scoring store can be mapped (lists are read)
         self.share = getattr(vectors, "share", None)  # searched with lifted queries (Share)
+        # a re-scored index's lists are behind a PCA (and a shared variant's column choice)
+        self.transformed = self.refined and isinstance(faiss.downcast_index(index.base_index), faiss.IndexPreTransform)
+        self._parts = {}  # part_selectors by number of parts, read off the lists when first needed
+
+    @property
+    def parts(self) -> int:
+        return max(1, self.settings.faiss_parts)
 
     def probes_for(self, n: int) -> int:
         """Lists to scan for the n nearest: at least ``faiss_nprobe``, and enough that the scanned
@@ -193,12 +213,19 @@ class FaissBackend:
         if cls.reduces(n, dim, settings):
             # lists of int8 codes of a PCA projection, scanned cheaply; their short list re-scored
             # from float16 copies of the full vectors, which give the distances returned
-            index = faiss.IndexRefine(
-                faiss.index_factory(dim, f"PCA{settings.faiss_reduce_dim},IVF{lists},SQ8", faiss.METRIC_L2),
-                faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_L2))
+            base = faiss.index_factory(dim, f"PCA{settings.faiss_reduce_dim},IVF{lists},SQ8", faiss.METRIC_L2)
+            _train(base, vectors, settings)
+            _fill_shuffled(base, vectors, settings)
+            store = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_L2)
+            for start in range(0, n, SCAN_BLOCK):  # row i is position i: the build's vectors file
+                store.add(np.ascontiguousarray(vectors[start:start + SCAN_BLOCK], dtype=np.float32))
+            index = faiss.IndexRefine(base, store)
+            index.referenced_objects = [base, store]  # the joined index owns neither
         else:
             index = faiss.index_factory(dim, f"IVF{lists},SQfp16", faiss.METRIC_L2)
-        _train_and_add(index, vectors, settings)
+            _train(index, vectors, settings)
+            for start in range(0, n, SCAN_BLOCK):
+                index.add(np.ascontiguousarray(vectors[start:start + SCAN_BLOCK], dtype=np.float32))
         return cls(index, vectors, settings)
 
     @classmethod
@@ -212,7 +239,8 @@ class FaissBackend:
         remap = faiss.RemapDimensionsTransform(dim, share.width, faiss.swig_ptr(columns))
         remap.this.disown()  # the chain owns it
         base.prepend_transform(remap)
-        _train_and_add(base, source.vectors, settings)  # the lists are over factor x the variant's vectors
+        _train(base, source.vectors, settings)  # the lists are over factor x the variant's vectors
+        _fill_shuffled(base, source.vectors, settings)
         index = faiss.IndexRefine(base, source.index.refine_index)
         index.referenced_objects = [base, source.index]  # the joined index owns neither
         return cls(index, SharedColumns(source.vectors, share), settings)
@@ -255,13 +283,13 @@ class FaissBackend:
         n = max(1, min(int(n), total))
         if n * 2 >= total:  # as deep as much of the collection: one exact scan is as cheap, and exact
             return exact_nearest(self.vectors, queries, n)
-        self.lists.nprobe = self.probes_for(n)
-        if self.refined:
-            self.index.k_factor = float(self.settings.faiss_refine)
-        if self.share is not None:
-            squared, positions = self.index.search(self.share.lift(queries, self.index.d), n)
-        else:
-            squared, positions = self.index.search(queries, n)
+        nprobe = self.probes_for(n)
+        lifted = queries if self.share is None else self.share.lift(queries, self.index.d)
+        if self.refined and self.parts > 1 and len(lifted) == 1:
+            squared, positions = self.search_in_parts(lifted, n, nprobe)
+        else:  # several queries: FAISS spreads them over its threads itself
+            refine = float(self.settings.faiss_refine) if self.refined else None
+            squared, positions = self.index.search(lifted, n, params=self._params(nprobe, refine))
         if (positions < 0).any():  # the probed lists held fewer than asked: scan everything
             return exact_nearest(self.vectors, queries, n)
         # computed from the same float16 values as the stored vectors: their exact distances (a
@@ -270,15 +298,114 @@ class FaissBackend:
             return self.share.own_distances(squared), positions
         return np.sqrt(np.clip(squared, 0.0, None)), positions
 
+    def search_in_parts(self, query: np.ndarray, n: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """One query's n nearest (squared distances, positions), searched in ``faiss_parts`` parts
+        at once, one thread each (``part_selectors``). Every part scans the same lists for its own
+        positions and re-scores its own short list of ``faiss_refine`` x n / parts, so the
+        re-scoring is shared among the threads rather than repeated. Where one part gives more
+        than its share of the answer by chance (or in an index whose lists were filled in the
+        collection's order, before the fill was shuffled), its short list was shorter than
+        ``faiss_refine`` times what it gave, and it is searched again with one that long: as deep
+        as a single search would have gone for those candidates (``PART_SLACK``)."""
+        refine, parts = self.settings.faiss_refine, self.parts
+        selectors, part_of = self.part_selectors()
+        pool = _thread_pool(parts)
 
-def _train_and_add(index, vectors, settings: CoarseSettings) -> None:
-    """Train ``index`` on a seeded sample of ``vectors`` and add them all, a block at a time."""
+        def search_part(part: int, short: int):
+            params = self._params(nprobe, (short + 0.5) / n, selectors[part])  # FAISS truncates k x factor
+            return self.index.search(query, n, params=params)
+
+        shorts = [int(np.ceil(refine * n / parts))] * parts
+        found = list(pool.map(search_part, range(parts), shorts))
+        squared, positions = _merge_nearest(found, n)
+        given = np.bincount(part_of[positions[0][positions[0] >= 0]], minlength=parts)
+        again = [part for part in range(parts) if shorts[part] < PART_SLACK * refine * given[part]]
+        if again:
+            deeper = list(pool.map(search_part, again, [int(refine * given[part]) for part in again]))
+            for part, result in zip(again, deeper):
+                found[part] = result
+            squared, positions = _merge_nearest(found, n)
+        return squared, positions
+
+    def part_selectors(self) -> tuple[list, np.ndarray]:
+        """The parts of a split search, as FAISS selectors of positions, and each position's part.
+        Part p is the p-th stretch of every list, so each thread scans a contiguous share of
+        the lists' memory (interleaved shares were a third slower: RESULTS.md), and the parts are
+        about equally large everywhere in the vector space."""
+        if self.parts not in self._parts:
+            part_of = np.zeros(self.index.ntotal, dtype=np.int64)
+            invlists = self.lists.invlists
+            for number in range(self.lists.nlist):
+                size = invlists.list_size(number)
+                if size:
+                    ids = faiss.rev_swig_ptr(invlists.get_ids(number), size)
+                    part_of[ids] = np.arange(size) * self.parts // size
+            bitmaps = [np.packbits(part_of == part, bitorder="little") for part in range(self.parts)]
+            selectors = [faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)) for bits in bitmaps]
+            for selector, bits in zip(selectors, bitmaps):
+                selector.bitmap_array = bits  # FAISS holds a plain pointer to it
+            self._parts[self.parts] = (selectors, part_of)
+        return self._parts[self.parts]
+
+    def _params(self, nprobe: int, k_factor: float | None, selector=None):
+        """Search parameters for one call: the lists to probe, the short list (``k_factor`` x n,
+        re-scored indexes) and the positions searched (``selector``). Passed per call instead of
+        set on the shared index, so the parts' threads do not race on them."""
+        params = faiss.SearchParametersIVF(nprobe=int(nprobe))
+        if selector is not None:
+            params.sel = selector
+        keep = [params]
+        if self.refined:
+            base = params
+            if self.transformed:
+                base = faiss.SearchParametersPreTransform(index_params=params)
+                keep.append(base)
+            params = faiss.IndexRefineSearchParameters(k_factor=float(k_factor), base_index_params=base)
+        params.referenced = keep + [selector]  # FAISS holds plain pointers to the nested parameters
+        return params
+
+
+def _merge_nearest(found: list[tuple[np.ndarray, np.ndarray]], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The n nearest of several searches' results for one query (missing ones as position -1)."""
+    squared = np.concatenate([part[0][0] for part in found])
+    positions = np.concatenate([part[1][0] for part in found])
+    squared = np.where(positions >= 0, squared, np.inf)
+    order = np.argsort(squared, kind="stable")[:n]
+    return squared[order][None], positions[order][None]
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _thread_pool(threads: int) -> ThreadPoolExecutor:
+    """Threads for the parts of a FAISS search (FAISS lets go of the GIL while it searches). Made
+    in the process that searches: a pool made before a worker forks has no threads after it."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1]._max_workers < threads:
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=threads, thread_name_prefix="faiss-part"))
+    return _POOL[1]
+
+
+def _train(index, vectors, settings: CoarseSettings) -> None:
+    """Train ``index`` on a seeded sample of ``vectors``."""
     n = len(vectors)
     rng = np.random.default_rng(settings.seed)
     sample = np.sort(rng.choice(n, size=min(n, settings.faiss_train_size), replace=False))
     index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+
+
+def _fill_shuffled(lists, vectors, settings: CoarseSettings) -> None:
+    """Add every row of ``vectors`` to the lists under its position, in a seeded random order, a
+    block at a time (each block's rows read in ascending order, then shuffled): a split search's
+    parts are stretches of every list (``FaissBackend.part_selectors``), and this keeps them from
+    being stretches of the collection's own order."""
+    n = len(vectors)
+    order = np.random.default_rng(settings.seed + 1).permutation(n)
     for start in range(0, n, SCAN_BLOCK):
-        index.add(np.ascontiguousarray(vectors[start:start + SCAN_BLOCK], dtype=np.float32))
+        block = order[start:start + SCAN_BLOCK]
+        ascending = np.sort(block)
+        rows = np.asarray(vectors[ascending], dtype=np.float32)[np.searchsorted(ascending, block)]
+        lists.add_with_ids(np.ascontiguousarray(rows), block.astype(np.int64))
 
 
 def _read_faiss(path: Path, flags: int):

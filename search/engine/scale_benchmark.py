@@ -114,10 +114,11 @@ def _recall(found: list[np.ndarray], exact: np.ndarray) -> float:
 
 def measure_backends(vectors: np.ndarray, queries: np.ndarray, n: int, settings: CoarseSettings, workdir: Path,
                      balltree_max: int, coverages: tuple[float, ...] = (), progress: Progress = no_progress,
-                     vectors_file: Path | None = None) -> list[BackendFigures]:
+                     vectors_file: Path | None = None, parts: tuple[int, ...] = ()) -> list[BackendFigures]:
     """Build each backend over ``vectors`` (the BallTree only up to ``balltree_max`` images), time
     ``queries`` one at a time at depth ``n``, and compare with the exact scan. FAISS is queried
-    once per list coverage in ``coverages`` (default: the setting's), built once. With
+    once per list coverage in ``coverages`` and number of search parts in ``parts`` (default: the
+    settings'; a number repeated is measured again, to alternate settings), built once. With
     ``vectors_file`` (the file of ``vectors``), each backend is also served by a fresh process
     whose memory is measured (``worker_memory``)."""
     size, dim = vectors.shape
@@ -143,9 +144,11 @@ def measure_backends(vectors: np.ndarray, queries: np.ndarray, n: int, settings:
             worker = worker_memory(name, path, store if stored else vectors_file, queries, n, settings)
         path.unlink()
         store.unlink(missing_ok=True)
-        for coverage in (coverages or (settings.faiss_coverage,)) if name == "faiss" else (None,):
+        faiss_settings = [(coverage, part) for coverage in (coverages or (settings.faiss_coverage,))
+                          for part in (parts or (settings.faiss_parts,))]
+        for coverage, part in faiss_settings if name == "faiss" else ((None, None),):
             if coverage is not None:
-                backend.settings = replace(settings, faiss_coverage=coverage)
+                backend.settings = replace(settings, faiss_coverage=coverage, faiss_parts=part)
             progress(f"query {name}", 0, len(queries))
             found, times = _timed_queries(backend.search, queries, n)
             detail = f"leaf size {settings.leaf_size}"
@@ -154,6 +157,8 @@ def measure_backends(vectors: np.ndarray, queries: np.ndarray, n: int, settings:
                           f"short list {settings.faiss_refine} x n" if backend.refined
                           else f"IVF{backend.lists.nlist},SQfp16")
                 detail = f"{listed}, {backend.probes_for(n)} lists probed (coverage {coverage:g})"
+                if backend.refined:
+                    detail += f", one query in {backend.parts} part{'s' if backend.parts > 1 else ''}"
             figures.append(BackendFigures(size, dim, name, build_s, float(np.median(times)),
                                           float(np.percentile(times, 95)), _recall(found, exact), n,
                                           disk / size, resident_mib(), detail, worker))

@@ -61,6 +61,83 @@ def test_faiss_finds_what_the_ball_tree_finds_and_reports_exact_distances(reduce
     np.testing.assert_array_equal(narrow.search(queries, 100)[1], tree_p)
 
 
+
+class CountingIndex:
+    """A FAISS index that counts its searches: the parts of a split search and their second tries."""
+
+    def __init__(self, index):
+        self.wrapped, self.searches = index, 0
+
+    def search(self, *args, **kwargs):
+        self.searches += 1
+        return self.wrapped.search(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.wrapped, name)
+
+
+def test_one_query_is_searched_in_two_parts_that_share_its_short_list():
+    """A re-scored index answers one query on faiss_parts threads, each over a stretch of every
+    list (the lists filled in a shuffled order, so a part is not a stretch of the collection),
+    re-scoring faiss_refine x n / parts each: as good an answer as one search, two searches a query."""
+    vectors = synthetic_vectors(6000, 64, seed=11).astype(np.float16)
+    queries = synthetic_vectors(20, 64, seed=12, near=vectors)
+    config = dict(faiss_reduce_dim=16, faiss_nprobe=4, faiss_coverage=4, faiss_refine=4)
+    one = FaissBackend.build(vectors, settings(faiss_parts=1, **config))
+    two = FaissBackend(one.index, vectors, settings(**config))
+    assert settings().faiss_parts == 2 and two.parts == 2
+    selectors, part_of = two.part_selectors()
+    sizes = np.bincount(part_of, minlength=2)
+    assert abs(sizes[0] - sizes[1]) <= one.lists.nlist  # half of every list each
+    assert abs(np.flatnonzero(part_of == 0).mean() - 3000) < 300  # not the first half of the collection
+    members = [selectors[p].is_member(int(i)) for p in (0, 1) for i in (np.flatnonzero(part_of == p)[:5])]
+    assert members == [True] * 5 + [True] * 5
+    assert not selectors[1].is_member(int(np.flatnonzero(part_of == 0)[0]))
+    two.index = CountingIndex(two.index)
+    recalls = {"one": [], "two": []}
+    for query in queries:
+        want_d, want_p = brute_force(vectors.astype(np.float32), query, 100)
+        for name, backend in (("one", one), ("two", two)):
+            distances, positions = backend.search(query, 100)
+            recalls[name].append(len(np.intersect1d(positions[0], want_p)) / 100)
+            assert positions[0, 0] == want_p[0]
+            assert len(set(positions[0])) == 100 and (np.diff(distances[0]) >= 0).all()
+        true = np.linalg.norm(vectors[positions[0]].astype(np.float32) - query, axis=1)
+        np.testing.assert_allclose(distances[0], true, atol=2e-3)
+    assert np.mean(recalls["two"]) >= 0.95 and np.mean(recalls["two"]) >= np.mean(recalls["one"]) - 0.01, recalls
+    assert two.index.searches == 2 * len(queries)  # no part gave so much more than half that it was searched again
+    # several queries at once: one FAISS search, which spreads them over its threads itself
+    np.testing.assert_array_equal(two.search(queries[:3], 100)[1], one.search(queries[:3], 100)[1])
+    assert two.index.searches == 2 * len(queries) + 1
+
+
+def test_a_part_that_gives_most_of_the_answer_is_searched_again_deeper():
+    """An index whose lists were filled in the collection's order (as builds before the shuffled
+    fill did) over a collection whose look-alikes sit together: one part gives nearly the whole
+    answer, its short list was too short for that, and it is searched again with one as deep as a
+    single search would have re-scored for it."""
+    import faiss
+
+    vectors = synthetic_vectors(6000, 64, seed=13)
+    vectors = vectors[np.argsort(np.linalg.norm(vectors - vectors[0], axis=1))].astype(np.float16)
+    index = faiss.IndexRefine(faiss.index_factory(64, "PCA16,IVF77,SQ8"), faiss.IndexScalarQuantizer(
+        64, faiss.ScalarQuantizer.QT_fp16))
+    index.train(vectors.astype(np.float32))
+    index.add(vectors.astype(np.float32))  # in order
+    config = dict(faiss_reduce_dim=16, faiss_nprobe=4, faiss_coverage=4, faiss_refine=4)
+    two = FaissBackend(index, vectors, settings(**config))
+    query = synthetic_vectors(1, 64, seed=14, near=vectors[:1])[0]
+    want_d, want_p = brute_force(vectors.astype(np.float32), query, 30)  # under half a list
+    _, part_of = two.part_selectors()
+    assert np.mean(part_of[want_p] == 0) > 0.8  # the first entries of their lists: mostly the first part
+    two.index = CountingIndex(two.index)
+    distances, positions = two.search(query, 30)
+    assert two.index.searches == 3  # the two parts, then the first part again
+    assert len(np.intersect1d(positions[0], want_p)) >= 28
+    assert positions[0, 0] == want_p[0] and (np.diff(distances[0]) >= 0).all()
+    one = FaissBackend(index, vectors, settings(faiss_parts=1, **config))
+    assert len(np.intersect1d(positions[0], want_p)) >= len(np.intersect1d(one.search(query, 30)[1][0], want_p))
+
 def test_faiss_answers_a_deep_request_exactly_and_round_trips_through_its_file(tmp_path):
     vectors = synthetic_vectors(2000, 32, seed=5)
     query = vectors[7]
@@ -167,6 +244,8 @@ def test_variants_that_are_halves_of_the_hybrid_one_are_re_scored_from_its_store
         true = np.linalg.norm(np.asarray(rows[variant])[positions] - queries[:, None, :], axis=2)
         np.testing.assert_allclose(distances, true, atol=2e-3)  # its own distances, not the hybrid's
         assert (np.diff(distances, axis=1) >= -1e-6).all()
+        single = np.array([shared.search(query, 60)[1][0] for query in queries])  # each in two parts
+        assert np.mean([len(set(a) & set(b)) / 60 for a, b in zip(single, exact_p)]) >= 0.95
         alone_positions = alone.search(queries, 60)[1]
         assert np.mean([len(set(a) & set(b)) / 60 for a, b in zip(positions, alone_positions)]) >= 0.95
         # a deep request is the exact scan over the rows read through the hybrid store
@@ -185,3 +264,17 @@ def test_the_backend_is_chosen_by_collection_size_unless_set():
     assert isinstance(chosen.build(synthetic_vectors(700, 8, seed=0), settings()), FaissBackend)
     with pytest.raises(SearchIndexError, match="unknown coarse backend 'annoy'"):
         choose_backend(settings(coarse_backend="annoy"), 10)
+
+
+def test_the_scale_benchmark_compares_one_query_in_one_part_and_in_two(tmp_path):
+    from search.engine.scale_benchmark import measure_backends
+
+    vectors = synthetic_vectors(3000, 64, seed=15).astype(np.float16)
+    queries = synthetic_vectors(4, 64, seed=16, near=vectors)
+    rows = measure_backends(vectors, queries, 100, settings(faiss_reduce_dim=16), tmp_path, balltree_max=0,
+                            parts=(1, 2))
+    assert [r.backend for r in rows] == ["exact scan", "faiss", "faiss"]
+    one, two = rows[1:]
+    assert one.detail.endswith("one query in 1 part") and two.detail.endswith("one query in 2 parts")
+    assert "PCA16,IVF54,SQ8 re-scored from float16" in one.detail
+    assert one.recall >= 0.95 and two.recall >= 0.95

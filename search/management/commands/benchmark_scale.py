@@ -27,15 +27,20 @@ class Command(EngineCommand):
                             help="build the BallTree only up to this size (it holds a float64 copy)")
         parser.add_argument("--coverages", default="",
                             help="FAISS list coverages to compare, e.g. 2,4,8 (default: the RETRIEVAL_FAISS_COVERAGE setting)")
+        parser.add_argument("--parts", default="",
+                            help="FAISS search parts (threads per query) to compare, e.g. 1,2,1,2 "
+                                 "(default: the RETRIEVAL_FAISS_PARTS setting)")
         parser.add_argument("--index", type=Path, help="also measure this index (root or build)")
         parser.add_argument("--variant", default="hybrid", help="the variant measured with --index")
         parser.add_argument("--workdir", type=Path, help="where the synthetic vectors are written (default: a temp dir)")
         parser.add_argument("--out", type=Path, help="JSON to write (default: <data dir>/reports/benchmark_scale.json)")
 
-    def handle(self, *args, sizes, dim, n, queries, balltree_max, coverages, index, variant, workdir, out, **options):
+    def handle(self, *args, sizes, dim, n, queries, balltree_max, coverages, parts, index, variant, workdir, out,
+               **options):
         config = self.config(options)
         settings = config.coarse_settings()
         coverages = tuple(float(c) for c in coverages.split(",") if c.strip())
+        parts = tuple(int(p) for p in parts.split(",") if p.strip())
         rows = []
         with tempfile.TemporaryDirectory(dir=workdir) as tmp, StageBars() as bars:
             tmp = Path(tmp)
@@ -48,7 +53,7 @@ class Command(EngineCommand):
                 # a variant stored inside another's (coarse_backends.Share) has no file of its own to serve
                 own_file = None if getattr(vectors, "share", None) else vectors.path
                 for row in measure_backends(vectors, asked, min(n, len(vectors) // 2), settings, tmp,
-                                            balltree_max, coverages, bars, own_file):
+                                            balltree_max, coverages, bars, own_file, parts):
                     rows.append(self.show(dict(asdict(row), data=f"{real.path.name} ({variant})")))
             for size in [int(s) for s in sizes.split(",") if s.strip()]:
                 file = tmp / f"vectors-{size}.npy"
@@ -57,7 +62,8 @@ class Command(EngineCommand):
                 vectors.flush()
                 vectors = np.load(file, mmap_mode="r")
                 asked = synthetic_vectors(queries, dim, seed=1, near=vectors)
-                for row in measure_backends(vectors, asked, n, settings, tmp, balltree_max, coverages, bars, file):
+                for row in measure_backends(vectors, asked, n, settings, tmp, balltree_max, coverages, bars, file,
+                                            parts):
                     rows.append(self.show(dict(asdict(row), data="synthetic")))
                 del vectors
                 file.unlink()
