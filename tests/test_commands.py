@@ -253,8 +253,12 @@ def test_benchmark_scale_measures_each_backend_against_the_exact_scan(tiny_engin
     out_file = tmp_path / "scale.json"
     out, _ = run("benchmark_scale", "--sizes", "3000", "--dim", "64", "--n", "100", "--queries", "5",
                  "--coverages", "4,16", "--index", str(engine_config.index_root), "--variant", "pca",
-                 "--workdir", str(tmp_path), "--out", str(out_file))
+                 "--local-features", "--workdir", str(tmp_path), "--out", str(out_file))
     rows = json.loads(out_file.read_text())["rows"]
+    fine = json.loads(out_file.read_text())["fine"]  # the synthetic local store of 3,000 images
+    assert [(r["size"], r["n"], r["phase"]) for r in fine] == [(3000, 100, "cold"), (3000, 100, "warm")]
+    assert fine[0]["with_min_inliers"] == fine[1]["with_min_inliers"] > 0
+    assert fine[0]["disk_bytes_per_image"] > 300 * 40 * 2 and "synthetic local store     3,000 images" in out
     synthetic = [r for r in rows if r["data"] == "synthetic"]
     assert [r["backend"] for r in synthetic] == ["exact scan", "faiss", "faiss", "balltree"]
     assert [r["backend"] for r in rows if r["data"] != "synthetic"] == ["exact scan", "faiss", "faiss", "balltree"]

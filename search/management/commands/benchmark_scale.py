@@ -1,4 +1,5 @@
 import json
+import shutil
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -7,6 +8,7 @@ import numpy as np
 from django.core.management.base import CommandError
 
 from ...engine.index import load_index
+from ...engine.local_scale_benchmark import measure_fine, synthetic_local_store
 from ...engine.scale_benchmark import measure_backends, synthetic_vectors
 from ..base import EngineCommand, StageBars
 
@@ -16,7 +18,9 @@ class Command(EngineCommand):
             "global features (stored as float16, as FAISS builds store them), the FAISS and BallTree backends built "
             "and queried one query at a time at k = --n, against an exact scan: build time, p50/p95 query time, "
             "recall of the exact n nearest, disk per image, resident memory. With --index, the same on a real "
-            "index's vectors. Prints figures; asserts nothing (timings belong here, not in tests).")
+            "index's vectors. With --local-features, also a synthetic local-feature store of each size, and the "
+            "time to read and verify n candidates from it, from disk and from the page cache. Prints figures; "
+            "asserts nothing (timings belong here, not in tests).")
 
     def add_arguments(self, parser):
         parser.add_argument("--sizes", default="10000,100000", help="synthetic collection sizes, e.g. 10000,100000,1000000")
@@ -30,18 +34,21 @@ class Command(EngineCommand):
         parser.add_argument("--parts", default="",
                             help="FAISS search parts (threads per query) to compare, e.g. 1,2,1,2 "
                                  "(default: the RETRIEVAL_FAISS_PARTS setting)")
+        parser.add_argument("--local-features", action="store_true",
+                            help="also write a synthetic local-feature store of each size (about 25 KB per image "
+                                 "on disk, in --workdir) and time reading and verifying n candidates from it")
         parser.add_argument("--index", type=Path, help="also measure this index (root or build)")
         parser.add_argument("--variant", default="hybrid", help="the variant measured with --index")
         parser.add_argument("--workdir", type=Path, help="where the synthetic vectors are written (default: a temp dir)")
         parser.add_argument("--out", type=Path, help="JSON to write (default: <data dir>/reports/benchmark_scale.json)")
 
-    def handle(self, *args, sizes, dim, n, queries, balltree_max, coverages, parts, index, variant, workdir, out,
-               **options):
+    def handle(self, *args, sizes, dim, n, queries, balltree_max, coverages, parts, local_features, index, variant,
+               workdir, out, **options):
         config = self.config(options)
         settings = config.coarse_settings()
         coverages = tuple(float(c) for c in coverages.split(",") if c.strip())
         parts = tuple(int(p) for p in parts.split(",") if p.strip())
-        rows = []
+        rows, fine_rows = [], []
         with tempfile.TemporaryDirectory(dir=workdir) as tmp, StageBars() as bars:
             tmp = Path(tmp)
             if index is not None:
@@ -67,10 +74,27 @@ class Command(EngineCommand):
                     rows.append(self.show(dict(asdict(row), data="synthetic")))
                 del vectors
                 file.unlink()
+                if local_features:
+                    store = tmp / f"local-{size}"
+                    query = synthetic_local_store(store, size, config.local_max_keypoints, config.local_pca_dim,
+                                                  progress=bars)
+                    for row in measure_fine(store, query, n, queries, config.verify_settings(), config.min_inliers,
+                                            progress=bars):
+                        fine_rows.append(self.show_fine(asdict(row)))
+                    shutil.rmtree(store)
         out = out or config.reports_dir / "benchmark_scale.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"n": n, "queries": queries, "settings": asdict(settings), "rows": rows}, indent=2))
+        out.write_text(json.dumps({"n": n, "queries": queries, "settings": asdict(settings), "rows": rows,
+                                   "fine": fine_rows, "verify_settings": str(config.verify_settings())}, indent=2))
         self.stdout.write(f"wrote {out}")
+
+    def show_fine(self, row: dict) -> dict:
+        self.stdout.write(
+            f"{'synthetic local store':>24} {row['size']:>9,} images, {row['disk_bytes_per_image'] / 1024:.1f} KiB/image, "
+            f"{row['n']:,} candidates, {row['phase']}: read p50 {row['read_p50_ms']:8.1f} ms, verify p50 "
+            f"{row['verify_p50_ms']:8.1f} ms, both {row['total_p50_ms']:8.1f} ms ({row['per_candidate_ms']:.3f} ms per "
+            f"candidate); {row['with_min_inliers']:.1f} per query with MIN_INLIERS")
+        return row
 
     def show(self, row: dict) -> dict:
         """Print a row as soon as it is measured (a million-image run takes a while)."""
