@@ -141,6 +141,10 @@ class EngineConfig:
     local_score_threshold: float = 0.0
     local_base_max_side: int = 640
     local_pca_dim: int = 40
+    # Candidates' local features are read on this many threads (a few thousand reads a query): from
+    # disk, as most are when the store is larger than memory, they then wait on the device together.
+    # Why 16: RESULTS.md ("Reading candidates from disk"). 1: one read after another.
+    local_read_threads: int = 16
     # A query whose longer side is shorter than this is enlarged to it before its pyramid (0: never):
     # a small photo or crop otherwise gives a few dozen keypoints. Collection images never are.
     # Why 256 and not more: RESULTS.md ("Small queries enlarged").

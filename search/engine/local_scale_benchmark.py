@@ -41,6 +41,7 @@ class FineFigures:
     n: int  # candidates per query
     queries: int
     phase: str  # cold: the store's pages dropped from the page cache first; warm: read again
+    read_threads: int
     read_p50_ms: float  # reading the candidates' pre-score rows (read_candidates)
     verify_p50_ms: float  # verification, with the rows and keypoints it reads for the candidates it lets through
     total_p50_ms: float
@@ -110,9 +111,10 @@ def drop_from_page_cache(path: Path) -> None:
 
 
 def measure_fine(path: Path, query: QueryFeatures, n: int, queries: int, settings: VerifySettings,
-                 min_inliers: int, seed: int = 1, progress: Progress = no_progress) -> list[FineFigures]:
+                 min_inliers: int, read_threads: int = 1, seed: int = 1,
+                 progress: Progress = no_progress) -> list[FineFigures]:
     """Per query, ``n`` random positions of the store read as a search reads its candidates
-    (``read_candidates``, each one's pre-score rows) and verified (``verify_candidates``): once
+    (``read_candidates`` on ``read_threads``, each one's pre-score rows) and verified (``verify_candidates``): once
     with the store dropped from the page cache, once more with the same candidates."""
     store = LocalStore.open(path)
     size = len(store)
@@ -128,7 +130,7 @@ def measure_fine(path: Path, query: QueryFeatures, n: int, queries: int, setting
         for q, positions in enumerate(asked):
             progress(f"verify ({phase})", q, queries)
             started = time.perf_counter()
-            candidates = read_candidates(store, positions, settings.prescore_candidate_keypoints)
+            candidates = read_candidates(store, positions, settings.prescore_candidate_keypoints, read_threads)
             read = time.perf_counter()
             results = verify_candidates(query.keypoints, query.descriptors, candidates, settings)
             done = time.perf_counter()
@@ -136,7 +138,7 @@ def measure_fine(path: Path, query: QueryFeatures, n: int, queries: int, setting
             verifies.append((done - read) * 1000)
             verified.append(sum(r.inliers >= min_inliers for r in results))
         totals = np.add(reads, verifies)
-        figures.append(FineFigures(size, n, queries, phase, float(np.median(reads)), float(np.median(verifies)),
+        figures.append(FineFigures(size, n, queries, phase, read_threads, float(np.median(reads)), float(np.median(verifies)),
                                    float(np.median(totals)), float(np.median(totals)) / n, float(np.mean(verified)),
                                    disk))
     return figures

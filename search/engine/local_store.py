@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,8 +90,8 @@ class LocalStore:
         """Which store holds each position, and where in it (``StackedLocalStore`` has several)."""
         return [self], np.zeros(len(positions), dtype=np.int64), np.asarray(positions, dtype=np.int64)
 
-    def candidates(self, positions, head_rows: int = 0) -> Candidates:
-        return read_candidates(self, positions, head_rows)
+    def candidates(self, positions, head_rows: int = 0, threads: int = 1) -> Candidates:
+        return read_candidates(self, positions, head_rows, threads)
 
     def reduce(self, features: LocalFeatures) -> LocalFeatures:
         """Project raw descriptors (e.g. a query's) with this store's PCA."""
@@ -122,8 +123,8 @@ class StackedLocalStore:
         which = np.searchsorted(self.starts, positions, side="right") - 1
         return self.stores, which, positions - self.starts[which]
 
-    def candidates(self, positions, head_rows: int = 0) -> Candidates:
-        return read_candidates(self, positions, head_rows)
+    def candidates(self, positions, head_rows: int = 0, threads: int = 1) -> Candidates:
+        return read_candidates(self, positions, head_rows, threads)
 
     def reduce(self, features: LocalFeatures) -> LocalFeatures:
         return reduce_descriptors(self.pca, features)
@@ -150,13 +151,17 @@ class LazyRows(Sequence):
         return self.read[i]
 
 
-def read_candidates(store: LocalStore | StackedLocalStore, positions, head_rows: int = 0) -> Candidates:
+def read_candidates(store: LocalStore | StackedLocalStore, positions, head_rows: int = 0,
+                    threads: int = 1) -> Candidates:
     """The local features of the images at ``positions``, for verification: their descriptors read
     into one float16 buffer (one ``pread`` each, and no array or float32 conversion per image,
     which made reading 4,000 candidates five times dearer: RESULTS.md), their keypoints when asked
     for. ``head_rows`` > 0: only each image's first (strongest) that many descriptors go into the
     buffer, as ``Candidates.heads``, which is all a pre-score compares; the whole of an image's
-    descriptors is read when asked for (the few hundred it lets through)."""
+    descriptors is read when asked for (the few hundred it lets through). ``threads`` > 1: the reads
+    the page cache cannot answer at once are spread over that many threads, so that they wait on
+    the disk together rather than one after another (a store larger than memory: RESULTS.md,
+    "Reading candidates from disk")."""
     stores, which, local = store.locate(np.asarray(positions, dtype=np.int64).ravel())
     starts, ends = np.zeros(len(local), dtype=np.int64), np.zeros(len(local), dtype=np.int64)
     for s, part in enumerate(stores):
@@ -167,16 +172,43 @@ def read_candidates(store: LocalStore | StackedLocalStore, positions, head_rows:
         lengths = np.minimum(lengths, head_rows)
     bounds = np.concatenate([[0], np.cumsum(lengths)])
     buffer = np.empty((int(bounds[-1]), int(store.pca.n_components_)), dtype=np.float16)
-    for i in range(len(local)):  # one read per candidate
-        stores[which[i]].arrays["descriptors"].read_into(int(starts[i]), buffer[bounds[i]:bounds[i + 1]])
-    read = [buffer[bounds[i]:bounds[i + 1]] for i in range(len(local))]
+    def read(chunk) -> None:
+        for i in chunk:  # one read per candidate
+            stores[which[i]].arrays["descriptors"].read_into(int(starts[i]), buffer[bounds[i]:bounds[i + 1]])
+
+    if threads <= 1 or len(local) < 2 * READS_PER_THREAD:
+        read(range(len(local)))
+    else:
+        # what the page cache holds is read at once, here (threads would only contend for the GIL
+        # over it); the rest waits on the disk on several threads together, which let go of the GIL
+        waiting = [i for i in range(len(local)) if not stores[which[i]].arrays["descriptors"].read_cached_into(
+            int(starts[i]), buffer[bounds[i]:bounds[i + 1]])]
+        chunks = max(1, min(threads, len(waiting) // READS_PER_THREAD))
+        if chunks == 1:
+            read(waiting)
+        else:
+            list(_read_pool(chunks).map(read, np.array_split(np.asarray(waiting), chunks)))
+    read_rows = [buffer[bounds[i]:bounds[i + 1]] for i in range(len(local))]
     keypoints = LazyRows(lambda i: stores[which[i]].keypoints(int(local[i])), len(local))
     if head_rows <= 0:
-        return Candidates(read, keypoints)
+        return Candidates(read_rows, keypoints)
     whole = np.flatnonzero(ends - starts <= head_rows)  # their heads are all they have
     descriptors = LazyRows(lambda i: stores[which[i]].arrays["descriptors"].rows(int(starts[i]), int(ends[i])),
-                           len(local), {int(i): read[i] for i in whole})
-    return Candidates(descriptors, keypoints, heads=read)
+                           len(local), {int(i): read_rows[i] for i in whole})
+    return Candidates(descriptors, keypoints, heads=read_rows)
+
+
+READS_PER_THREAD = 64  # fewer candidates per thread are read on one: a thread costs more than they wait
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _read_pool(threads: int) -> ThreadPoolExecutor:
+    """Threads for reading candidates, made in the process that reads (a pool made before a worker
+    forks has no threads after it)."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1]._max_workers < threads:
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store-read"))
+    return _POOL[1]
 
 
 def _extract(extractor, record: ImageRecord) -> LocalFeatures | str:

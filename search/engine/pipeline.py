@@ -207,7 +207,8 @@ class RetrievalEngine:
         """The local features of each indexed image at ``positions``, from the store: when they are
         more than the pre-score lets through, only the rows it compares at once, the rest of a
         candidate's descriptors when it is let through, its keypoints when it is fitted."""
-        return self.index.local.candidates(positions, prescore_rows(self.verify_settings, len(positions)))
+        return self.index.local.candidates(positions, prescore_rows(self.verify_settings, len(positions)),
+                                           self.config.local_read_threads)
 
     def verify(self, query: LocalFeatures, positions: np.ndarray, progress: Progress = no_progress,
                timings_ms: dict | None = None, candidates=None) -> list[Verification]:

@@ -317,7 +317,8 @@ class Shard:
             scored = positions[:request.get("prescore", {}).get(str(self.number), 0)]
             scores = np.zeros(0, dtype=np.int64)
             if len(scored):
-                heads = index.local.candidates(scored, self.verify_settings.prescore_candidate_keypoints).prescored
+                heads = index.local.candidates(scored, self.verify_settings.prescore_candidate_keypoints,
+                                               self.config.local_read_threads).prescored
                 scores = prescore(query.local.keypoints, query.local.descriptors, heads, self.verify_settings)
             _save(out, ids=self._ids(positions), prescores=scores,
                   relpaths=np.array([index.relpaths[int(p)] for p in positions], dtype=str),

@@ -12,6 +12,9 @@ import numpy as np
 
 from .errors import SearchIndexError
 
+# preadv2's flag for "only what the page cache holds" (Linux 4.14 on); None elsewhere
+NOWAIT = getattr(os, "RWF_NOWAIT", None)
+
 
 def load_array(file: Path) -> np.ndarray:
     """A ``.npy`` file read whole (large row files are read a run at a time: ``RowFile``)."""
@@ -114,6 +117,18 @@ class RowFile(Rows):
         if out.nbytes and os.preadv(self.fd, [memoryview(out).cast("B")], self.offset + start * self.row_bytes) != out.nbytes:
             raise SearchIndexError(f"{self.path} was cut short after the index was loaded: a damaged index; reindex")
         return out
+
+    def read_cached_into(self, start: int, out: np.ndarray) -> bool:
+        """``read_into``, but only from the page cache: False when any of it would wait on the disk
+        (part of ``out`` may then be filled), or when the system cannot tell (every read then counts
+        as one that waits)."""
+        if not out.nbytes:
+            return True
+        try:
+            return os.preadv(self.fd, [memoryview(out).cast("B")], self.offset + start * self.row_bytes,
+                             NOWAIT) == out.nbytes
+        except (OSError, TypeError):  # EAGAIN: not all in the cache; no such flag on this system or file system
+            return False
 
     @property
     def ndim(self) -> int:

@@ -37,17 +37,21 @@ class Command(EngineCommand):
         parser.add_argument("--local-features", action="store_true",
                             help="also write a synthetic local-feature store of each size (about 25 KB per image "
                                  "on disk, in --workdir) and time reading and verifying n candidates from it")
+        parser.add_argument("--read-threads", default="",
+                            help="with --local-features: threads reading the candidates to compare, e.g. 1,16 "
+                                 "(default: the RETRIEVAL_LOCAL_READ_THREADS setting)")
         parser.add_argument("--index", type=Path, help="also measure this index (root or build)")
         parser.add_argument("--variant", default="hybrid", help="the variant measured with --index")
         parser.add_argument("--workdir", type=Path, help="where the synthetic vectors are written (default: a temp dir)")
         parser.add_argument("--out", type=Path, help="JSON to write (default: <data dir>/reports/benchmark_scale.json)")
 
-    def handle(self, *args, sizes, dim, n, queries, balltree_max, coverages, parts, local_features, index, variant,
-               workdir, out, **options):
+    def handle(self, *args, sizes, dim, n, queries, balltree_max, coverages, parts, local_features, read_threads,
+               index, variant, workdir, out, **options):
         config = self.config(options)
         settings = config.coarse_settings()
         coverages = tuple(float(c) for c in coverages.split(",") if c.strip())
         parts = tuple(int(p) for p in parts.split(",") if p.strip())
+        read_threads = tuple(int(t) for t in read_threads.split(",") if t.strip())
         rows, fine_rows = [], []
         with tempfile.TemporaryDirectory(dir=workdir) as tmp, StageBars() as bars:
             tmp = Path(tmp)
@@ -78,9 +82,10 @@ class Command(EngineCommand):
                     store = tmp / f"local-{size}"
                     query = synthetic_local_store(store, size, config.local_max_keypoints, config.local_pca_dim,
                                                   progress=bars)
-                    for row in measure_fine(store, query, n, queries, config.verify_settings(), config.min_inliers,
-                                            progress=bars):
-                        fine_rows.append(self.show_fine(asdict(row)))
+                    for threads in read_threads or (config.local_read_threads,):
+                        for row in measure_fine(store, query, n, queries, config.verify_settings(),
+                                                config.min_inliers, threads, progress=bars):
+                            fine_rows.append(self.show_fine(asdict(row)))
                     shutil.rmtree(store)
         out = out or config.reports_dir / "benchmark_scale.json"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +96,7 @@ class Command(EngineCommand):
     def show_fine(self, row: dict) -> dict:
         self.stdout.write(
             f"{'synthetic local store':>24} {row['size']:>9,} images, {row['disk_bytes_per_image'] / 1024:.1f} KiB/image, "
-            f"{row['n']:,} candidates, {row['phase']}: read p50 {row['read_p50_ms']:8.1f} ms, verify p50 "
+            f"{row['n']:,} candidates, {row['phase']}, {row['read_threads']} reading: read p50 {row['read_p50_ms']:8.1f} ms, verify p50 "
             f"{row['verify_p50_ms']:8.1f} ms, both {row['total_p50_ms']:8.1f} ms ({row['per_candidate_ms']:.3f} ms per "
             f"candidate); {row['with_min_inliers']:.1f} per query with MIN_INLIERS")
         return row
