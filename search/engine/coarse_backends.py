@@ -315,13 +315,13 @@ class FaissBackend:
             params = self._params(nprobe, (short + 0.5) / n, selectors[part])  # FAISS truncates k x factor
             return self.index.search(query, n, params=params)
 
-        shorts = [int(np.ceil(refine * n / parts))] * parts
+        shorts = [max(n, int(np.ceil(refine * n / parts)))] * parts  # FAISS re-scores at least the n asked
         found = list(pool.map(search_part, range(parts), shorts))
         squared, positions = _merge_nearest(found, n)
         given = np.bincount(part_of[positions[0][positions[0] >= 0]], minlength=parts)
         again = [part for part in range(parts) if shorts[part] < PART_SLACK * refine * given[part]]
         if again:
-            deeper = list(pool.map(search_part, again, [int(refine * given[part]) for part in again]))
+            deeper = list(pool.map(search_part, again, [max(n, int(refine * given[part])) for part in again]))
             for part, result in zip(again, deeper):
                 found[part] = result
             squared, positions = _merge_nearest(found, n)

@@ -106,6 +106,9 @@ def test_one_query_is_searched_in_two_parts_that_share_its_short_list():
         np.testing.assert_allclose(distances[0], true, atol=2e-3)
     assert np.mean(recalls["two"]) >= 0.95 and np.mean(recalls["two"]) >= np.mean(recalls["one"]) - 0.01, recalls
     assert two.index.searches == 2 * len(queries)  # no part gave so much more than half that it was searched again
+    # a short list no longer than the n asked (FAISS_REFINE 1): each part re-scores n
+    plain = FaissBackend(one.index, vectors, settings(**dict(config, faiss_refine=1)))
+    assert plain.search(queries[0], 100)[1][0, 0] == one.search(queries[0], 100)[1][0, 0]
     # several queries at once: one FAISS search, which spreads them over its threads itself
     np.testing.assert_array_equal(two.search(queries[:3], 100)[1], one.search(queries[:3], 100)[1])
     assert two.index.searches == 2 * len(queries) + 1
