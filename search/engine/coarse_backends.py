@@ -30,8 +30,6 @@ can ask "as deep as it needs" whatever the backend.
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,6 +43,7 @@ from .config import CoarseSettings
 from .errors import SearchIndexError
 from .progress import Progress, no_progress
 from .stored import RowFile, Rows, load_pickled
+from .threads import thread_pool
 
 BALLTREE, FAISS = "balltree", "faiss"
 BACKENDS = (BALLTREE, FAISS)
@@ -309,7 +308,7 @@ class FaissBackend:
         as a single search would have gone for those candidates (``PART_SLACK``)."""
         refine, parts = self.settings.faiss_refine, self.parts
         selectors, part_of = self.part_selectors()
-        pool = _thread_pool(parts)
+        pool = thread_pool("faiss-part", parts)  # FAISS lets go of the GIL while it searches
 
         def search_part(part: int, short: int):
             params = self._params(nprobe, (short + 0.5) / n, selectors[part])  # FAISS truncates k x factor
@@ -372,18 +371,6 @@ def _merge_nearest(found: list[tuple[np.ndarray, np.ndarray]], n: int) -> tuple[
     squared = np.where(positions >= 0, squared, np.inf)
     order = np.argsort(squared, kind="stable")[:n]
     return squared[order][None], positions[order][None]
-
-
-_POOL: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def _thread_pool(threads: int) -> ThreadPoolExecutor:
-    """Threads for the parts of a FAISS search (FAISS lets go of the GIL while it searches). Made
-    in the process that searches: a pool made before a worker forks has no threads after it."""
-    global _POOL
-    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1]._max_workers < threads:
-        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=threads, thread_name_prefix="faiss-part"))
-    return _POOL[1]
 
 
 def _train(index, vectors, settings: CoarseSettings) -> None:

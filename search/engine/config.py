@@ -58,7 +58,7 @@ class CoarseSettings:
     seed: int = 0
     faiss_train_size: int = 50_000  # vectors the k-means of the lists is trained on
     faiss_map_min_images: int = 100_000  # from this size up the float16 store is memory-mapped
-    faiss_parts: int = 2  # one query's re-scored search runs on this many threads, a range of positions each
+    faiss_parts: int = 2  # one query's re-scored search runs on this many threads, a stretch of every list each
 
 
 def _default_data_dir() -> Path:
@@ -120,8 +120,8 @@ class EngineConfig:
     # when mapped. Below it the store is read whole: a file damaged under a running worker then
     # fails a search instead of killing the worker (RESULTS.md, "FAISS store memory-mapped").
     faiss_map_min_images: int = 100_000
-    # A re-scored FAISS index answers one query on this many threads, each searching the lists for
-    # its own range of the collection and re-scoring its own part of the short list: FAISS alone
+    # A re-scored FAISS index answers one query on this many threads, each searching its own stretch
+    # of every list and re-scoring its own part of the short list: FAISS alone
     # re-scores a query's short list on one core, about 15 ms of a 4,000-candidate query at a
     # million images. 1: one thread. Why 2: RESULTS.md ("One query on two threads").
     faiss_parts: int = 2

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +28,14 @@ from .images import open_image
 from .local_features import LocalFeatures, empty_features
 from .progress import Progress, no_progress
 from .stored import RowFile, load_array, load_pickled
+from .threads import thread_pool
 from .verification import Candidates
 
 META = "meta.json"
 ARRAYS = ("keypoints", "descriptors")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 STAGE = "local features"
+READS_PER_THREAD = 64  # fewer candidates per thread are read on one: a thread costs more than they wait
 
 
 def fingerprint(path: Path) -> str:
@@ -172,6 +173,7 @@ def read_candidates(store: LocalStore | StackedLocalStore, positions, head_rows:
         lengths = np.minimum(lengths, head_rows)
     bounds = np.concatenate([[0], np.cumsum(lengths)])
     buffer = np.empty((int(bounds[-1]), int(store.pca.n_components_)), dtype=np.float16)
+
     def read(chunk) -> None:
         for i in chunk:  # one read per candidate
             stores[which[i]].arrays["descriptors"].read_into(int(starts[i]), buffer[bounds[i]:bounds[i + 1]])
@@ -187,7 +189,7 @@ def read_candidates(store: LocalStore | StackedLocalStore, positions, head_rows:
         if chunks == 1:
             read(waiting)
         else:
-            list(_read_pool(chunks).map(read, np.array_split(np.asarray(waiting), chunks)))
+            list(thread_pool("store-read", chunks).map(read, np.array_split(np.asarray(waiting), chunks)))
     read_rows = [buffer[bounds[i]:bounds[i + 1]] for i in range(len(local))]
     keypoints = LazyRows(lambda i: stores[which[i]].keypoints(int(local[i])), len(local))
     if head_rows <= 0:
@@ -196,19 +198,6 @@ def read_candidates(store: LocalStore | StackedLocalStore, positions, head_rows:
     descriptors = LazyRows(lambda i: stores[which[i]].arrays["descriptors"].rows(int(starts[i]), int(ends[i])),
                            len(local), {int(i): read_rows[i] for i in whole})
     return Candidates(descriptors, keypoints, heads=read_rows)
-
-
-READS_PER_THREAD = 64  # fewer candidates per thread are read on one: a thread costs more than they wait
-_POOL: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def _read_pool(threads: int) -> ThreadPoolExecutor:
-    """Threads for reading candidates, made in the process that reads (a pool made before a worker
-    forks has no threads after it)."""
-    global _POOL
-    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1]._max_workers < threads:
-        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store-read"))
-    return _POOL[1]
 
 
 def _extract(extractor, record: ImageRecord) -> LocalFeatures | str:
