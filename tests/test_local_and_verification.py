@@ -350,3 +350,24 @@ def test_a_prescored_search_reads_the_pre_scores_rows_at_once_and_verifies_as_re
             assert len(read_through) < len(positions)  # the others' rest was never read
     finally:
         engine.verify_settings = saved
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device on this machine")
+def test_verification_on_cuda_gives_the_cpu_answer_on_the_tiny_index(tiny_fine_engine):
+    """Real candidates (the tiny index's own attention features, pre-scored and read as a search
+    reads them): the fine stage on the GPU keeps and fits the very matches the CPU does."""
+    from dataclasses import replace
+
+    from search.engine.verification import verify_candidates
+
+    engine = tiny_fine_engine
+    # float32 pre-score: bfloat16 rounds each similarity, and the two devices may sum in another order
+    settings = replace(engine.verify_settings, verify_top=12, prescore_dtype="float32")
+    for position in (4, 21):
+        query = engine.query_features(engine.index.path_of(position), local=True)
+        positions, _ = engine.coarse_order(query.vectors, "hybrid", 40)
+        on = {device: verify_candidates(query.local.keypoints, query.local.descriptors,
+                                        engine.candidate_features(positions), settings, device=device)
+              for device in ("cpu", "cuda")}
+        assert [(r.inliers, r.matches) for r in on["cuda"]] == [(r.inliers, r.matches) for r in on["cpu"]]
+        assert on["cpu"][int(np.flatnonzero(positions == position)[0])].inliers >= 50  # the query itself

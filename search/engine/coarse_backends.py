@@ -27,13 +27,14 @@ short list is re-scored from that variant's store (``save_variants``).
 A request as deep as a large part of the collection (``evaluate``'s whole ranking, or a
 collection smaller than the short list) is answered by an exact scan instead, so every caller
 can ask "as deep as it needs" whatever the backend.
+
+FAISS is imported by the functions that use it: a collection served by BallTrees never loads it.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import faiss
 import joblib
 import numpy as np
 from sklearn.neighbors import BallTree
@@ -173,6 +174,7 @@ class FaissBackend:
     name = FAISS
 
     def __init__(self, index, vectors: np.ndarray, settings: CoarseSettings, mapped: bool = False):
+        import faiss
         self.index, self.vectors, self.settings = index, vectors, settings
         self.lists = faiss.extract_index_ivf(index)  # the inverted file inside (behind a PCA, a refinement)
         self.refined = isinstance(index, faiss.IndexRefine)
@@ -207,6 +209,7 @@ class FaissBackend:
 
     @classmethod
     def build(cls, vectors: np.ndarray, settings: CoarseSettings) -> "FaissBackend":
+        import faiss
         n, dim = vectors.shape
         lists = cls.lists_for(n, settings)
         if cls.reduces(n, dim, settings):
@@ -231,6 +234,7 @@ class FaissBackend:
     def build_shared(cls, source: "FaissBackend", share: Share, settings: CoarseSettings) -> "FaissBackend":
         """A shared variant's index (``Share``): int8 lists of a PCA projection of its columns of
         ``source``'s vectors (a re-scored backend, just built), re-scored from ``source``'s store."""
+        import faiss
         n, dim = source.vectors.shape
         base = faiss.index_factory(share.width, f"PCA{settings.faiss_reduce_dim},IVF{cls.lists_for(n, settings)},SQ8",
                                    faiss.METRIC_L2)
@@ -248,6 +252,7 @@ class FaissBackend:
         """Write the index to ``path``; with ``store``, a re-scored index's float16 store goes to that
         file instead (the build's vectors file: ``save_variants``; a shared variant writes none, its
         source's store being its own). Whether its store is in a file of its own or its source's."""
+        import faiss
         if store is not None and self.refined:
             faiss.write_index(self.index.base_index, str(path))
             if self.share is None:  # a shared variant's store is its source's
@@ -262,6 +267,7 @@ class FaissBackend:
         ``stored.RowFile`` of a FAISS store), that file is joined to it. A large collection's store
         stays in its file, paged in as queries touch it and shared by every worker on the machine
         (``settings.faiss_map_min_images``)."""
+        import faiss
         mapped = len(vectors) >= settings.faiss_map_min_images
         flags = faiss.IO_FLAG_MMAP_IFC if mapped else 0
         index = _read_faiss(path, flags)
@@ -331,6 +337,7 @@ class FaissBackend:
         Part p is the p-th stretch of every list, so each thread scans a contiguous share of
         the lists' memory (interleaved shares were a third slower: RESULTS.md), and the parts are
         about equally large everywhere in the vector space."""
+        import faiss
         if self.parts not in self._parts:
             part_of = np.zeros(self.index.ntotal, dtype=np.int64)
             invlists = self.lists.invlists
@@ -350,6 +357,7 @@ class FaissBackend:
         """Search parameters for one call: the lists to probe, the short list (``k_factor`` x n,
         re-scored indexes) and the positions searched (``selector``). Passed per call instead of
         set on the shared index, so the parts' threads do not race on them."""
+        import faiss
         params = faiss.SearchParametersIVF(nprobe=int(nprobe))
         if selector is not None:
             params.sel = selector
@@ -396,6 +404,7 @@ def _fill_shuffled(lists, vectors, settings: CoarseSettings) -> None:
 
 
 def _read_faiss(path: Path, flags: int):
+    import faiss
     try:
         return faiss.read_index(str(path), flags)
     except RuntimeError as exc:
