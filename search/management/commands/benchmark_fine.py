@@ -71,6 +71,11 @@ class Command(EngineCommand):
         queries = [engine.index.positions[q] for q in query_ids if q in engine.index.positions]
         counts = [int(c) for c in counts.split(",") if c.strip()]
         variant, _ = parse_method(method)
+        if queries:  # untimed: the first pass pays the device's start (a CUDA context, its kernels' first loads)
+            warm_up = engine.query_features(engine.index.path_of(queries[0]), local=True)
+            positions, _ = engine.coarse_order(warm_up.vectors, variant, min(100, len(engine.index)), expand=False)
+            verify_candidates(warm_up.local.keypoints, warm_up.local.descriptors, engine.candidate_features(positions),
+                              engine.verify_settings, device=engine.device)
         rows = []
         for n in counts:
             totals = {"local_features": 0.0, "reading": 0.0, "prescore": 0.0, "matching": 0.0, "ransac": 0.0}
