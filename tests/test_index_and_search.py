@@ -149,7 +149,7 @@ def test_a_faiss_build_keeps_the_penultimate_and_instance_vectors_inside_the_hyb
                         "factor": pytest.approx(config.hybrid_weight ** 0.5)},
         "instance": {"source": "hybrid", "start": width, "stop": index.manifest["variants"]["hybrid"],
                      "factor": pytest.approx((1 - config.hybrid_weight) ** 0.5)}}
-    assert config.hybrid_weight == 0.3
+    assert config.hybrid_weight == 0.5
     # (the four logits are listed as float16, no wider than the PCA-4 projection: a .npy beside them)
     assert {p.name for p in build.glob("vectors_*")} == {"vectors_hybrid.faiss", "vectors_pca.faiss",
                                                          "vectors_logits.npy"}

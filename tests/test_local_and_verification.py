@@ -229,7 +229,7 @@ def test_instance_and_hybrid_variants_find_the_image_itself(tiny_fine_engine):
     index = engine.index
     size = engine.config.image_size
     assert index.describer_name == engine.describer.name == f"imagenet:efficientnet_lite0:{size}px:mean"
-    assert index.vectors["instance"].shape == (len(index), 1280) and index.manifest["hybrid_weight"] == 0.3
+    assert index.vectors["instance"].shape == (len(index), 1280) and index.manifest["hybrid_weight"] == 0.5
     query = engine.query_features(index.path_of(7), local=True)
     for variant in ("instance", "hybrid"):
         np.testing.assert_allclose(query.vectors[variant][0], index.vectors[variant][7], atol=1e-4)

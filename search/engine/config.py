@@ -127,8 +127,8 @@ class EngineConfig:
     faiss_parts: int = 2
     # The hybrid variant (features.hybrid_vectors): the weight of the fine-tuned penultimate cosine in
     # its similarity, the rest being the ImageNet instance vector's. Read when indexing; an index
-    # keeps the weight it was built with. Why 0.3: RESULTS.md ("The hybrid's weight").
-    hybrid_weight: float = 0.3
+    # keeps the weight it was built with. Why 0.5: RESULTS.md ("The hybrid's weight back to 0.5").
+    hybrid_weight: float = 0.5
     # A build run saves what it extracts every this many images (index root's resume/ folder):
     # a killed run loses at most that much work, and the next run resumes from there.
     checkpoint_images: int = 500
