@@ -37,7 +37,7 @@ class VerifySettings:
     verify_top: int  # more candidates than this: pre-score all, match and fit the best this many (0: all)
     prescore_keypoints: int  # how many of the query's descriptors the pre-score uses
     prescore_grid: int  # taken in turn from the cells of this grid over the query (0: the strongest)
-    prescore_dtype: str  # the pre-score's products: bfloat16 | float32
+    prescore_dtype: str  # the pre-score's products: auto | bfloat16 | float32
     prescore_candidate_keypoints: int = 0  # the pre-score compares each candidate's this many strongest (0: all)
     min_matches: int = 4  # fewer tentative matches: not worth a RANSAC run (3 fit an affine)
     confidence: float = 0.99
@@ -180,9 +180,11 @@ class EngineConfig:
     # strongest descriptors can all lie on the wall or table around the picture. Why 6: RESULTS.md
     # ("Pre-score descriptors spread over the query").
     prescore_grid: int = 6
-    # The pre-score's matrix products in bfloat16 or float32 (verification.PRESCORE_DTYPES). Why
-    # bfloat16: RESULTS.md ("The pre-score's products in bfloat16").
-    prescore_dtype: str = "bfloat16"
+    # The pre-score's matrix products in bfloat16 or float32 (verification.prescore_dtype); auto:
+    # bfloat16 where the device has instructions for it (AVX512-BF16 or AMX CPUs, CUDA GPUs from
+    # Ampere on), float32 elsewhere, where bfloat16 is emulated (five times slower on an AVX2 CPU).
+    # Why: RESULTS.md ("The pre-score's products in bfloat16", "bfloat16 only where the CPU has it").
+    prescore_dtype: str = "auto"
     # ... against each candidate's prescore_candidate_keypoints strongest descriptors (0: all of
     # them; the full match of the fitted ones always uses all). Why 150: RESULTS.md ("The
     # pre-score on each candidate's strongest descriptors").
@@ -263,8 +265,8 @@ class EngineConfig:
                              base_max_side=self.local_base_max_side)
 
     def verify_settings(self) -> "VerifySettings":
-        if self.prescore_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"prescore_dtype takes float32 or bfloat16, not {self.prescore_dtype!r}")
+        if self.prescore_dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"prescore_dtype takes auto, float32 or bfloat16, not {self.prescore_dtype!r}")
         if self.prescore_candidate_keypoints < 0:
             raise ValueError(f"prescore_candidate_keypoints takes 0 (all) or more, not {self.prescore_candidate_keypoints}")
         return VerifySettings(ratio=self.match_ratio, max_distance=self.match_max_distance,

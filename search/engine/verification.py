@@ -8,6 +8,7 @@ that has enough matches to fit a model.
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,8 +20,8 @@ import torch
 from .config import EngineConfig, VerifySettings
 from .progress import Progress, elapsed_ms, no_progress
 
-# the pre-score's products: bfloat16 runs them several times faster on CPUs with bfloat16
-# instructions (AVX512-BF16) and no slower elsewhere (RESULTS.md); matching in full stays float32
+# the pre-score's products: bfloat16 runs them faster where the device has instructions for it,
+# and several times slower where it is emulated (RESULTS.md); matching in full stays float32
 PRESCORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 RANSAC_METHODS = {"ransac": cv2.RANSAC, "usac_magsac": cv2.USAC_MAGSAC, "usac_accurate": cv2.USAC_ACCURATE}
 
@@ -145,6 +146,28 @@ def spread_rows(keypoints: np.ndarray, n: int, grid: int) -> np.ndarray:
     return np.sort(np.lexsort((np.arange(len(cells)), turn))[:n])
 
 
+def has_bfloat16(device) -> bool:
+    """Whether ``device`` multiplies bfloat16 in hardware: a CUDA GPU from Ampere on, a CPU with
+    AVX512-BF16 or AMX. Elsewhere torch emulates it, far slower than float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return _cpu_has_bfloat16()
+
+
+@functools.cache
+def _cpu_has_bfloat16() -> bool:
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe() for probe in probes if probe is not None)
+
+
+def prescore_dtype(settings: VerifySettings, device="cpu") -> torch.dtype:
+    """The pre-score's dtype on ``device``: the setting's, ``auto`` resolved by ``has_bfloat16``."""
+    if settings.prescore_dtype == "auto":
+        return torch.bfloat16 if has_bfloat16(device) else torch.float32
+    return PRESCORE_DTYPES[settings.prescore_dtype]
+
+
 def prescore(query_keypoints: np.ndarray, query: np.ndarray, candidates: Sequence[np.ndarray],
              settings: VerifySettings, device="cpu") -> np.ndarray:
     """A cheap score per candidate: how many of ``prescore_keypoints`` of the query's descriptors
@@ -155,7 +178,7 @@ def prescore(query_keypoints: np.ndarray, query: np.ndarray, candidates: Sequenc
     counts = np.zeros(len(candidates), dtype=np.int64)
     if len(query) == 0:
         return counts
-    block, dtype = settings.block_size * 4, PRESCORE_DTYPES[settings.prescore_dtype]
+    block, dtype = settings.block_size * 4, prescore_dtype(settings, device)
     strongest = settings.prescore_candidate_keypoints or None
     for start in range(0, len(candidates), block):
         descriptor_sets = [candidates[i][:strongest] for i in range(start, min(start + block, len(candidates)))]

@@ -270,6 +270,22 @@ def test_a_bfloat16_prescore_ranks_the_true_candidates_first_as_float32_does():
         EngineConfig(prescore_dtype="float16").verify_settings()
 
 
+def test_the_prescore_multiplies_in_bfloat16_only_where_the_cpu_has_it(monkeypatch):
+    """``auto`` (the default) follows the hardware probe; this machine's answer cannot be changed,
+    so the probe stands in for the two kinds of CPU."""
+    import torch
+
+    from search.engine import verification
+
+    assert SETTINGS.prescore_dtype == "auto"
+    monkeypatch.setattr(verification, "_cpu_has_bfloat16", lambda: False)
+    assert verification.prescore_dtype(SETTINGS, "cpu") == torch.float32
+    monkeypatch.setattr(verification, "_cpu_has_bfloat16", lambda: True)
+    assert verification.prescore_dtype(SETTINGS, "cpu") == torch.bfloat16
+    assert verification.prescore_dtype(replace(SETTINGS, prescore_dtype="float32"), "cpu") == torch.float32
+    assert EngineConfig(prescore_dtype="bfloat16").verify_settings().prescore_dtype == "bfloat16"
+
+
 def test_the_prescore_compares_only_each_candidates_strongest_descriptors_when_asked():
     """Stores keep a candidate's descriptors strongest first; a capped pre-score reads only the
     first rows, and the candidates it lets through are still matched with all of theirs."""

@@ -8,7 +8,7 @@ import numpy as np
 from django.core.management.base import CommandError
 
 from ...engine.methods import DEFAULT_METHOD, METHODS, is_fine, parse_method
-from ...engine.verification import Candidates, verify_candidates
+from ...engine.verification import Candidates, prescore_dtype, verify_candidates
 from ...engine.workflows import open_engine
 from ..base import EngineCommand
 
@@ -123,13 +123,15 @@ class Command(EngineCommand):
                 f"query local features {row['query_local_features_ms']:.1f} ms; "
                 f"{row['with_min_inliers_per_query']:.1f} per query with MIN_INLIERS")
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        dtype = str(prescore_dtype(engine.verify_settings, engine.device)).removeprefix("torch.")
         self.stdout.write(f"peak resident memory {peak_mib:.0f} MiB; index {len(engine.index)} images, "
-                          f"{engine.index.local.meta['total_keypoints']} local features; device {engine.device}")
+                          f"{engine.index.local.meta['total_keypoints']} local features; device {engine.device}, "
+                          f"pre-score in {dtype}")
         out = out or config.reports_dir / "benchmark_fine.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"rows": rows, "method": method, "peak_rss_mib": peak_mib,
                                    "index": str(engine.index.path), "collection_size": len(engine.index),
-                                   "device": str(engine.device),
+                                   "device": str(engine.device), "prescore_dtype": dtype,
                                    "settings": {"local": str(config.local_settings()),
                                                 "verify": str(config.verify_settings())}}, indent=2))
         self.stdout.write(f"wrote {out}")
