@@ -66,18 +66,21 @@ class Candidates:
         return self.heads if self.heads is not None else self.descriptors
 
 
-def _pad(descriptor_sets: list[np.ndarray], dim: int, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """One zero-padded (C, M, dim) tensor of ``dtype`` and its (C, M) validity mask, filled by one
-    scatter of all the rows (no Python step per candidate beyond reading its length)."""
+def _pad(descriptor_sets: list[np.ndarray], dim: int, dtype=torch.float32,
+         device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """One zero-padded (C, M, dim) tensor of ``dtype`` and its (C, M) validity mask on ``device``,
+    filled by one scatter of all the rows (no Python step per candidate beyond reading its
+    length). The rows go to the device as they are stored (float16: half the bytes of float32)
+    and are padded there."""
     lengths = np.fromiter((len(d) for d in descriptor_sets), dtype=np.int64, count=len(descriptor_sets))
     longest = max(int(lengths.max(initial=0)), 1)
-    padded = torch.zeros(len(descriptor_sets), longest, dim, dtype=dtype)
-    valid = torch.zeros(len(descriptor_sets), longest, dtype=torch.bool)
+    padded = torch.zeros(len(descriptor_sets), longest, dim, dtype=dtype, device=device)
+    valid = torch.zeros(len(descriptor_sets), longest, dtype=torch.bool, device=device)
     if lengths.sum():
-        rows = torch.from_numpy(np.concatenate(descriptor_sets)).to(dtype)  # stored float16, converted once
+        rows = torch.from_numpy(np.concatenate(descriptor_sets)).to(device).to(dtype)  # converted once
         owner = np.repeat(np.arange(len(lengths)), lengths)
         slot = np.arange(len(owner)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        owner, slot = torch.from_numpy(owner), torch.from_numpy(slot)
+        owner, slot = torch.from_numpy(owner).to(device), torch.from_numpy(slot).to(device)
         padded[owner, slot] = rows
         valid[owner, slot] = True
     return padded, valid
@@ -96,9 +99,8 @@ def _tentative(query: np.ndarray, candidates: list[np.ndarray], settings: Verify
     comes back on the CPU.
     """
     q = torch.from_numpy(np.asarray(query, dtype=np.float32)).to(device=device, dtype=dtype)
-    padded, valid = _pad(candidates, q.shape[1], dtype)
-    padded, valid = padded.to(device), valid.to(device)
-    similarity = torch.einsum("qd,cmd->cqm", q, padded)  # (C, Q, M)
+    padded, valid = _pad(candidates, q.shape[1], dtype, device)
+    similarity = torch.matmul(q, padded.mT)  # (C, Q, M); einsum gave the same numbers at half the speed
     k = min(2, similarity.shape[2])
     top, nearest = similarity.topk(k, dim=2)  # (C, Q, k)
     best = nearest[..., 0]  # (C, Q)
