@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Fine stage on CPU against CUDA, for a machine with an NVIDIA GPU (about 10 minutes there):
+# Fine stage on CPU against CUDA, for a machine with an NVIDIA GPU (about 4 minutes on an H200):
 # the CUDA tests (the CPU's answer on synthetic and on real candidates), then a one-epoch
 # Corel-1k model and index (quick: the timing does not depend on how well the model is trained),
-# then benchmark_fine at 100, 1,000 and 4,000 candidates on each device. Prints the figures; writes
+# then benchmark_fine at 100, 1,000 and 4,000 candidates on each device, and on CUDA with larger
+# verification blocks (VERIFY_BLOCK_SIZE 256 and 1,024). Prints the figures; writes
 # the JSON reports under $OUT (or var/gpu-benchmark), its model and index under GPU_BENCHMARK_DATA
 # (default: data/ beside them).
 #
@@ -33,4 +34,9 @@ for device in cpu cuda; do
   echo "== $device"
   "$PY" manage.py benchmark_fine --skip-checks --device "$device" --counts 100,1000,4000 --limit 20 \
     --out "$DEST/benchmark_fine-$device.json"
+done
+for block in 256 1024; do  # larger blocks than the default 64 (the pre-score's: four times as many)
+  echo "== cuda, VERIFY_BLOCK_SIZE=$block"
+  RETRIEVAL_VERIFY_BLOCK_SIZE=$block "$PY" manage.py benchmark_fine --skip-checks --device cuda \
+    --counts 1000,4000 --limit 20 --out "$DEST/benchmark_fine-cuda-block$block.json"
 done

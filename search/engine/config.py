@@ -189,6 +189,9 @@ class EngineConfig:
     # them; the full match of the fitted ones always uses all). Why 150: RESULTS.md ("The
     # pre-score on each candidate's strongest descriptors").
     prescore_candidate_keypoints: int = 150
+    # Candidates per batched matrix product of the full match; the pre-score takes four times as
+    # many. A GPU may prefer larger blocks (scripts/gpu_benchmark.sh measures three sizes).
+    verify_block_size: int = 64
     # A fine search fits at least this many candidates (as many as the collection has, when fewer),
     # even when fewer were asked for, and only the ones asked for are ranked: the query's floor of
     # chance inliers (confidence.py) is taken over them, so a candidate's confidence does not
@@ -267,6 +270,8 @@ class EngineConfig:
     def verify_settings(self) -> "VerifySettings":
         if self.prescore_dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"prescore_dtype takes auto, float32 or bfloat16, not {self.prescore_dtype!r}")
+        if self.verify_block_size < 1:
+            raise ValueError(f"verify_block_size takes 1 or more, not {self.verify_block_size}")
         if self.prescore_candidate_keypoints < 0:
             raise ValueError(f"prescore_candidate_keypoints takes 0 (all) or more, not {self.prescore_candidate_keypoints}")
         return VerifySettings(ratio=self.match_ratio, max_distance=self.match_max_distance,
@@ -274,7 +279,8 @@ class EngineConfig:
                               max_iters=self.ransac_max_iters, method=self.ransac_method,
                               verify_top=self.verify_top, prescore_keypoints=self.prescore_keypoints,
                               prescore_grid=self.prescore_grid, prescore_dtype=self.prescore_dtype,
-                              prescore_candidate_keypoints=self.prescore_candidate_keypoints)
+                              prescore_candidate_keypoints=self.prescore_candidate_keypoints,
+                              block_size=self.verify_block_size)
 
     def coarse_settings(self) -> "CoarseSettings":
         return CoarseSettings(backend=self.coarse_backend, faiss_min_images=self.faiss_min_images,
