@@ -1,5 +1,6 @@
 """Query local features on a GPU, photo by photo, when every photo has a size of its own (as
-uploads do): the first query of each size against the same photos again, with cuDNN on and off.
+uploads do): the first query of each size against the same photos again, with cuDNN on and off
+(process-wide; the extractor turns it off for itself since stop 29, so both should now agree).
 For a machine with an NVIDIA GPU (an argument names another device); prints milliseconds. The ImageNet backbone and an untrained
 attention head stand in for a trained pair (the time does not depend on the weights)."""
 import sys

@@ -59,7 +59,15 @@ class AttentionExtractor:
     @torch.no_grad()
     def extract(self, image: Image.Image, min_side: int = 0) -> LocalFeatures:
         """``min_side``: an image whose longer side is shorter is first enlarged to it (a query; the
-        index's features never are, so this setting is not part of ``checksum``)."""
+        index's features never are, so this setting is not part of ``checksum``).
+
+        Without cuDNN: it prepares its convolutions anew for every input size it has not seen, and
+        every photo has a size of its own; on an H200 that made a query of a new size take 5.4 s
+        against 24 ms without it (RESULTS.md, "A photo of a new size on the GPU")."""
+        with torch.backends.cudnn.flags(enabled=False):
+            return self._extract(image, min_side)
+
+    def _extract(self, image: Image.Image, min_side: int) -> LocalFeatures:
         backbone, head, s = self.model.backbone, self.attention.head, self.settings
         width, height = image.size
         base = min(1.0, s.base_max_side / max(width, height))
