@@ -3,7 +3,8 @@
 # the CUDA tests (the CPU's answer on synthetic and on real candidates), then a one-epoch
 # Corel-1k model and index (quick: the timing does not depend on how well the model is trained),
 # then benchmark_fine at 100, 1,000 and 4,000 candidates on each device, and on CUDA with larger
-# verification blocks (VERIFY_BLOCK_SIZE 256 and 1,024). Prints the figures; writes
+# verification blocks (VERIFY_BLOCK_SIZE 256 and 1,024); then query local features of photos of
+# sizes never seen before (scripts/gpu_query_sizes.py). Prints the figures; writes
 # the JSON reports under $OUT (or var/gpu-benchmark), its model and index under GPU_BENCHMARK_DATA
 # (default: data/ beside them).
 #
@@ -40,3 +41,5 @@ for block in 256 1024; do  # larger blocks than the default 64 (the pre-score's:
   RETRIEVAL_VERIFY_BLOCK_SIZE=$block "$PY" manage.py benchmark_fine --skip-checks --device cuda \
     --counts 1000,4000 --limit 20 --out "$DEST/benchmark_fine-cuda-block$block.json"
 done
+echo "== query local features of photos of new sizes"
+"$PY" scripts/gpu_query_sizes.py cuda

@@ -55,6 +55,25 @@ def test_keypoints_lie_inside_the_image_and_are_ranked(tiny_extractor):
     assert len(set(np.round(features.scales, 3))) >= 3  # several pyramid levels contribute
 
 
+def test_local_features_are_taken_without_cudnn_and_leave_it_as_it_was(tiny_extractor, monkeypatch):
+    """cuDNN prepares its convolutions for every input size it has not seen (seconds each on a
+    GPU: RESULTS.md), and every photo has its own size, so the pyramid's maps are taken without it."""
+    import torch
+
+    backbone = tiny_extractor.model.backbone
+    seen, local_map = [], backbone.local_map
+
+    def spy(level):
+        seen.append(torch.backends.cudnn.enabled)
+        return local_map(level)
+
+    monkeypatch.setattr(backbone, "local_map", spy)
+    before = torch.backends.cudnn.enabled
+    assert len(tiny_extractor.extract(open_image(corel_image(301)))) > 0
+    assert seen and not any(seen)  # every level of the pyramid
+    assert torch.backends.cudnn.enabled == before
+
+
 def test_a_small_query_is_enlarged_and_verifies_with_more_inliers(tiny_extractor):
     """A picture sent at 40 % of its size gives few keypoints on its own small pyramid; enlarged
     to ``min_side`` first it gives more, still in its own pixels, and they verify against the
