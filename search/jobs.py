@@ -14,7 +14,7 @@ from django.utils import timezone
 from .conf import engine_config
 from .engine import layout
 from .engine.errors import EngineError, SearchIndexError
-from .engine.images import open_image
+from .engine.images import open_query_image
 from .engine.methods import DEFAULT_METHOD
 from .engine.pipeline import RetrievalEngine
 from .engine.progress import Throttle
@@ -107,7 +107,7 @@ def _run_claimed(job: SearchJob) -> str:
         if not job.query_image or not Path(job.query_image.path).is_file():
             raise EngineError(f"the query image {job.query_image.name} is gone (deleted from the media folder)")
         try:
-            image = open_image(job.query_image.path)
+            image, stored_size = open_query_image(job.query_image.path, engine_config().query_decode_side)
         except EngineError as exc:
             raise EngineError(f"the query image cannot be read: {exc}") from exc
         engine = current_engine()
@@ -115,7 +115,7 @@ def _run_claimed(job: SearchJob) -> str:
         if method == DEFAULT_METHOD and method not in engine.methods:
             method = engine.default_method  # an index built before the default's variant: its best
         unfinished(job_id).update(index_build=engine.index.path.name, stage="global features", method=method)
-        response = engine.search(image, method, k=job.k, progress=Throttle(report))
+        response = engine.search(image, method, k=job.k, progress=Throttle(report), stored_size=stored_size)
     except EngineError as exc:
         _fail(job_id, str(exc))
         return Status.FAILED

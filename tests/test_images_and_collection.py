@@ -3,12 +3,13 @@ import io
 import struct
 import zlib
 
+import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
 from search.engine.collection import read_labels_csv, scan_collection, stable_id, write_labels_csv
 from search.engine.errors import CollectionError, ImageError
-from search.engine.images import MAX_IMAGE_PIXELS, open_image
+from search.engine.images import MAX_IMAGE_PIXELS, open_image, open_query_image
 
 from .conftest import corel_image
 
@@ -40,6 +41,46 @@ def test_truncated_jpeg_is_refused(tmp_path):
     truncated.write_bytes(data[: len(data) // 3])
     with pytest.raises(ImageError, match=r"cut\.jpg: image is truncated or corrupt"):
         open_image(truncated)
+
+
+def photo_sized(tmp_path, name: str, factor: int, exif: bytes = b"") -> tuple:
+    """A Corel picture enlarged ``factor`` times and saved as a JPEG: a phone photo's size."""
+    small = open_image(corel_image(3))
+    big = small.resize((small.width * factor, small.height * factor), Image.Resampling.BICUBIC)
+    path = tmp_path / name
+    big.save(path, quality=90, **({"exif": exif} if exif else {}))
+    return path, big
+
+
+def test_a_query_photo_is_decoded_no_larger_than_it_needs(tmp_path):
+    path, big = photo_sized(tmp_path, "phone.jpg", 10)  # 3840 x 2560
+    image, stored = open_query_image(path, 640)
+    assert stored == big.size and image.mode == "RGB"
+    assert 640 <= min(image.size) and image.width < big.width / 2  # the decoder's 1/4 here
+    assert image.width / image.height == pytest.approx(big.width / big.height, rel=0.01)
+    # the same picture as a full decode shrunk to that size, to JPEG decoding's rounding
+    full = open_image(path).resize(image.size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    difference = abs(np.asarray(image, np.int16) - np.asarray(full, np.int16)).mean()
+    assert difference < 4.0, difference
+    small, stored_small = open_query_image(corel_image(3), 640)  # smaller than asked: as it is
+    assert stored_small == small.size == open_image(corel_image(3)).size
+
+
+def test_a_turned_photo_reports_its_size_as_shown(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter clockwise
+    path, big = photo_sized(tmp_path, "sideways.jpg", 10, exif.tobytes())
+    image, stored = open_query_image(path, 640)
+    assert stored == (big.height, big.width)  # as shown, not as stored
+    assert (image.width > image.height) == (stored[0] > stored[1]) and min(image.size) >= 640
+
+
+def test_a_truncated_photo_is_refused_when_decoded_smaller(tmp_path):
+    path, _ = photo_sized(tmp_path, "photo.jpg", 10)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match=r"photo\.jpg: image is truncated or corrupt"):
+        open_query_image(path, 640)
 
 
 def test_decompression_bomb_is_refused_before_decoding(tmp_path):

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from search.engine.errors import SearchIndexError
-from search.engine.images import open_image
+from search.engine import local_features
+from search.engine.images import open_image, open_query_image
 from search.engine.local_store import LocalStore, build_local_store
 from search.engine.stored import RowFile
 from search.engine.verification import verify_affine
@@ -319,6 +320,47 @@ def test_the_engine_enlarges_small_queries_by_its_setting(tiny_fine_engine):
         with configured(engine, local_query_min_side=side):
             counts.append(len(engine.query_features(small, local=True).local))
     assert counts[1] > counts[0], counts
+
+
+def test_a_photo_sized_query_is_found_with_its_points_on_the_photo(tiny_fine_engine, tmp_path):
+    """A collection picture sent as a phone-sized photo (enlarged eight times, 3072 pixels a side)
+    is decoded smaller than stored (open_query_image) and found verified, its matching points
+    given on the photo as stored."""
+    engine = tiny_fine_engine
+    position, factor = 12, 8
+    picture = open_image(engine.index.path_of(position))
+    photo = picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.BICUBIC)
+    path = tmp_path / "photo.jpg"
+    photo.save(path, quality=92)
+    decoded, stored = open_query_image(path, engine.config.query_decode_side)
+    assert stored == photo.size and decoded.width <= photo.width // 2  # the decoder's 1/2 here
+    first = engine.search(path, "penultimate+attention", k=5).results[0]
+    assert first.image_id == engine.index.image_ids[position] and first.stage == "verified"
+    ours, theirs = np.array(first.query_points), np.array(first.result_points)
+    # within a stride-16 cell of the query's pyramid (about 10 of the picture's pixels); on the
+    # decoded half-size image instead, the points would be hundreds of pixels off
+    assert np.median(np.linalg.norm(ours - theirs * factor, axis=1)) < 8.0 * factor
+    assert (ours >= 0).all() and (ours[:, 0] <= photo.width).all() and (ours[:, 1] <= photo.height).all()
+
+
+def test_a_large_picture_gives_the_local_features_of_its_unshrunk_pyramid(tiny_extractor, monkeypatch):
+    """The pyramid of a picture larger than its top level is built from one Pillow shrink
+    (shrink_to_pyramid) instead of from every original pixel: the same keypoints all but a
+    few, the same descriptors to resampling."""
+    picture = open_image(corel_image(205))
+    large = picture.resize((picture.width * 5, picture.height * 5), Image.Resampling.BICUBIC)
+    shrunk = tiny_extractor.extract(large)
+    monkeypatch.setattr(local_features, "shrink_to_pyramid", lambda image, base, scales: image)
+    whole = tiny_extractor.extract(large)
+    assert len(shrunk) == len(whole) > 100
+    key = {(round(float(x), 1), round(float(y), 1), float(s)): d
+           for (x, y), s, d in zip(whole.keypoints, whole.scales, whole.descriptors)}
+    same = [(key[k], d) for k, d in zip(((round(float(x), 1), round(float(y), 1), float(s))
+                                         for (x, y), s in zip(shrunk.keypoints, shrunk.scales)), shrunk.descriptors)
+            if k in key]
+    assert len(same) >= 0.85 * len(shrunk), (len(same), len(shrunk))
+    cosines = np.array([a @ b for a, b in same])
+    assert np.median(cosines) > 0.99 and cosines.min() > 0.95, (np.median(cosines), cosines.min())
 
 
 def test_a_photo_taken_sideways_is_found_by_turning_the_query(tiny_fine_engine):

@@ -6,6 +6,8 @@ deployment changes behaviour without touching code.
 """
 from __future__ import annotations
 
+import math
+
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -266,6 +268,13 @@ class EngineConfig:
         return LocalSettings(scales=tuple(float(s) for s in self.local_scales.split(",") if s.strip()),
                              max_keypoints=self.local_max_keypoints, score_threshold=self.local_score_threshold,
                              base_max_side=self.local_base_max_side)
+
+    @property
+    def query_decode_side(self) -> int:
+        """The shortest side a query must keep when it is decoded smaller (``open_query_image``): the
+        global input's side and the local pyramid's largest level, whichever is larger."""
+        top = self.local_base_max_side * max([1.0, *self.local_settings().scales])
+        return max(self.image_size, self.local_query_min_side, math.ceil(top))
 
     def verify_settings(self) -> "VerifySettings":
         if self.prescore_dtype not in ("auto", "float32", "bfloat16"):

@@ -39,13 +39,20 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def embed_batch(model: TrainedModel, images: list, device) -> tuple[np.ndarray, np.ndarray]:
-    """Penultimate vectors and logits, both L2-normalised, for a list of PIL images."""
+def embed_batch(model: TrainedModel, images: list, device, describer=None):
+    """Penultimate vectors and logits, both L2-normalised, for a list of PIL images; with a
+    ``describer`` its instance vectors too (else None). Each image is resized once when both
+    networks take the same input: on a 12-megapixel photo one resize costs about what a
+    network's pass does (RESULTS.md, "Photos from a phone")."""
     transform = eval_transform(model.backbone, model.image_size)
     batch = torch.stack([transform(image) for image in images]).to(device)
     pooled = model.backbone.pooled(batch)
     logits = model.backbone.classify(pooled)
-    return l2_normalise(pooled.float().cpu().numpy()), l2_normalise(logits.float().cpu().numpy())
+    instance = None
+    if describer is not None:
+        instance = (describer.describe_input(batch) if describer.takes_input_of(model)
+                    else describer.describe(images))
+    return l2_normalise(pooled.float().cpu().numpy()), l2_normalise(logits.float().cpu().numpy()), instance
 
 
 def _batches(items: list, size: int) -> Iterable[list]:
@@ -70,11 +77,11 @@ def extract_global_features(model: TrainedModel, records: list[ImageRecord], dev
             except ImageError as exc:
                 skipped.append((record.relpath, str(exc)))
         if images:
-            pooled, logits = embed_batch(model, images, device)
+            pooled, logits, instance = embed_batch(model, images, device, describer)
             pooled_parts.append(pooled)
             logit_parts.append(logits)
             if describer is not None:
-                instance_parts.append(describer.describe(images))
+                instance_parts.append(instance)
         done += len(chunk)
         progress("global features", done, len(records))
     dim = model.backbone.feature_dim

@@ -40,11 +40,20 @@ class InstanceDescriber:
     def dim(self) -> int:
         return self.backbone.feature_dim
 
-    @torch.no_grad()
     def describe(self, images: list[Image.Image]) -> np.ndarray:
         transform = eval_transform(self.backbone, self.image_size)
-        batch = torch.stack([transform(image) for image in images]).to(self.device)
+        return self.describe_input(torch.stack([transform(image) for image in images]).to(self.device))
+
+    @torch.no_grad()
+    def describe_input(self, batch: torch.Tensor) -> np.ndarray:
+        """Descriptors of images already resized and normalised for this backbone."""
         return l2_normalise(self.backbone.pooled(batch).float().cpu().numpy())
+
+    def takes_input_of(self, model) -> bool:
+        """Whether ``model``'s input tensor is this describer's too (same size and normalisation)."""
+        theirs = model.backbone
+        return (model.image_size == self.image_size and tuple(theirs.mean) == tuple(self.backbone.mean)
+                and tuple(theirs.std) == tuple(self.backbone.std))
 
 
 def describer_for(index, config: EngineConfig, device) -> InstanceDescriber | None:

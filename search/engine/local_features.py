@@ -75,7 +75,8 @@ class AttentionExtractor:
             base = min_side / max(width, height)
         mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)
         std = torch.tensor(backbone.std).view(1, 3, 1, 1)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        pixels = torch.from_numpy(np.asarray(shrink_to_pyramid(image, base, s.scales), dtype=np.float32) / 255.0)
+        pixels = pixels.permute(2, 0, 1)[None]
         pixels = ((pixels - mean) / std).to(self.device)
         points, scales, scores, descriptors = [], [], [], []
         for scale in s.scales:
@@ -101,6 +102,18 @@ class AttentionExtractor:
         keep = keep[scores[keep].argsort(descending=True)[: s.max_keypoints]]
         return LocalFeatures(points[keep].numpy().astype(np.float32), scales[keep].numpy().astype(np.float32),
                              scores[keep].numpy().astype(np.float32), descriptors[keep].numpy().astype(np.float32))
+
+
+def shrink_to_pyramid(image: Image.Image, base: float, scales) -> Image.Image:
+    """The image shrunk by Pillow to the pyramid's largest level, when it is larger: a phone photo
+    of 12 megapixels made a float tensor and resampled three times took most of a query's local
+    features (RESULTS.md, "Photos from a phone"). Each level is still resampled from this one
+    with antialiasing, and keypoints are still mapped to the original pixels."""
+    top = base * max(scales, default=1.0)
+    if top >= 1.0:
+        return image
+    size = (max(1, round(image.width * top)), max(1, round(image.height * top)))
+    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
 def empty_features(dim: int) -> LocalFeatures:

@@ -20,7 +20,7 @@ from .confidence import EVIDENCE, Calibration, load_calibration, match_evidence
 from .config import EngineConfig
 from .errors import SearchIndexError
 from .features import embed_batch, l2_normalise, variant_vectors
-from .images import open_image
+from .images import open_image, open_query_image
 from .index import SearchIndex
 from .instance_features import InstanceDescriber
 from .local_features import AttentionExtractor, LocalFeatures
@@ -158,8 +158,7 @@ class RetrievalEngine:
             image = open_image(image)
         progress("global features", 0, 1)
         started = time.perf_counter()
-        penultimate, logits = embed_batch(self.model, [image], self.device)
-        instance = self.describer.describe([image]) if self.describer is not None else None
+        penultimate, logits, instance = embed_batch(self.model, [image], self.device, self.describer)
         # the hybrid is joined with the weight its index was built with
         query = QueryFeatures(variant_vectors(penultimate, logits, self.index.pca, instance,
                                               self.index.manifest.get("hybrid_weight")))
@@ -286,14 +285,19 @@ class RetrievalEngine:
         return ranking
 
     def search(self, image, method: str | None = None, n_candidates: int | None = None,
-               k: int | None = None, exclude_ids=(), progress: Progress = no_progress) -> SearchResponse:
+               k: int | None = None, exclude_ids=(), progress: Progress = no_progress,
+               stored_size: tuple[int, int] | None = None) -> SearchResponse:
         """The top k: coarse candidates, then (for ``+attention`` methods) verification and the
-        coarse fallback; every stage reported through ``progress``."""
+        coarse fallback; every stage reported through ``progress``. ``image``: a path (decoded no
+        larger than a query needs) or a PIL image, decoded from a picture of ``stored_size``
+        (default: its own), the size the results' query points are given in."""
         method = method or self.default_method
         _, fine = self._parse(method)
         k = k or self.config.top_k
         n_candidates = max(k, n_candidates or self.config.n_candidates) if fine else k
-        image = image if hasattr(image, "convert") else open_image(image)
+        if not hasattr(image, "convert"):
+            image, stored_size = open_query_image(image, self.config.query_decode_side)
+        stored_size = stored_size or image.size
         query = self.query_features(image, local=fine, progress=progress)
         ranking = self.rank_turning(image, query, method, n_candidates, exclude_ids=exclude_ids, progress=progress)
         results = []
@@ -306,8 +310,9 @@ class RetrievalEngine:
                 if ranking.verified[i]:
                     result.stage = "verified"
                     # the points on the picture as it was sent, not as it was turned
-                    result.query_points = unturn_points(v.query_points, ranking.turned,
-                                                        image.size).round(1).tolist()
+                    points = unturn_points(v.query_points, ranking.turned, image.size)
+                    points *= np.divide(stored_size, image.size)  # on the picture as it is stored
+                    result.query_points = points.round(1).tolist()
                     result.result_points = v.candidate_points.round(1).tolist()
             results.append(result)
         timings = dict(query.timings_ms, **ranking.timings_ms)

@@ -46,3 +46,23 @@ def test_variant_vectors_add_instance_and_hybrid_only_with_instance_vectors(desc
     assert set(variant_vectors(penultimate, logits, None)) == {"penultimate", "logits"}
     vectors = variant_vectors(penultimate, logits, None, instance, 0.5)
     assert vectors["instance"] is instance and vectors["hybrid"].shape == (3, 8 + 1280)
+
+
+def test_one_resize_feeds_both_networks_when_they_take_the_same_input(describer):
+    """embed_batch resizes each image once for the classifier and the describer (a phone photo's
+    resize costs about what a network's pass does): the same instance vectors as describing anew,
+    and a describer of another input size still resizes for itself."""
+    from search.engine.features import embed_batch
+    from search.engine.model import imagenet_model
+
+    images = [open_image(corel_image(n)) for n in (300, 401)]
+    same_size = imagenet_model("efficientnet_lite0", 224, "cpu")
+    assert describer.takes_input_of(same_size)
+    penultimate, logits, instance = embed_batch(same_size, images, "cpu", describer)
+    np.testing.assert_array_equal(instance, describer.describe(images))
+    np.testing.assert_allclose(penultimate, instance, atol=1e-6)  # the very network, here
+    other_size = imagenet_model("efficientnet_lite0", 256, "cpu")
+    assert not describer.takes_input_of(other_size)
+    _, _, apart = embed_batch(other_size, images, "cpu", describer)
+    np.testing.assert_array_equal(apart, describer.describe(images))
+    assert embed_batch(same_size, images, "cpu")[2] is None
