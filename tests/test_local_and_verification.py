@@ -1,5 +1,6 @@
 """Attention local features, the feature store, RANSAC verification and the
 coarse-to-fine search, on real images (Corel-1k and OpenCV's graf/box pairs)."""
+import hashlib
 import os
 import shutil
 from contextlib import contextmanager
@@ -361,6 +362,39 @@ def test_a_large_picture_gives_the_local_features_of_its_unshrunk_pyramid(tiny_e
     assert len(same) >= 0.85 * len(shrunk), (len(same), len(shrunk))
     cosines = np.array([a @ b for a, b in same])
     assert np.median(cosines) > 0.99 and cosines.min() > 0.95, (np.median(cosines), cosines.min())
+
+
+def test_one_pass_gives_the_global_and_local_features_of_two(tiny_models, tiny_fine_engine):
+    """With local_global_level the pyramid level nearest the global input is that input, and a
+    query's global pass gives its stride-16 map: the same global vectors as the plain pass, and
+    the same local features as the index extracts for itself (which computes that map anew)."""
+    from dataclasses import replace
+
+    from search.engine.features import embed_batch
+    from search.engine.pipeline import RetrievalEngine
+
+    model, plain = tiny_models.model, tiny_models.extractor
+    one_pass = replace(plain, global_level=True)
+    assert one_pass.checksum != plain.checksum  # other features: a reindex extracts them again
+    assert plain.checksum == hashlib.sha256(  # and every index made without it keeps its own
+        f"{model.checksum}:{tiny_models.attention.checksum}:{plain.settings}".encode()).hexdigest()
+    image = open_image(corel_image(205))  # 384 x 256: levels 192, 272 and 384 wide
+    together, apart = embed_batch(model, [image], "cpu", local_map=True), embed_batch(model, [image], "cpu")
+    np.testing.assert_array_equal(together.penultimate, apart.penultimate)
+    np.testing.assert_array_equal(together.logits, apart.logits)
+    shared, own = one_pass.extract(image, 0, together.local_map), one_pass.extract(image)
+    for field in ("keypoints", "scales", "scores", "descriptors"):
+        np.testing.assert_array_equal(getattr(shared, field), getattr(own, field))
+    squashed = np.sqrt(model.image_size ** 2 / (image.width * image.height))
+    assert np.isclose(own.scales, squashed).any()  # the global input stands in for the 384-wide level
+    assert not np.isclose(own.scales, 1.0).any() and np.isclose(plain.extract(image).scales, 1.0).any()
+    engine = tiny_fine_engine
+    shared_engine = RetrievalEngine(model, engine.index, "cpu", engine.config, tiny_models.attention,
+                                    describer=engine.describer, extractor=one_pass)
+    query = shared_engine.query_features(image, local=True)
+    np.testing.assert_array_equal(query.vectors["penultimate"], apart.penultimate)
+    np.testing.assert_array_equal(query.local.descriptors,
+                                  engine.index.local.reduce(one_pass.extract(image, engine.config.local_query_min_side)).descriptors)
 
 
 def test_a_photo_taken_sideways_is_found_by_turning_the_query(tiny_fine_engine):

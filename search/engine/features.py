@@ -11,7 +11,7 @@ L2-normalised again; logits are L2-normalised too.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import numpy as np
 import torch
@@ -38,21 +38,33 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+class Embedded(NamedTuple):
+    penultimate: np.ndarray  # (N, D) L2-normalised
+    logits: np.ndarray  # (N, C) L2-normalised
+    instance: np.ndarray | None  # (N, D') with a describer
+    local_map: torch.Tensor | None  # the stride-16 map of the same input, when asked for
+
+
 @torch.no_grad()
-def embed_batch(model: TrainedModel, images: list, device, describer=None):
+def embed_batch(model: TrainedModel, images: list, device, describer=None, local_map: bool = False) -> Embedded:
     """Penultimate vectors and logits, both L2-normalised, for a list of PIL images; with a
-    ``describer`` its instance vectors too (else None). Each image is resized once when both
-    networks take the same input: on a 12-megapixel photo one resize costs about what a
-    network's pass does (RESULTS.md, "Photos from a phone")."""
+    ``describer`` its instance vectors too; with ``local_map`` the classifier's stride-16 map of
+    the same input, taken on the same pass. Each image is resized once when both networks take
+    the same input: on a 12-megapixel photo one resize costs about what a network's pass does
+    (RESULTS.md, "Photos from a phone")."""
     transform = eval_transform(model.backbone, model.image_size)
     batch = torch.stack([transform(image) for image in images]).to(device)
-    pooled = model.backbone.pooled(batch)
+    if local_map:
+        pooled, stride16 = model.backbone.pooled_and_local(batch)
+    else:
+        pooled, stride16 = model.backbone.pooled(batch), None
     logits = model.backbone.classify(pooled)
     instance = None
     if describer is not None:
         instance = (describer.describe_input(batch) if describer.takes_input_of(model)
                     else describer.describe(images))
-    return l2_normalise(pooled.float().cpu().numpy()), l2_normalise(logits.float().cpu().numpy()), instance
+    return Embedded(l2_normalise(pooled.float().cpu().numpy()), l2_normalise(logits.float().cpu().numpy()),
+                    instance, stride16)
 
 
 def _batches(items: list, size: int) -> Iterable[list]:
@@ -77,7 +89,7 @@ def extract_global_features(model: TrainedModel, records: list[ImageRecord], dev
             except ImageError as exc:
                 skipped.append((record.relpath, str(exc)))
         if images:
-            pooled, logits, instance = embed_batch(model, images, device, describer)
+            pooled, logits, instance, _ = embed_batch(model, images, device, describer)
             pooled_parts.append(pooled)
             logit_parts.append(logits)
             if describer is not None:

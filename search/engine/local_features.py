@@ -17,7 +17,7 @@ from PIL import Image
 
 from .attention import TrainedAttention
 from .config import LocalSettings
-from .model import TrainedModel
+from .model import TrainedModel, eval_transform
 
 STRIDE = 16
 
@@ -43,6 +43,10 @@ class AttentionExtractor:
     attention: TrainedAttention
     settings: LocalSettings
     device: str | torch.device = "cpu"
+    # The pyramid level nearest the global features' input (the whole picture squashed to the
+    # model's image size) is that input itself, so that a query's global and local features come
+    # from one pass of the network (``shares_global_pass``): RESULTS.md, "One backbone pass".
+    global_level: bool = False
 
     name = "attention"
 
@@ -54,20 +58,28 @@ class AttentionExtractor:
     def checksum(self) -> str:
         """Changes whenever the features would: model, head or extraction settings."""
         text = f"{self.model.checksum}:{self.attention.checksum}:{self.settings}"
+        if self.global_level:
+            text += f":global-level:{self.model.image_size}"
         return hashlib.sha256(text.encode()).hexdigest()
 
+    def shares_global_pass(self, model: TrainedModel) -> bool:
+        """Whether ``model``'s global pass gives one of this extractor's levels (``global_map``)."""
+        return self.global_level and model is self.model
+
     @torch.no_grad()
-    def extract(self, image: Image.Image, min_side: int = 0) -> LocalFeatures:
+    def extract(self, image: Image.Image, min_side: int = 0, global_map: torch.Tensor | None = None) -> LocalFeatures:
         """``min_side``: an image whose longer side is shorter is first enlarged to it (a query; the
-        index's features never are, so this setting is not part of ``checksum``).
+        index's features never are, so this setting is not part of ``checksum``). ``global_map``:
+        the stride-16 map of the global input, taken on the global features' pass (with
+        ``global_level``; computed here when not given).
 
         Without cuDNN: it prepares its convolutions anew for every input size it has not seen, and
         every photo has a size of its own; on an H200 that made a query of a new size take 5.4 s
         against 24 ms without it (RESULTS.md, "A photo of a new size on the GPU")."""
         with torch.backends.cudnn.flags(enabled=False):
-            return self._extract(image, min_side)
+            return self._extract(image, min_side, global_map)
 
-    def _extract(self, image: Image.Image, min_side: int) -> LocalFeatures:
+    def _extract(self, image: Image.Image, min_side: int, global_map: torch.Tensor | None) -> LocalFeatures:
         backbone, head, s = self.model.backbone, self.attention.head, self.settings
         width, height = image.size
         base = min(1.0, s.base_max_side / max(width, height))
@@ -79,19 +91,26 @@ class AttentionExtractor:
         pixels = pixels.permute(2, 0, 1)[None]
         pixels = ((pixels - mean) / std).to(self.device)
         points, scales, scores, descriptors = [], [], [], []
-        for scale in s.scales:
-            w, h = round(width * base * scale), round(height * base * scale)
-            if min(w, h) < s.min_side:
-                continue
-            level = F.interpolate(pixels, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-            fmap = backbone.local_map(level)
+        levels = [(round(width * base * scale), round(height * base * scale), scale * base) for scale in s.scales]
+        levels = [(w, h, scale) for w, h, scale in levels if min(w, h) >= s.min_side]
+        shared = nearest_level(levels, self.model.image_size) if self.global_level else None
+        for w, h, scale in levels:
+            if (w, h) == shared:
+                w = h = self.model.image_size
+                scale = float(np.sqrt(w * h / (width * height)))  # squashed: the mean of its two scales
+                if global_map is None:
+                    global_map = backbone.local_map(global_input(self.model, image, self.device))
+                fmap = global_map
+            else:
+                level = F.interpolate(pixels, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+                fmap = backbone.local_map(level)
             att = head.scores(fmap)[0, 0]  # (H', W')
             rows, cols = torch.meshgrid(torch.arange(fmap.shape[2]), torch.arange(fmap.shape[3]), indexing="ij")
             # receptive-field centres, mapped back to original pixels
             x = (cols.flatten().float() * STRIDE + (STRIDE - 1) / 2) * (width / w)
             y = (rows.flatten().float() * STRIDE + (STRIDE - 1) / 2) * (height / h)
             points.append(torch.stack([x, y], 1))
-            scales.append(torch.full((x.numel(),), scale * base))
+            scales.append(torch.full((x.numel(),), scale))
             scores.append(att.flatten().cpu())
             descriptors.append(F.normalize(fmap[0].flatten(1).T, dim=1).cpu())
         if not points:
@@ -102,6 +121,20 @@ class AttentionExtractor:
         keep = keep[scores[keep].argsort(descending=True)[: s.max_keypoints]]
         return LocalFeatures(points[keep].numpy().astype(np.float32), scales[keep].numpy().astype(np.float32),
                              scores[keep].numpy().astype(np.float32), descriptors[keep].numpy().astype(np.float32))
+
+
+def nearest_level(levels: list[tuple], side: int) -> tuple[int, int] | None:
+    """Of the pyramid's levels (width, height, ...), the size of the one whose area is nearest (by
+    ratio) to a square of ``side``: the level the global input stands in for."""
+    if not levels:
+        return None
+    w, h = min(levels, key=lambda level: abs(np.log(level[0] * level[1] / side ** 2)))[:2]
+    return w, h
+
+
+def global_input(model: TrainedModel, image: Image.Image, device) -> torch.Tensor:
+    """The global features' input for one image: squashed to the model's size and normalised."""
+    return eval_transform(model.backbone, model.image_size)(image)[None].to(device)
 
 
 def shrink_to_pyramid(image: Image.Image, base: float, scales) -> Image.Image:

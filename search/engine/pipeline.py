@@ -121,7 +121,7 @@ class RetrievalEngine:
         self.describer = describer
         self.calibration = calibration or load_calibration(config.calibration_file)
         if extractor is None and attention is not None:
-            extractor = AttentionExtractor(model, attention, config.local_settings(), device)
+            extractor = AttentionExtractor(model, attention, config.local_settings(), device, config.local_global_level)
         self.extractor = extractor
         self.verify_settings = config.verify_settings()
 
@@ -158,16 +158,18 @@ class RetrievalEngine:
             image = open_image(image)
         progress("global features", 0, 1)
         started = time.perf_counter()
-        penultimate, logits, instance = embed_batch(self.model, [image], self.device, self.describer)
+        shared = local and self.extractor is not None and self.extractor.shares_global_pass(self.model)
+        embedded = embed_batch(self.model, [image], self.device, self.describer, local_map=shared)
         # the hybrid is joined with the weight its index was built with
-        query = QueryFeatures(variant_vectors(penultimate, logits, self.index.pca, instance,
-                                              self.index.manifest.get("hybrid_weight")))
+        query = QueryFeatures(variant_vectors(embedded.penultimate, embedded.logits, self.index.pca,
+                                              embedded.instance, self.index.manifest.get("hybrid_weight")))
         query.timings_ms["global_features"] = elapsed_ms(started)
         if local:
             self._require_local("the fine stage")
             progress("local features", 0, 1)
             started = time.perf_counter()
-            query.local = self.index.local.reduce(self.extractor.extract(image, self.config.local_query_min_side))
+            features = self.extractor.extract(image, self.config.local_query_min_side, embedded.local_map)
+            query.local = self.index.local.reduce(features)
             query.timings_ms["local_features"] = elapsed_ms(started)
         return query
 

@@ -44,7 +44,7 @@ class TrainedModels(Models):
 
 
 def _models(model: TrainedModel, attention: TrainedAttention | None, config: EngineConfig, device) -> Models:
-    extractor = (AttentionExtractor(model, attention, config.local_settings(), device)
+    extractor = (AttentionExtractor(model, attention, config.local_settings(), device, config.local_global_level)
                  if attention is not None else None)
     return Models(model, attention, extractor, device)
 

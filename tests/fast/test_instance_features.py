@@ -58,11 +58,11 @@ def test_one_resize_feeds_both_networks_when_they_take_the_same_input(describer)
     images = [open_image(corel_image(n)) for n in (300, 401)]
     same_size = imagenet_model("efficientnet_lite0", 224, "cpu")
     assert describer.takes_input_of(same_size)
-    penultimate, logits, instance = embed_batch(same_size, images, "cpu", describer)
+    penultimate, logits, instance, _ = embed_batch(same_size, images, "cpu", describer)
     np.testing.assert_array_equal(instance, describer.describe(images))
     np.testing.assert_allclose(penultimate, instance, atol=1e-6)  # the very network, here
     other_size = imagenet_model("efficientnet_lite0", 256, "cpu")
     assert not describer.takes_input_of(other_size)
-    _, _, apart = embed_batch(other_size, images, "cpu", describer)
+    _, _, apart, _ = embed_batch(other_size, images, "cpu", describer)
     np.testing.assert_array_equal(apart, describer.describe(images))
     assert embed_batch(same_size, images, "cpu")[2] is None

@@ -40,6 +40,16 @@ class Backbone(nn.Module):
         """The stride-16 feature map (B, local_dim, H/16, W/16) local descriptors are taken from."""
         raise NotImplementedError
 
+    def pooled_and_local(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``pooled`` and ``local_map`` of the same images from one forward pass (the stride-16 map
+        is taken on the way), for a query whose global input is also a level of its pyramid."""
+        local = self.local_map(images)
+        return self.after_local(local).mean((2, 3)), local
+
+    def after_local(self, local: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """The rest of the network: the stride-16 map in, the last convolutional map out."""
+        raise NotImplementedError
+
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(pooled))
 

@@ -37,6 +37,14 @@ class EfficientNetLite0(Backbone):
             x = block(x)
         return x
 
+    def after_local(self, local):
+        # extract_features' blocks after ``local_block`` and head (drop-connect only acts in training,
+        # which goes through extract_features)
+        n, x = self.net, local
+        for block in n._blocks[self.local_block + 1:]:
+            x = block(x)
+        return n._swish(n._bn1(n._conv_head(x)))
+
     def for_inference(self):
         folded = super().for_inference()
         # Every ReLU6 here acts on a convolution's fresh output, never on a block's input that

@@ -30,7 +30,10 @@ class ResNet18(Backbone):
     local_dim = 256  # layer3 (conv4), stride 16, as in DELF
 
     def feature_map(self, images):
-        return self.net.layer4(self.local_map(images))
+        return self.after_local(self.local_map(images))
+
+    def after_local(self, local):
+        return self.net.layer4(local)
 
     def local_map(self, images):
         n = self.net
