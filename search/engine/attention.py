@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .collection import ImageRecord
 from .errors import ModelError
 from .images import load_resized
-from .model import TrainedModel, eval_transform, file_checksum, metrics_path, save_checkpoint
+from .model import TrainedModel, eval_batch, file_checksum, metrics_path, save_checkpoint
 from .progress import Progress, no_progress
 
 STAGE = "train attention head"
@@ -56,10 +56,9 @@ class TrainedAttention:
 
 @torch.no_grad()
 def _feature_maps(model: TrainedModel, images, device, flip: bool) -> torch.Tensor:
-    transform = eval_transform(model.backbone, model.image_size)
     maps = []
     for start in range(0, len(images), 32):
-        batch = torch.stack([transform(image) for image in images[start:start + 32]]).to(device)
+        batch = eval_batch(model.backbone, model.image_size, images[start:start + 32], device)
         if flip:
             batch = batch.flip(3)
         maps.append(model.backbone.local_map(batch).cpu())

@@ -6,9 +6,8 @@ deployment changes behaviour without touching code.
 """
 from __future__ import annotations
 
-import math
-
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path

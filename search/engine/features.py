@@ -20,7 +20,7 @@ from sklearn.decomposition import PCA
 from .collection import ImageRecord
 from .errors import ImageError
 from .images import open_image
-from .model import TrainedModel, eval_transform
+from .model import TrainedModel, eval_batch
 from .progress import Progress, no_progress
 
 
@@ -52,8 +52,7 @@ def embed_batch(model: TrainedModel, images: list, device, describer=None, local
     the same input, taken on the same pass. Each image is resized once when both networks take
     the same input: on a 12-megapixel photo one resize costs about what a network's pass does
     (RESULTS.md, "Photos from a phone")."""
-    transform = eval_transform(model.backbone, model.image_size)
-    batch = torch.stack([transform(image) for image in images]).to(device)
+    batch = eval_batch(model.backbone, model.image_size, images, device)
     if local_map:
         pooled, stride16 = model.backbone.pooled_and_local(batch)
     else:

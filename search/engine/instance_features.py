@@ -21,7 +21,7 @@ from PIL import Image
 from .backbones import Backbone
 from .config import EngineConfig
 from .features import l2_normalise
-from .model import eval_transform, imagenet_model
+from .model import eval_batch, imagenet_model
 
 
 @dataclass
@@ -41,8 +41,7 @@ class InstanceDescriber:
         return self.backbone.feature_dim
 
     def describe(self, images: list[Image.Image]) -> np.ndarray:
-        transform = eval_transform(self.backbone, self.image_size)
-        return self.describe_input(torch.stack([transform(image) for image in images]).to(self.device))
+        return self.describe_input(eval_batch(self.backbone, self.image_size, images, self.device))
 
     @torch.no_grad()
     def describe_input(self, batch: torch.Tensor) -> np.ndarray:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from .attention import TrainedAttention
 from .config import LocalSettings
-from .model import TrainedModel, eval_transform
+from .model import TrainedModel, eval_batch
 
 STRIDE = 16
 
@@ -99,7 +99,7 @@ class AttentionExtractor:
                 w = h = self.model.image_size
                 scale = float(np.sqrt(w * h / (width * height)))  # squashed: the mean of its two scales
                 if global_map is None:
-                    global_map = backbone.local_map(global_input(self.model, image, self.device))
+                    global_map = backbone.local_map(eval_batch(backbone, self.model.image_size, [image], self.device))
                 fmap = global_map
             else:
                 level = F.interpolate(pixels, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
@@ -130,11 +130,6 @@ def nearest_level(levels: list[tuple], side: int) -> tuple[int, int] | None:
         return None
     w, h = min(levels, key=lambda level: abs(np.log(level[0] * level[1] / side ** 2)))[:2]
     return w, h
-
-
-def global_input(model: TrainedModel, image: Image.Image, device) -> torch.Tensor:
-    """The global features' input for one image: squashed to the model's size and normalised."""
-    return eval_transform(model.backbone, model.image_size)(image)[None].to(device)
 
 
 def shrink_to_pyramid(image: Image.Image, base: float, scales) -> Image.Image:

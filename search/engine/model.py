@@ -34,6 +34,12 @@ def eval_transform(backbone: Backbone, image_size: int) -> T.Compose:
     ])
 
 
+def eval_batch(backbone: Backbone, image_size: int, images: list, device) -> torch.Tensor:
+    """PIL images as one network input: each squashed by ``eval_transform``, stacked, on ``device``."""
+    transform = eval_transform(backbone, image_size)
+    return torch.stack([transform(image) for image in images]).to(device)
+
+
 def train_transform(backbone: Backbone, image_size: int) -> T.Compose:
     return T.Compose([
         T.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
