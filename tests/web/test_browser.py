@@ -497,3 +497,39 @@ def test_a_thumbnail_of_a_collection_picture_comes_back_as_a_verified_match(page
     assert first.locator(".stage").inner_text() == "verified match"
     assert not page.locator("#job-summary").inner_text().startswith("No confident match")
     shot(page, "thumbnail-verified.png")
+
+
+def test_a_phone_sized_photo_is_found_verified_and_its_matches_drawn_on_it(page, live_server, celery_worker_process,
+                                                                          site_index, tmp_path):
+    """A collection picture photographed large (enlarged eight times, 3072 pixels a side, as a
+    phone's photo is): the worker decodes it smaller (open_query_image), finds the picture verified,
+    and the matches are given and drawn on the photo as it was sent."""
+    from PIL import Image
+
+    from search.engine.images import open_image
+    from search.engine.index import load_index
+
+    index = load_index(site_index)
+    source = open_image(index.path_of(12))
+    factor = 8
+    photo = tmp_path / "photo.jpg"
+    source.resize((source.width * factor, source.height * factor), Image.Resampling.BICUBIC).save(photo, quality=92)
+    page.goto(live_server.url + "/")
+    page.set_input_files("input[name=image]", str(photo))
+    page.click("#search-button")
+    page.wait_for_url(re.compile(r"/jobs/[0-9a-f-]{36}/$"))
+    page.wait_for_selector(".result", timeout=180_000)
+    first = page.locator(".result").first
+    assert first.locator(".relpath").inner_text().split(" (")[0] == index.relpaths[12]
+    assert first.locator(".stage").inner_text() == "verified match"
+    best = SearchJob.objects.latest("pk").results[0]
+    ours, theirs = best["query_points"], best["result_points"]
+    assert len(ours) == best["inliers"] > 0
+    # on the photo as sent: about eight times the picture's points, spread over all of its width
+    offsets = sorted(abs(q[0] - factor * r[0]) + abs(q[1] - factor * r[1]) for q, r in zip(ours, theirs))
+    assert offsets[len(offsets) // 2] < 16 * factor
+    assert max(q[0] for q in ours) > source.width * factor / 2
+    page.locator(".result").first.locator(".match-link").click()
+    page.wait_for_function("() => { const i = document.getElementById('correspondences'); "
+                           "return i.complete && i.naturalWidth > 0; }", timeout=60_000)
+    shot(page, "phone-photo-correspondences.png")
