@@ -472,6 +472,16 @@ def test_staff_see_the_shards_and_a_warning_when_they_hold_an_older_index(page, 
         shutil.rmtree(older, ignore_errors=True)
 
 
+def first_result_of_upload(page, live_server, picture: Path):
+    """Search by uploading ``picture`` on the home page; the first result once the job is done."""
+    page.goto(live_server.url + "/")
+    page.set_input_files("input[name=image]", str(picture))
+    page.click("#search-button")
+    page.wait_for_url(re.compile(r"/jobs/[0-9a-f-]{36}/$"))
+    page.wait_for_selector(".result", timeout=180_000)
+    return page.locator(".result").first
+
+
 def test_a_thumbnail_of_a_collection_picture_comes_back_as_a_verified_match(page, live_server, celery_worker_process,
                                                                               site_index, tmp_path):
     """A picture sent at 40 % of its size (about 150 px, enlarged to LOCAL_QUERY_MIN_SIDE before its
@@ -487,12 +497,7 @@ def test_a_thumbnail_of_a_collection_picture_comes_back_as_a_verified_match(page
     source = open_image(index.path_of(12))
     thumbnail = tmp_path / "thumbnail.jpg"
     source.resize((round(source.width * 0.4), round(source.height * 0.4)), Image.Resampling.BILINEAR).save(thumbnail)
-    page.goto(live_server.url + "/")
-    page.set_input_files("input[name=image]", str(thumbnail))
-    page.click("#search-button")
-    page.wait_for_url(re.compile(r"/jobs/[0-9a-f-]{36}/$"))
-    page.wait_for_selector(".result", timeout=180_000)
-    first = page.locator(".result").first
+    first = first_result_of_upload(page, live_server, thumbnail)
     assert first.locator(".relpath").inner_text().split(" (")[0] == index.relpaths[12]
     assert first.locator(".stage").inner_text() == "verified match"
     assert not page.locator("#job-summary").inner_text().startswith("No confident match")
@@ -514,12 +519,7 @@ def test_a_phone_sized_photo_is_found_verified_and_its_matches_drawn_on_it(page,
     factor = 8
     photo = tmp_path / "photo.jpg"
     source.resize((source.width * factor, source.height * factor), Image.Resampling.BICUBIC).save(photo, quality=92)
-    page.goto(live_server.url + "/")
-    page.set_input_files("input[name=image]", str(photo))
-    page.click("#search-button")
-    page.wait_for_url(re.compile(r"/jobs/[0-9a-f-]{36}/$"))
-    page.wait_for_selector(".result", timeout=180_000)
-    first = page.locator(".result").first
+    first = first_result_of_upload(page, live_server, photo)
     assert first.locator(".relpath").inner_text().split(" (")[0] == index.relpaths[12]
     assert first.locator(".stage").inner_text() == "verified match"
     best = SearchJob.objects.latest("pk").results[0]
