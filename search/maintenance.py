@@ -23,8 +23,8 @@ from .engine.evaluation import evaluate_methods, write_report
 from .engine.index import activate_build
 from .engine.progress import Throttle
 from .engine.shards import split_build
-from .engine.workflows import (Models, add_to_index, index_collection, load_models, model_label, open_engine,
-                               train_models)
+from .engine.workflows import (Models, add_to_index, following_active_build, index_collection, load_models,
+                               model_label, open_engine, train_models)
 from .models import MaintenanceRun, Status
 from .queue import enqueue_maintenance
 from .watchdog import Heartbeat, worker_name
@@ -97,7 +97,12 @@ def _build(config, collection: Collection, models: Models, report: RunLog, activ
 
 
 def reindex(config, report: RunLog, run: MaintenanceRun) -> Path:
-    return _build(config, _scan(config, run), load_models(config), report, activate=True)
+    """A new build with the current settings; a merge keeps the active build's kind of local
+    features, so that it extracts nothing even after LOCAL_GLOBAL_LEVEL has changed."""
+    models = load_models(config)
+    if run.requested_by == MERGE_REQUESTER and layout.has_active(config.index_root):
+        models = following_active_build(models, config.index_root)
+    return _build(config, _scan(config, run), models, report, activate=True)
 
 
 def retrain(config, report: RunLog, run: MaintenanceRun) -> Path:

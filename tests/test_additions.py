@@ -3,6 +3,7 @@ removal of an added image, and the next build folding the deltas in without extr
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from django.core.management.base import CommandError
 from search.engine import layout
 from search.engine.collection import scan_collection
 from search.engine.index import load_index
-from search.engine.workflows import add_to_index, engine_for, index_collection
+from search.engine.workflows import add_to_index, engine_for, following_active_build, index_collection
 
 from .conftest import corel_image
 from .test_commands import run
@@ -93,6 +94,42 @@ def test_a_search_during_a_merge_is_answered_by_the_build_and_its_deltas(tiny_mo
     assert load_index(merged).manifest["global"] == {"reused": 5, "extracted": 0}
     after = engine_for(tiny_models, merged, engine_config).search(new / "cake.jpg", FINE)
     assert after.results[0].image_id == cake and after.results[0].stage == "verified"
+
+
+def test_a_build_keeps_its_kind_of_local_features_after_the_setting_changes(tiny_models, engine_config, tmp_path):
+    """A build made without LOCAL_GLOBAL_LEVEL (as every build before it was) keeps serving fine
+    searches and taking additions under the new default, a merge of it extracts nothing, and only
+    a new build (a reindex) extracts its local features again, with the setting on."""
+    assert engine_config.local_global_level and tiny_models.extractor.global_level
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for n in (0, 150, 300, 450, 600):
+        shutil.copy(corel_image(n), folder / f"{n}.jpg")
+    root = tmp_path / "index"
+    before = replace(tiny_models, extractor=replace(tiny_models.extractor, global_level=False))
+    build = index_collection(scan_collection(folder), before, engine_config.replace(local_global_level=False), root)
+    stored = load_index(build)
+    assert stored.local.meta["global_level"] is False and stored.manifest["local"]["global_level"] is False
+
+    engine = engine_for(tiny_models, build, engine_config)
+    assert not engine.extractor.global_level and engine.extractor.checksum == stored.local.meta["extractor"]
+    response = engine.search(folder / "300.jpg", FINE)
+    assert response.results[0].relpath == "300.jpg" and response.results[0].stage == "verified"
+
+    new = tmp_path / "new"
+    new.mkdir()
+    shutil.copy(corel_image(905), new / "cake.jpg")
+    cake = add_to_index([new], engine_config, root, models=tiny_models).added[0].image_id
+    response = engine.search(new / "cake.jpg", FINE)
+    assert response.results[0].image_id == cake and response.results[0].stage == "verified"
+
+    merged = load_index(index_collection(scan_collection(folder), following_active_build(tiny_models, root),
+                                         engine_config, root))
+    assert merged.manifest["local"]["extracted"] == 0 and merged.local.meta["global_level"] is False
+    reindexed = load_index(index_collection(scan_collection(folder), tiny_models, engine_config, root))
+    assert reindexed.manifest["local"]["extracted"] == 6 and reindexed.local.meta["global_level"] is True
+    response = engine_for(tiny_models, reindexed.path, engine_config).search(new / "cake.jpg", FINE)
+    assert response.results[0].image_id == cake and response.results[0].stage == "verified"
 
 
 def test_a_second_writer_waits_for_the_index_lock(tmp_path):

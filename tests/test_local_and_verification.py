@@ -4,6 +4,7 @@ import hashlib
 import os
 import shutil
 from contextlib import contextmanager
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -79,7 +80,10 @@ def test_local_features_are_taken_without_cudnn_and_leave_it_as_it_was(tiny_extr
 def test_a_small_query_is_enlarged_and_verifies_with_more_inliers(tiny_extractor):
     """A picture sent at 40 % of its size gives few keypoints on its own small pyramid; enlarged
     to ``min_side`` first it gives more, still in its own pixels, and they verify against the
-    full-size picture with more inliers. A picture already that large is left as it is."""
+    full-size picture with more inliers. A picture already that large is left as it is. (The
+    pyramid alone: the global input's level, with ``global_level``, is the same size whatever the
+    picture's.)"""
+    tiny_extractor = replace(tiny_extractor, global_level=False)
     image = open_image(corel_image(300))
     small = image.resize((round(image.width * 0.4), round(image.height * 0.4)), Image.Resampling.BILINEAR)
     full = tiny_extractor.extract(image)
@@ -313,13 +317,19 @@ def test_confidence_does_not_depend_on_how_many_candidates_are_verified(tiny_fin
 
 
 def test_the_engine_enlarges_small_queries_by_its_setting(tiny_fine_engine):
+    """On the pyramid alone: with ``global_level`` the global input's level (288 square whatever
+    the picture's size) gives a small query a full grid of keypoints either way."""
     engine = tiny_fine_engine
     image = open_image(engine.index.path_of(12))
     small = image.resize((image.width // 3, image.height // 3), Image.Resampling.BILINEAR)
-    counts = []
-    for side in (0, 256):
-        with configured(engine, local_query_min_side=side):
-            counts.append(len(engine.query_features(small, local=True).local))
+    counts, extractor = [], engine.extractor
+    engine.extractor = replace(extractor, global_level=False)
+    try:
+        for side in (0, 256):
+            with configured(engine, local_query_min_side=side):
+                counts.append(len(engine.query_features(small, local=True).local))
+    finally:
+        engine.extractor = extractor
     assert counts[1] > counts[0], counts
 
 
@@ -368,12 +378,10 @@ def test_one_pass_gives_the_global_and_local_features_of_two(tiny_models, tiny_f
     """With local_global_level the pyramid level nearest the global input is that input, and a
     query's global pass gives its stride-16 map: the same global vectors as the plain pass, and
     the same local features as the index extracts for itself (which computes that map anew)."""
-    from dataclasses import replace
-
     from search.engine.features import embed_batch
     from search.engine.pipeline import RetrievalEngine
 
-    model, plain = tiny_models.model, tiny_models.extractor
+    model, plain = tiny_models.model, replace(tiny_models.extractor, global_level=False)
     one_pass = replace(plain, global_level=True)
     assert one_pass.checksum != plain.checksum  # other features: a reindex extracts them again
     assert plain.checksum == hashlib.sha256(  # and every index made without it keeps its own

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from .features import extract_global_features, variant_vectors
 from .images import is_image_name, open_image
 from .index import SearchIndex, load_index
 from .instance_features import describer_for
+from .local_features import following
 from .local_store import build_local_store, fingerprint
 from .progress import Progress, no_progress
 
@@ -61,6 +62,7 @@ def add_images(index_root: Path, paths, models, config: EngineConfig, label: str
     with layout.writing(index_root):
         index = load_index(index_root, expected_checksum=models.model.checksum)
         describer = describer_for(index, config, models.device)
+        models = replace(models, extractor=following(models.extractor, index.local.meta if index.local else None))
         _check_extractors(index, models, describer)
         result = Additions()
         seen = set(index.positions)

@@ -144,9 +144,10 @@ class EngineConfig:
     local_pca_dim: int = 40
     # The pyramid level nearest the global input in size is the global input itself (the picture
     # squashed to image_size square), so a query's global and local features share the network's
-    # pass. It changes the local features (a reindex extracts them again). RESULTS.md ("One
-    # backbone pass") for what it saves and costs.
-    local_global_level: bool = False
+    # pass. Read when indexing: a build keeps the kind of local features it was made with, and its
+    # queries and additions follow it (local_features.following). Why on: RESULTS.md ("One
+    # backbone pass", "The one pass by default").
+    local_global_level: bool = True
     # Candidates' local features are read on this many threads (a few thousand reads a query): from
     # disk, as most are when the store is larger than memory, they then wait on the device together.
     # Why 16: RESULTS.md ("Reading candidates from disk"). 1: one read after another.

@@ -365,8 +365,8 @@ def _build_index(collection, model, index_root, config, device, variants, activa
             "normalisation": "L2 on every variant (hybrid: weighted join of unit vectors); Euclidean distance",
             "skipped": features.skipped + collection.skipped,
             "local": None if local_meta is None else {
-                k: local_meta[k] for k in ("extractor", "extractor_name", "dim", "raw_dim", "reused",
-                                           "extracted", "resumed", "total_keypoints")},
+                k: local_meta[k] for k in ("extractor", "extractor_name", "dim", "raw_dim", "global_level",
+                                           "reused", "extracted", "resumed", "total_keypoints")},
             "build_seconds": round(time.monotonic() - started, 1),
         })
         layout.finish_build(partial, final)

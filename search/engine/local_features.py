@@ -8,7 +8,7 @@ return the same thing.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -121,6 +121,17 @@ class AttentionExtractor:
         keep = keep[scores[keep].argsort(descending=True)[: s.max_keypoints]]
         return LocalFeatures(points[keep].numpy().astype(np.float32), scales[keep].numpy().astype(np.float32),
                              scores[keep].numpy().astype(np.float32), descriptors[keep].numpy().astype(np.float32))
+
+
+def following(extractor: AttentionExtractor | None, meta: dict | None) -> AttentionExtractor | None:
+    """``extractor`` made to extract as the store with ``meta`` was (its ``global_level``): a build
+    keeps the kind of local features it was made with whatever ``LOCAL_GLOBAL_LEVEL`` says now, so
+    that a change of the setting applies to new builds and every existing index keeps serving and
+    taking additions. A store from before the setting was recorded was made without it."""
+    if extractor is None or meta is None:
+        return extractor
+    level = bool(meta.get("global_level", False))
+    return extractor if extractor.global_level == level else replace(extractor, global_level=level)
 
 
 def nearest_level(levels: list[tuple], side: int) -> tuple[int, int] | None:

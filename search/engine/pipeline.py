@@ -23,7 +23,7 @@ from .features import embed_batch, l2_normalise, variant_vectors
 from .images import open_image, open_query_image
 from .index import SearchIndex
 from .instance_features import InstanceDescriber
-from .local_features import AttentionExtractor, LocalFeatures
+from .local_features import AttentionExtractor, LocalFeatures, following
 from .methods import FALLBACK_METHODS, METHODS, parse_method
 from .model import TrainedModel
 from .progress import Progress, elapsed_ms, no_progress
@@ -122,7 +122,8 @@ class RetrievalEngine:
         self.calibration = calibration or load_calibration(config.calibration_file)
         if extractor is None and attention is not None:
             extractor = AttentionExtractor(model, attention, config.local_settings(), device, config.local_global_level)
-        self.extractor = extractor
+        # the query's local features are made as the index's were
+        self.extractor = following(extractor, index.local.meta if index.local is not None else None)
         self.verify_settings = config.verify_settings()
 
     @property

@@ -5,9 +5,10 @@ Commands, the site's tasks and the tests call these instead of wiring the
 stages themselves."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from . import layout
 from .additions import Additions, add_images
 from .attention import TrainedAttention, load_attention, train_attention
 from .collection import Collection
@@ -15,7 +16,7 @@ from .config import EngineConfig
 from .errors import SearchIndexError
 from .index import SearchIndex, build_index, load_index
 from .instance_features import describer_for, instance_describer
-from .local_features import AttentionExtractor
+from .local_features import AttentionExtractor, following
 from .methods import VARIANTS
 from .model import TrainedModel, load_classifier, pick_device
 from .pipeline import RetrievalEngine
@@ -79,6 +80,13 @@ def load_models(config: EngineConfig, model_path: Path | None = None, attention_
     if attention or (attention is None and attention_path.is_file()):
         head = load_attention(attention_path, model, device)
     return _models(model, head, config, device)
+
+
+def following_active_build(models: Models, index_root: Path) -> Models:
+    """``models`` extracting local features as the active build's were made (``LOCAL_GLOBAL_LEVEL``
+    as it was then): a merge folds deltas in by a rebuild that must reuse every feature."""
+    manifest = layout.read_manifest(layout.active_build(index_root))
+    return replace(models, extractor=following(models.extractor, manifest.get("local")))
 
 
 def index_variants(model: TrainedModel) -> tuple[str, ...]:

@@ -202,6 +202,30 @@ def test_an_add_run_that_fills_the_deltas_queues_a_merge_the_worker_runs(scratch
     assert [label for path, label in zip(index.relpaths, index.labels) if "/new-72" in path] == ["horses"] * 2
 
 
+def test_a_merge_keeps_the_builds_kind_of_local_features_and_a_reindex_takes_the_setting(scratch_build, settings):
+    """With LOCAL_GLOBAL_LEVEL changed since the active build was made, a merge (the reindex an
+    add run queues) extracts nothing, as a merge must, and an admin's reindex applies the new
+    setting, extracting the local features again."""
+    from search.engine.index import load_index
+    from search.maintenance import MERGE_REQUESTER, run_maintenance
+
+    index_root = Path(settings.RETRIEVAL.data_dir) / "index"
+    made_with = load_index(index_root).local.meta["global_level"]
+    settings.RETRIEVAL = settings.RETRIEVAL.replace(local_global_level=not made_with)
+
+    merge = MaintenanceRun.objects.create(kind=MaintenanceRun.REINDEX, requested_by=MERGE_REQUESTER)
+    assert run_maintenance(merge.pk) == Status.DONE
+    merge.refresh_from_db()
+    assert "local features: 40 reused, 0 extracted" in merge.log
+    assert load_index(index_root).local.meta["global_level"] is made_with
+
+    reindex = MaintenanceRun.objects.create(kind=MaintenanceRun.REINDEX)
+    assert run_maintenance(reindex.pk) == Status.DONE
+    reindex.refresh_from_db()
+    assert "local features: 0 reused, 40 extracted" in reindex.log
+    assert load_index(index_root).local.meta["global_level"] is (not made_with)
+
+
 def test_staff_add_a_zip_of_pictures_and_a_damaged_or_bomb_archive_is_refused(client, django_user_model,
                                                                               scratch_build, settings,
                                                                               celery_worker_process):
