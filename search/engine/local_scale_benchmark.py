@@ -11,17 +11,15 @@ the pre-score and RANSAC do real work on them; the rest are random.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import joblib
 import numpy as np
 from sklearn.decomposition import PCA
 
-from .local_store import META, LocalStore, read_candidates
+from .local_store import LocalStore, finish_store, open_store_arrays, read_candidates
 from .progress import Progress, no_progress
 from .verification import VerifySettings, verify_candidates
 
@@ -80,11 +78,7 @@ def synthetic_local_store(path: Path, size: int, keypoints: int = 300, dim: int 
                                                                                       (len(shared), dim)))
     pool_keypoints = pool_keypoints.reshape(-1, 2).astype(np.float16)
     pool_descriptors = pool_descriptors.reshape(-1, dim).astype(np.float16)
-    np.save(path / "offsets.npy", np.arange(size + 1, dtype=np.int64) * keypoints)
-    stored = {"keypoints": np.lib.format.open_memmap(path / "keypoints.npy", mode="w+", dtype=np.float16,
-                                                     shape=(size * keypoints, 2)),
-              "descriptors": np.lib.format.open_memmap(path / "descriptors.npy", mode="w+", dtype=np.float16,
-                                                       shape=(size * keypoints, dim))}
+    stored = open_store_arrays(path, size * keypoints, dim)
     for start in range(0, size, pool):
         progress("synthetic local store", start, size)
         rows = (min(pool, size - start)) * keypoints
@@ -93,8 +87,9 @@ def synthetic_local_store(path: Path, size: int, keypoints: int = 300, dim: int 
     for array in stored.values():
         array.flush()
     del stored
-    joblib.dump(PCA(dim).fit(rng.standard_normal((4 * dim, dim))), path / "pca.joblib")  # its size is all read
-    (path / META).write_text(json.dumps({"synthetic": True, "dim": dim, "total_keypoints": size * keypoints}))
+    finish_store(path, np.arange(size + 1, dtype=np.int64) * keypoints,
+                 PCA(dim).fit(rng.standard_normal((4 * dim, dim))),  # its size is all that is read
+                 {"synthetic": True, "dim": dim})
     return query
 
 

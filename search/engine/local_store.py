@@ -32,6 +32,7 @@ from .threads import thread_pool
 from .verification import Candidates
 
 META = "meta.json"
+PCA_FILE = "pca.joblib"
 ARRAYS = ("keypoints", "descriptors")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 STAGE = "local features"
@@ -67,15 +68,15 @@ class LocalStore:
         path = Path(path)
         if not (path / META).is_file():
             raise SearchIndexError(f"{path}: no local-feature store ({META} missing); reindex with local features")
-        arrays = {name: RowFile(path / f"{name}.npy") for name in ARRAYS}
-        offsets = load_array(path / "offsets.npy")
+        arrays = {name: RowFile(array_file(path, name)) for name in ARRAYS}
+        offsets = load_array(array_file(path, "offsets"))
         meta = layout.read_json(path / META, dict)
         total = int(offsets[-1]) if len(offsets) else -1
         short = [name for name, array in arrays.items() if len(array) != total]
         if offsets.ndim != 1 or total < 0 or (np.diff(offsets) < 0).any() or short:
             raise SearchIndexError(f"{path}: the offsets ({total} keypoints in all) do not match "
                                    f"{', '.join(short) or 'themselves'}: a damaged store; reindex")
-        return cls(path, meta, offsets, arrays, load_pickled(path / "pca.joblib"))
+        return cls(path, meta, offsets, arrays, load_pickled(path / PCA_FILE))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -282,18 +283,35 @@ def _write_store(path: Path, records: list[ImageRecord], fingerprints: list[str]
 def _write_rows(path: Path, rows: list[LocalFeatures | StoredFeatures], pca, meta: dict) -> dict:
     """Rows (``LocalFeatures`` or ``StoredFeatures``) written as a store: their keypoints and descriptors."""
     counts = np.array([len(r) for r in rows], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    np.save(path / "offsets.npy", offsets)
     keypoints = _stack([r.keypoints for r in rows], (0, 2), np.float32)
     # float16 keypoints are off by at most 1/2048 of the coordinate, a few hundredths of the stride-16
     # grid they were taken on, whatever the image's size; a store whose keypoints float16 cannot hold
     # (an image wider than 65,504 pixels) keeps them float32
     fits = not len(keypoints) or float(np.abs(keypoints).max()) <= FLOAT16_MAX
-    np.save(path / "keypoints.npy", keypoints.astype(np.float16) if fits else keypoints)
-    np.save(path / "descriptors.npy", _stack([r.descriptors for r in rows], (0, pca.n_components_), np.float16))
-    joblib.dump(pca, path / "pca.joblib")
+    np.save(array_file(path, "keypoints"), keypoints.astype(np.float16) if fits else keypoints)
+    np.save(array_file(path, "descriptors"), _stack([r.descriptors for r in rows], (0, pca.n_components_), np.float16))
+    return finish_store(path, np.concatenate([[0], np.cumsum(counts)]), pca, meta)
+
+
+def array_file(path: Path, name: str) -> Path:
+    return Path(path) / f"{name}.npy"
+
+
+def open_store_arrays(path: Path, rows: int, dim: int) -> dict[str, np.memmap]:
+    """A store's keypoint and descriptor files of ``rows`` float16 rows each, mapped to be filled in
+    place (a store larger than memory: ``local_scale_benchmark``); ``finish_store`` completes it."""
+    widths = {"keypoints": 2, "descriptors": dim}
+    return {name: np.lib.format.open_memmap(array_file(path, name), mode="w+", dtype=np.float16,
+                                            shape=(rows, widths[name])) for name in ARRAYS}
+
+
+def finish_store(path: Path, offsets: np.ndarray, pca, meta: dict) -> dict:
+    """A store's offset table, PCA and meta beside its arrays: written last, so a store is opened
+    only once its rows are there."""
+    np.save(array_file(path, "offsets"), offsets)
+    joblib.dump(pca, Path(path) / PCA_FILE)
     meta = dict(meta, total_keypoints=int(offsets[-1]))
-    (path / META).write_text(json.dumps(meta))
+    (Path(path) / META).write_text(json.dumps(meta))
     return meta
 
 

@@ -114,7 +114,7 @@ class RowFile(Rows):
     def read_into(self, start: int, out: np.ndarray) -> np.ndarray:
         """Rows from ``start`` on into ``out`` (C-contiguous, of this file's dtype), as many as it
         holds: many short runs read into one buffer without an array each."""
-        if out.nbytes and os.preadv(self.fd, [memoryview(out).cast("B")], self.offset + start * self.row_bytes) != out.nbytes:
+        if self._preadv(start, out) != out.nbytes:
             raise SearchIndexError(f"{self.path} was cut short after the index was loaded: a damaged index; reindex")
         return out
 
@@ -122,13 +122,15 @@ class RowFile(Rows):
         """``read_into``, but only from the page cache: False when any of it would wait on the disk
         (part of ``out`` may then be filled), or when the system cannot tell (every read then counts
         as one that waits)."""
-        if not out.nbytes:
-            return True
         try:
-            return os.preadv(self.fd, [memoryview(out).cast("B")], self.offset + start * self.row_bytes,
-                             NOWAIT) == out.nbytes
+            return self._preadv(start, out, NOWAIT) == out.nbytes
         except (OSError, TypeError):  # EAGAIN: not all in the cache; no such flag on this system or file system
             return False
+
+    def _preadv(self, start: int, out: np.ndarray, *flags) -> int:
+        if not out.nbytes:
+            return 0
+        return os.preadv(self.fd, [memoryview(out).cast("B")], self.offset + start * self.row_bytes, *flags)
 
     @property
     def ndim(self) -> int:
