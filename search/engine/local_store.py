@@ -137,23 +137,9 @@ class LazyRows(Sequence):
     its store the first time it is asked for: of 4,000 candidates only the few hundred fitted need
     them. ``known``: rows already read."""
 
-    def __init__(self, read, count: int, known: dict[int, np.ndarray] | None = None, threads: int = 1):
-        self._read, self.count, self.threads = read, count, threads
+    def __init__(self, read, count: int, known: dict[int, np.ndarray] | None = None):
+        self._read, self.count = read, count
         self.read: dict[int, np.ndarray] = dict(known or {})
-
-    def fetch(self, rows) -> None:
-        """Read ``rows`` now, those not read yet, on up to ``threads`` threads: from disk they wait
-        together instead of one after another as asking for each in turn would."""
-        missing = [int(i) for i in rows if int(i) not in self.read]
-        chunks = max(1, min(self.threads, len(missing) // READS_PER_THREAD))
-        if chunks == 1:
-            for i in missing:
-                self.read[i] = self._read(i)
-            return
-        parts = np.array_split(np.asarray(missing), chunks)
-        for part, arrays in zip(parts, thread_pool("store-read", chunks).map(
-                lambda part: [self._read(int(i)) for i in part], parts)):
-            self.read.update(zip(part.tolist(), arrays))
 
     def __len__(self) -> int:
         return self.count
@@ -206,12 +192,12 @@ def read_candidates(store: LocalStore | StackedLocalStore, positions, head_rows:
         else:
             list(thread_pool("store-read", chunks).map(read, np.array_split(np.asarray(waiting), chunks)))
     read_rows = [buffer[bounds[i]:bounds[i + 1]] for i in range(len(local))]
-    keypoints = LazyRows(lambda i: stores[which[i]].keypoints(int(local[i])), len(local), threads=threads)
+    keypoints = LazyRows(lambda i: stores[which[i]].keypoints(int(local[i])), len(local))
     if head_rows <= 0:
         return Candidates(read_rows, keypoints)
     whole = np.flatnonzero(ends - starts <= head_rows)  # their heads are all they have
     descriptors = LazyRows(lambda i: stores[which[i]].arrays["descriptors"].rows(int(starts[i]), int(ends[i])),
-                           len(local), {int(i): read_rows[i] for i in whole}, threads=threads)
+                           len(local), {int(i): read_rows[i] for i in whole})
     return Candidates(descriptors, keypoints, heads=read_rows)
 
 

@@ -60,14 +60,6 @@ class Candidates:
     def __len__(self) -> int:
         return len(self.descriptors)
 
-    def fetch(self, rows) -> None:
-        """Have ``rows``' descriptors and keypoints read now, together, where a store reads them
-        when asked (``LazyRows.fetch``): the few hundred a pre-score lets through, before they are
-        matched one block after another."""
-        for kind in (self.descriptors, self.keypoints):
-            if hasattr(kind, "fetch"):
-                kind.fetch(rows)
-
     @property
     def prescored(self) -> Sequence[np.ndarray]:
         """What the pre-score compares: the heads when they were read apart, else the descriptors."""
@@ -240,7 +232,7 @@ def verify_candidates(query_keypoints: np.ndarray, query_descriptors: np.ndarray
     RANSAC added to it."""
     settings = settings or default_settings()
     results = [Verification() for _ in range(len(candidates))]
-    spent = {"prescore": 0.0, "fetching": 0.0, "matching": 0.0, "ransac": 0.0}
+    spent = {"prescore": 0.0, "matching": 0.0, "ransac": 0.0}
     chosen = np.arange(len(candidates))
     if settings.verify_top and len(candidates) > settings.verify_top:
         progress("pre-scoring", 0, len(candidates))
@@ -248,9 +240,6 @@ def verify_candidates(query_keypoints: np.ndarray, query_descriptors: np.ndarray
         scores = prescore(query_keypoints, query_descriptors, candidates.prescored, settings, device)
         chosen = np.sort(np.argsort(-scores, kind="stable")[: settings.verify_top])
         spent["prescore"] += elapsed_ms(started)
-        started = time.perf_counter()
-        candidates.fetch(chosen)
-        spent["fetching"] = elapsed_ms(started)
         progress("pre-scoring", len(candidates), len(candidates))
     progress("verifying", 0, len(chosen))
     for start in range(0, len(chosen), settings.block_size):

@@ -59,29 +59,3 @@ def test_candidates_read_every_descriptor_at_once_and_keypoints_only_when_asked(
         for i in range(len(positions)):
             np.testing.assert_array_equal(headed.descriptors[i].astype(np.float32), whole[i])
         assert len(whole[1]) == 30 and 1 in headed.descriptors.read  # read when asked for
-
-
-def test_fetching_the_let_through_reads_their_rows_on_threads_and_the_same_rows(tmp_path):
-    """What a pre-score lets through is read at once (``Candidates.fetch``), spread over the read
-    threads when there are enough rows (``READS_PER_THREAD``): every row it gives is the one read
-    alone, and candidates not let through stay unread."""
-    from search.engine.local_store import READS_PER_THREAD
-
-    rng = np.random.default_rng(2)
-    pca = PCA(n_components=8).fit(rng.standard_normal((40, 8)))
-    count = 5 * READS_PER_THREAD
-    rows = [StoredFeatures(rng.uniform(0, 600, (12, 2)).astype(np.float32),
-                           rng.standard_normal((12, 8)).astype(np.float32)) for _ in range(count)]
-    _write_rows(tmp_path, rows, pca, {"image_ids": [str(i) for i in range(count)],
-                                      "fingerprints": [str(i) for i in range(count)]})
-    store = LocalStore.open(tmp_path)
-    positions = rng.permutation(count)
-    for threads in (1, 4):
-        candidates = store.candidates(positions, head_rows=4, threads=threads)
-        chosen = np.arange(0, count, 2)  # more than READS_PER_THREAD x 2: four threads' worth
-        candidates.fetch(chosen)
-        assert sorted(candidates.keypoints.read) == chosen.tolist() == sorted(candidates.descriptors.read)
-        for i in chosen:
-            expected = store.features(int(positions[i]))
-            np.testing.assert_array_equal(candidates.keypoints[i], expected.keypoints)
-            np.testing.assert_array_equal(candidates.descriptors[i].astype(np.float32), expected.descriptors)

@@ -78,15 +78,14 @@ class Command(EngineCommand):
                               engine.verify_settings, device=engine.device)
         rows = []
         for n in counts:
-            totals = {"local_features": 0.0, "reading": 0.0, "prescore": 0.0, "fetching": 0.0, "matching": 0.0,
-                      "ransac": 0.0}
+            totals = {"local_features": 0.0, "reading": 0.0, "prescore": 0.0, "matching": 0.0, "ransac": 0.0}
             with_min_inliers, synthetic, read = 0, 0, 0
             for q, position in enumerate(queries):
                 query = engine.query_features(engine.index.path_of(position), local=True)
                 positions, _ = engine.coarse_order(query.vectors, variant, min(n, len(engine.index)), expand=False)
                 started = time.perf_counter()
-                # the pre-score's rows; the rest of the descriptors and the keypoints of those it lets
-                # through are read in verification's time (its "fetching")
+                # the pre-score's rows; the rest of a candidate's descriptors when it is let through (in
+                # matching's time), its keypoints when fitted (in RANSAC's)
                 real = engine.candidate_features(positions)
                 totals["reading"] += (time.perf_counter() - started) * 1000
                 read += len(real)
@@ -99,10 +98,10 @@ class Command(EngineCommand):
                                             engine.verify_settings, timings_ms=timings, device=engine.device)
                 with_min_inliers += sum(r.inliers >= config.min_inliers for r in results)
                 totals["local_features"] += query.timings_ms["local_features"]
-                for stage in ("prescore", "fetching", "matching", "ransac"):
+                for stage in ("prescore", "matching", "ransac"):
                     totals[stage] += timings[stage]
             pairs = n * len(queries)
-            verification = totals["prescore"] + totals["fetching"] + totals["matching"] + totals["ransac"]
+            verification = totals["prescore"] + totals["matching"] + totals["ransac"]
             row = {"n_candidates": n, "queries": len(queries), "synthetic_share": synthetic / pairs,
                    "query_local_features_ms": totals["local_features"] / len(queries),
                    "prescore_ms_per_candidate": totals["prescore"] / pairs,
