@@ -8,7 +8,9 @@ the hybrid variant, no extra forward pass), and prints the source's coarse recal
 100 / 1,000 per scoring (instance benchmark) or the hybrid variant's P@10 (Corel-1k's
 validation queries, ``corel``). Scorings: ``full`` (the coarse order as it is), ``max`` (the
 best of the full and regional similarities), ``mean_full_max`` (the mean of the full one and
-the best regional one), ``full+0.5max``. Results: RESULTS.md, "Regional query vectors".
+the best regional one), ``full+0.5max``, ``attended`` (the query's maps pooled under the
+attention head's scores: ``attended_vector``) and ``mean_full_attended``. Results: RESULTS.md,
+"Regional query vectors" and "The query pooled under its attention".
 
     python scripts/compare_regional_coarse.py --index-dir /work/data/caltech-index \
         --benchmark /work/data/instance-benchmark
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,7 +39,7 @@ from search.engine.instance_evaluation import NOT_FOUND, rank_of  # noqa: E402
 from search.engine.model import eval_transform  # noqa: E402
 from search.engine.workflows import open_engine  # noqa: E402
 
-SCORINGS = ("full", "max", "mean_full_max", "full+0.5max")
+SCORINGS = ("full", "max", "mean_full_max", "full+0.5max", "attended", "mean_full_attended")
 
 
 def windows(cells: int, sizes=(6, 4)) -> list[tuple[int, int, int]]:
@@ -60,13 +63,31 @@ def regional_vectors(engine, image) -> np.ndarray:
     return hybrid_vectors(parts[0], parts[1], engine.index.manifest["hybrid_weight"])
 
 
+@torch.no_grad()
+def attended_vector(engine, image) -> np.ndarray:
+    """The query's hybrid vector with both networks' last maps pooled under the attention head's
+    scores (taken on the classifier's stride-16 map of the same input, averaged to the last map's
+    cells) instead of evenly: the query side only, the collection's vectors as they are."""
+    parts, weights = [], None
+    for backbone in (engine.model.backbone, engine.describer.backbone):
+        batch = eval_transform(backbone, engine.model.image_size)(image)[None]
+        fmap = backbone.feature_map(batch)[0]
+        if weights is None:
+            scores = engine.attention.head.scores(backbone.local_map(batch))
+            weights = F.adaptive_avg_pool2d(scores, fmap.shape[1:])[0, 0]
+        pooled = (fmap * weights).sum((1, 2)) / weights.sum()
+        parts.append(l2_normalise(pooled[None].numpy()))
+    return hybrid_vectors(parts[0], parts[1], engine.index.manifest["hybrid_weight"])
+
+
 def orders(engine, image, depth: int, exclude=frozenset()) -> dict[str, np.ndarray]:
     query = engine.query_features(image, local=False)
     positions, distances = engine.coarse_order(query.vectors, "hybrid", depth, exclude)
     full = 1 - distances ** 2 / 2
     best = (regional_vectors(engine, image) @ engine.index.row_vectors("hybrid", positions).T).max(0)
+    attended = (attended_vector(engine, image) @ engine.index.row_vectors("hybrid", positions).T)[0]
     scores = {"full": full, "max": np.maximum(full, best), "mean_full_max": (full + best) / 2,
-              "full+0.5max": full + 0.5 * best}
+              "full+0.5max": full + 0.5 * best, "attended": attended, "mean_full_attended": (full + attended) / 2}
     return {name: positions[np.argsort(-score, kind="stable")] for name, score in scores.items()}
 
 
