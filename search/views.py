@@ -386,7 +386,8 @@ def staff_home(request, form=None, upload_form=None, message=""):
         catalog = collection_files.active_catalog()
         collection = {"build": catalog.build.name, "root": catalog.collection_root, "size": len(catalog),
                       "labels": catalog.labels, "sample": collection_files.searchable_sample(catalog, 24),
-                      "removed": collection_files.removed_images(catalog)}
+                      "removed": collection_files.removed_images(catalog),
+                      "behind": layout.settings_behind(layout.read_manifest(catalog.build), engine_config())}
     except SearchIndexError as exc:
         collection = {"error": str(exc)}
     config = engine_config()

@@ -431,3 +431,20 @@ def restore_images(index_root: Path, image_ids) -> int:
     back = removed & set(image_ids)
     write_removed(index_root, removed - back)
     return len(back)
+
+
+def settings_behind(manifest: dict, config) -> list[str]:
+    """What a build keeps from the settings it was made with that the current ones change: its
+    searches follow the build, so a changed setting applies only from the next reindex (the staff
+    page says so). ``config``: an ``EngineConfig``."""
+    behind = []
+    local = manifest.get("local")
+    if local and bool(local.get("global_level", False)) != config.local_global_level:
+        made = "with" if local.get("global_level") else "without"
+        behind.append(f"its local features were made {made} the one backbone pass "
+                      f"(LOCAL_GLOBAL_LEVEL is now {'on' if config.local_global_level else 'off'})")
+    weight = manifest.get("hybrid_weight")
+    if weight is not None and weight != config.hybrid_weight:
+        behind.append(f"its hybrid variant joins the two vectors with weight {weight:g} "
+                      f"(HYBRID_WEIGHT is now {config.hybrid_weight:g})")
+    return behind

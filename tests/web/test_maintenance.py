@@ -226,6 +226,23 @@ def test_a_merge_keeps_the_builds_kind_of_local_features_and_a_reindex_takes_the
     assert load_index(index_root).local.meta["global_level"] is (not made_with)
 
 
+def test_the_staff_page_says_when_the_active_build_keeps_settings_changed_since(client, django_user_model,
+                                                                               site_index, settings):
+    """After an upgrade or a changed setting that a build keeps (its kind of local features, the
+    hybrid's weight), staff are told that searches follow the build until a reindex."""
+    from search.engine.index import load_index
+
+    client.force_login(django_user_model.objects.create_user("curator3", password="pw", is_staff=True))
+    assert 'id="settings-behind"' not in client.get("/staff/").content.decode()
+    made_with = load_index(site_index).local.meta["global_level"]
+    settings.RETRIEVAL = settings.RETRIEVAL.replace(local_global_level=not made_with, hybrid_weight=0.3)
+    page = client.get("/staff/").content.decode()
+    note = re.search(r'<p id="settings-behind">(.*?)</p>', page, re.S).group(1)
+    assert f"made {'with' if made_with else 'without'} the one backbone pass" in note
+    assert f"LOCAL_GLOBAL_LEVEL is now {'off' if made_with else 'on'}" in note
+    assert "weight 0.5 (HYBRID_WEIGHT is now 0.3)" in note and "until a reindex" in note
+
+
 def test_staff_add_a_zip_of_pictures_and_a_damaged_or_bomb_archive_is_refused(client, django_user_model,
                                                                               scratch_build, settings,
                                                                               celery_worker_process):
