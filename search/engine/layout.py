@@ -433,14 +433,20 @@ def restore_images(index_root: Path, image_ids) -> int:
     return len(back)
 
 
+def made_with_global_level(local_meta: dict) -> bool:
+    """Whether a local-feature store (its meta, or a manifest's "local") was extracted with
+    LOCAL_GLOBAL_LEVEL; a store from before the setting was recorded was made without it."""
+    return bool(local_meta.get("global_level", False))
+
+
 def settings_behind(manifest: dict, config) -> list[str]:
     """What a build keeps from the settings it was made with that the current ones change: its
     searches follow the build, so a changed setting applies only from the next reindex (the staff
     page says so). ``config``: an ``EngineConfig``."""
     behind = []
     local = manifest.get("local")
-    if local and bool(local.get("global_level", False)) != config.local_global_level:
-        made = "with" if local.get("global_level") else "without"
+    if local and made_with_global_level(local) != config.local_global_level:
+        made = "with" if made_with_global_level(local) else "without"
         behind.append(f"its local features were made {made} the one backbone pass "
                       f"(LOCAL_GLOBAL_LEVEL is now {'on' if config.local_global_level else 'off'})")
     weight = manifest.get("hybrid_weight")

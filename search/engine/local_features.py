@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .attention import TrainedAttention
+from .layout import made_with_global_level
 from .config import LocalSettings
 from .model import TrainedModel, eval_batch
 
@@ -127,10 +128,10 @@ def following(extractor: AttentionExtractor | None, meta: dict | None) -> Attent
     """``extractor`` made to extract as the store with ``meta`` was (its ``global_level``): a build
     keeps the kind of local features it was made with whatever ``LOCAL_GLOBAL_LEVEL`` says now, so
     that a change of the setting applies to new builds and every existing index keeps serving and
-    taking additions. A store from before the setting was recorded was made without it."""
+    taking additions."""
     if extractor is None or meta is None:
         return extractor
-    level = bool(meta.get("global_level", False))
+    level = made_with_global_level(meta)
     return extractor if extractor.global_level == level else replace(extractor, global_level=level)
 
 

@@ -276,8 +276,8 @@ def _write_store(path: Path, records: list[ImageRecord], fingerprints: list[str]
                  extractor, extra: dict) -> dict:
     return _write_rows(path, rows, pca, {
         "extractor": extractor.checksum, "extractor_name": extractor.name, "dim": int(pca.n_components_),
-        "raw_dim": int(extractor.dim), "global_level": bool(getattr(extractor, "global_level", False)), "image_ids": [r.image_id for r in records], "fingerprints": fingerprints,
-        **extra})
+        "raw_dim": int(extractor.dim), "global_level": bool(getattr(extractor, "global_level", False)),
+        "image_ids": [r.image_id for r in records], "fingerprints": fingerprints, **extra})
 
 
 def _write_rows(path: Path, rows: list[LocalFeatures | StoredFeatures], pca, meta: dict) -> dict:
