@@ -11,7 +11,7 @@
 # Broker: the local Redis (bootstrap starts redis-server when installed),
 # otherwise Kombu's filesystem transport under var/broker/.
 #   bash scripts/demo.sh                       # Corel-1k from ../shared/datasets
-#   bash scripts/demo.sh /photos labels.csv    # any folder; labels: CSV or 'folders'
+#   bash scripts/demo.sh /photos labels.csv    # any folder; labels: CSV, 'folders' or 'none'
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/bootstrap.sh"
@@ -37,7 +37,7 @@ manage search "$first_image"
 
 # The site. Site-started reindexes keep these labels.
 export COLLECTION_LABELS="${COLLECTION_LABELS:-$LABELS}"
-case "$COLLECTION_LABELS" in folders|/*) ;; *) COLLECTION_LABELS="$(cd "$(dirname "$COLLECTION_LABELS")" && pwd)/$(basename "$COLLECTION_LABELS")";; esac
+case "$COLLECTION_LABELS" in folders|none|/*) ;; *) COLLECTION_LABELS="$(cd "$(dirname "$COLLECTION_LABELS")" && pwd)/$(basename "$COLLECTION_LABELS")";; esac
 if [ -z "${CELERY_BROKER_URL:-}" ]; then
   if command -v redis-cli >/dev/null && redis-cli -p "${REDIS_PORT:-6379}" ping >/dev/null 2>&1; then
     export CELERY_BROKER_URL="redis://127.0.0.1:${REDIS_PORT:-6379}/0"

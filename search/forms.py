@@ -96,7 +96,9 @@ class MaintenanceForm(forms.Form):
     collection_dir = forms.CharField(required=False, max_length=500, label="Collection folder on the server",
                                      help_text="empty: the folder of the active index")
     labels = forms.CharField(required=False, max_length=500, label="Labels",
-                             help_text="'folders', a path,label CSV on the server, or empty")
+                             help_text="'folders', a path,label CSV on the server, 'none' (a retrain then keeps "
+                                       "the ImageNet classifier and trains the attention head on its predictions), "
+                                       "or empty")
 
     def clean_collection_dir(self):
         value = self.cleaned_data["collection_dir"].strip()
@@ -109,11 +111,11 @@ class MaintenanceForm(forms.Form):
 
     def clean_labels(self):
         value = self.cleaned_data["labels"].strip()
-        if not value or value == "folders":
+        if not value or value in ("folders", "none"):
             return value
         path = within_staff_roots(value)
         if not path.is_file():
-            raise forms.ValidationError(f"{value} is neither 'folders' nor a CSV file on the server")
+            raise forms.ValidationError(f"{value} is neither 'folders', 'none' nor a CSV file on the server")
         return str(path)
 
 

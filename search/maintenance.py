@@ -112,9 +112,10 @@ def retrain(config, report: RunLog, run: MaintenanceRun) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     collection = _scan(config, run)
-    report.line(f"training on {len(collection.labelled())} labelled images of {collection.root}")
+    report.line(f"training on {len(collection)} images of {collection.root}, {len(collection.labelled())} labelled "
+                f"in {len(collection.classes)} classes")
     models = train_models(collection, config, staging / "classifier.pt", staging / "attention.pt", progress=report)
-    report.line(f"classifier validation accuracy {models.training.val_accuracy:.4f}")
+    report.line(f"classifier: {models.training.summary}")
     build = _build(config, collection, models, report, activate=False)
     for source in staging.iterdir():
         shutil.copy2(source, config.model_dir / (source.name + ".tmp"))

@@ -87,6 +87,18 @@ def test_resnet18_loads_a_torchvision_state_dict(tmp_path):
     assert backbone(torch.randn(1, 3, 224, 224)).shape == (1, 10)
 
 
+def test_the_imagenet_head_is_kept_only_when_asked(tmp_path):
+    weights = tmp_path / "resnet18.pth"
+    state = torchvision.models.resnet18().state_dict()
+    torch.save(state, weights)
+    kept = build_backbone("resnet18", 1000, pretrained=True, weights_path=str(weights), imagenet_head=True)
+    assert torch.equal(kept.classifier.weight, state["fc.weight"]) and torch.equal(kept.classifier.bias, state["fc.bias"])
+    new = build_backbone("resnet18", 1000, pretrained=True, weights_path=str(weights))
+    assert not torch.equal(new.classifier.weight, state["fc.weight"])
+    with pytest.raises(ModelError, match="1,000 classes"):
+        build_backbone("resnet18", 10, pretrained=True, weights_path=str(weights), imagenet_head=True)
+
+
 def test_resnet18_missing_or_wrong_weights_are_named(tmp_path):
     with pytest.raises(ModelError, match=r"ResNet18 ImageNet weights not found at .*absent\.pth.*RETRIEVAL_RESNET18_WEIGHTS"):
         build_backbone("resnet18", 10, pretrained=True, weights_path=str(tmp_path / "absent.pth"))

@@ -1,5 +1,8 @@
 """The DELF-style attention head, trained from image-level labels only.
 
+A collection without labels trains it on the ImageNet classifier's own predictions
+for its images (``imagenet_classifier``): image-level labels all the same.
+
 A small conv net with a softplus output scores every location of the
 backbone's stride-16 map; the attention-weighted mean of the (L2-normalised)
 descriptors feeds a linear classifier trained with cross-entropy while the
@@ -55,37 +58,63 @@ class TrainedAttention:
 
 
 @torch.no_grad()
-def _feature_maps(model: TrainedModel, images, device, flip: bool) -> torch.Tensor:
-    maps = []
+def _feature_maps(model: TrainedModel, images, device, flip: bool,
+                  predict: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The stride-16 maps of ``images`` and, with ``predict``, the classifier's class for each,
+    from the same forward pass."""
+    if not images:
+        return torch.empty(0), (torch.empty(0, dtype=torch.long) if predict else None)
+    maps, predictions = [], []
     for start in range(0, len(images), 32):
         batch = eval_batch(model.backbone, model.image_size, images[start:start + 32], device)
         if flip:
             batch = batch.flip(3)
-        maps.append(model.backbone.local_map(batch).cpu())
-    return torch.cat(maps)
+        if predict:
+            pooled, local = model.backbone.pooled_and_local(batch)
+            predictions.append(model.backbone.classify(pooled).argmax(1).cpu())
+        else:
+            local = model.backbone.local_map(batch)
+        maps.append(local.cpu())
+    return torch.cat(maps), (torch.cat(predictions) if predict else None)
 
 
 def train_attention(model: TrainedModel, train: list[ImageRecord], val: list[ImageRecord], out_path: Path,
                     device, epochs: int = 30, learning_rate: float = 0.01, seed: int = 0,
                     progress: Progress = no_progress) -> TrainedAttention:
-    """Train the head on frozen stride-16 maps (cached once, with horizontal flips) and save it."""
+    """Train the head on frozen stride-16 maps (cached once, with horizontal flips) and save it.
+    The targets are the records' labels, or for a label-free classifier its own predictions."""
     torch.manual_seed(seed)
     class_index = {c: i for i, c in enumerate(model.classes)}
+    label_free = bool(model.info.get("label_free"))
     model.backbone.eval().to(device)
-    train = [r for r in train if r.label in class_index]
-    val = [r for r in val if r.label in class_index]
+    if not label_free:
+        train = [r for r in train if r.label in class_index]
+        val = [r for r in val if r.label in class_index]
     train_images, skipped = load_resized(train, model.image_size * 4)
     val_images, skipped_val = load_resized(val, model.image_size * 4)
     keep = [i for i, image in enumerate(train_images) if image is not None]
     kept_images = [train_images[i] for i in keep]
-    maps = torch.cat([_feature_maps(model, kept_images, device, False),
-                      _feature_maps(model, kept_images, device, True)])
-    targets = torch.tensor([class_index[train[i].label] for i in keep] * 2)
+    maps, predicted = _feature_maps(model, kept_images, device, False, predict=label_free)
+    flipped, _ = _feature_maps(model, kept_images, device, True)
+    maps = torch.cat([maps, flipped])
     val_keep = [i for i, image in enumerate(val_images) if image is not None]
-    val_maps = _feature_maps(model, [val_images[i] for i in val_keep], device, False)
-    val_targets = torch.tensor([class_index[val[i].label] for i in val_keep])
+    val_maps, val_predicted = _feature_maps(model, [val_images[i] for i in val_keep], device, False,
+                                            predict=label_free)
+    if label_free:
+        # only the classes predicted for the training images: a few dozen outputs learn in the
+        # steps a small collection gives, where all 1,000 barely move from chance
+        occurring = torch.unique(predicted)
+        classes = [model.classes[i] for i in occurring.tolist()]
+        targets = torch.searchsorted(occurring, predicted)
+        known = torch.isin(val_predicted, occurring)
+        val_maps, val_targets = val_maps[known], torch.searchsorted(occurring, val_predicted[known])
+    else:
+        classes = model.classes
+        targets = torch.tensor([class_index[train[i].label] for i in keep])
+        val_targets = torch.tensor([class_index[val[i].label] for i in val_keep])
+    targets = targets.repeat(2)
 
-    head = AttentionHead(model.backbone.local_dim, len(model.classes)).to(device)
+    head = AttentionHead(model.backbone.local_dim, len(classes)).to(device)
     optimizer = torch.optim.SGD(head.parameters(), lr=learning_rate, momentum=0.9, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
     generator = torch.Generator().manual_seed(seed)
@@ -117,7 +146,8 @@ def train_attention(model: TrainedModel, train: list[ImageRecord], val: list[Ima
         history.append(row)
         progress(STAGE, epoch, epochs)
     info = {"history": history, "classifier_checksum": model.checksum, "backbone": model.name,
-            "local_dim": head.dim, "classes": model.classes, "skipped": skipped + skipped_val}
+            "local_dim": head.dim, "classes": classes, "skipped": skipped + skipped_val,
+            "targets": "the classifier's predictions" if label_free else "labels"}
     return save_attention(out_path, head.cpu(), info)
 
 

@@ -102,7 +102,7 @@ def scan_collection(root: Path, labels: str | Path | None = None,
                     exclude_labels: tuple[str, ...] = ()) -> Collection:
     """List the images under ``root``.
 
-    ``labels`` is ``None`` (no labels), ``"folders"`` (the first path
+    ``labels`` is ``None`` or ``"none"`` (no labels), ``"folders"`` (the first path
     component is the class) or the path of a ``path,label`` CSV. Images whose
     label is in ``exclude_labels`` stay in the collection, unlabelled (e.g.
     Caltech's clutter class). Files that are not images by name are skipped
@@ -124,7 +124,7 @@ def scan_collection(root: Path, labels: str | Path | None = None,
     if not relpaths:
         raise CollectionError(f"no images found in {root}")
 
-    if labels is None:
+    if labels is None or str(labels) == "none":
         label_of = {}
     elif str(labels) == "folders":
         label_of = folder_labels(relpaths)

@@ -46,10 +46,24 @@ class TrainingResult:
     split: Split
     history: list[dict] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    label_free: bool = False  # no labels: the ImageNet classifier kept (``imagenet_classifier``)
 
     @property
     def val_accuracy(self) -> float:
         return self.history[-1]["val_accuracy"] if self.history else float("nan")
+
+    @property
+    def summary(self) -> str:
+        """One line on what the classifier became, for logs and commands."""
+        if self.label_free:
+            return (f"no class labels: the ImageNet classifier kept as it is ({len(self.classes)} classes), "
+                    "not fine-tuned")
+        return f"fine-tuned on {len(self.classes)} classes, validation accuracy {self.val_accuracy:.4f}"
+
+
+def has_class_labels(collection: Collection) -> bool:
+    """Whether there is anything to fine-tune on: two classes at least."""
+    return len(collection.classes) >= 2
 
 
 def stratified_split(records: list[ImageRecord], val_fraction: float, seed: int) -> Split:
@@ -233,6 +247,42 @@ def evaluate_accuracy(backbone, loader, device) -> float:
         correct += int((predictions == targets).sum())
         total += len(targets)
     return correct / total if total else float("nan")
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1,000 ImageNet classes in the order of the pretrained heads, made unique (ImageNet names
+    two classes "crane" and two "maillot")."""
+    from torchvision.models import ResNet18_Weights
+
+    names = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
+    return [name if names.count(name) == 1 else f"{name} ({i})" for i, name in enumerate(names)]
+
+
+def imagenet_classifier(collection: Collection, config: EngineConfig, out_path) -> TrainingResult:
+    """For a collection without labels: the ImageNet classifier kept whole, since there is nothing
+    to fine-tune it on. Its 1,000 classes still give the attention head image-level labels to
+    learn from (its own predictions on the collection) and the logits variant a meaning. The split
+    (for the head's validation) is random."""
+    classes = imagenet_class_names()
+    backbone = build_backbone(config.backbone, len(classes), pretrained=True,
+                              weights_path=config.pretrained_weights, imagenet_head=True)
+    records = list(collection.records)
+    train, val = ((records, []) if len(records) < 2 else
+                  train_test_split(records, test_size=config.val_fraction, random_state=config.seed))
+    split = Split(list(train), list(val))
+    info = {
+        "label_free": True,
+        "note": "no class labels: the ImageNet classifier, not fine-tuned",
+        "val_accuracy": None,
+        "train_ids": [r.image_id for r in split.train],
+        "val_ids": [r.image_id for r in split.val],
+        "n_train": len(split.train),
+        "n_val": len(split.val),
+        "collection_root": str(collection.root),
+        "settings": {k: getattr(config, k) for k in ("backbone", "image_size", "val_fraction", "seed")},
+    }
+    checksum = save_classifier(out_path, backbone, classes, config.image_size, info)
+    return TrainingResult(checksum, classes, split, label_free=True)
 
 
 def save_starter_classifier(collection: Collection, config: EngineConfig, out_path) -> Path:

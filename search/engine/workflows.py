@@ -22,7 +22,7 @@ from .model import TrainedModel, load_classifier, pick_device
 from .pipeline import RetrievalEngine
 from .progress import Progress, no_progress
 from .shards import FanOut, Shard, ShardedEngine, local_fan_out, split_delta
-from .training import Split, TrainingResult, train_classifier
+from .training import Split, TrainingResult, has_class_labels, imagenet_classifier, train_classifier
 
 
 @dataclass
@@ -54,10 +54,14 @@ def train_models(collection: Collection, config: EngineConfig, model_path: Path 
                  attention_path: Path | None = None, split: Split | None = None, epochs: int | None = None,
                  with_attention: bool = True, progress: Progress = no_progress) -> TrainedModels:
     """Fine-tune the classifier on ``collection`` (saved at ``model_path``), reload it from
-    disk, and train the attention head on the same split (saved at ``attention_path``)."""
+    disk, and train the attention head on the same split (saved at ``attention_path``). Without
+    two classes of labels the ImageNet classifier is kept, and the head learns its predictions."""
     model_path = Path(model_path or config.default_model_path)
     attention_path = Path(attention_path or config.default_attention_path)
-    training = train_classifier(collection, config, model_path, split=split, epochs=epochs, progress=progress)
+    if has_class_labels(collection):
+        training = train_classifier(collection, config, model_path, split=split, epochs=epochs, progress=progress)
+    else:
+        training = imagenet_classifier(collection, config, model_path)
     device = pick_device(config.device)
     model = load_classifier(model_path, device)
     attention = None
@@ -101,8 +105,11 @@ def is_starter(model: TrainedModel) -> bool:
 
 
 def model_label(model: TrainedModel) -> str:
-    """What evaluation rows call the loaded classifier: the starter is not fine-tuned."""
-    return "starter" if is_starter(model) else "fine-tuned"
+    """What evaluation rows call the loaded classifier: neither the starter nor the ImageNet
+    classifier of a collection without labels is fine-tuned."""
+    if is_starter(model):
+        return "starter"
+    return "ImageNet, no labels" if model.info.get("label_free") else "fine-tuned"
 
 
 def index_collection(collection: Collection, models: Models, config: EngineConfig, index_root: Path | None = None,

@@ -22,7 +22,8 @@ class EngineCommand(BaseCommand):
 
     def add_collection_arguments(self, parser):
         parser.add_argument("--collection", type=Path, help="image folder (default: the RETRIEVAL_COLLECTION_DIR setting)")
-        parser.add_argument("--labels", help="'folders' (one sub-folder per class) or a path,label CSV")
+        parser.add_argument("--labels", help="'folders' (one sub-folder per class), a path,label CSV, or 'none' "
+                                                 "(train without labels: the ImageNet classifier is kept)")
         parser.add_argument("--exclude-label", action="append", default=[],
                             help="a label to treat as unlabelled (e.g. BACKGROUND_Google); repeatable")
 

@@ -93,6 +93,31 @@ def test_retrain_trains_aside_then_switches_model_and_index(site_index, settings
         assert f"{step}: started" in run.log
 
 
+def test_a_retrain_without_labels_keeps_the_imagenet_classifier(settings, tmp_path,
+                                                                  tiny_collection_dir):
+    """Staff retrain a collection with labels 'none' (as one without any): the run keeps the ImageNet
+    classifier, trains the attention head on its predictions and builds an index with local features."""
+    import json
+
+    from search.engine.layout import active_build, read_manifest
+    from search.engine.model import metrics_path
+    from search.maintenance import run_maintenance
+
+    settings.RETRIEVAL = settings.RETRIEVAL.replace(data_dir=tmp_path / "data", attention_epochs=2, device="cpu")
+    run = MaintenanceRun.objects.create(kind=MaintenanceRun.TRAIN, collection_dir=str(tiny_collection_dir),
+                                        labels="none")
+    assert run_maintenance(run.pk) == Status.DONE
+    run.refresh_from_db()
+    assert run.status == Status.DONE, run.error
+    assert "40 images of" in run.log and "0 labelled in 0 classes" in run.log
+    assert "classifier: no class labels: the ImageNet classifier kept as it is (1000 classes)" in run.log
+    assert "train classifier: started" not in run.log and "train attention head: started" in run.log
+    info = json.loads(metrics_path(tmp_path / "data" / "models" / "classifier.pt").read_text())
+    assert info["label_free"] and len(info["classes"]) == 1000
+    manifest = read_manifest(active_build(tmp_path / "data" / "index"))
+    assert manifest["local"]["extracted"] == 40
+
+
 def test_staff_form_takes_only_folders_and_labels_inside_the_staff_roots(client, django_user_model, settings,
                                                                         tmp_path):
     client.force_login(django_user_model.objects.create_user("staff2", password="pw", is_staff=True))
@@ -111,7 +136,7 @@ def test_staff_form_takes_only_folders_and_labels_inside_the_staff_roots(client,
     refused("collection_dir", f"{allowed}/more/../../..", "is outside the folders staff may use")
     refused("collection_dir", "more", "give an absolute path")
     refused("labels", "/etc/passwd", "/etc/passwd is outside the folders staff may use")
-    refused("labels", str(allowed / "labels.csv"), "neither &#x27;folders&#x27; nor a CSV file")
+    refused("labels", str(allowed / "labels.csv"), "neither &#x27;folders&#x27;, &#x27;none&#x27; nor a CSV file")
     assert not MaintenanceRun.objects.exists()
 
 

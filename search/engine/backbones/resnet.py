@@ -22,8 +22,10 @@ class ResNet18(Backbone):
     mean = (0.485, 0.456, 0.406)
     std = (0.229, 0.224, 0.225)
 
-    def __init__(self, net, num_classes: int):
+    def __init__(self, net, num_classes: int, imagenet_head: bool = False):
         super().__init__(num_classes)
+        if imagenet_head:
+            self.classifier.load_state_dict(net.fc.state_dict())
         net.fc = torch.nn.Identity()
         self.net = net
 
@@ -56,7 +58,8 @@ def cached_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
-def build(num_classes: int, pretrained: bool = True, weights_path: str | None = None) -> ResNet18:
+def build(num_classes: int, pretrained: bool = True, weights_path: str | None = None,
+          imagenet_head: bool = False) -> ResNet18:
     net = torchvision.models.resnet18()
     if pretrained:
         path = Path(weights_path) if weights_path else cached_weights_path()
@@ -70,4 +73,4 @@ def build(num_classes: int, pretrained: bool = True, weights_path: str | None = 
             net.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise ModelError(f"{path} is not a torchvision resnet18 state dict: {exc}") from exc
-    return ResNet18(net, num_classes)
+    return ResNet18(net, num_classes, imagenet_head)

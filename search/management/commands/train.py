@@ -10,7 +10,9 @@ from ..base import EngineCommand, StageBars
 
 class Command(EngineCommand):
     help = ("Fine-tune the ImageNet backbone on the collection's labels (80/20 stratified split unless "
-            "--train-list/--val-list are given); saves a checkpoint and a JSON of metrics beside it.")
+            "--train-list/--val-list are given); saves a checkpoint and a JSON of metrics beside it. "
+            "Without labels (--labels none, or fewer than two classes) the ImageNet classifier is kept "
+            "and the attention head learns from its predictions.")
 
     def add_arguments(self, parser):
         self.add_collection_arguments(parser)
@@ -48,8 +50,7 @@ class Command(EngineCommand):
         result = trained.training
         for relpath, reason in result.skipped:
             self.stderr.write(f"skipped {relpath}: {reason}")
-        self.stdout.write(self.style.SUCCESS(
-            f"saved {out} ({len(result.classes)} classes); validation accuracy {result.val_accuracy:.4f}"))
+        self.stdout.write(self.style.SUCCESS(f"saved {out}: {result.summary}"))
         if trained.attention is None:
             return
         attention = trained.attention
