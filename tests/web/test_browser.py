@@ -188,6 +188,8 @@ def test_staff_starts_a_reindex_and_watches_it_complete(page, live_server, celer
     page.click("#log-in-button")
     page.wait_for_url(re.compile(r"/staff/$"))
     assert "40 images" in page.locator("#collection-summary").inner_text()
+    assert re.fullmatch(r"Classifier: fine-tuned on 4 classes, validation accuracy [01]\.\d{4}\.",
+                        page.locator("#classifier-summary").inner_text()), page.locator("#classifier-summary").inner_text()
     page.click("#start-reindex")
     page.wait_for_url(re.compile(r"/staff/runs/\d+/$"))
     page.wait_for_function("() => document.getElementById('run-status').textContent === 'done'", timeout=300_000)

@@ -93,8 +93,8 @@ def test_retrain_trains_aside_then_switches_model_and_index(site_index, settings
         assert f"{step}: started" in run.log
 
 
-def test_a_retrain_without_labels_keeps_the_imagenet_classifier(settings, tmp_path,
-                                                                  tiny_collection_dir):
+def test_a_retrain_without_labels_keeps_the_imagenet_classifier(settings, tmp_path, tiny_collection_dir,
+                                                                  client, django_user_model):
     """Staff retrain a collection with labels 'none' (as one without any): the run keeps the ImageNet
     classifier, trains the attention head on its predictions and builds an index with local features."""
     import json
@@ -116,6 +116,9 @@ def test_a_retrain_without_labels_keeps_the_imagenet_classifier(settings, tmp_pa
     assert info["label_free"] and len(info["classes"]) == 1000
     manifest = read_manifest(active_build(tmp_path / "data" / "index"))
     assert manifest["local"]["extracted"] == 40
+    client.force_login(django_user_model.objects.create_user("curator", password="pw", is_staff=True))
+    page = client.get("/staff/").content.decode()
+    assert "Classifier: the ImageNet classifier as it is (1000 classes): the collection had no labels" in page
 
 
 def test_staff_form_takes_only_folders_and_labels_inside_the_staff_roots(client, django_user_model, settings,
