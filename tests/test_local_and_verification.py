@@ -46,6 +46,28 @@ def test_attention_head_training_lowers_the_loss(tiny_attention):
     assert tiny_attention.path.is_file()
 
 
+def test_the_heads_maps_are_taken_batch_by_batch_and_skip_unreadable_pictures(tiny_model, tmp_path, monkeypatch):
+    """The attention head's training maps are computed a batch of decoded pictures at a time (none
+    held beyond it): readable pictures keep their order, mirrored maps follow, a bad file is named."""
+    import torch
+
+    from search.engine import attention
+    from search.engine.collection import ImageRecord
+
+    monkeypatch.setattr(attention, "MAP_BATCH", 2)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a picture")
+    records = [ImageRecord("a", "a.jpg", corel_image(301)), ImageRecord("b", "bad.jpg", bad),
+               ImageRecord("c", "c.jpg", corel_image(402))]
+    kept, maps, predicted, skipped = attention._feature_maps(tiny_model, records, "cpu", flips=True, predict=True)
+    assert kept == [0, 2] and [relpath for relpath, _ in skipped] == ["bad.jpg"]
+    assert maps.shape[0] == 4 and predicted.shape == (2,)
+    _, alone, none, _ = attention._feature_maps(tiny_model, records[2:], "cpu", flips=False, predict=False)
+    assert none is None and alone.shape[0] == 1
+    assert torch.allclose(maps[1], alone[0], atol=1e-4)  # the second readable picture, as when alone
+    assert not torch.allclose(maps[3], maps[1], atol=1e-2)  # its mirror image's map comes last
+
+
 def test_keypoints_lie_inside_the_image_and_are_ranked(tiny_extractor):
     image = open_image(corel_image(300))
     features = tiny_extractor.extract(image)

@@ -28,6 +28,7 @@ from .model import TrainedModel, eval_batch, file_checksum, metrics_path, save_c
 from .progress import Progress, no_progress
 
 STAGE = "train attention head"
+MAP_BATCH = 32
 
 
 class AttentionHead(nn.Module):
@@ -58,24 +59,33 @@ class TrainedAttention:
 
 
 @torch.no_grad()
-def _feature_maps(model: TrainedModel, images, device, flip: bool,
-                  predict: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The stride-16 maps of ``images`` and, with ``predict``, the classifier's class for each,
-    from the same forward pass."""
-    if not images:
-        return torch.empty(0), (torch.empty(0, dtype=torch.long) if predict else None)
-    maps, predictions = [], []
-    for start in range(0, len(images), 32):
-        batch = eval_batch(model.backbone, model.image_size, images[start:start + 32], device)
-        if flip:
-            batch = batch.flip(3)
+def _feature_maps(model: TrainedModel, records: list[ImageRecord], device, flips: bool, predict: bool):
+    """The stride-16 maps of the readable ``records`` (then, with ``flips``, those of their mirror
+    images) and, with ``predict``, the classifier's class for each from the same pass. Pictures are
+    decoded a batch at a time and dropped once through the network: a collection of large photos
+    would not fit in memory decoded. Returns (positions of the readable records, maps,
+    predictions or None, unreadable as (relpath, reason))."""
+    kept, skipped, maps, mirrored, predictions = [], [], [], [], []
+    for start in tqdm(range(0, len(records), MAP_BATCH), desc="stride-16 maps", unit="batch", leave=False):
+        chunk = records[start:start + MAP_BATCH]
+        images, bad = load_resized(chunk, model.image_size * 4, bar=False)
+        skipped += bad
+        readable = [i for i, image in enumerate(images) if image is not None]
+        if not readable:
+            continue
+        kept += [start + i for i in readable]
+        batch = eval_batch(model.backbone, model.image_size, [images[i] for i in readable], device)
         if predict:
             pooled, local = model.backbone.pooled_and_local(batch)
             predictions.append(model.backbone.classify(pooled).argmax(1).cpu())
         else:
             local = model.backbone.local_map(batch)
         maps.append(local.cpu())
-    return torch.cat(maps), (torch.cat(predictions) if predict else None)
+        if flips:
+            mirrored.append(model.backbone.local_map(batch.flip(3)).cpu())
+    if not kept:
+        return kept, torch.empty(0), (torch.empty(0, dtype=torch.long) if predict else None), skipped
+    return kept, torch.cat(maps + mirrored), (torch.cat(predictions) if predict else None), skipped
 
 
 def train_attention(model: TrainedModel, train: list[ImageRecord], val: list[ImageRecord], out_path: Path,
@@ -90,16 +100,9 @@ def train_attention(model: TrainedModel, train: list[ImageRecord], val: list[Ima
     if not label_free:
         train = [r for r in train if r.label in class_index]
         val = [r for r in val if r.label in class_index]
-    train_images, skipped = load_resized(train, model.image_size * 4)
-    val_images, skipped_val = load_resized(val, model.image_size * 4)
-    keep = [i for i, image in enumerate(train_images) if image is not None]
-    kept_images = [train_images[i] for i in keep]
-    maps, predicted = _feature_maps(model, kept_images, device, False, predict=label_free)
-    flipped, _ = _feature_maps(model, kept_images, device, True)
-    maps = torch.cat([maps, flipped])
-    val_keep = [i for i, image in enumerate(val_images) if image is not None]
-    val_maps, val_predicted = _feature_maps(model, [val_images[i] for i in val_keep], device, False,
-                                            predict=label_free)
+    keep, maps, predicted, skipped = _feature_maps(model, train, device, flips=True, predict=label_free)
+    val_keep, val_maps, val_predicted, skipped_val = _feature_maps(model, val, device, flips=False,
+                                                                   predict=label_free)
     if label_free:
         # only the classes predicted for the training images: a few dozen outputs learn in the
         # steps a small collection gives, where all 1,000 barely move from chance

@@ -102,21 +102,25 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_resized(records, max_side: int, square: bool = False) -> tuple[list, list[tuple[str, str]]]:
-    """Decode the images of ``records`` (with ``path`` and ``relpath``) once, shrunk so the
-    longer side is ``max_side`` (or squashed to ``max_side`` square): training holds them in
-    memory. Unreadable ones are ``None`` and reported as (relpath, reason)."""
+def read_resized(path, max_side: int, square: bool = False) -> Image.Image:
+    """One image decoded and shrunk so the longer side is ``max_side`` (or squashed to
+    ``max_side`` square); ImageError when it cannot be read."""
+    image = open_image(path)
+    if square:
+        return image.resize((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return image
+
+
+def load_resized(records, max_side: int, square: bool = False,
+                 bar: bool = True) -> tuple[list, list[tuple[str, str]]]:
+    """Decode the images of ``records`` (with ``path`` and ``relpath``) once (``read_resized``):
+    training holds them in memory. Unreadable ones are ``None`` and reported as (relpath, reason)."""
     images, skipped = [], []
-    for record in tqdm(records, desc="reading images", unit="img", leave=False):
+    for record in tqdm(records, desc="reading images", unit="img", leave=False, disable=not bar):
         try:
-            image = open_image(record.path)
+            images.append(read_resized(record.path, max_side, square))
         except ImageError as exc:
             skipped.append((record.relpath, str(exc)))
             images.append(None)
-            continue
-        if square:
-            image = image.resize((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
-        else:
-            image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-        images.append(image)
     return images, skipped
