@@ -42,6 +42,27 @@ def test_split_is_stratified_and_seeded(tiny_collection):
     assert sorted(r.label for r in a.val) == ["africa"] * 2 + ["beach"] * 2 + ["buses"] * 2 + ["dinosaurs"] * 2
 
 
+def test_validation_pictures_are_held_as_the_network_sees_them():
+    """The classifier's validation pictures are kept squashed to the network's input (a large photo
+    costs what a small picture does), and the network gets exactly the input it got from the
+    decoded picture."""
+    import torchvision.transforms as T
+
+    from search.engine.collection import ImageRecord
+    from search.engine.images import load_resized
+
+    from .conftest import DATASETS
+
+    big = DATASETS / "caltech101" / "images" / "BACKGROUND_Google" / "image_0273.jpg"
+    assert max(open_image(big).size) > 1152
+    record = ImageRecord("x", big.name, big)
+    (whole,), _ = load_resized([record], 288 * 4)
+    (held,), _ = load_resized([record], 288 * 4, then=T.Resize((288, 288), antialias=True))
+    assert held.size == (288, 288) and max(whole.size) == 1152
+    transform = eval_transform(build_backbone("efficientnet_lite0", 2, pretrained=False), 288)
+    assert torch.equal(transform(whole), transform(held))
+
+
 def test_checkpoint_reloads_to_the_same_predictions(tiny_training, tiny_model):
     path, _ = tiny_training
     again = load_classifier(path, "cpu")

@@ -112,14 +112,16 @@ def read_resized(path, max_side: int, square: bool = False) -> Image.Image:
     return image
 
 
-def load_resized(records, max_side: int, square: bool = False,
-                 bar: bool = True) -> tuple[list, list[tuple[str, str]]]:
-    """Decode the images of ``records`` (with ``path`` and ``relpath``) once (``read_resized``):
-    training holds them in memory. Unreadable ones are ``None`` and reported as (relpath, reason)."""
+def load_resized(records, max_side: int, square: bool = False, bar: bool = True,
+                 then=None) -> tuple[list, list[tuple[str, str]]]:
+    """Decode the images of ``records`` (with ``path`` and ``relpath``) once (``read_resized``),
+    each passed through ``then`` when given (to keep only what the network will see): training
+    holds them in memory. Unreadable ones are ``None`` and reported as (relpath, reason)."""
     images, skipped = [], []
     for record in tqdm(records, desc="reading images", unit="img", leave=False, disable=not bar):
         try:
-            images.append(read_resized(record.path, max_side, square))
+            image = read_resized(record.path, max_side, square)
+            images.append(then(image) if then is not None else image)
         except ImageError as exc:
             skipped.append((record.relpath, str(exc)))
             images.append(None)

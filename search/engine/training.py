@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision.transforms as T
 from sklearn.model_selection import train_test_split
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, Dataset
@@ -121,9 +122,12 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
     # square, because the index squashes whole images to image_size x
     # image_size: crops cut from unsquashed 3:2 pictures taught the model
     # proportions it never sees at search time. Validation sees images as
-    # the index will, shrunk only when very large.
+    # the index will, shrunk only when very large, and is held as squashed by
+    # ``eval_transform`` (which then leaves it as it is): a large photo costs
+    # no more memory than a small picture.
     train_images, skipped_train = load_resized(split.train, int(config.image_size * 1.15), square=True)
-    val_images, skipped_val = load_resized(split.val, config.image_size * 4)
+    val_images, skipped_val = load_resized(split.val, config.image_size * 4,
+                                           then=T.Resize((config.image_size, config.image_size), antialias=True))
     train_loader = _loader(split.train, train_images, class_index,
                            train_transform(backbone, config.image_size), config.batch_size, True, config.seed)
     val_loader = _loader(split.val, val_images, class_index,
