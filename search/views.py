@@ -22,6 +22,7 @@ from . import collection_files
 from .archives import ArchiveError
 from .conf import engine_config
 from .engine import layout
+from .engine.classifier_info import describe_classifier, read_classifier_info
 from .engine.errors import EngineError, SearchIndexError
 from .engine.methods import is_fine, method_label
 from .forms import CollectionUploadForm, MaintenanceForm, SearchForm
@@ -65,30 +66,12 @@ def training_run() -> MaintenanceRun | None:
 
 def classifier_info() -> dict:
     """The classifier's JSON beside it (this process loads no model); empty when there is none."""
-    try:
-        info = json.loads(engine_config().default_model_path.with_suffix(".json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return info if isinstance(info, dict) else {}
+    return read_classifier_info(engine_config().default_model_path)
 
 
 def classifier_is_starter() -> bool:
     """Whether the site serves the ImageNet starter (prepare_collection --site-first)."""
     return bool(classifier_info().get("starter"))
-
-
-def classifier_summary(info: dict) -> str:
-    """What the staff page says the classifier is: staff decide from it whether to retrain."""
-    if not info:
-        return "none yet (train one)"
-    if info.get("starter"):
-        return "the ImageNet starter, not fine-tuned yet (a retrain fine-tunes it)"
-    if info.get("label_free"):
-        return (f"the ImageNet classifier as it is ({len(info.get('classes', []))} classes): the collection had "
-                "no labels to fine-tune on, so the attention head learned its predictions")
-    accuracy = info.get("val_accuracy")
-    return (f"fine-tuned on {len(info.get('classes', []))} classes"
-            + (f", validation accuracy {accuracy:.4f}" if isinstance(accuracy, (int, float)) else ""))
 
 
 DISK_FULL = "The server's disk is full: the search was not saved. Please tell the site's administrator."
@@ -411,7 +394,7 @@ def staff_home(request, form=None, upload_form=None, message=""):
     config = engine_config()
     shards = layout.shard_summary(config.shards_root, config.shards, config.index_root) if config.shards >= 2 else []
     return render(request, "staff.html", {
-        "collection": collection, "classifier": classifier_summary(classifier_info()),
+        "collection": collection, "classifier": describe_classifier(classifier_info()),
         "shards": shards, "stale_shards": any(not s["current"] for s in shards),
         "runs": MaintenanceRun.objects.all()[:30], "form": form or MaintenanceForm(),
         "uploads_allowed": settings.COLLECTION_UPLOADS, "upload_form": upload_form or CollectionUploadForm(),

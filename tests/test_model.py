@@ -42,6 +42,46 @@ def test_split_is_stratified_and_seeded(tiny_collection):
     assert sorted(r.label for r in a.val) == ["africa"] * 2 + ["beach"] * 2 + ["buses"] * 2 + ["dinosaurs"] * 2
 
 
+def test_training_takes_a_seeded_sample_that_keeps_every_class():
+    """A large collection trains on at most TRAIN_MAX_IMAGES of its images: each class in its share,
+    two at least, the same sample for the same seed."""
+    from collections import Counter
+
+    from search.engine.collection import scan_collection
+    from search.engine.errors import CollectionError
+    from search.engine.training import training_sample
+
+    from .conftest import DATASETS
+
+    records = scan_collection(DATASETS / "caltech101" / "images", "folders").labelled()
+    counts = Counter(r.label for r in records)
+    sample = training_sample(records, 1000, seed=0)
+    assert len(sample) == 1000 and len({r.image_id for r in sample}) == 1000
+    taken = Counter(r.label for r in sample)
+    assert set(taken) == set(counts) and min(taken.values()) >= 2
+    for label, n in counts.items():  # each class's share, within the rounding and the floor of two
+        assert abs(taken[label] - 1000 * n / len(records)) <= 2, label
+    positions = {r.image_id: i for i, r in enumerate(records)}
+    assert [positions[r.image_id] for r in sample] == sorted(positions[r.image_id] for r in sample)
+    assert training_sample(records, 1000, seed=0) == sample
+    assert training_sample(records, 1000, seed=1) != sample
+    assert training_sample(records, 0, seed=0) == records == training_sample(records, len(records), seed=0)
+    with pytest.raises(CollectionError, match="two of each of 102 classes"):
+        training_sample(records, 150, seed=0)
+
+
+def test_a_capped_training_says_it_trained_on_a_sample(tiny_collection, engine_config, tmp_path):
+    from search.engine.training import train_classifier
+
+    path = tmp_path / "sampled.pt"
+    result = train_classifier(tiny_collection, engine_config.replace(train_max_images=20), path, epochs=1)
+    info = json.loads(metrics_path(path).read_text())
+    assert info["n_train"] + info["n_val"] == 20 and (info["n_sampled"], info["n_available"]) == (20, 40)
+    assert sorted(r.label for r in result.split.val) == ["africa", "beach", "buses", "dinosaurs"]
+    assert result.summary.startswith("fine-tuned on 4 classes (trained on a sample of 20 of its 40 images), "
+                                     "validation accuracy ")
+
+
 def test_validation_pictures_are_held_as_the_network_sees_them():
     """The classifier's validation pictures are kept squashed to the network's input (a large photo
     costs what a small picture does), and the network gets exactly the input it got from the

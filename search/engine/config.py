@@ -88,6 +88,12 @@ class EngineConfig:
     weight_decay: float = 1e-4
     val_fraction: float = 0.2
     seed: int = 0
+    # Training (the classifier and the attention head) uses at most this many of the collection's
+    # images, a seeded sample keeping each class's share; the index still holds them all (0: every
+    # image). Training holds its pictures and the head's maps in memory, and its time grows with
+    # them, so a large collection would otherwise be killed for memory or train for days. Why
+    # 10,000: RESULTS.md ("Training on a sample").
+    train_max_images: int = 10_000
     # Save the mean of the last epochs' weights (those in the second half of the run only),
     # BatchNorm statistics recomputed (1: the last epoch's own); why 3: RESULTS.md.
     average_last_epochs: int = 3

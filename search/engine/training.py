@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .backbones import build_backbone
+from .classifier_info import describe_classifier
 from .collection import Collection, ImageRecord
 from .config import EngineConfig
 from .errors import CollectionError
@@ -48,6 +50,7 @@ class TrainingResult:
     history: list[dict] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     label_free: bool = False  # no labels: the ImageNet classifier kept (``imagenet_classifier``)
+    info: dict = field(default_factory=dict)  # what was saved beside the classifier
 
     @property
     def val_accuracy(self) -> float:
@@ -55,16 +58,40 @@ class TrainingResult:
 
     @property
     def summary(self) -> str:
-        """One line on what the classifier became, for logs and commands."""
-        if self.label_free:
-            return (f"no class labels: the ImageNet classifier kept as it is ({len(self.classes)} classes), "
-                    "not fine-tuned")
-        return f"fine-tuned on {len(self.classes)} classes, validation accuracy {self.val_accuracy:.4f}"
+        """One line on what the classifier became, for logs and commands: the staff page's words."""
+        return describe_classifier(self.info | {"classes": self.classes})
 
 
 def has_class_labels(collection: Collection) -> bool:
     """Whether there is anything to fine-tune on: two classes at least."""
     return len(collection.classes) >= 2
+
+
+def training_sample(records: list[ImageRecord], max_images: int, seed: int) -> list[ImageRecord]:
+    """At most ``max_images`` of ``records`` (all of them for 0), seeded, in their order. Each label
+    keeps its share of the collection, and two images at least, so that the split can still
+    stratify. Memory and time of training then stop growing with the collection; the index still
+    holds every image."""
+    if max_images <= 0 or len(records) <= max_images:
+        return list(records)
+    members = defaultdict(list)
+    for position, record in enumerate(records):
+        members[record.label].append(position)
+    labelled = [label for label in members if label is not None]
+    if 2 * len(labelled) > max_images:
+        raise CollectionError(f"training on at most {max_images} images (TRAIN_MAX_IMAGES) cannot keep two of "
+                              f"each of {len(labelled)} classes: raise it")
+    rng = np.random.default_rng(seed)
+    # a record's place in its label's shuffled order, as a fraction of the label's size: the
+    # smallest keys take every label in proportion; a label's first two are taken first of all
+    keys = np.empty(len(records))
+    for label, positions in members.items():
+        shuffled = np.asarray(positions)[rng.permutation(len(positions))]
+        keys[shuffled] = (np.arange(len(shuffled)) + 0.5) / len(shuffled)
+        if label is not None:
+            keys[shuffled[:2]] = -1.0
+    chosen = np.sort(np.argsort(keys, kind="stable")[:max_images])
+    return [records[i] for i in chosen]
 
 
 def stratified_split(records: list[ImageRecord], val_fraction: float, seed: int) -> Split:
@@ -108,7 +135,12 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
     labelled = collection.labelled()
     if not labelled:
         raise CollectionError(f"{collection.root}: no labelled images to train on")
-    split = split or stratified_split(labelled, config.val_fraction, config.seed)
+    available = len(labelled)
+    if split is None:
+        labelled = training_sample(labelled, config.train_max_images, config.seed)
+        split = stratified_split(labelled, config.val_fraction, config.seed)
+    else:
+        available = len(split.train) + len(split.val)  # given lists are used whole
     classes = sorted({r.label for r in split.train})
     class_index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({r.label for r in split.val} - set(classes))
@@ -187,15 +219,17 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
         "val_ids": [r.image_id for r in split.val],
         "n_train": len(train_loader.dataset),
         "n_val": len(val_loader.dataset),
+        "n_sampled": len(split.train) + len(split.val),
+        "n_available": available,
         "collection_root": str(collection.root),
         "settings": {k: getattr(config, k) for k in (
             "backbone", "image_size", "batch_size", "learning_rate", "head_lr_multiplier", "momentum",
-            "weight_decay", "val_fraction", "seed", "average_last_epochs")} | {"epochs": epochs},
+            "weight_decay", "val_fraction", "seed", "average_last_epochs", "train_max_images")} | {"epochs": epochs},
         "averaged_epochs": averaged.epochs if averaged.count > 1 else [],
         "skipped": skipped_train + skipped_val,
     }
     checksum = save_classifier(out_path, backbone.cpu(), classes, config.image_size, info)
-    return TrainingResult(checksum, classes, split, history, skipped_train + skipped_val)
+    return TrainingResult(checksum, classes, split, history, skipped_train + skipped_val, info=info)
 
 
 def first_averaged_epoch(epochs: int, average_last: int) -> int:
@@ -270,7 +304,7 @@ def imagenet_classifier(collection: Collection, config: EngineConfig, out_path) 
     classes = imagenet_class_names()
     backbone = build_backbone(config.backbone, len(classes), pretrained=True,
                               weights_path=config.pretrained_weights, imagenet_head=True)
-    records = list(collection.records)
+    records = training_sample(list(collection.records), config.train_max_images, config.seed)
     train, val = ((records, []) if len(records) < 2 else
                   train_test_split(records, test_size=config.val_fraction, random_state=config.seed))
     split = Split(list(train), list(val))
@@ -282,11 +316,14 @@ def imagenet_classifier(collection: Collection, config: EngineConfig, out_path) 
         "val_ids": [r.image_id for r in split.val],
         "n_train": len(split.train),
         "n_val": len(split.val),
+        "n_sampled": len(records),
+        "n_available": len(collection.records),
         "collection_root": str(collection.root),
-        "settings": {k: getattr(config, k) for k in ("backbone", "image_size", "val_fraction", "seed")},
+        "settings": {k: getattr(config, k) for k in ("backbone", "image_size", "val_fraction", "seed",
+                                                      "train_max_images")},
     }
     checksum = save_classifier(out_path, backbone, classes, config.image_size, info)
-    return TrainingResult(checksum, classes, split, label_free=True)
+    return TrainingResult(checksum, classes, split, label_free=True, info=info)
 
 
 def save_starter_classifier(collection: Collection, config: EngineConfig, out_path) -> Path:

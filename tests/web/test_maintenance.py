@@ -96,29 +96,33 @@ def test_retrain_trains_aside_then_switches_model_and_index(site_index, settings
 def test_a_retrain_without_labels_keeps_the_imagenet_classifier(settings, tmp_path, tiny_collection_dir,
                                                                   client, django_user_model):
     """Staff retrain a collection with labels 'none' (as one without any): the run keeps the ImageNet
-    classifier, trains the attention head on its predictions and builds an index with local features."""
+    classifier, trains the attention head on its predictions (on a sample of 30 of the 40 images: the
+    TRAIN_MAX_IMAGES cap) and builds an index of all 40 with local features."""
     import json
 
     from search.engine.layout import active_build, read_manifest
     from search.engine.model import metrics_path
     from search.maintenance import run_maintenance
 
-    settings.RETRIEVAL = settings.RETRIEVAL.replace(data_dir=tmp_path / "data", attention_epochs=2, device="cpu")
+    settings.RETRIEVAL = settings.RETRIEVAL.replace(data_dir=tmp_path / "data", attention_epochs=2, device="cpu",
+                                                  train_max_images=30)
     run = MaintenanceRun.objects.create(kind=MaintenanceRun.TRAIN, collection_dir=str(tiny_collection_dir),
                                         labels="none")
     assert run_maintenance(run.pk) == Status.DONE
     run.refresh_from_db()
     assert run.status == Status.DONE, run.error
     assert "40 images of" in run.log and "0 labelled in 0 classes" in run.log
-    assert "classifier: no class labels: the ImageNet classifier kept as it is (1000 classes)" in run.log
+    assert ("classifier: the ImageNet classifier as it is (1000 classes): the collection had no class labels to "
+            "fine-tune on, so the attention head learned its predictions (trained on a sample of 30 of its 40 "
+            "images)") in run.log
     assert "train classifier: started" not in run.log and "train attention head: started" in run.log
     info = json.loads(metrics_path(tmp_path / "data" / "models" / "classifier.pt").read_text())
-    assert info["label_free"] and len(info["classes"]) == 1000
+    assert info["label_free"] and len(info["classes"]) == 1000 and info["n_train"] + info["n_val"] == 30
     manifest = read_manifest(active_build(tmp_path / "data" / "index"))
     assert manifest["local"]["extracted"] == 40
     client.force_login(django_user_model.objects.create_user("curator", password="pw", is_staff=True))
     page = client.get("/staff/").content.decode()
-    assert "Classifier: the ImageNet classifier as it is (1000 classes): the collection had no labels" in page
+    assert "Classifier: the ImageNet classifier as it is (1000 classes): the collection had no class labels" in page
 
 
 def test_staff_form_takes_only_folders_and_labels_inside_the_staff_roots(client, django_user_model, settings,

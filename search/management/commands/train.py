@@ -12,7 +12,8 @@ class Command(EngineCommand):
     help = ("Fine-tune the ImageNet backbone on the collection's labels (80/20 stratified split unless "
             "--train-list/--val-list are given); saves a checkpoint and a JSON of metrics beside it. "
             "Without labels (--labels none, or fewer than two classes) the ImageNet classifier is kept "
-            "and the attention head learns from its predictions.")
+            "and the attention head learns from its predictions. Trains on a seeded sample of at most "
+            "RETRIEVAL_TRAIN_MAX_IMAGES (10,000) images, each class in its share.")
 
     def add_arguments(self, parser):
         self.add_collection_arguments(parser)
