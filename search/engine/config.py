@@ -98,6 +98,10 @@ class EngineConfig:
     # BatchNorm statistics recomputed (1: the last epoch's own); why 3: RESULTS.md.
     average_last_epochs: int = 3
     num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    # Processes that load or train the networks keep freed blocks of up to this many MB for reuse
+    # instead of handing them back to the kernel (allocator.py; 0: glibc's defaults). Why 256:
+    # RESULTS.md ("Freed memory kept for reuse").
+    malloc_threshold_mb: int = 256
 
     # Global features and the coarse search.
     pca_dim: int = 32

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import layout
 from .additions import Additions, add_images
+from .allocator import keep_freed_memory
 from .attention import TrainedAttention, load_attention, train_attention
 from .collection import Collection
 from .config import EngineConfig
@@ -56,6 +57,7 @@ def train_models(collection: Collection, config: EngineConfig, model_path: Path 
     """Fine-tune the classifier on ``collection`` (saved at ``model_path``), reload it from
     disk, and train the attention head on the same split (saved at ``attention_path``). Without
     two classes of labels the ImageNet classifier is kept, and the head learns its predictions."""
+    keep_freed_memory(config.malloc_threshold_mb)
     model_path = Path(model_path or config.default_model_path)
     attention_path = Path(attention_path or config.default_attention_path)
     if has_class_labels(collection):
@@ -77,6 +79,7 @@ def load_models(config: EngineConfig, model_path: Path | None = None, attention_
                 attention: bool | None = None) -> Models:
     """The trained classifier and attention head from disk. ``attention``: True requires the
     head, False skips it, None loads it when its file is there."""
+    keep_freed_memory(config.malloc_threshold_mb)
     device = pick_device(config.device)
     model = load_classifier(Path(model_path or config.default_model_path), device)
     attention_path = Path(attention_path or config.default_attention_path)
