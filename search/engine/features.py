@@ -58,12 +58,16 @@ def embed_batch(model: TrainedModel, images: list, device, describer=None, local
     else:
         pooled, stride16 = model.backbone.pooled(batch), None
     logits = model.backbone.classify(pooled)
+    penultimate = l2_normalise(pooled.float().cpu().numpy())
     instance = None
     if describer is not None:
-        instance = (describer.describe_input(batch) if describer.takes_input_of(model)
-                    else describer.describe(images))
-    return Embedded(l2_normalise(pooled.float().cpu().numpy()), l2_normalise(logits.float().cpu().numpy()),
-                    instance, stride16)
+        if describer.shares_network_with(model):  # the starter, or a collection without labels
+            instance = penultimate.copy()
+        elif describer.takes_input_of(model):
+            instance = describer.describe_input(batch)
+        else:
+            instance = describer.describe(images)
+    return Embedded(penultimate, l2_normalise(logits.float().cpu().numpy()), instance, stride16)
 
 
 def _batches(items: list, size: int) -> Iterable[list]:

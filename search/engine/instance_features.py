@@ -12,7 +12,7 @@ descriptors were measured too and not kept: RESULTS.md.)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ class InstanceDescriber:
     backbone: Backbone
     image_size: int
     device: object = "cpu"
+    _shares: dict = field(default_factory=dict, repr=False, compare=False)  # per classifier, once
 
     @property
     def name(self) -> str:
@@ -53,6 +54,26 @@ class InstanceDescriber:
         theirs = model.backbone
         return (model.image_size == self.image_size and tuple(theirs.mean) == tuple(self.backbone.mean)
                 and tuple(theirs.std) == tuple(self.backbone.std))
+
+    def shares_network_with(self, model) -> bool:
+        """Whether ``model``'s pooled vector is this describer's: the ImageNet starter and the classifier
+        of a collection without labels keep the ImageNet network whole, so a second pass would give
+        the same vector again. Compared weight by weight, once per classifier."""
+        key = model.checksum or id(model.backbone)
+        if key not in self._shares:
+            self._shares[key] = self.takes_input_of(model) and same_body(model.backbone, self.backbone)
+        return self._shares[key]
+
+
+@torch.no_grad()
+def same_body(a: Backbone, b: Backbone) -> bool:
+    """Whether two backbones hold the same weights everywhere but their last (classifying) layer."""
+    if a.name != b.name:
+        return False
+    ours = {k: v for k, v in a.state_dict().items() if not k.startswith("classifier.")}
+    theirs = {k: v for k, v in b.state_dict().items() if not k.startswith("classifier.")}
+    return ours.keys() == theirs.keys() and all(
+        ours[k].shape == theirs[k].shape and torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 def describer_for(index, config: EngineConfig, device) -> InstanceDescriber | None:

@@ -48,21 +48,58 @@ def test_variant_vectors_add_instance_and_hybrid_only_with_instance_vectors(desc
     assert vectors["instance"] is instance and vectors["hybrid"].shape == (3, 8 + 1280)
 
 
+def _first_conv(backbone):
+    import torch
+
+    return next(m for m in backbone.modules() if isinstance(m, torch.nn.Conv2d))
+
+
 def test_one_resize_feeds_both_networks_when_they_take_the_same_input(describer):
     """embed_batch resizes each image once for the classifier and the describer (a phone photo's
     resize costs about what a network's pass does): the same instance vectors as describing anew,
     and a describer of another input size still resizes for itself."""
+    import torch
+
     from search.engine.features import embed_batch
     from search.engine.model import imagenet_model
 
     images = [open_image(corel_image(n)) for n in (300, 401)]
-    same_size = imagenet_model("efficientnet_lite0", 224, "cpu")
-    assert describer.takes_input_of(same_size)
-    penultimate, logits, instance, _ = embed_batch(same_size, images, "cpu", describer)
+    tuned = imagenet_model("efficientnet_lite0", 224, "cpu")
+    with torch.no_grad():  # a body that is no longer ImageNet's, as fine-tuning leaves it
+        _first_conv(tuned.backbone).weight.mul_(1.01)
+    assert describer.takes_input_of(tuned) and not describer.shares_network_with(tuned)
+    penultimate, logits, instance, _ = embed_batch(tuned, images, "cpu", describer)
     np.testing.assert_array_equal(instance, describer.describe(images))
-    np.testing.assert_allclose(penultimate, instance, atol=1e-6)  # the very network, here
+    assert not np.allclose(penultimate, instance, atol=1e-4)
     other_size = imagenet_model("efficientnet_lite0", 256, "cpu")
-    assert not describer.takes_input_of(other_size)
+    assert not describer.takes_input_of(other_size) and not describer.shares_network_with(other_size)
     _, _, apart, _ = embed_batch(other_size, images, "cpu", describer)
     np.testing.assert_array_equal(apart, describer.describe(images))
-    assert embed_batch(same_size, images, "cpu")[2] is None
+    assert embed_batch(tuned, images, "cpu")[2] is None
+
+
+def test_the_imagenet_network_is_not_run_twice_for_the_starter(describer, tmp_path):
+    """The starter (and the classifier of a collection without labels) is the describer's own
+    network with another last layer: its pooled vector is the instance vector, so embed_batch
+    does not run the describer, and the vectors are those the describer gives."""
+    from search.engine.collection import scan_collection
+    from search.engine.features import embed_batch
+    from search.engine.model import load_classifier
+    from search.engine.training import save_starter_classifier
+
+    from tests.conftest import DATASETS
+
+    config = EngineConfig(image_size=224, data_dir=tmp_path)
+    collection = scan_collection(DATASETS / "corel1k" / "images", "none")
+    starter = load_classifier(save_starter_classifier(collection, config, tmp_path / "starter.pt"), "cpu")
+    assert describer.shares_network_with(starter)
+    images = [open_image(corel_image(n)) for n in (300, 401)]
+    calls = []
+    hook = _first_conv(describer.backbone).register_forward_hook(lambda *_: calls.append(1))
+    try:
+        penultimate, _, instance, _ = embed_batch(starter, images, "cpu", describer)
+    finally:
+        hook.remove()
+    assert calls == []
+    np.testing.assert_array_equal(instance, penultimate)
+    np.testing.assert_array_equal(instance, describer.describe(images))
