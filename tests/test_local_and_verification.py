@@ -48,7 +48,8 @@ def test_attention_head_training_lowers_the_loss(tiny_attention):
 
 def test_the_heads_maps_are_taken_batch_by_batch_and_skip_unreadable_pictures(tiny_model, tmp_path, monkeypatch):
     """The attention head's training maps are computed a batch of decoded pictures at a time (none
-    held beyond it): readable pictures keep their order, mirrored maps follow, a bad file is named."""
+    held beyond it) into one tensor: readable pictures keep their order, mirrored maps follow, a bad
+    file is named."""
     import torch
 
     from search.engine import attention
@@ -66,6 +67,9 @@ def test_the_heads_maps_are_taken_batch_by_batch_and_skip_unreadable_pictures(ti
     assert none is None and alone.shape[0] == 1
     assert torch.allclose(maps[1], alone[0], atol=1e-4)  # the second readable picture, as when alone
     assert not torch.allclose(maps[3], maps[1], atol=1e-2)  # its mirror image's map comes last
+    _, without_the_bad_one, _, _ = attention._feature_maps(tiny_model, [records[0], records[2]], "cpu",
+                                                           flips=True, predict=False)
+    assert torch.allclose(without_the_bad_one, maps, atol=1e-4)  # the halves closed up around the gap
 
 
 def test_keypoints_lie_inside_the_image_and_are_ranked(tiny_extractor):

@@ -63,9 +63,11 @@ def _feature_maps(model: TrainedModel, records: list[ImageRecord], device, flips
     """The stride-16 maps of the readable ``records`` (then, with ``flips``, those of their mirror
     images) and, with ``predict``, the classifier's class for each from the same pass. Pictures are
     decoded a batch at a time and dropped once through the network: a collection of large photos
-    would not fit in memory decoded. Returns (positions of the readable records, maps,
-    predictions or None, unreadable as (relpath, reason))."""
-    kept, skipped, maps, mirrored, predictions = [], [], [], [], []
+    would not fit in memory decoded. The maps are written into one tensor made for them all, not
+    joined from pieces at the end, which held them twice. Returns (positions of the readable
+    records, maps, predictions or None, unreadable as (relpath, reason))."""
+    kept, skipped, predictions = [], [], []
+    maps = None
     for start in tqdm(range(0, len(records), MAP_BATCH), desc="stride-16 maps", unit="batch", leave=False):
         chunk = records[start:start + MAP_BATCH]
         images, bad = load_resized(chunk, model.image_size * 4, bar=False)
@@ -73,19 +75,30 @@ def _feature_maps(model: TrainedModel, records: list[ImageRecord], device, flips
         readable = [i for i, image in enumerate(images) if image is not None]
         if not readable:
             continue
-        kept += [start + i for i in readable]
         batch = eval_batch(model.backbone, model.image_size, [images[i] for i in readable], device)
         if predict:
             pooled, local = model.backbone.pooled_and_local(batch)
             predictions.append(model.backbone.classify(pooled).argmax(1).cpu())
         else:
             local = model.backbone.local_map(batch)
-        maps.append(local.cpu())
+        if maps is None:  # the originals in the first half, their mirror images in the second; laid
+            # out in memory as the network gives them (channels last), which the head's sums follow
+            layout = (torch.channels_last if local.is_contiguous(memory_format=torch.channels_last)
+                      and not local.is_contiguous() else torch.contiguous_format)
+            maps = torch.empty((len(records) * (2 if flips else 1),) + tuple(local.shape[1:]), dtype=local.dtype,
+                               memory_format=layout)
+        done = len(kept)
+        maps[done:done + len(readable)] = local.cpu()
         if flips:
-            mirrored.append(model.backbone.local_map(batch.flip(3)).cpu())
+            maps[len(records) + done:len(records) + done + len(readable)] = model.backbone.local_map(batch.flip(3)).cpu()
+        kept += [start + i for i in readable]
     if not kept:
         return kept, torch.empty(0), (torch.empty(0, dtype=torch.long) if predict else None), skipped
-    return kept, torch.cat(maps + mirrored), (torch.cat(predictions) if predict else None), skipped
+    if flips and len(kept) < len(records):  # unreadable pictures: close the gap between the halves
+        maps = torch.cat([maps[:len(kept)], maps[len(records):len(records) + len(kept)]])
+    else:
+        maps = maps[:len(kept) * (2 if flips else 1)]
+    return kept, maps, (torch.cat(predictions) if predict else None), skipped
 
 
 def train_attention(model: TrainedModel, train: list[ImageRecord], val: list[ImageRecord], out_path: Path,
