@@ -90,7 +90,8 @@ def _feature_maps(model: TrainedModel, records: list[ImageRecord], device, flips
         done = len(kept)
         maps[done:done + len(readable)] = local.cpu()
         if flips:
-            maps[len(records) + done:len(records) + done + len(readable)] = model.backbone.local_map(batch.flip(3)).cpu()
+            mirror = len(records) + done
+            maps[mirror:mirror + len(readable)] = model.backbone.local_map(batch.flip(3)).cpu()
         kept += [start + i for i in readable]
     if not kept:
         return kept, torch.empty(0), (torch.empty(0, dtype=torch.long) if predict else None), skipped
@@ -153,10 +154,7 @@ def train_attention(model: TrainedModel, train: list[ImageRecord], val: list[Ima
             correct += int((logits.argmax(1) == batch_targets).sum())
             total += len(idx)
         scheduler.step()
-        head.eval()
-        with torch.no_grad():
-            val_accuracy = (float((head(val_maps.to(device)).argmax(1).cpu() == val_targets).float().mean())
-                            if len(val_targets) else float("nan"))
+        val_accuracy = _accuracy(head.eval(), val_maps, val_targets, device)
         row = {"epoch": epoch, "train_loss": loss_sum / total, "train_accuracy": correct / total,
                "val_accuracy": val_accuracy, "elapsed_s": round(time.monotonic() - started, 1)}
         history.append(row)
@@ -165,6 +163,16 @@ def train_attention(model: TrainedModel, train: list[ImageRecord], val: list[Ima
             "local_dim": head.dim, "classes": classes, "skipped": skipped + skipped_val,
             "targets": "the classifier's predictions" if label_free else "labels"}
     return save_attention(out_path, head.cpu(), info)
+
+
+@torch.no_grad()
+def _accuracy(head: AttentionHead, maps: torch.Tensor, targets: torch.Tensor, device, batch: int = 256) -> float:
+    """A batch at a time: the hidden layer of 2,000 validation maps at once is over a gigabyte."""
+    if not len(targets):
+        return float("nan")
+    correct = sum(int((head(maps[start:start + batch].to(device)).argmax(1).cpu() == targets[start:start + batch])
+                      .sum()) for start in range(0, len(targets), batch))
+    return correct / len(targets)
 
 
 def save_attention(path: Path, head: AttentionHead, info: dict) -> TrainedAttention:
