@@ -5,29 +5,19 @@ describe the classifier from it in the same words (``describe_classifier``).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-_cache: dict[Path, tuple[tuple, dict]] = {}
+from .layout import read_json_when_changed
 
 
 def read_classifier_info(model_path: Path) -> dict:
     """The JSON beside ``model_path``; empty when there is none or it cannot be read. Re-read only
     when the file changes: every page view asks, and a collection's ids make it large."""
-    file = Path(model_path).with_suffix(".json")
     try:
-        stat = file.stat()
-    except OSError:
+        info = read_json_when_changed(Path(model_path).with_suffix(".json"))
+    except (OSError, ValueError):
         return {}
-    key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-    cached = _cache.get(file)
-    if cached is None or cached[0] != key:
-        try:
-            info = json.loads(file.read_text())
-        except (OSError, ValueError):
-            return {}
-        cached = _cache[file] = (key, info if isinstance(info, dict) else {})
-    return cached[1]
+    return info if isinstance(info, dict) else {}
 
 
 def describe_classifier(info: dict) -> str:

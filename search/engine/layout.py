@@ -205,7 +205,21 @@ def index_root_of(build: Path) -> Path:
     return build.parent.parent if build.parent.name == BUILDS else build
 
 
-_removed: dict[Path, tuple[tuple, frozenset]] = {}
+_json_files: dict[Path, tuple[tuple, object]] = {}
+
+
+def read_json_when_changed(file: Path, convert=lambda content: content):
+    """``convert`` of the JSON in ``file``, read and converted again only when the file changes
+    (its size, modification time or inode): a worker or a page that asks on every search or view
+    then costs a stat. FileNotFoundError when there is none; ValueError or TypeError when its
+    content cannot be read or converted (nothing is cached then)."""
+    file = Path(file)
+    stat = file.stat()
+    key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    cached = _json_files.get(file)
+    if cached is None or cached[0] != key:
+        cached = _json_files[file] = (key, convert(json.loads(file.read_text())))
+    return cached[1]
 
 
 def read_removed(index_root: Path) -> frozenset[str]:
@@ -213,18 +227,11 @@ def read_removed(index_root: Path) -> frozenset[str]:
     search stats it, so a removal counts from the next query of every worker)."""
     file = Path(index_root) / REMOVED
     try:
-        stat = file.stat()
+        return read_json_when_changed(file, frozenset)
     except FileNotFoundError:
         return frozenset()
-    key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-    cached = _removed.get(file)
-    if cached is None or cached[0] != key:
-        try:
-            ids = frozenset(json.loads(file.read_text()))
-        except (ValueError, TypeError) as exc:
-            raise SearchIndexError(f"{file} is not a JSON list of image ids ({exc})") from exc
-        cached = _removed[file] = (key, ids)
-    return cached[1]
+    except (ValueError, TypeError) as exc:
+        raise SearchIndexError(f"{file} is not a JSON list of image ids ({exc})") from exc
 
 
 def write_removed(index_root: Path, ids) -> None:
