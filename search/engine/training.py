@@ -49,8 +49,12 @@ class TrainingResult:
     split: Split
     history: list[dict] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    label_free: bool = False  # no labels: the ImageNet classifier kept (``imagenet_classifier``)
     info: dict = field(default_factory=dict)  # what was saved beside the classifier
+
+    @property
+    def label_free(self) -> bool:
+        """No labels: the ImageNet classifier kept (``imagenet_classifier``)."""
+        return bool(self.info.get("label_free"))
 
     @property
     def val_accuracy(self) -> float:
@@ -323,7 +327,7 @@ def imagenet_classifier(collection: Collection, config: EngineConfig, out_path) 
                                                       "train_max_images")},
     }
     checksum = save_classifier(out_path, backbone, classes, config.image_size, info)
-    return TrainingResult(checksum, classes, split, label_free=True, info=info)
+    return TrainingResult(checksum, classes, split, info=info)
 
 
 def save_starter_classifier(collection: Collection, config: EngineConfig, out_path) -> Path:
