@@ -388,7 +388,8 @@ def test_site_first_answers_with_the_starter_then_the_training_swaps_in(
         page, live_server, django_user_model, settings, tiny_collection_dir, tmp_path):
     """The demo's start, in the browser: a site set up with the ImageNet starter answers at once
     and says the model is still learning; staff start the training, a search made while it runs
-    is answered by the starter, and when it ends the trained model and fine index serve."""
+    is answered by the starter, and when it ends the trained model (trained on a sample of the
+    collection, as the staff page says) and fine index serve."""
     import uuid
 
     from tests.test_commands import run
@@ -401,7 +402,8 @@ def test_site_first_answers_with_the_starter_then_the_training_swaps_in(
     queue = f"site-first-{uuid.uuid4().hex[:8]}"
     settings.SEARCH_QUEUE, settings.MAINTENANCE_QUEUE = f"{queue}-search", f"{queue}-maintenance"
     env = dict(RETRIEVAL_DATA_DIR=str(tmp_path), RETRIEVAL_EPOCHS="1", RETRIEVAL_ATTENTION_EPOCHS="2",
-               RETRIEVAL_BATCH_SIZE="16", CELERY_MAINTENANCE_QUEUE=settings.MAINTENANCE_QUEUE)
+               RETRIEVAL_BATCH_SIZE="16", RETRIEVAL_TRAIN_MAX_IMAGES="32",  # staff are told of the sample
+               CELERY_MAINTENANCE_QUEUE=settings.MAINTENANCE_QUEUE)
     workers = [start_worker(settings.SEARCH_QUEUE, "celery-site-first-search.log", **env)]
     try:
         workers.append(start_worker(settings.MAINTENANCE_QUEUE, "celery-site-first-maintenance.log", **env))
@@ -428,6 +430,10 @@ def test_site_first_answers_with_the_starter_then_the_training_swaps_in(
         training = MaintenanceRun.objects.get(kind=MaintenanceRun.TRAIN)
         assert during.finished < training.finished  # answered before the training ended
         assert all(step.endswith(" s)") or step.endswith(" min)") for step in page.locator("#run-steps li").all_inner_texts())
+        page.goto(live_server.url + "/staff/")
+        summary = page.locator("#classifier-summary").inner_text()
+        assert re.fullmatch(r"Classifier: fine-tuned on 4 classes \(trained on a sample of 32 of its 40 images\), "
+                            r"validation accuracy [01]\.\d{4}\.", summary), summary
 
         page.goto(live_server.url + "/")
         assert page.locator("#training-note").count() == 0
