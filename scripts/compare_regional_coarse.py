@@ -9,8 +9,12 @@ the hybrid variant, no extra forward pass), and prints the source's coarse recal
 validation queries, ``corel``). Scorings: ``full`` (the coarse order as it is), ``max`` (the
 best of the full and regional similarities), ``mean_full_max`` (the mean of the full one and
 the best regional one), ``full+0.5max``, ``attended`` (the query's maps pooled under the
-attention head's scores: ``attended_vector``) and ``mean_full_attended``. Results: RESULTS.md,
-"Regional query vectors" and "The query pooled under its attention".
+attention head's scores: ``attended_vector``), ``mean_full_attended``, and from crops of the
+query put through the networks as pictures of their own (``--crops share:n``, n x n crops each
+``share`` of each side): ``crops_max`` (the best of the full and crop similarities, what the
+engine's ``query_crops`` does), ``crops_mean`` and ``crops_rrf`` (reciprocal-rank fusion of the
+full and best-crop orders). Results: RESULTS.md, "Regional query vectors", "The query pooled
+under its attention" and "Candidates found by crops of the query".
 
     python scripts/compare_regional_coarse.py --index-dir /work/data/caltech-index \
         --benchmark /work/data/instance-benchmark
@@ -32,14 +36,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from search.engine.config import EngineConfig  # noqa: E402
 from search.engine.evaluation import precision_at_k  # noqa: E402
-from search.engine.features import hybrid_vectors, l2_normalise  # noqa: E402
+from search.engine.features import crop_boxes, embed_batch, hybrid_vectors, l2_normalise  # noqa: E402
 from search.engine.images import open_image  # noqa: E402
 from search.engine.instance_benchmark import load_instance_benchmark  # noqa: E402
 from search.engine.instance_evaluation import NOT_FOUND, rank_of  # noqa: E402
 from search.engine.model import eval_transform  # noqa: E402
 from search.engine.workflows import open_engine  # noqa: E402
 
-SCORINGS = ("full", "max", "mean_full_max", "full+0.5max", "attended", "mean_full_attended")
+SCORINGS = ("full", "max", "mean_full_max", "full+0.5max", "attended", "mean_full_attended",
+            "crops_max", "crops_mean", "crops_rrf")
+CROP_GRIDS = ((0.6, 3),)  # (share of each side, n x n evenly spread crops): ``--crops``
 
 
 def windows(cells: int, sizes=(6, 4)) -> list[tuple[int, int, int]]:
@@ -80,14 +86,37 @@ def attended_vector(engine, image) -> np.ndarray:
     return hybrid_vectors(parts[0], parts[1], engine.index.manifest["hybrid_weight"])
 
 
+@torch.no_grad()
+def crop_vectors(engine, image, grids=CROP_GRIDS) -> np.ndarray:
+    """Hybrid vectors of crops of the query, each put through both networks as a picture of its own
+    (one batch): unlike ``regional_vectors`` a crop's features see nothing outside it."""
+    image = image.convert("RGB")
+    crops = [image.crop(box) for share, n in grids for box in crop_boxes(*image.size, n, share)]
+    embedded = embed_batch(engine.model, crops, engine.device, engine.describer)
+    return hybrid_vectors(embedded.penultimate, embedded.instance, engine.index.manifest["hybrid_weight"])
+
+
+def fused_ranks(*scores: np.ndarray, k: float = 60.0) -> np.ndarray:
+    """Reciprocal-rank fusion of several scorings of the same candidates (higher is better)."""
+    total = np.zeros(len(scores[0]))
+    for score in scores:
+        ranks = np.empty(len(score))
+        ranks[np.argsort(-score, kind="stable")] = np.arange(len(score))
+        total += 1.0 / (k + ranks)
+    return total
+
+
 def orders(engine, image, depth: int, exclude=frozenset()) -> dict[str, np.ndarray]:
     query = engine.query_features(image, local=False)
     positions, distances = engine.coarse_order(query.vectors, "hybrid", depth, exclude)
     full = 1 - distances ** 2 / 2
     best = (regional_vectors(engine, image) @ engine.index.row_vectors("hybrid", positions).T).max(0)
     attended = (attended_vector(engine, image) @ engine.index.row_vectors("hybrid", positions).T)[0]
+    crops = (crop_vectors(engine, image, CROP_GRIDS) @ engine.index.row_vectors("hybrid", positions).T).max(0)
     scores = {"full": full, "max": np.maximum(full, best), "mean_full_max": (full + best) / 2,
-              "full+0.5max": full + 0.5 * best, "attended": attended, "mean_full_attended": (full + attended) / 2}
+              "full+0.5max": full + 0.5 * best, "attended": attended, "mean_full_attended": (full + attended) / 2,
+              "crops_max": np.maximum(full, crops), "crops_mean": (full + crops) / 2,
+              "crops_rrf": fused_ranks(full, crops)}
     return {name: positions[np.argsort(-score, kind="stable")] for name, score in scores.items()}
 
 
@@ -97,7 +126,10 @@ def main() -> None:
     parser.add_argument("--benchmark", type=Path)
     parser.add_argument("--corel", action="store_true", help="Corel-1k validation queries, P@10")
     parser.add_argument("--depth", type=int, default=4000)
+    parser.add_argument("--crops", default="0.6:3", help="share:n,... crops of the query for the crops_* scorings")
     args = parser.parse_args()
+    global CROP_GRIDS
+    CROP_GRIDS = tuple((float(share), int(n)) for share, n in (item.split(":") for item in args.crops.split(",")))
     engine = open_engine(EngineConfig.from_env(), args.index_dir)
     index = engine.index
     if args.corel:
