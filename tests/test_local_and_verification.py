@@ -242,7 +242,8 @@ def test_a_fine_method_verifies_the_querys_own_nearest_and_falls_back_on_the_exp
     """Query expansion cannot take a candidate from the fine stage: the candidates are the query's
     own nearest; the expanded query only orders the fallback (and is what confidence judges)."""
     engine = tiny_fine_engine
-    query = engine.query_features(corel_image(950), local=True)  # a class the tiny collection lacks
+    with configured(engine, query_crops=0):  # the crops' own candidates: the next test
+        query = engine.query_features(corel_image(950), local=True)  # a class the tiny collection lacks
     deep = 20  # of the tiny index's 40
     with configured(engine, query_expansion=0):
         own, _ = engine.coarse_order(query.vectors, "pca", deep)
@@ -258,6 +259,37 @@ def test_a_fine_method_verifies_the_querys_own_nearest_and_falls_back_on_the_exp
     assert not ranking.verified.any() and ranking.order.tolist() != list(range(deep))
     # nothing verified: the answer is the expanded query's order, among the query's own candidates
     assert ranking.ranked_positions.tolist() == [p for p in expanded.tolist() if p in set(own.tolist())]
+
+
+def test_a_fine_method_finds_its_candidates_with_the_querys_crops_too(tiny_fine_engine):
+    """A picture that fills little of the photo (a bus on a plate of food) is nearer to the crop
+    around it than to the whole photo: a fine method's candidates are the images nearest to the
+    query or to any of its crops, while each is judged and falls back by its distance to the query."""
+    engine = tiny_fine_engine
+    variant = "hybrid"
+    source = next(p for p in range(len(engine.index)) if engine.index.labels[p] == "buses")
+    photo = Image.open(corel_image(950)).convert("RGB").resize((900, 600))
+    picture = Image.open(engine.index.path_of(source)).convert("RGB")
+    picture.thumbnail((180, 180))
+    photo.paste(picture, (40, 40))  # a fifth of the width, wholly inside the top-left crop
+    deep = 8  # of the tiny index's 40
+    with configured(engine, query_expansion=0, confidence_pool=deep):
+        query = engine.query_features(photo, local=True)
+        assert query.crops[variant].shape == (4, query.vectors[variant].shape[-1])
+        ranking = engine.rank(query, f"{variant}+attention", n_candidates=deep, depth=deep)
+        with configured(engine, query_crops=0):
+            whole = engine.rank(engine.query_features(photo, local=True), f"{variant}+attention", n_candidates=deep,
+                                depth=len(engine.index))
+    stored = np.asarray(engine.index.vectors[variant], dtype=np.float64)
+    searched = np.vstack([np.atleast_2d(query.vectors[variant]), query.crops[variant]])
+    to_each = np.linalg.norm(stored[None] - searched[:, None], axis=2)  # (query and crops, images)
+    np.testing.assert_array_equal(ranking.positions, np.argsort(to_each.min(0), kind="stable")[:deep])
+    np.testing.assert_allclose(ranking.distances, to_each[0, ranking.positions], atol=1e-4)
+    # the crop around the picture makes it a candidate; the whole photo alone would not have
+    assert source in ranking.positions and whole.positions.tolist().index(source) >= deep
+    assert to_each[1:, source].min() < to_each[0, source]
+    # turned queries are described without crops (query_turns)
+    assert engine.query_features(photo, local=True, crops=False).crops is None
 
 
 def test_methods_offered_follow_the_index(tiny_fine_engine, tiny_engine):

@@ -66,8 +66,8 @@ def same_answer(one, many):
 
 
 @pytest.mark.parametrize("changes", [{}, {"verify_top": 8, "n_candidates": 30}, {"query_expansion": 0},
-                                     {"n_candidates": 10, "confidence_pool": 25}],
-                         ids=["defaults", "pre-scored picking", "no expansion", "confidence pool"])
+                                     {"n_candidates": 10, "confidence_pool": 25}, {"query_crops": 0}],
+                         ids=["defaults", "pre-scored picking", "no expansion", "confidence pool", "no crops"])
 def test_two_shards_answer_every_method_as_the_one_index(tiny_fine_engine, tiny_models, engine_config, two_shards,
                                                           tmp_path, changes):
     root, _ = two_shards

@@ -114,6 +114,15 @@ class EngineConfig:
     # Why 3: about the class-level gain of plain averaging at a fraction of its instance loss (RESULTS.md).
     query_expansion_alpha: float = 3.0
     top_k: int = 10
+    # A fine method also finds candidates with query_crops x query_crops overlapping crops of the
+    # query, each query_crop_share of its width and height, put through the networks as pictures of
+    # their own (0: the whole query only). A photo of a painting on a wall or a product on a table
+    # is mostly something else; with 2 x 2 crops of 0.7, anything within 40 % of each side lies
+    # wholly inside one crop. An image is a candidate by its distance to the nearest of the query
+    # and its crops; it is judged and falls back by its distance to the query. Why: RESULTS.md
+    # ("Candidates found by crops of the query").
+    query_crops: int = 2
+    query_crop_share: float = 0.7
     # The coarse backend (coarse_backends.py): the paper's exact BallTree for small collections,
     # a FAISS inverted file from faiss_min_images up ("auto"), or either always. Why these
     # figures: RESULTS.md (benchmark_scale).

@@ -89,8 +89,8 @@ def evaluate_methods(engine: RetrievalEngine, query_ids: Iterable[str], methods:
             stats[method]["ap"].append(average_precision(relevant, class_sizes[query_label] - 1))
             ms = query.timings_ms["global_features"] + ranking.timings_ms["coarse"]
             if is_fine(method):
-                ms += (query.timings_ms["local_features"] + ranking.timings_ms["verification"]
-                       + ranking.timings_ms.get("turns", 0.0))
+                ms += (query.timings_ms["local_features"] + query.timings_ms.get("crops", 0.0)
+                       + ranking.timings_ms["verification"] + ranking.timings_ms.get("turns", 0.0))
                 stats[method]["verified"].append(ranking.n_verified)
             stats[method]["ms"].append(ms)
         progress(stage, done, len(queries))

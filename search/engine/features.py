@@ -114,6 +114,15 @@ def fit_pca(penultimate: np.ndarray, dim: int, seed: int = 0) -> PCA:
     return PCA(n_components=n_components, random_state=seed).fit(penultimate)
 
 
+def crop_boxes(width: int, height: int, n: int, share: float) -> list[tuple[int, int, int, int]]:
+    """(left, top, right, bottom) of n x n evenly spread crops, each ``share`` of the width and the
+    height, covering the picture from corner to corner (none when ``n`` is 0)."""
+    w, h = max(1, round(width * share)), max(1, round(height * share))
+    xs = np.linspace(0, width - w, n).round().astype(int) if n > 1 else np.array([(width - w) // 2])
+    ys = np.linspace(0, height - h, n).round().astype(int) if n > 1 else np.array([(height - h) // 2])
+    return [(int(x), int(y), int(x) + w, int(y) + h) for y in ys for x in xs] if n > 0 else []
+
+
 def hybrid_vectors(penultimate: np.ndarray, instance: np.ndarray, weight: float) -> np.ndarray:
     """Unit vectors whose dot product is ``weight`` * the penultimate cosine + (1 - ``weight``) *
     the instance cosine (both inputs unit rows)."""

@@ -431,3 +431,17 @@ def load_index(path: Path, expected_checksum: str | None = None,
         collection_root=Path(manifest["collection_root"]),
         vectors=vectors, pca=load_pickled(pca_file) if pca_file.is_file() else None,
         local=local, coarse_settings=coarse_settings)
+
+
+def nearest_to_any(found: list[tuple[np.ndarray, np.ndarray]], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` nearest of several searches' answers ((positions, distances), each its ``n``
+    nearest, nearest first), an image at the least of its distances; ties go to the earlier search.
+    Exactly the ``n`` nearest to any of the searches' vectors: one of them is among the ``n``
+    nearest of the vector it is nearest to."""
+    positions = np.concatenate([np.asarray(p, dtype=np.int64) for p, _ in found])
+    distances = np.concatenate([np.asarray(d, dtype=np.float32) for _, d in found])
+    order = np.argsort(distances, kind="stable")
+    positions, distances = positions[order], distances[order]
+    _, first = np.unique(positions, return_index=True)
+    keep = np.sort(first)[:n]
+    return positions[keep], distances[keep]

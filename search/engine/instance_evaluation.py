@@ -101,7 +101,7 @@ def _score_runs(engine: RetrievalEngine, benchmark: InstanceBenchmark, runs: lis
             ms = query.timings_ms["global_features"] + sum(ranking.timings_ms.get(k, 0.0)
                                                            for k in ("coarse", "verification", "turns"))
             if is_fine(method):
-                ms += query.timings_ms["local_features"]
+                ms += query.timings_ms["local_features"] + query.timings_ms.get("crops", 0.0)
             rows[method, n_candidates].append({
                 "family": q.family, "final": rank_of(ranking.ranked_positions, target),
                 "coarse": rank_of(ranking.positions, target), "verified": verified, "ms": ms})

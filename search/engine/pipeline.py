@@ -19,9 +19,9 @@ from .attention import TrainedAttention
 from .confidence import EVIDENCE, Calibration, load_calibration, match_evidence
 from .config import EngineConfig
 from .errors import SearchIndexError
-from .features import embed_batch, l2_normalise, variant_vectors
+from .features import crop_boxes, embed_batch, l2_normalise, variant_vectors
 from .images import open_image, open_query_image
-from .index import SearchIndex
+from .index import SearchIndex, nearest_to_any
 from .instance_features import InstanceDescriber
 from .local_features import AttentionExtractor, LocalFeatures, following
 from .methods import FALLBACK_METHODS, METHODS, parse_method
@@ -33,9 +33,11 @@ from .verification import Candidates, Verification, prescore_rows, verify_candid
 @dataclass
 class QueryFeatures:
     """What a query image is reduced to: its global vectors and, for the fine stage, its
-    local features (reduced like the index's). Computed once, ranked by any method."""
+    local features (reduced like the index's) and the global vectors of its crops (one row each,
+    ``query_crops``). Computed once, ranked by any method."""
     vectors: dict[str, np.ndarray]
     local: LocalFeatures | None = None
+    crops: dict[str, np.ndarray] | None = None
     timings_ms: dict = field(default_factory=dict)
 
 
@@ -45,8 +47,10 @@ class Ranking:
 
     ``positions`` are the coarse order (nearest first, as deep as asked), ``distances`` each one's
     distance to the query, expanded (``query_expansion``): for a coarse method that is the
-    order's own; a fine method finds its candidates with the query as it is, so that expansion
-    cannot cost it an instance, and uses the expanded distances to judge and to fall back on.
+    order's own; a fine method finds its candidates with the query as it is and its crops
+    (nearest to any of them first), so that neither expansion nor what surrounds the object
+    can cost it an instance, and uses the distances to the expanded query to judge and to fall
+    back on.
     For a fine method the first ``n_candidates`` were verified, ``verifications`` holding one
     result each in that order, with its ``confidence`` (the calibrated probability of showing
     the same object) and whether it counts as ``verified`` (confident and with
@@ -153,8 +157,9 @@ class RetrievalEngine:
         method at least the candidates and the confidence pool it fits."""
         return max(depth or n_candidates, max(n_candidates, self.config.confidence_pool) if fine else 1)
 
-    def query_features(self, image, local: bool, progress: Progress = no_progress) -> QueryFeatures:
-        """Global vectors of a PIL image (or path), and its local features when ``local``."""
+    def query_features(self, image, local: bool, progress: Progress = no_progress, crops: bool = True) -> QueryFeatures:
+        """Global vectors of a PIL image (or path); when ``local``, its local features and (with
+        ``crops`` and ``query_crops``) the global vectors of its crops, for a fine method's candidates."""
         if not hasattr(image, "convert"):
             image = open_image(image)
         progress("global features", 0, 1)
@@ -165,6 +170,10 @@ class RetrievalEngine:
         query = QueryFeatures(variant_vectors(embedded.penultimate, embedded.logits, self.index.pca,
                                               embedded.instance, self.index.manifest.get("hybrid_weight")))
         query.timings_ms["global_features"] = elapsed_ms(started)
+        if local and crops and self.config.query_crops > 0:
+            started = time.perf_counter()
+            query.crops = self.crop_vectors(image)
+            query.timings_ms["crops"] = elapsed_ms(started)
         if local:
             self._require_local("the fine stage")
             progress("local features", 0, 1)
@@ -173,6 +182,14 @@ class RetrievalEngine:
             query.local = self.index.local.reduce(features)
             query.timings_ms["local_features"] = elapsed_ms(started)
         return query
+
+    def crop_vectors(self, image) -> dict[str, np.ndarray]:
+        """The global vectors of the query's ``query_crops`` x ``query_crops`` crops, one batch."""
+        image = image.convert("RGB")
+        boxes = crop_boxes(*image.size, self.config.query_crops, self.config.query_crop_share)
+        embedded = embed_batch(self.model, [image.crop(box) for box in boxes], self.device, self.describer)
+        return variant_vectors(embedded.penultimate, embedded.logits, self.index.pca, embedded.instance,
+                               self.index.manifest.get("hybrid_weight"))
 
     def coarse_order(self, vectors: dict[str, np.ndarray], variant: str, n: int,
                      exclude_ids: frozenset[str] = frozenset(), expand: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -193,17 +210,20 @@ class RetrievalEngine:
         return self.index.nearest(vector, variant, n, exclude_ids)
 
     def expanded_distances(self, vectors: dict[str, np.ndarray], variant: str, positions: np.ndarray,
-                           distances: np.ndarray) -> np.ndarray:
-        """The distances of the candidates at ``positions`` (found by the query as it is, at
-        ``distances``, nearest first) to the query expanded with the first ``query_expansion``
-        of them: the class-level similarity a fine method judges and falls back on, while which
-        images are candidates stays the query's own (expansion cannot lose an instance there)."""
-        if self.config.query_expansion <= 0 or not len(positions):
-            return distances
-        first = slice(0, self.config.query_expansion)
-        expanded = expand_query(np.atleast_2d(vectors[variant]), distances[first],
-                                self.index.row_vectors(variant, positions[first]), self.config.query_expansion_alpha)
-        return stored_distances(self.index, variant, positions, expanded)
+                           nearest: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """The distances of the candidates at ``positions`` to the query expanded with the first
+        ``query_expansion`` of its own ``nearest`` (positions and distances, nearest first; when
+        the candidates are those, their distances are the query's own without expansion): the
+        class-level similarity a fine method judges and falls back on, while which images are
+        candidates stays the query's own and its crops' (expansion cannot lose an instance there)."""
+        if positions is nearest[0] and (self.config.query_expansion <= 0 or not len(positions)):
+            return nearest[1]
+        vector = np.atleast_2d(vectors[variant])
+        if self.config.query_expansion > 0 and len(nearest[0]):
+            first = slice(0, self.config.query_expansion)
+            vector = expand_query(vector, nearest[1][first], self.index.row_vectors(variant, nearest[0][first]),
+                                  self.config.query_expansion_alpha)
+        return stored_distances(self.index, variant, positions, vector)
 
     def candidate_features(self, positions: np.ndarray) -> Candidates:
         """The local features of each indexed image at ``positions``, from the store: when they are
@@ -235,9 +255,13 @@ class RetrievalEngine:
         self.index.refresh_deltas()  # images added since the last query (add_images)
         timings = {}
         started = time.perf_counter()
-        positions, distances = self.coarse_order(query.vectors, variant, depth, frozenset(exclude_ids), expand=not fine)
+        exclude_ids = frozenset(exclude_ids)
+        positions, distances = own = self.coarse_order(query.vectors, variant, depth, exclude_ids, expand=not fine)
         if fine:
-            distances = self.expanded_distances(query.vectors, variant, positions, distances)
+            if query.crops is not None:
+                positions, _ = nearest_to_any(
+                    [own] + [self.index.nearest(v, variant, depth, exclude_ids) for v in query.crops[variant]], depth)
+            distances = self.expanded_distances(query.vectors, variant, positions, own)
         timings["coarse"] = elapsed_ms(started)
         progress("coarse", len(positions), len(positions))
         verifications: list[Verification] = []
@@ -278,7 +302,7 @@ class RetrievalEngine:
         few = min(n_candidates or self.config.n_candidates, self.config.turn_candidates)
         for degrees in self.config.turn_angles:
             if degrees not in turned:
-                turned[degrees] = self.query_features(image.transpose(TURNS[degrees]), local=True)
+                turned[degrees] = self.query_features(image.transpose(TURNS[degrees]), local=True, crops=False)
             again = self.rank(turned[degrees], method, few, depth, exclude_ids)
             if again.n_verified:
                 again.turned = degrees

@@ -46,7 +46,7 @@ from .coarse_backends import FAISS, choose_backend, save_variants
 from .config import EngineConfig
 from .confidence import EVIDENCE, candidate_evidence, query_evidence
 from .errors import SearchIndexError
-from .index import SearchIndex, load_index, variant_shares
+from .index import SearchIndex, load_index, nearest_to_any, variant_shares
 from .local_features import LocalFeatures
 from .local_store import LocalStore, write_subset
 from .pipeline import (QueryFeatures, Ranking, RetrievalEngine, SearchResult, expand_query, stored_distances,
@@ -238,6 +238,7 @@ def _delete_superseded(root: Path, keep: int) -> None:
 
 def save_query(folder: Path, query: QueryFeatures) -> None:
     arrays = {f"vector_{variant}": np.asarray(v, dtype=np.float32) for variant, v in query.vectors.items()}
+    arrays.update({f"crops_{variant}": np.asarray(v, dtype=np.float32) for variant, v in (query.crops or {}).items()})
     if query.local is not None:
         arrays.update(keypoints=query.local.keypoints, scales=query.local.scales, scores=query.local.scores,
                       descriptors=query.local.descriptors)
@@ -247,10 +248,11 @@ def save_query(folder: Path, query: QueryFeatures) -> None:
 def load_query(folder: Path) -> QueryFeatures:
     with np.load(folder / QUERY_FILE) as saved:
         vectors = {k[len("vector_"):]: saved[k] for k in saved.files if k.startswith("vector_")}
+        crops = {k[len("crops_"):]: saved[k] for k in saved.files if k.startswith("crops_")} or None
         local = None
         if "descriptors" in saved.files:
             local = LocalFeatures(saved["keypoints"], saved["scales"], saved["scores"], saved["descriptors"])
-    return QueryFeatures(vectors, local)
+    return QueryFeatures(vectors, local, crops)
 
 
 def _request(folder: Path, stage: str) -> dict:
@@ -302,14 +304,22 @@ class Shard:
                   vectors=index.row_vectors(variant, positions))
         elif stage == "candidates":
             # a coarse method searches with the expanded query; a fine one finds its candidates with
-            # the query as it is and is told their distances to the expanded one (RetrievalEngine.rank)
+            # the query as it is and its crops, and is told their distances to the expanded query, or
+            # to the query as it is (RetrievalEngine.rank)
             file = folder / EXPANDED_FILE
             expanded = np.load(file) if file.is_file() else None
             search_expanded = expanded is not None and request.get("search_expanded", True)
             positions, distances = index.nearest(expanded if search_expanded else query.vectors[variant],
                                                  variant, request["n"], exclude)
-            shown = distances if expanded is None or search_expanded \
-                else stored_distances(index, variant, positions, expanded)
+            shown = distances
+            crops = query.crops is not None and not request.get("search_expanded", True)
+            if crops:
+                positions, distances = nearest_to_any(
+                    [(positions, distances)]
+                    + [index.nearest(v, variant, request["n"], exclude) for v in query.crops[variant]], request["n"])
+            if crops or (expanded is not None and not search_expanded):
+                shown = stored_distances(index, variant, positions,
+                                         query.vectors[variant] if expanded is None else expanded)
             _save(out, ids=self._ids(positions), distances=distances, shown=shown)
         elif stage == "details":
             # this shard's members of the candidates of all, in their order; the first few pre-scored
