@@ -180,7 +180,7 @@ def evaluate(config, report: RunLog, run: MaintenanceRun) -> Path:
                                "model": str(engine.model.path), "backbone": engine.model.name,
                                "queries": "val" if engine.model.info.get("val_ids") else f"{len(query_ids)} sampled",
                                "val_accuracy": engine.model.info.get("val_accuracy"), "device": str(engine.device),
-                               "run": run.pk})
+                               "run": run.pk, "settings": engine.config.as_record()})
     for score in scores:
         report.line(f"{score.method}: P@10 {score.precision_at_10:.4f}, mAP {score.mean_ap:.4f} "
                     f"({score.n_queries} queries, {score.query_ms:.0f} ms each)")

@@ -61,9 +61,13 @@ def test_train_index_search_evaluate(tiny_collection_dir, tmp_path, settings):
                     str(outside), "--per-family", "1", "--unrelated", "2")
     assert "9 instance queries (1 x 9 families) and 2 unrelated queries" in stdout
     bench = tmp_path / "instance-benchmark"
+    settings.RETRIEVAL = settings.RETRIEVAL.replace(query_crops=1)  # one centred crop
     stdout, _ = run("evaluate", "--instance", str(bench), "--methods", "penultimate,penultimate+attention",
                     "--n-candidates", "20", "--out", str(report))
     data = json.loads(report.read_text())
+    # the report says what its figures were measured with
+    assert data["context"]["settings"]["query_crops"] == 1
+    assert data["context"]["settings"]["data_dir"] == str(tmp_path)
     rows = {(m["method"], m["family"]): m for m in data["methods"]}
     assert {m for m, _ in rows} == {"fine-tuned penultimate", "fine-tuned penultimate+attention",
                                     "imagenet pca", "imagenet penultimate"}

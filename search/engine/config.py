@@ -323,6 +323,11 @@ class EngineConfig:
                               seed=self.seed, faiss_map_min_images=self.faiss_map_min_images,
                               faiss_parts=self.faiss_parts)
 
+    def as_record(self) -> dict:
+        """Every setting, as a report records what its figures were measured with (paths as text)."""
+        return {f.name: str(v) if isinstance(v := getattr(self, f.name), Path) else v
+                for f in dataclasses.fields(self)}
+
     def replace(self, **changes) -> "EngineConfig":
         return dataclasses.replace(self, **changes)
 

@@ -81,5 +81,6 @@ class Command(EngineCommand):
         write_report(out, scores, {"instance_benchmark": str(instance) if instance else None,
             "index": str(engine.index.path), "collection_size": len(engine.index),
             "model": str(engine.model.path), "backbone": engine.model.name, "queries": queries,
-            "val_accuracy": engine.model.info.get("val_accuracy"), "device": str(engine.device)})
+            "val_accuracy": engine.model.info.get("val_accuracy"), "device": str(engine.device),
+            "settings": engine.config.as_record()})
         self.stdout.write(f"report written to {out}")
