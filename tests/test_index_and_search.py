@@ -91,6 +91,20 @@ def test_tampered_or_incomplete_index_is_refused(tiny_index_build, tmp_path):
         load_index(tmp_path / "empty-root")
 
 
+def test_several_vectors_are_searched_at_once_as_each_alone_less_the_excluded(tiny_engine):
+    index = tiny_engine.index
+    vectors = np.asarray(index.vectors["pca"][[3, 17, 30]], dtype=np.float32)
+    excluded = frozenset([index.image_ids[3], index.image_ids[5]])
+    together = index.nearest_each(vectors, "pca", 12, excluded)
+    assert len(together) == 3
+    for vector, (positions, distances) in zip(vectors, together):
+        alone = index.nearest(vector, "pca", 12, excluded)
+        np.testing.assert_array_equal(positions, alone[0])
+        np.testing.assert_allclose(distances, alone[1], rtol=1e-6)
+        assert len(positions) == 12 and not {3, 5} & set(positions.tolist())
+    assert together[1][0][0] == 17  # an indexed vector finds its own image first
+
+
 def test_unknown_variant_is_a_clear_error(tiny_engine):
     with pytest.raises(SearchIndexError, match="has no 'colour' variant"):
         tiny_engine.index.coarse_candidates(np.zeros(4), "colour", 3)

@@ -164,31 +164,46 @@ class SearchIndex:
     def nearest(self, vector: np.ndarray, variant: str, n: int,
                 exclude_ids=frozenset()) -> tuple[np.ndarray, np.ndarray]:
         """``coarse_candidates`` less ``exclude_ids`` and the images removed from search."""
+        return self.nearest_each(np.atleast_2d(vector)[:1], variant, n, exclude_ids)[0]
+
+    def nearest_each(self, vectors: np.ndarray, variant: str, n: int,
+                     exclude_ids=frozenset()) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``nearest`` for each row of ``vectors`` (a query's crops), in one search of the backend."""
         hidden = self.hidden(exclude_ids)
         extra = 0 if hidden is None else int(hidden.sum())
-        positions, distances = self.coarse_candidates(vector, variant, n + extra)
-        if hidden is not None:
-            keep = ~hidden[positions]
-            positions, distances = positions[keep], distances[keep]
-        return positions[:n], distances[:n]
+        found = []
+        for positions, distances in self.coarse_candidates_each(vectors, variant, n + extra):
+            if hidden is not None:
+                keep = ~hidden[positions]
+                positions, distances = positions[keep], distances[keep]
+            found.append((positions[:n], distances[:n]))
+        return found
 
     def coarse_candidates(self, vector: np.ndarray, variant: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions and distances of the ``n`` nearest images, nearest first."""
+        return self.coarse_candidates_each(np.atleast_2d(vector)[:1], variant, n)[0]
+
+    def coarse_candidates_each(self, vectors: np.ndarray, variant: str,
+                               n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``coarse_candidates`` for each row of ``vectors``."""
         if variant not in self.vectors:
             raise SearchIndexError(
                 f"index {self.path} has no '{variant}' variant (it has {', '.join(self.vectors)}); "
                 "reindex to get every variant")
-        distances, positions = self.backend(variant).search(np.atleast_2d(vector), n)
-        positions, distances = positions[0], distances[0]
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        all_distances, all_positions = self.backend(variant).search(vectors, n)
         added = self.delta_vectors.get(variant)
-        if added is None:
-            return positions, distances
-        # the deltas are small beside the build (a merge folds them in): an exact scan
-        delta_distances = np.sqrt(((added - np.asarray(vector, dtype=np.float32).reshape(1, -1)) ** 2).sum(1))
-        positions = np.concatenate([positions, self.main_size + np.arange(len(added))])
-        distances = np.concatenate([distances, delta_distances])
-        nearest = np.argsort(distances, kind="stable")[:n]
-        return positions[nearest], distances[nearest]
+        found = []
+        for vector, positions, distances in zip(vectors, all_positions, all_distances):
+            if added is not None:
+                # the deltas are small beside the build (a merge folds them in): an exact scan
+                delta_distances = np.sqrt(((added - vector.reshape(1, -1)) ** 2).sum(1))
+                positions = np.concatenate([positions, self.main_size + np.arange(len(added))])
+                distances = np.concatenate([distances, delta_distances])
+                nearest = np.argsort(distances, kind="stable")[:n]
+                positions, distances = positions[nearest], distances[nearest]
+            found.append((positions, distances))
+        return found
 
     def collection(self) -> Collection:
         """The collection this index was built from, labels included, as its table recorded it."""

@@ -260,7 +260,7 @@ class RetrievalEngine:
         if fine:
             if query.crops is not None:
                 positions, _ = nearest_to_any(
-                    [own] + [self.index.nearest(v, variant, depth, exclude_ids) for v in query.crops[variant]], depth)
+                    [own] + self.index.nearest_each(query.crops[variant], variant, depth, exclude_ids), depth)
             distances = self.expanded_distances(query.vectors, variant, positions, own)
         timings["coarse"] = elapsed_ms(started)
         progress("coarse", len(positions), len(positions))

@@ -315,8 +315,8 @@ class Shard:
             crops = query.crops is not None and not request.get("search_expanded", True)
             if crops:
                 positions, distances = nearest_to_any(
-                    [(positions, distances)]
-                    + [index.nearest(v, variant, request["n"], exclude) for v in query.crops[variant]], request["n"])
+                    [(positions, distances)] + index.nearest_each(query.crops[variant], variant, request["n"], exclude),
+                    request["n"])
             if crops or (expanded is not None and not search_expanded):
                 shown = stored_distances(index, variant, positions,
                                          query.vectors[variant] if expanded is None else expanded)

@@ -281,3 +281,16 @@ def test_the_scale_benchmark_compares_one_query_in_one_part_and_in_two(tmp_path)
     assert one.detail.endswith("one query in 1 part") and two.detail.endswith("one query in 2 parts")
     assert "PCA16,IVF54,SQ8 re-scored from float16" in one.detail
     assert one.recall >= 0.95 and two.recall >= 0.95
+
+
+def test_the_ball_tree_answers_several_queries_together_as_it_answers_each():
+    vectors = synthetic_vectors(3000, 64, seed=5)
+    queries = synthetic_vectors(4, 64, seed=6, near=vectors)
+    tree = BallTreeBackend.build(vectors, settings())
+    together_d, together_p = tree.search(queries, 300)  # walked down the tree together (dualtree)
+    for query, distances, positions in zip(queries, together_d, together_p):
+        one_d, one_p = tree.search(query, 300)
+        np.testing.assert_array_equal(positions, one_p[0])
+        np.testing.assert_allclose(distances, one_d[0], rtol=1e-6)
+    exact = np.argsort(np.linalg.norm(vectors[None] - queries[:, None], axis=2), axis=1, kind="stable")[:, :300]
+    np.testing.assert_array_equal(together_p, exact)
