@@ -170,10 +170,6 @@ class RetrievalEngine:
         query = QueryFeatures(variant_vectors(embedded.penultimate, embedded.logits, self.index.pca,
                                               embedded.instance, self.index.manifest.get("hybrid_weight")))
         query.timings_ms["global_features"] = elapsed_ms(started)
-        if local and crops and self.config.query_crops > 0:
-            started = time.perf_counter()
-            query.crops = self.crop_vectors(image)
-            query.timings_ms["crops"] = elapsed_ms(started)
         if local:
             self._require_local("the fine stage")
             progress("local features", 0, 1)
@@ -181,6 +177,10 @@ class RetrievalEngine:
             features = self.extractor.extract(image, self.config.local_query_min_side, embedded.local_map)
             query.local = self.index.local.reduce(features)
             query.timings_ms["local_features"] = elapsed_ms(started)
+        if local and crops and self.config.query_crops > 0:
+            started = time.perf_counter()
+            query.crops = self.crop_vectors(image)
+            query.timings_ms["crops"] = elapsed_ms(started)
         return query
 
     def crop_vectors(self, image) -> dict[str, np.ndarray]:
