@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from search.engine.config import EngineConfig  # noqa: E402
 from search.engine.evaluation import precision_at_k  # noqa: E402
-from search.engine.features import crop_boxes, embed_batch, hybrid_vectors, l2_normalise  # noqa: E402
+from search.engine.features import hybrid_vectors, l2_normalise  # noqa: E402
 from search.engine.images import open_image  # noqa: E402
 from search.engine.instance_benchmark import load_instance_benchmark  # noqa: E402
 from search.engine.instance_evaluation import NOT_FOUND, rank_of  # noqa: E402
@@ -86,14 +86,19 @@ def attended_vector(engine, image) -> np.ndarray:
     return hybrid_vectors(parts[0], parts[1], engine.index.manifest["hybrid_weight"])
 
 
-@torch.no_grad()
 def crop_vectors(engine, image, grids=CROP_GRIDS) -> np.ndarray:
     """Hybrid vectors of crops of the query, each put through both networks as a picture of its own
-    (one batch): unlike ``regional_vectors`` a crop's features see nothing outside it."""
-    image = image.convert("RGB")
-    crops = [image.crop(box) for share, n in grids for box in crop_boxes(*image.size, n, share)]
-    embedded = embed_batch(engine.model, crops, engine.device, engine.describer)
-    return hybrid_vectors(embedded.penultimate, embedded.instance, engine.index.manifest["hybrid_weight"])
+    (the engine's ``crop_vectors`` for each grid): unlike ``regional_vectors`` a crop's features see
+    nothing outside it."""
+    saved = engine.config
+    try:
+        parts = []
+        for share, n in grids:
+            engine.config = saved.replace(query_crops=n, query_crop_share=share)
+            parts.append(engine.crop_vectors(image)["hybrid"])
+    finally:
+        engine.config = saved
+    return np.vstack(parts)
 
 
 def fused_ranks(*scores: np.ndarray, k: float = 60.0) -> np.ndarray:
