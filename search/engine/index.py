@@ -179,6 +179,12 @@ class SearchIndex:
             found.append((positions[:n], distances[:n]))
         return found
 
+    def nearest_to_query_or_crops(self, own: tuple[np.ndarray, np.ndarray], crops: np.ndarray, variant: str,
+                                  n: int, exclude_ids=frozenset()) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` nearest to the query (``own``: its ``nearest``) or to any of its crops' vectors,
+        each at its least distance: how a fine method finds its candidates."""
+        return nearest_to_any([own] + self.nearest_each(crops, variant, n, exclude_ids), n)
+
     def coarse_candidates(self, vector: np.ndarray, variant: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions and distances of the ``n`` nearest images, nearest first."""
         return self.coarse_candidates_each(np.atleast_2d(vector)[:1], variant, n)[0]

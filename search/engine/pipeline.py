@@ -21,7 +21,7 @@ from .config import EngineConfig
 from .errors import SearchIndexError
 from .features import crop_boxes, embed_batch, l2_normalise, variant_vectors
 from .images import open_image, open_query_image
-from .index import SearchIndex, nearest_to_any
+from .index import SearchIndex
 from .instance_features import InstanceDescriber
 from .local_features import AttentionExtractor, LocalFeatures, following
 from .methods import FALLBACK_METHODS, METHODS, parse_method
@@ -259,8 +259,8 @@ class RetrievalEngine:
         positions, distances = own = self.coarse_order(query.vectors, variant, depth, exclude_ids, expand=not fine)
         if fine:
             if query.crops is not None:
-                positions, _ = nearest_to_any(
-                    [own] + self.index.nearest_each(query.crops[variant], variant, depth, exclude_ids), depth)
+                positions, _ = self.index.nearest_to_query_or_crops(own, query.crops[variant], variant, depth,
+                                                                    exclude_ids)
             distances = self.expanded_distances(query.vectors, variant, positions, own)
         timings["coarse"] = elapsed_ms(started)
         progress("coarse", len(positions), len(positions))

@@ -46,7 +46,7 @@ from .coarse_backends import FAISS, choose_backend, save_variants
 from .config import EngineConfig
 from .confidence import EVIDENCE, candidate_evidence, query_evidence
 from .errors import SearchIndexError
-from .index import SearchIndex, load_index, nearest_to_any, variant_shares
+from .index import SearchIndex, load_index, variant_shares
 from .local_features import LocalFeatures
 from .local_store import LocalStore, write_subset
 from .pipeline import (QueryFeatures, Ranking, RetrievalEngine, SearchResult, expand_query, stored_distances,
@@ -314,9 +314,8 @@ class Shard:
             shown = distances
             crops = query.crops is not None and not request.get("search_expanded", True)
             if crops:
-                positions, distances = nearest_to_any(
-                    [(positions, distances)] + index.nearest_each(query.crops[variant], variant, request["n"], exclude),
-                    request["n"])
+                positions, distances = index.nearest_to_query_or_crops(
+                    (positions, distances), query.crops[variant], variant, request["n"], exclude)
             if crops or (expanded is not None and not search_expanded):
                 shown = stored_distances(index, variant, positions,
                                          query.vectors[variant] if expanded is None else expanded)
