@@ -534,9 +534,10 @@ def test_a_thumbnail_of_a_collection_picture_comes_back_as_a_verified_match(page
 def test_a_picture_on_a_table_is_found_through_the_crops_of_the_photo(page, live_server, site_index, settings,
                                                                       tmp_path):
     """A bus picture at a fifth of the width of a photo of food, searched on a worker that verifies
-    10 of the 40 images (as 4,000 of a million would be): the whole photo alone does not make the
-    bus a candidate; the crop around it does (QUERY_CROPS), and the gallery shows it. On this tiny
-    model it is not verified, and falls back by its distance to the whole photo: last."""
+    10 of the 40 images (so that, as in a large collection, not every image is a candidate): the
+    whole photo alone does not make the bus a candidate; the crop around it does (QUERY_CROPS), and
+    the gallery shows it. On this tiny model it is not verified, and falls back by its distance to
+    the whole photo: last."""
     import uuid
 
     from PIL import Image
