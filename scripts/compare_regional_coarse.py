@@ -111,13 +111,13 @@ def fused_ranks(*scores: np.ndarray, k: float = 60.0) -> np.ndarray:
     return total
 
 
-def orders(engine, image, depth: int, exclude=frozenset()) -> dict[str, np.ndarray]:
+def orders(engine, image, depth: int, exclude=frozenset(), grids=CROP_GRIDS) -> dict[str, np.ndarray]:
     query = engine.query_features(image, local=False)
     positions, distances = engine.coarse_order(query.vectors, "hybrid", depth, exclude)
     full = 1 - distances ** 2 / 2
     best = (regional_vectors(engine, image) @ engine.index.row_vectors("hybrid", positions).T).max(0)
     attended = (attended_vector(engine, image) @ engine.index.row_vectors("hybrid", positions).T)[0]
-    crops = (crop_vectors(engine, image, CROP_GRIDS) @ engine.index.row_vectors("hybrid", positions).T).max(0)
+    crops = (crop_vectors(engine, image, grids) @ engine.index.row_vectors("hybrid", positions).T).max(0)
     scores = {"full": full, "max": np.maximum(full, best), "mean_full_max": (full + best) / 2,
               "full+0.5max": full + 0.5 * best, "attended": attended, "mean_full_attended": (full + attended) / 2,
               "crops_max": np.maximum(full, crops), "crops_mean": (full + crops) / 2,
@@ -133,8 +133,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=4000)
     parser.add_argument("--crops", default="0.6:3", help="share:n,... crops of the query for the crops_* scorings")
     args = parser.parse_args()
-    global CROP_GRIDS
-    CROP_GRIDS = tuple((float(share), int(n)) for share, n in (item.split(":") for item in args.crops.split(",")))
+    grids = tuple((float(share), int(n)) for share, n in (item.split(":") for item in args.crops.split(",")))
     engine = open_engine(EngineConfig.from_env(), args.index_dir)
     index = engine.index
     if args.corel:
@@ -142,7 +141,7 @@ def main() -> None:
         p10 = {name: [] for name in SCORINGS}
         for image_id in engine.model.info["val_ids"]:
             position = index.positions[image_id]
-            found = orders(engine, open_image(index.path_of(position)), 100, frozenset([image_id]))
+            found = orders(engine, open_image(index.path_of(position)), 100, frozenset([image_id]), grids)
             for name, order in found.items():
                 p10[name].append(precision_at_k(labels[order] == labels[position], 10))
         print("Corel-1k hybrid P@10:", {name: round(float(np.mean(v)), 4) for name, v in p10.items()})
@@ -154,7 +153,7 @@ def main() -> None:
         if query.source is None or query.source not in position_of:
             continue
         targets = [position_of[a] for a in query.answers if a in position_of]
-        found = orders(engine, open_image(benchmark.path_of(query)), args.depth)
+        found = orders(engine, open_image(benchmark.path_of(query)), args.depth, grids=grids)
         rows.append({"family": query.family, **{name: rank_of(order, targets) for name, order in found.items()}})
     families = sorted({r["family"] for r in rows})
     for name in SCORINGS:
