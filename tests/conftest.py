@@ -22,6 +22,18 @@ def corel_image(number: int) -> Path:
     return COREL / f"{number}.jpg"
 
 
+def pasted_on_food(picture: Path):
+    """A photo of food (900 x 600) with ``picture`` pasted at a fifth of its width near its top-left
+    corner, wholly inside the top-left one of the default 2 x 2 query crops (a picture on a table)."""
+    from PIL import Image
+
+    photo = Image.open(corel_image(950)).convert("RGB").resize((900, 600))
+    pasted = Image.open(picture).convert("RGB")
+    pasted.thumbnail((180, 180))
+    photo.paste(pasted, (40, 40))
+    return photo
+
+
 @pytest.fixture(scope="session")
 def engine_config(tmp_path_factory):
     from search.engine.config import EngineConfig

@@ -18,7 +18,7 @@ from search.engine.local_store import LocalStore, build_local_store
 from search.engine.stored import RowFile
 from search.engine.verification import verify_affine
 
-from .conftest import DATASETS, corel_image
+from .conftest import DATASETS, corel_image, pasted_on_food
 
 PAIRS = DATASETS / "opencv-pairs"
 
@@ -268,10 +268,7 @@ def test_a_fine_method_finds_its_candidates_with_the_querys_crops_too(tiny_fine_
     engine = tiny_fine_engine
     variant = "hybrid"
     source = next(p for p in range(len(engine.index)) if engine.index.labels[p] == "buses")
-    photo = Image.open(corel_image(950)).convert("RGB").resize((900, 600))
-    picture = Image.open(engine.index.path_of(source)).convert("RGB")
-    picture.thumbnail((180, 180))
-    photo.paste(picture, (40, 40))  # a fifth of the width, wholly inside the top-left crop
+    photo = pasted_on_food(engine.index.path_of(source))
     deep = 8  # of the tiny index's 40
     with configured(engine, query_expansion=0, confidence_pool=deep):
         query = engine.query_features(photo, local=True)

@@ -540,21 +540,16 @@ def test_a_picture_on_a_table_is_found_through_the_crops_of_the_photo(page, live
     the whole photo: last."""
     import uuid
 
-    from PIL import Image
-
     from search.engine.index import load_index
     from search.engine.workflows import open_engine
+    from tests.conftest import pasted_on_food
 
     from .conftest import start_worker, stop_process
 
     index = load_index(site_index)
     source = next(p for p in range(len(index)) if index.labels[p] == "buses")
-    photo = Image.open(corel_image(950)).convert("RGB").resize((900, 600))
-    picture = Image.open(index.path_of(source)).convert("RGB")
-    picture.thumbnail((180, 180))
-    photo.paste(picture, (40, 40))
     composite = tmp_path / "bus-on-the-table.jpg"
-    photo.save(composite, quality=92)
+    pasted_on_food(index.path_of(source)).save(composite, quality=92)
     few = {"n_candidates": 10, "confidence_pool": 10}
 
     def answer(**crops):
