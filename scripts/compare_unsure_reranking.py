@@ -9,7 +9,10 @@ match is often found but not sure, so candidates with ``min_inliers`` and at lea
 - ``coarse``: nothing re-ranked (the coarse order of the candidates, expanded as the fallback is);
 - ``verified``: only the verified ones;
 - ``all >= t``: every unsure candidate with confidence >= t (the rule before, t = 0.01);
-- ``best m``: the verified ones, then the m unsure ones with most inliers (now: m = 1).
+- ``best m``: the verified ones, then the m unsure ones with most inliers (now: m = 1);
+- ``best 1 >= t``: that one only from confidence t; ``best 1 x r``: only when its inliers are r times
+  any other candidate's; ``best 1 in m``: only when it is among the first m of the fallback order,
+  ``... or >= t`` or at least t sure (RESULTS.md, stop 36).
 
 Prints R@1 / R@5 per family on an instance benchmark, or P@10 for labelled queries (Corel-1k's
 validation queries with ``--corel``; a list file with ``--queries``), also with the labels that
@@ -85,31 +88,60 @@ def collect(engine, args) -> dict:
 
 
 def rules(config: EngineConfig) -> dict:
-    """Rule name -> function(inliers, confidence) -> (re-ranked, verified)."""
+    """Rule name -> function(inliers, confidence, distances) -> (re-ranked, verified); the
+    candidates in coarse order, ``distances`` theirs to the expanded query (the fallback's)."""
     def judged(inliers, confidence):
         enough = inliers >= config.min_inliers
         verified = enough & (confidence >= config.min_confidence)
         return enough, verified
 
     def threshold(t):
-        def rule(inliers, confidence):
+        def rule(inliers, confidence, distances):
             enough, verified = judged(inliers, confidence)
             return verified | (enough & (confidence >= t)), verified
         return rule
 
-    def best(m):
-        return lambda inliers, confidence: reranked_and_verified(inliers, confidence,
-                                                                 replace(config, rerank_unsure=m))
+    def best(m, t=0.0):
+        return lambda inliers, confidence, distances: reranked_and_verified(
+            inliers, confidence, replace(config, rerank_unsure=m, rerank_confidence=max(t, config.rerank_confidence)))
 
-    found = {"coarse": lambda i, c: (np.zeros(len(i), bool), np.zeros(len(i), bool)),
-             "verified": threshold(np.inf)}
+    def best_if(keep):
+        """The best unsure one only where ``keep(inliers, confidence, distances, it, verified)``."""
+        def rule(inliers, confidence, distances):
+            reranked, verified = reranked_and_verified(inliers, confidence, config)
+            unsure = np.flatnonzero(reranked & ~verified)
+            if len(unsure) and not keep(inliers, confidence, distances, unsure[0], verified):
+                reranked = verified.copy()
+            return reranked, verified
+        return rule
+
+    def standing_out(ratio):
+        """... its inliers at least ``ratio`` times those of every other candidate not verified (a
+        lookalike of another kind rarely stands alone above the rest)."""
+        def keep(inliers, confidence, distances, it, verified):
+            others = np.delete(inliers, np.append(np.flatnonzero(verified), it))
+            return inliers[it] >= ratio * (others.max() if len(others) else 0)
+        return best_if(keep)
+
+    def near_or_sure(m, t=np.inf):
+        """... it among the first ``m`` of the fallback order (class-level alike), or at least ``t`` sure."""
+        def keep(inliers, confidence, distances, it, verified):
+            return np.sum(distances < distances[it]) < m or confidence[it] >= t
+        return best_if(keep)
+
+    none = lambda i, c, d: (np.zeros(len(i), bool), np.zeros(len(i), bool))  # noqa: E731
+    found = {"coarse": none, "verified": threshold(np.inf)}
     found |= {f"all >= {t}": threshold(t) for t in (0.01, 0.02, 0.05, 0.1, 0.2)}
     found |= {f"best {m}": best(m) for m in (1, 2, 3)}
+    found |= {f"best 1 >= {t}": best(1, t) for t in (0.05, 0.1, 0.2)}
+    found |= {f"best 1 x{r}": standing_out(r) for r in (1.25, 1.5, 2.0)}
+    found |= {f"best 1 in {m}": near_or_sure(m) for m in (10, 100, 1000)}
+    found |= {f"best 1 in {m} or >= {t}": near_or_sure(m, t) for m in (20, 100) for t in (0.05, 0.1)}
     return found
 
 
 def ordered(row: dict, rule) -> np.ndarray:
-    reranked, verified = rule(row["inliers"], row["confidence"])
+    reranked, verified = rule(row["inliers"], row["confidence"], row["distances"])
     return row["positions"][fine_order(row["inliers"], reranked, verified, row["distances"])]
 
 
@@ -146,7 +178,7 @@ def main() -> None:
             families = sorted({r["kind"] for r in rows_i})
             line = f"R@1 {np.mean(final < 1):.3f} R@5 {np.mean(final < 5):.3f}  " + " ".join(
                 f"{f}:{np.mean([k < 1 for k, r in zip(final, rows_i) if r['kind'] == f]):.2f}" for f in families)
-        print(f"{name:<12} {line}")
+        print(f"{name:<24} {line}")
     print(f"{len(rows)} queries")
 
 
