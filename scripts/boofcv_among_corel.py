@@ -5,6 +5,11 @@ this script measures it for any model already trained, for example one trained w
 
     python scripts/boofcv_among_corel.py --data-dir /work/data-free
 
+With ``--opencv`` the scene halves of the OpenCV pairs (``graf3.png``, ``box_in_scene.png``) join
+the collection too, and their other halves (``graf1.png``: the same wall from another angle;
+``box.png``: the box alone, found in a cluttered scene) are searched as photos from outside it:
+where each one's partner ranks, and how sure the match is.
+
 The joined collection is indexed into a build that is not made active (the Corel images' features
 are reused from the active build when they are there).
 """
@@ -22,12 +27,14 @@ from search.engine.workflows import engine_for, index_collection, load_models  #
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 METHODS = ("logits", "logits+attention", "penultimate", "penultimate+attention", "hybrid+attention")
+OPENCV_PAIRS = {"graf1.png": "graf3.png", "box.png": "box_in_scene.png"}  # query -> the collection's picture
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="holds models/classifier.pt and attention.pt")
     parser.add_argument("--datasets", type=Path, default=DATASETS)
+    parser.add_argument("--opencv", action="store_true", help="join and search the OpenCV pairs too")
     args = parser.parse_args()
     corel, boofcv = args.datasets / "corel1k" / "images", args.datasets / "boofcv-scene"
     config = EngineConfig(data_dir=args.data_dir, device="cpu")
@@ -40,6 +47,11 @@ def main() -> None:
             (folder / path.name).symlink_to(path)
         for path in scenes:
             (folder / "boofcv" / path.name).symlink_to(path)
+    opencv = args.datasets / "opencv-pairs"
+    if args.opencv and not (folder / "opencv").exists():
+        (folder / "opencv").mkdir()
+        for name in OPENCV_PAIRS.values():
+            (folder / "opencv" / name).symlink_to(opencv / name)
     engine = engine_for(models, index_collection(scan_collection(folder), models, config, activate=False), config)
     group = {f"boofcv/{p.name}": int(p.stem.removeprefix("image")) // 3 for p in scenes}
     hits = dict.fromkeys(METHODS, 0)
@@ -49,6 +61,14 @@ def main() -> None:
             response = engine.search(folder / relpath, method, n_candidates=100, k=2, exclude_ids={query_id})
             hits[method] += [group.get(r.relpath) for r in response.results] == [scene, scene]
     print(f"top-2 sibling hits of {len(group)}:", hits)
+    if args.opencv:
+        for query, partner in OPENCV_PAIRS.items():
+            for method in METHODS:
+                results = engine.search(opencv / query, method, n_candidates=100, k=10).results
+                found = [r for r in results if r.relpath == f"opencv/{partner}"]
+                where = (f"rank {found[0].rank}, {found[0].stage}, {found[0].inliers} inliers, confidence "
+                         f"{found[0].confidence:.2f}") if found else "not in the top 10"
+                print(f"{query} -> {partner} by {method}: {where}")
 
 
 if __name__ == "__main__":
