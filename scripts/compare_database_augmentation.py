@@ -22,7 +22,6 @@ Reads <data dir> from RETRIEVAL_DATA_DIR like the commands.
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 from pathlib import Path
 
@@ -30,14 +29,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search.engine.collection import read_list_file, stable_id  # noqa: E402
+from search.engine.classifier_info import read_classifier_info  # noqa: E402
+from search.engine.collection import read_list_file, seeded_sample, stable_id  # noqa: E402
 from search.engine.config import EngineConfig  # noqa: E402
 from search.engine.evaluation import average_precision, precision_at_k  # noqa: E402
 from search.engine.features import l2_normalise  # noqa: E402
 from search.engine.index import load_index  # noqa: E402
-from search.engine.classifier_info import read_classifier_info  # noqa: E402
-
-NEIGHBOURS_KEPT = 16  # each image's nearest kept, enough for the largest k once a query is left out
+from search.engine.pipeline import expand_query  # noqa: E402
 
 
 def nearest_lists(vectors: np.ndarray, n: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -64,22 +62,18 @@ def augmented(vectors, lists, rows: np.ndarray, k: int, alpha: float, left_out: 
 
 
 def expanded(vector: np.ndarray, scores: np.ndarray, vectors: np.ndarray, e: int, alpha: float) -> np.ndarray:
-    """The query with its ``e`` nearest (by ``scores``), as ``pipeline.expand_query`` does."""
+    """The query with its ``e`` nearest by cosine ``scores``, by the product's ``expand_query``."""
     if e <= 0:
         return vector
     first = np.argsort(-scores, kind="stable")[:e]
-    weights = np.clip(scores[first], 0, None) ** alpha
-    return l2_normalise((vector + (weights[:, None] * vectors[first]).sum(0))[None])[0]
+    distances = np.sqrt(np.clip(2 - 2 * scores[first], 0, None))  # unit vectors: d^2 = 2 - 2 cos
+    return expand_query(vector, distances, vectors[first], alpha)[0]
 
 
 def query_positions(index, args, model_info) -> np.ndarray:
     """The labelled queries, as ``evaluate`` takes them."""
-    if args.queries:
-        ids = [stable_id(p) for p in read_list_file(args.queries)]
-        random.Random(0).shuffle(ids)
-        ids = ids[: args.limit] if args.limit else ids
-    else:
-        ids = list(model_info["val_ids"])
+    ids = seeded_sample([stable_id(p) for p in read_list_file(args.queries)] if args.queries
+                        else model_info["val_ids"], args.limit)
     return np.array([index.positions[i] for i in ids if i in index.positions and index.labels[index.positions[i]]])
 
 
@@ -99,7 +93,8 @@ def main() -> None:
     labels = np.array([label or "" for label in index.labels], dtype=object)
     queries = query_positions(index, args, read_classifier_info(config.default_model_path))
     ks = [int(k) for k in args.ks.split(",")]
-    lists = nearest_lists(vectors, min(NEIGHBOURS_KEPT, len(vectors)))
+    # k + 1 with itself, and one more to spare when the query is among them and left out
+    lists = nearest_lists(vectors, min(max(ks) + 2, len(vectors)))
     bases = {k: augmented(vectors, lists, np.arange(len(vectors)), k, args.alpha) for k in ks if k}
     print(f"{len(queries)} queries, {len(vectors)} images, {args.variant} {vectors.shape[1]}-d, "
           f"query expansion {config.query_expansion} (alpha {config.query_expansion_alpha:g})")

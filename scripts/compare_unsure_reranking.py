@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import pickle
-import random
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -41,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search.engine.collection import read_list_file, stable_id  # noqa: E402
+from search.engine.collection import read_list_file, seeded_sample, stable_id  # noqa: E402
 from search.engine.config import EngineConfig  # noqa: E402
 from search.engine.evaluation import precision_at_k  # noqa: E402
 from search.engine.images import open_image  # noqa: E402
@@ -65,9 +64,7 @@ def queries_of(engine, args) -> list[tuple[Path, frozenset, str, object]]:
     if args.corel:
         ids = list(engine.model.info["val_ids"])
     else:
-        ids = [stable_id(p) for p in read_list_file(args.queries)]
-        random.Random(0).shuffle(ids)  # as evaluate --limit takes them
-        ids = ids[: args.limit] if args.limit else ids
+        ids = seeded_sample([stable_id(p) for p in read_list_file(args.queries)], args.limit)
     found = [index.positions[i] for i in ids if i in index.positions and index.labels[index.positions[i]]]
     return [(index.path_of(p), frozenset([index.image_ids[p]]), "class", index.labels[p]) for p in found]
 

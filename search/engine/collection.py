@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,16 @@ def read_list_file(path: Path) -> list[str]:
     if not path.is_file():
         raise CollectionError(f"list file not found: {path}")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def seeded_sample(ids, limit: int | None) -> list:
+    """The first ``limit`` of ``ids`` shuffled with seed 0 (all of them, in order, when ``limit`` is
+    0 or None): ``evaluate --limit``'s queries, so that a benchmark script scores the same ones."""
+    ids = list(ids)
+    if limit:
+        random.Random(0).shuffle(ids)
+        ids = ids[:limit]
+    return ids
 
 
 def read_labels_csv(path: Path) -> dict[str, str]:

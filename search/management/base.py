@@ -2,14 +2,13 @@
 engine errors turned into a clean ``CommandError`` (no traceback)."""
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from ..conf import engine_config
-from ..engine.collection import read_list_file, stable_id
+from ..engine.collection import read_list_file, seeded_sample, stable_id
 from ..engine.errors import EngineError
 
 
@@ -43,11 +42,7 @@ class EngineCommand(BaseCommand):
             ids = list(engine.index.image_ids)
         else:
             ids = [stable_id(p) for p in read_list_file(Path(spec))]
-        if options.get("limit"):
-            ids = list(ids)
-            random.Random(0).shuffle(ids)
-            ids = ids[: options["limit"]]
-        return ids
+        return seeded_sample(ids, options.get("limit"))
 
     def config(self, options):
         overrides = {}

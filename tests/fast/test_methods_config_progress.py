@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from search.engine.collection import seeded_sample
 from search.engine.config import EngineConfig
 from search.engine.errors import EngineError
 from search.engine.methods import DEFAULT_METHOD, METHODS, is_fine, method_label, parse_method
@@ -63,3 +64,12 @@ def test_throttle_passes_new_stages_and_ends_and_drops_the_rest():
         throttle("verifying", done, 4)
     throttle("coarse", 1, 1)
     assert calls == [("verifying", 0, 4), ("verifying", 4, 4), ("coarse", 1, 1)]
+
+
+def test_evaluate_limit_takes_a_seeded_sample_that_scripts_can_repeat():
+    ids = [f"id{i}" for i in range(50)]
+    assert seeded_sample(ids, 0) == ids and seeded_sample(iter(ids), None) == ids  # no limit: all, in order
+    picked = seeded_sample(ids, 10)
+    assert len(picked) == 10 and set(picked) <= set(ids) and picked != ids[:10]
+    assert seeded_sample(list(ids), 10) == picked  # the same ten on every call (seed 0)
+    assert seeded_sample(ids, 100) == seeded_sample(ids, 50) and sorted(seeded_sample(ids, 100)) == sorted(ids)
