@@ -39,19 +39,20 @@ def main() -> None:
     corel, boofcv = args.datasets / "corel1k" / "images", args.datasets / "boofcv-scene"
     config = EngineConfig(data_dir=args.data_dir, device="cpu")
     models = load_models(config, attention=True)
-    folder = args.data_dir / "boofcv-among-corel"
+    # one folder per collection, so that a run without --opencv never searches the pairs' halves
+    folder = args.data_dir / ("boofcv-opencv-among-corel" if args.opencv else "boofcv-among-corel")
     scenes = sorted(boofcv.glob("image*.jpg"))
+    opencv = args.datasets / "opencv-pairs"
     if not folder.exists():
         (folder / "boofcv").mkdir(parents=True)
         for path in corel.glob("*.jpg"):
             (folder / path.name).symlink_to(path)
         for path in scenes:
             (folder / "boofcv" / path.name).symlink_to(path)
-    opencv = args.datasets / "opencv-pairs"
-    if args.opencv and not (folder / "opencv").exists():
-        (folder / "opencv").mkdir()
-        for name in OPENCV_PAIRS.values():
-            (folder / "opencv" / name).symlink_to(opencv / name)
+        if args.opencv:
+            (folder / "opencv").mkdir()
+            for name in OPENCV_PAIRS.values():
+                (folder / "opencv" / name).symlink_to(opencv / name)
     engine = engine_for(models, index_collection(scan_collection(folder), models, config, activate=False), config)
     group = {f"boofcv/{p.name}": int(p.stem.removeprefix("image")) // 3 for p in scenes}
     hits = dict.fromkeys(METHODS, 0)
