@@ -96,23 +96,30 @@ def test_a_search_during_a_merge_is_answered_by_the_build_and_its_deltas(tiny_mo
     assert after.results[0].image_id == cake and after.results[0].stage == "verified"
 
 
-def test_a_build_keeps_its_kind_of_local_features_after_the_setting_changes(tiny_models, engine_config, tmp_path):
-    """A build made without LOCAL_GLOBAL_LEVEL (as every build before it was) keeps serving fine
-    searches and taking additions under the new default, a merge of it extracts nothing, and only
-    a new build (a reindex) extracts its local features again, with the setting on."""
+def test_a_build_keeps_its_kind_of_local_features_after_the_settings_change(tiny_models, engine_config, tmp_path):
+    """A build made without LOCAL_GLOBAL_LEVEL (as every build before it was), with another number
+    of keypoints per image and other scales than the settings say now, keeps serving fine searches and taking
+    additions (an upgrade that changes a default must not stop a site's searches until a
+    reindex), a merge of it extracts nothing, and only a new build (a reindex) extracts its local
+    features again, as the settings say."""
     assert engine_config.local_global_level and tiny_models.extractor.global_level
+    now = tiny_models.extractor.settings
     folder = tmp_path / "photos"
     folder.mkdir()
     for n in (0, 150, 300, 450, 600):
         shutil.copy(corel_image(n), folder / f"{n}.jpg")
     root = tmp_path / "index"
-    before = replace(tiny_models, extractor=replace(tiny_models.extractor, global_level=False))
+    made = replace(now, max_keypoints=now.max_keypoints + 100, scales=(0.5, 1.0))
+    before = replace(tiny_models, extractor=replace(tiny_models.extractor, global_level=False, settings=made))
     build = index_collection(scan_collection(folder), before, engine_config.replace(local_global_level=False), root)
     stored = load_index(build)
     assert stored.local.meta["global_level"] is False and stored.manifest["local"]["global_level"] is False
+    assert stored.manifest["local"]["max_keypoints"] == made.max_keypoints
+    assert stored.manifest["local"]["scales"] == [0.5, 1.0]
 
     engine = engine_for(tiny_models, build, engine_config)
     assert not engine.extractor.global_level and engine.extractor.checksum == stored.local.meta["extractor"]
+    assert engine.extractor.settings == made and tiny_models.extractor.settings == now
     response = engine.search(folder / "300.jpg", FINE)
     assert response.results[0].relpath == "300.jpg" and response.results[0].stage == "verified"
 
@@ -126,10 +133,10 @@ def test_a_build_keeps_its_kind_of_local_features_after_the_setting_changes(tiny
     merged = load_index(index_collection(scan_collection(folder), following_active_build(tiny_models, root),
                                          engine_config, root))
     assert merged.manifest["local"]["extracted"] == 0 and merged.local.meta["global_level"] is False
+    assert layout.made_with_local_settings(merged.local.meta) == (made.max_keypoints, made.scales)
     reindexed = load_index(index_collection(scan_collection(folder), tiny_models, engine_config, root))
     assert reindexed.manifest["local"]["extracted"] == 6 and reindexed.local.meta["global_level"] is True
-    response = engine_for(tiny_models, reindexed.path, engine_config).search(new / "cake.jpg", FINE)
-    assert response.results[0].image_id == cake and response.results[0].stage == "verified"
+    assert layout.made_with_local_settings(reindexed.local.meta) == (now.max_keypoints, now.scales)
 
 
 def test_a_second_writer_waits_for_the_index_lock(tmp_path):

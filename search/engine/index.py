@@ -387,7 +387,8 @@ def _build_index(collection, model, index_root, config, device, variants, activa
             "skipped": features.skipped + collection.skipped,
             "local": None if local_meta is None else {
                 k: local_meta[k] for k in ("extractor", "extractor_name", "dim", "raw_dim", "global_level",
-                                           "reused", "extracted", "resumed", "total_keypoints")},
+                                           "max_keypoints", "scales", "reused", "extracted", "resumed",
+                                           "total_keypoints")},
             "build_seconds": round(time.monotonic() - started, 1),
         })
         layout.finish_build(partial, final)

@@ -446,6 +446,26 @@ def made_with_global_level(local_meta: dict) -> bool:
     return bool(local_meta.get("global_level", False))
 
 
+# LOCAL_MAX_KEYPOINTS and LOCAL_SCALES of every build made before a store recorded them
+UNRECORDED_MAX_KEYPOINTS = 300
+UNRECORDED_SCALES = (0.5, 0.7071, 1.0)
+
+
+def made_with_local_settings(local_meta: dict) -> tuple[int, tuple[float, ...]]:
+    """The keypoints per image and the pyramid's scales a local-feature store (its meta, or a
+    manifest's "local") was extracted with; a store from before they were recorded: the defaults
+    of its time (``following`` first tries the settings of now on it)."""
+    keypoints = local_meta.get("max_keypoints") or UNRECORDED_MAX_KEYPOINTS
+    scales = local_meta.get("scales") or UNRECORDED_SCALES
+    return int(keypoints), tuple(float(s) for s in scales)
+
+
+def local_settings_record(extractor) -> dict:
+    """What a store records of ``extractor``'s settings, so that searches of it and additions to it
+    follow them whatever the settings say later (``made_with_local_settings``)."""
+    return {"max_keypoints": int(extractor.settings.max_keypoints), "scales": list(extractor.settings.scales)}
+
+
 def settings_behind(manifest: dict, config) -> list[str]:
     """What a build keeps from the settings it was made with that the current ones change: its
     searches follow the build, so a changed setting applies only from the next reindex (the staff
@@ -456,6 +476,15 @@ def settings_behind(manifest: dict, config) -> list[str]:
         made = "with" if made_with_global_level(local) else "without"
         behind.append(f"its local features were made {made} the one backbone pass "
                       f"(LOCAL_GLOBAL_LEVEL is now {'on' if config.local_global_level else 'off'})")
+    if local:
+        keypoints, scales = made_with_local_settings(local)
+        now = config.local_settings()
+        if keypoints != now.max_keypoints:
+            behind.append(f"its local features were made with at most {keypoints} keypoints per image "
+                          f"(LOCAL_MAX_KEYPOINTS is now {now.max_keypoints})")
+        if scales != now.scales:
+            behind.append(f"its local features were made at scales {','.join(f'{s:g}' for s in scales)} "
+                          f"(LOCAL_SCALES is now {','.join(f'{s:g}' for s in now.scales)})")
     weight = manifest.get("hybrid_weight")
     if weight is not None and weight != config.hybrid_weight:
         behind.append(f"its hybrid variant joins the two vectors with weight {weight:g} "

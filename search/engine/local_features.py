@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .attention import TrainedAttention
-from .layout import made_with_global_level
+from .layout import made_with_global_level, made_with_local_settings
 from .config import LocalSettings
 from .model import TrainedModel, eval_batch
 
@@ -125,14 +125,18 @@ class AttentionExtractor:
 
 
 def following(extractor: AttentionExtractor | None, meta: dict | None) -> AttentionExtractor | None:
-    """``extractor`` made to extract as the store with ``meta`` was (its ``global_level``): a build
-    keeps the kind of local features it was made with whatever ``LOCAL_GLOBAL_LEVEL`` says now, so
-    that a change of the setting applies to new builds and every existing index keeps serving and
-    taking additions."""
+    """``extractor`` made to extract as the store with ``meta`` was (its ``global_level``, keypoints
+    per image and scales): a build keeps the local features it was made with whatever
+    ``LOCAL_GLOBAL_LEVEL``, ``LOCAL_MAX_KEYPOINTS`` and ``LOCAL_SCALES`` say now, so that a change
+    of a setting (or of its default, by an upgrade) applies to new builds and every existing index
+    keeps serving and taking additions."""
     if extractor is None or meta is None:
         return extractor
-    level = made_with_global_level(meta)
-    return extractor if extractor.global_level == level else replace(extractor, global_level=level)
+    followed = replace(extractor, global_level=made_with_global_level(meta))
+    if "max_keypoints" not in meta and "extractor" in meta and followed.checksum == meta["extractor"]:
+        return followed  # a store from before the record, made with the settings of now
+    keypoints, scales = made_with_local_settings(meta)
+    return replace(followed, settings=replace(followed.settings, max_keypoints=keypoints, scales=scales))
 
 
 def nearest_level(levels: list[tuple], side: int) -> tuple[int, int] | None:

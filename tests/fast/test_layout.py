@@ -115,3 +115,39 @@ def test_a_row_file_reads_rows_as_numpy_indexes_them(tmp_path):
         rows[np.array([20])]
     with pytest.raises(IndexError):
         rows[20]
+
+
+def test_a_build_keeps_its_local_settings_and_staff_are_told_when_the_settings_moved_on():
+    """The keypoints per image and the scales a store was made with are read back from its meta
+    (a store from before they were recorded: the defaults of that time), an extractor follows them,
+    and ``settings_behind`` names each one the current settings change."""
+    from types import SimpleNamespace
+
+    from search.engine.config import EngineConfig, LocalSettings
+    from search.engine.local_features import AttentionExtractor, following
+
+    assert layout.made_with_local_settings({}) == (300, (0.5, 0.7071, 1.0))
+    recorded = {"global_level": True, "max_keypoints": 600, "scales": [0.5, 0.7071, 1.0, 1.4142]}
+    assert layout.made_with_local_settings(recorded) == (600, (0.5, 0.7071, 1.0, 1.4142))
+
+    now = EngineConfig(local_max_keypoints=250, local_scales="0.5,1.0", local_global_level=False)
+    extractor = AttentionExtractor(None, None, now.local_settings(), global_level=False)
+    followed = following(extractor, recorded)
+    assert followed.settings == LocalSettings((0.5, 0.7071, 1.0, 1.4142), 600, now.local_score_threshold,
+                                              now.local_base_max_side)
+    assert followed.global_level and extractor.settings.max_keypoints == 250  # the extractor given is kept
+    assert layout.local_settings_record(followed) == {"max_keypoints": 600, "scales": [0.5, 0.7071, 1.0, 1.4142]}
+    assert following(extractor, {}).settings.max_keypoints == 300
+    # a store from before the record keeps serving under the settings of now when it was made with them
+    named = AttentionExtractor(SimpleNamespace(checksum="model", image_size=224), SimpleNamespace(checksum="head"),
+                               now.local_settings())
+    assert following(named, {"extractor": named.checksum}).settings == now.local_settings()
+    assert following(named, {"extractor": "made otherwise"}).settings.scales == (0.5, 0.7071, 1.0)
+
+    behind = layout.settings_behind({"local": recorded}, now)
+    assert "made with the one backbone pass" in behind[0]
+    assert behind[1:] == ["its local features were made with at most 600 keypoints per image "
+                          "(LOCAL_MAX_KEYPOINTS is now 250)",
+                          "its local features were made at scales 0.5,0.7071,1,1.4142 (LOCAL_SCALES is now 0.5,1)"]
+    same = EngineConfig(local_max_keypoints=600, local_scales="0.5,0.7071,1.0,1.4142", local_global_level=True)
+    assert layout.settings_behind({"local": recorded}, same) == []

@@ -266,12 +266,15 @@ def test_the_staff_page_says_when_the_active_build_keeps_settings_changed_since(
 
     client.force_login(django_user_model.objects.create_user("curator3", password="pw", is_staff=True))
     assert 'id="settings-behind"' not in client.get("/staff/").content.decode()
-    made_with = load_index(site_index).local.meta["global_level"]
-    settings.RETRIEVAL = settings.RETRIEVAL.replace(local_global_level=not made_with, hybrid_weight=0.3)
+    local = load_index(site_index).local.meta
+    made_with, keypoints = local["global_level"], local["max_keypoints"]
+    settings.RETRIEVAL = settings.RETRIEVAL.replace(local_global_level=not made_with, hybrid_weight=0.3,
+                                                    local_max_keypoints=keypoints + 100)
     page = client.get("/staff/").content.decode()
     note = re.search(r'<p id="settings-behind">(.*?)</p>', page, re.S).group(1)
     assert f"made {'with' if made_with else 'without'} the one backbone pass" in note
     assert f"LOCAL_GLOBAL_LEVEL is now {'off' if made_with else 'on'}" in note
+    assert f"at most {keypoints} keypoints per image (LOCAL_MAX_KEYPOINTS is now {keypoints + 100})" in note
     assert "weight 0.5 (HYBRID_WEIGHT is now 0.3)" in note and "until a reindex" in note
 
 
