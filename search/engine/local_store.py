@@ -277,7 +277,8 @@ def _write_store(path: Path, records: list[ImageRecord], fingerprints: list[str]
     return _write_rows(path, rows, pca, {
         "extractor": extractor.checksum, "extractor_name": extractor.name, "dim": int(pca.n_components_),
         "raw_dim": int(extractor.dim), "global_level": bool(getattr(extractor, "global_level", False)),
-        **layout.local_settings_record(extractor), "image_ids": [r.image_id for r in records], "fingerprints": fingerprints, **extra})
+        **layout.local_settings_record(extractor), "image_ids": [r.image_id for r in records],
+        "fingerprints": fingerprints, **extra})
 
 
 def _write_rows(path: Path, rows: list[LocalFeatures | StoredFeatures], pca, meta: dict) -> dict:
