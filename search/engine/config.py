@@ -157,10 +157,7 @@ class EngineConfig:
     attention_epochs: int = 30
     attention_learning_rate: float = 0.01
     local_scales: str = "0.5,0.7071,1.0"  # image pyramid, relative to base_max_side
-    # 600, not 300 as before: more true matches of a photographed object verify, at the
-    # cost of more local features on disk and more unsure lookalikes at class level; RESULTS.md
-    # ("600 keypoints per image"). A build keeps the number it was made with (layout.py).
-    local_max_keypoints: int = 600
+    local_max_keypoints: int = 300
     local_score_threshold: float = 0.0
     local_base_max_side: int = 640
     local_pca_dim: int = 40
