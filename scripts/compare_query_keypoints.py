@@ -4,10 +4,10 @@ script (not a test).
 An index's local features are fixed when it is built (``LOCAL_MAX_KEYPOINTS``, ``LOCAL_SCALES``);
 more of them cost index time, disk and memory per image. The query's are made at search time, so
 they can differ at no cost to the collection. This opens an index as it is and scores the default
-method with each ``--query-settings`` for the query's local features only (keypoints:scales, the
-first the index's own), on an instance benchmark (``--benchmark``) or class-level queries
-(``--queries``, ``--limit`` as ``evaluate``'s). Results: RESULTS.md, "More local features for the
-query alone".
+method with each ``--query-settings`` for the query's local features only (keypoints:scales; the
+index's own among them checks ``evaluate``'s figure), on an instance benchmark (``--benchmark``)
+or class-level queries (``--queries``, ``--limit`` as ``evaluate``'s). Results: RESULTS.md, "More
+local features for the query alone".
 
     python scripts/compare_query_keypoints.py --benchmark /work/data/instance-benchmark \
         --query-settings 300:0.5,0.7071,1.0 600:0.5,0.7071,1.0 600:0.5,0.7071,1.0,1.4142
@@ -53,7 +53,7 @@ def main() -> None:
         parser.error("give one of --benchmark and --queries")
 
     config = EngineConfig.from_env()
-    engine = open_engine(config, args.index_dir)  # refuses an index made with other settings than these
+    engine = open_engine(config, args.index_dir)  # its extractor follows the build's own settings
     indexed = engine.extractor
     benchmark = load_instance_benchmark(args.benchmark) if args.benchmark else None
     query_ids = None if benchmark else seeded_sample([stable_id(p) for p in read_list_file(args.queries)], args.limit)
