@@ -479,11 +479,15 @@ def settings_behind(manifest: dict, config) -> list[str]:
     if local:
         keypoints, scales = made_with_local_settings(local)
         now = config.local_settings()
+        # a store from before the record: ``following`` keeps the settings of now where they made it,
+        # which only the models' checksums tell, so the page says what it assumes
+        assumed = ("" if "max_keypoints" in local
+                   else ", the default before builds recorded it, unless set otherwise then")
         if keypoints != now.max_keypoints:
-            behind.append(f"its local features were made with at most {keypoints} keypoints per image "
+            behind.append(f"its local features were made with at most {keypoints} keypoints per image{assumed} "
                           f"(LOCAL_MAX_KEYPOINTS is now {now.max_keypoints})")
         if scales != now.scales:
-            behind.append(f"its local features were made at scales {','.join(f'{s:g}' for s in scales)} "
+            behind.append(f"its local features were made at scales {','.join(f'{s:g}' for s in scales)}{assumed} "
                           f"(LOCAL_SCALES is now {','.join(f'{s:g}' for s in now.scales)})")
     weight = manifest.get("hybrid_weight")
     if weight is not None and weight != config.hybrid_weight:

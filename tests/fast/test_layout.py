@@ -151,3 +151,10 @@ def test_a_build_keeps_its_local_settings_and_staff_are_told_when_the_settings_m
                           "its local features were made at scales 0.5,0.7071,1,1.4142 (LOCAL_SCALES is now 0.5,1)"]
     same = EngineConfig(local_max_keypoints=600, local_scales="0.5,0.7071,1.0,1.4142", local_global_level=True)
     assert layout.settings_behind({"local": recorded}, same) == []
+    # a store from before the record: what the page assumes, and that it assumes it
+    unrecorded = {"global_level": True, "extractor": "made before the record"}
+    assert layout.settings_behind({"local": unrecorded}, same) == [
+        "its local features were made with at most 300 keypoints per image, the default before builds recorded "
+        "it, unless set otherwise then (LOCAL_MAX_KEYPOINTS is now 600)",
+        "its local features were made at scales 0.5,0.7071,1, the default before builds recorded it, unless set "
+        "otherwise then (LOCAL_SCALES is now 0.5,0.7071,1,1.4142)"]
