@@ -483,17 +483,21 @@ def test_staff_see_the_shards_and_a_warning_when_they_hold_an_older_index(page, 
 def test_staff_are_told_when_the_active_build_keeps_settings_changed_since(page, live_server, site_index,
                                                                              django_user_model, settings):
     """After an upgrade that turns LOCAL_GLOBAL_LEVEL on (the build was made without it, as every
-    build before it was), staff see on their page that searches follow the build until a reindex."""
+    build before it was) or changes the keypoints per image, staff see on their page that searches
+    follow the build until a reindex."""
     from search.engine.index import load_index
 
-    made_with = load_index(site_index).local.meta["global_level"]
+    local = load_index(site_index).local.meta
+    made_with, keypoints = local["global_level"], local["max_keypoints"]
     log_in_as_staff(page, live_server, django_user_model)
     assert page.locator("#settings-behind").count() == 0
-    settings.RETRIEVAL = settings.RETRIEVAL.replace(local_global_level=not made_with)
+    settings.RETRIEVAL = settings.RETRIEVAL.replace(local_global_level=not made_with,
+                                                    local_max_keypoints=keypoints * 2)
     page.reload()
     note = page.locator("#settings-behind")
     assert note.is_visible()
     assert f"made {'with' if made_with else 'without'} the one backbone pass" in note.inner_text()
+    assert f"at most {keypoints} keypoints per image (LOCAL_MAX_KEYPOINTS is now {keypoints * 2})" in note.inner_text()
     assert "until a reindex applies the current settings" in note.inner_text()
     shot(page, "staff-settings-behind.png")
     assert_usable(page, "staff-settings-behind")
