@@ -227,7 +227,8 @@ class EngineConfig:
     # A photo taken sideways or upside down (no EXIF orientation to say so) verifies nothing: the
     # local features are not rotation-invariant. When a fine method verified nothing, the query is
     # turned by each of these angles (degrees counter-clockwise; empty: never) and searched again,
-    # turn_candidates verified, and the first turn that verifies something is kept.
+    # turn_candidates verified, and of the turns that verify something the one whose best match has
+    # most inliers is kept.
     query_turns: str = ""
     turn_candidates: int = 200
 
