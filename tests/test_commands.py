@@ -87,7 +87,9 @@ def test_train_index_search_evaluate(tiny_collection_dir, tmp_path, settings):
     from search.engine.confidence import EVIDENCE, load_calibration
 
     stdout, _ = run("calibrate", str(bench), "--out", str(tmp_path / "calibration.json"))
-    assert "held-out half" in stdout and "inliers >= 8 (no confidence)" in stdout and "confidence >= 0.5" in stdout
+    assert "held-out half" in stdout and "inliers >= 8 (no confidence)" in stdout
+    assert "confidence >= 0.5 (fitted on the other half)" in stdout
+    assert "confidence >= 0.5 (the calibration in use)" in stdout  # the new fit beside what searches use
     calibration = load_calibration(tmp_path / "calibration.json")
     assert len(calibration.weights) == len(EVIDENCE) and str(bench) in calibration.fitted_on
     assert calibration.weights[EVIDENCE.index("inlier_excess")] > 0  # standing above the floor: more likely

@@ -39,6 +39,11 @@ class Command(EngineCommand):
             f"inliers >= {config.min_inliers} (no confidence)": pairs.inliers >= config.min_inliers,
             f"confidence >= {config.min_confidence} (fitted on the other half)":
                 (pairs.inliers >= config.min_inliers) & (held.probability(pairs.evidence) >= config.min_confidence),
+            # what searches judge with today (the packaged one until a deployment saves its own): how
+            # a new fit compares with it, on the same held-out queries
+            f"confidence >= {config.min_confidence} (the calibration in use)":
+                (pairs.inliers >= config.min_inliers)
+                & (engine.calibration.probability(pairs.evidence) >= config.min_confidence),
         }
         self.stdout.write(f"{len(pairs.same)} pairs with inliers ({int(pairs.same.sum())} true) from "
                           f"{len(pairs.families)} queries; held-out half:")
