@@ -157,7 +157,9 @@ class EngineConfig:
     attention_epochs: int = 30
     attention_learning_rate: float = 0.01
     local_scales: str = "0.5,0.7071,1.0"  # image pyramid, relative to base_max_side
-    local_max_keypoints: int = 300
+    # The strongest this many per image, over all scales. Why 600, not 300: RESULTS.md ("600
+    # keypoints per image"); a build made with another number keeps it (local_features.following).
+    local_max_keypoints: int = 600
     local_score_threshold: float = 0.0
     local_base_max_side: int = 640
     local_pca_dim: int = 40
