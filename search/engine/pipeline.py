@@ -292,8 +292,8 @@ class RetrievalEngine:
         """``rank``; and when a fine method verified nothing, the query ``image`` turned by each of
         ``query_turns``, ``turn_candidates`` verified; of the turns that verify something, the one
         whose strongest match has most inliers is returned (``turned`` saying by how much). Not
-        the first that verifies: a picture upside down often verifies too, with a tenth of the
-        inliers of the turn that stands it upright. ``turned`` caches the turned queries' features
+        the first that verifies: a picture upside down often verifies too, with far fewer
+        inliers than the turn that stands it upright. ``turned`` caches the turned queries' features
         across methods. The turns' time is in ``timings_ms['turns']``."""
         ranking = self.rank(query, method, n_candidates, depth, exclude_ids, progress)
         if not parse_method(method)[1] or ranking.n_verified or not self.config.turn_angles:

@@ -36,7 +36,8 @@ class Command(EngineCommand):
                                  "(default: the RETRIEVAL_FAISS_PARTS setting)")
         parser.add_argument("--local-features", action="store_true",
                             help="also write a synthetic local-feature store of each size (84 bytes a keypoint on "
-                                 "disk, LOCAL_MAX_KEYPOINTS per image, in --workdir) and time reading and verifying n candidates from it")
+                                 "disk, LOCAL_MAX_KEYPOINTS per image, in --workdir) and time reading and "
+                                 "verifying n candidates from it")
         parser.add_argument("--read-threads", default="",
                             help="with --local-features: threads reading the candidates to compare, e.g. 1,16 "
                                  "(default: the RETRIEVAL_LOCAL_READ_THREADS setting)")
