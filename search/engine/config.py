@@ -227,10 +227,10 @@ class EngineConfig:
     # depend on the candidate count").
     confidence_pool: int = 200
     # A photo taken sideways or upside down (no EXIF orientation to say so) often verifies nothing:
-    # the local features are not made to be rotation-invariant. When a fine method verified nothing, the query is
-    # turned by each of these angles (degrees counter-clockwise; empty: never) and searched again,
-    # turn_candidates verified, and of the turns that verify something the one whose best match has
-    # most inliers is kept.
+    # the local features are not made to be rotation-invariant. When a fine method verified nothing,
+    # the query is turned by each of these angles (degrees counter-clockwise; empty: never) and
+    # searched again, turn_candidates verified, and of the turns that verify something the one whose
+    # best match has most inliers is kept.
     query_turns: str = ""
     turn_candidates: int = 200
 

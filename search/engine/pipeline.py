@@ -307,10 +307,9 @@ class RetrievalEngine:
             if degrees not in turned:
                 turned[degrees] = self.query_features(image.transpose(TURNS[degrees]), local=True, crops=False)
             again = self.rank(turned[degrees], method, few, depth, exclude_ids)
-            if again.n_verified and again.inliers[again.verified].max() > strongest:
-                strongest = int(again.inliers[again.verified].max())
-                again.turned = degrees
-                ranking = again
+            best = int(again.inliers[again.verified].max()) if again.n_verified else 0
+            if best > strongest:
+                strongest, again.turned, ranking = best, degrees, again
         ranking.timings_ms["turns"] = elapsed_ms(started)
         return ranking
 
