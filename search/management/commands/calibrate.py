@@ -7,6 +7,7 @@ from ...engine.confidence import fit_calibration
 from ...engine.instance_benchmark import load_instance_benchmark
 from ...engine.instance_evaluation import collect_pair_evidence, verified_shares
 from ...engine.methods import DEFAULT_METHOD
+from ...engine.pipeline import reranked_and_verified
 from ...engine.workflows import open_engine
 from ..base import EngineCommand, StageBars
 
@@ -35,15 +36,15 @@ class Command(EngineCommand):
         fit_q, held_q = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:])
         fit_rows = np.isin(pairs.query, fit_q)
         held = fit_calibration(pairs.evidence[fit_rows], pairs.same[fit_rows], f"{benchmark} (half, seed {seed})")
+        def verified_by(calibration):  # the rule a search applies: min_inliers and min_confidence
+            return reranked_and_verified(pairs.inliers, calibration.probability(pairs.evidence), config)[1]
+
         rules = {
             f"inliers >= {config.min_inliers} (no confidence)": pairs.inliers >= config.min_inliers,
-            f"confidence >= {config.min_confidence} (fitted on the other half)":
-                (pairs.inliers >= config.min_inliers) & (held.probability(pairs.evidence) >= config.min_confidence),
+            f"confidence >= {config.min_confidence} (fitted on the other half)": verified_by(held),
             # what searches judge with today (the packaged one until a deployment saves its own): how
             # a new fit compares with it, on the same held-out queries
-            f"confidence >= {config.min_confidence} (the calibration in use)":
-                (pairs.inliers >= config.min_inliers)
-                & (engine.calibration.probability(pairs.evidence) >= config.min_confidence),
+            f"confidence >= {config.min_confidence} (the calibration in use)": verified_by(engine.calibration),
         }
         self.stdout.write(f"{len(pairs.same)} pairs with inliers ({int(pairs.same.sum())} true) from "
                           f"{len(pairs.families)} queries; held-out half:")
