@@ -137,6 +137,8 @@ def test_a_build_keeps_its_kind_of_local_features_after_the_settings_change(tiny
     reindexed = load_index(index_collection(scan_collection(folder), tiny_models, engine_config, root))
     assert reindexed.manifest["local"]["extracted"] == 6 and reindexed.local.meta["global_level"] is True
     assert layout.made_with_local_settings(reindexed.local.meta) == (now.max_keypoints, now.scales)
+    response = engine_for(tiny_models, reindexed.path, engine_config).search(new / "cake.jpg", FINE)
+    assert response.results[0].image_id == cake and response.results[0].stage == "verified"
 
 
 def test_a_second_writer_waits_for_the_index_lock(tmp_path):
