@@ -609,3 +609,44 @@ def test_a_phone_sized_photo_is_found_verified_and_its_matches_drawn_on_it(page,
     page.wait_for_function("() => { const i = document.getElementById('correspondences'); "
                            "return i.complete && i.naturalWidth > 0; }", timeout=60_000)
     shot(page, "phone-photo-correspondences.png")
+
+
+def test_a_photo_sent_sideways_is_found_upright_on_a_worker_that_turns_queries(page, live_server, site_index,
+                                                                                 tiny_fine_engine, settings, tmp_path):
+    """A dinosaur sent turned a quarter counter-clockwise (no EXIF orientation), one that verifies
+    nothing as it is, searched on a worker with QUERY_TURNS: the gallery shows its source first, as
+    a verified match, through the turn that stands it upright (every keypoint of the picture an
+    inlier), not through the half turn tried first, which verifies it too with a few."""
+    import uuid
+
+    from PIL import Image
+
+    from search.engine.images import open_image
+
+    from .conftest import start_worker, stop_process
+
+    engine = tiny_fine_engine
+    dinosaurs = [p for p, relpath in enumerate(engine.index.relpaths) if relpath.startswith("dinosaurs/")]
+    photos = {p: tmp_path / f"sideways-{p}.jpg" for p in dinosaurs}  # as they will be sent
+    for p, photo in photos.items():
+        open_image(engine.index.path_of(p)).transpose(Image.Transpose.ROTATE_90).save(photo, quality=95)
+    unverified = [p for p in dinosaurs if engine.search(photos[p], "hybrid+attention", k=5).n_verified == 0]
+    assert unverified, "every dinosaur verified sideways: the turns would have nothing left to show"
+    position = unverified[0]
+    photo = photos[position]
+    itself = engine.search(engine.index.path_of(position), "hybrid+attention", k=1).results[0]
+
+    queue = f"search-turns-{uuid.uuid4().hex[:6]}"
+    worker = start_worker(queue, "celery-turns.log", WATCHDOG_PERIOD_S="86400", RETRIEVAL_QUERY_TURNS="90,180,270")
+    settings.SEARCH_QUEUE = queue
+    try:
+        first = first_result_of_upload(page, live_server, photo)
+        assert first.locator(".relpath").inner_text().split(" (")[0] == engine.index.relpaths[position]
+        assert first.locator(".stage").inner_text() == "verified match"
+        best = SearchJob.objects.latest("pk").results[0]
+        # a JPEG of the turned picture: nearly all of the picture's own inliers, far more than a half turn gives
+        assert best["inliers"] >= 0.8 * itself.inliers
+        assert first.locator(".score").inner_text() == f"{best['inliers']} matching points"
+        shot(page, "sideways-photo-turned.png")
+    finally:
+        stop_process(worker)
