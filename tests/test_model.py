@@ -112,24 +112,41 @@ def test_checkpoint_reloads_to_the_same_predictions(tiny_training, tiny_model):
     assert again.checksum == tiny_model.checksum
 
 
-def test_lite0_imagenet_weights_are_really_trained():
-    """The registry weights classify a real photo sensibly: a trained net is confident, a random one is not."""
-    from search.engine.images import open_image
-    from search.engine.model import eval_transform
-    from efficientnet_lite_pytorch import EfficientNet
-    from search.engine.backbones.efficientnet_lite import imagenet_weights_path
-
-    net = EfficientNet.from_name("efficientnet-lite0")
-    net.load_state_dict(torch.load(imagenet_weights_path(), map_location="cpu", weights_only=True))
-    net.eval()
-    backbone = build_backbone("efficientnet_lite0", 2)
-    # Corel 400-499 are dinosaur models; 300-399 are buses: ImageNet has school bus (779) and trolleybus (874).
+@pytest.mark.parametrize("variant", ["lite0", "lite1", "lite2"])
+def test_lite_imagenet_weights_are_really_trained(variant):
+    """Each variant's registry weights classify a real photo sensibly, through the engine's
+    backbone with the ImageNet head kept."""
     from .conftest import corel_image
+
+    backbone = build_backbone(f"efficientnet_{variant}", 1000, imagenet_head=True).eval()
+    # Corel 300-399 are buses: ImageNet has school bus (779) and trolleybus (874).
     x = eval_transform(backbone, 224)(open_image(corel_image(300))).unsqueeze(0)
     with torch.no_grad():
-        probabilities = net(x).softmax(1)[0]
+        probabilities = backbone(x).softmax(1)[0]
     top5 = probabilities.topk(5).indices.tolist()
     assert {779, 874, 654, 705} & set(top5), top5  # school bus, trolleybus, minibus, passenger car
+    assert float(probabilities.max()) > 0.3
+    untrained = build_backbone(f"efficientnet_{variant}", 1000, pretrained=False).eval()
+    with torch.no_grad():
+        assert float(untrained(x).softmax(1).max()) < 0.05
+
+
+@pytest.mark.parametrize("variant", ["lite0", "lite1", "lite2"])
+def test_lite_local_map_is_the_last_map_at_stride_16(variant):
+    """Local descriptors come from the end of each variant's stride-16 stage (DELF's conv4): the
+    map has ``local_dim`` channels at a 16th of the input, the next block halves it again, and
+    the rest of the network from there gives the pooled vector of a whole pass."""
+    backbone = build_backbone(f"efficientnet_{variant}", 3).eval()
+    images = torch.randn(1, 3, 224, 288)
+    with torch.no_grad():
+        local = backbone.local_map(images)
+        assert local.shape == (1, backbone.local_dim, 14, 18)
+        after = backbone.net._blocks[backbone.local_block + 1](local)
+        assert after.shape[2:] == (7, 9)
+        pooled, local_again = backbone.pooled_and_local(images)
+        assert torch.equal(local_again, local)
+        assert torch.allclose(pooled, backbone.pooled(images), atol=1e-5)
+    assert backbone.name == f"efficientnet_{variant}" and backbone.feature_dim == 1280
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
@@ -237,7 +254,8 @@ def _randomise_batchnorm(backbone):
     return backbone.eval()
 
 
-@pytest.mark.parametrize("name,pretrained", [("efficientnet_lite0", True), ("resnet18", False)])
+@pytest.mark.parametrize("name,pretrained", [("efficientnet_lite0", True), ("efficientnet_lite2", True),
+                                             ("resnet18", False)])
 def test_inference_copy_folds_batchnorm_and_gives_the_same_outputs(name, pretrained):
     """Loaded models run with BatchNorm folded into the convolutions (channels-last weights); on a
     real photo at odd sizes (the local-feature pyramid's levels) every output the engine uses

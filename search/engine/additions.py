@@ -61,7 +61,7 @@ def add_images(index_root: Path, paths, models, config: EngineConfig, label: str
     index_root = Path(index_root)
     with layout.writing(index_root):
         index = load_index(index_root, expected_checksum=models.model.checksum)
-        describer = describer_for(index, config, models.device)
+        describer = describer_for(index, config, models.device, models.model.name)
         models = replace(models, extractor=following(models.extractor, index.local.meta if index.local else None))
         _check_extractors(index, models, describer)
         result = Additions()

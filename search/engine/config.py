@@ -247,8 +247,13 @@ class EngineConfig:
 
     @property
     def pretrained_weights(self) -> str | None:
-        """The weights file ``build_backbone`` reads for ImageNet weights (ResNet18's only)."""
-        return self.resnet18_weights if self.backbone == "resnet18" else None
+        """The weights file ``build_backbone`` reads for the configured backbone's ImageNet weights."""
+        return self.imagenet_weights(self.backbone)
+
+    def imagenet_weights(self, backbone: str) -> str | None:
+        """The weights file ``build_backbone`` reads for ``backbone``'s ImageNet weights (ResNet18's
+        only; the others' come with their packages)."""
+        return self.resnet18_weights if backbone == "resnet18" else None
 
     @property
     def model_dir(self) -> Path:

@@ -76,13 +76,16 @@ def same_body(a: Backbone, b: Backbone) -> bool:
         ours[k].shape == theirs[k].shape and torch.equal(ours[k], theirs[k]) for k in ours)
 
 
-def describer_for(index, config: EngineConfig, device) -> InstanceDescriber | None:
-    """The instance describer an index's instance variant needs (None: it has none)."""
-    return instance_describer(config, device) if index.describer_name else None
+def describer_for(index, config: EngineConfig, device, backbone: str) -> InstanceDescriber | None:
+    """The instance describer an index's instance variant needs (None: it has none); ``backbone``:
+    the classifier's."""
+    return instance_describer(config, device, backbone) if index.describer_name else None
 
 
-def instance_describer(config: EngineConfig, device) -> InstanceDescriber:
-    """The configured backbone with its ImageNet weights (never fine-tuned)."""
-    model = imagenet_model(config.backbone, config.image_size, device, config.pretrained_weights)
+def instance_describer(config: EngineConfig, device, backbone: str | None = None) -> InstanceDescriber:
+    """``backbone`` (default: the configured one) with its ImageNet weights (never fine-tuned). The
+    classifier's own backbone, so that a model trained with another than the setting's still gets
+    its instance vectors from its own kind of network, and shares its input."""
+    backbone = backbone or config.backbone
+    model = imagenet_model(backbone, config.image_size, device, config.imagenet_weights(backbone))
     return InstanceDescriber(model.backbone, config.image_size, device)
-

@@ -119,9 +119,10 @@ def index_collection(collection: Collection, models: Models, config: EngineConfi
                      activate: bool = True, progress: Progress = no_progress) -> Path:
     """A new build of ``collection`` (global features, trees, and local features when the
     models have an attention head); active once complete unless ``activate`` is False."""
+    describer = instance_describer(config, models.device, models.model.name)
     return build_index(collection, models.model, Path(index_root or config.index_root), config, models.device,
                        variants=index_variants(models.model), activate=activate, progress=progress,
-                       local_extractor=models.extractor, describer=instance_describer(config, models.device))
+                       local_extractor=models.extractor, describer=describer)
 
 
 def add_to_index(paths, config: EngineConfig, index_root: Path | None = None, label: str | None = None,
@@ -147,7 +148,7 @@ def open_engine(config: EngineConfig, build: Path | None = None, model_path: Pat
         attention = load_attention(Path(attention_path or config.default_attention_path), models.model,
                                    models.device)
     engine = RetrievalEngine(models.model, index, models.device, config, attention,
-                             describer=describer_for(index, config, models.device))
+                             describer=describer_for(index, config, models.device, models.model.name))
     if engine.extractor is not None and index.local.meta["extractor"] != engine.extractor.checksum:
         raise SearchIndexError(
             f"{index.path}: local features were extracted with other settings or another attention "
@@ -159,7 +160,7 @@ def engine_for(models: Models, build: Path, config: EngineConfig) -> RetrievalEn
     """An engine on a build just made with ``models`` (no reload from disk)."""
     index = load_index(build, expected_checksum=models.model.checksum, coarse_settings=config.coarse_settings())
     return RetrievalEngine(models.model, index, models.device, config, models.attention,
-                           describer=describer_for(index, config, models.device))
+                           describer=describer_for(index, config, models.device, models.model.name))
 
 
 def open_sharded_engine(config: EngineConfig, fan_out: FanOut | None = None,

@@ -20,6 +20,23 @@ def test_describer_is_the_untouched_imagenet_network_and_names_itself(describer)
     assert not describer.backbone.training  # eval mode: BatchNorm keeps the ImageNet statistics
 
 
+def test_the_describer_follows_the_classifier_backbone_not_the_setting():
+    """A classifier trained with ``train --backbone efficientnet_lite1`` while the setting still
+    says Lite0 gets its instance vectors from an ImageNet Lite1, the network its own was tuned
+    from; an index without an instance variant gets none."""
+    from types import SimpleNamespace
+
+    from search.engine.instance_features import describer_for, same_body
+    from search.engine.model import imagenet_model
+
+    config = EngineConfig(image_size=224)
+    assert config.backbone == "efficientnet_lite0"
+    own = describer_for(SimpleNamespace(describer_name="x"), config, "cpu", "efficientnet_lite1")
+    assert own.name == "imagenet:efficientnet_lite1:224px:mean"
+    assert same_body(own.backbone, imagenet_model("efficientnet_lite1", 224, "cpu").backbone)
+    assert describer_for(SimpleNamespace(describer_name=None), config, "cpu", "efficientnet_lite1") is None
+
+
 def test_a_photo_and_its_crop_are_nearer_than_two_photos_of_one_class(describer):
     """Corel 300-399 are buses: a bus and a crop of itself must beat another bus."""
     bus, other_bus = open_image(corel_image(300)), open_image(corel_image(301))

@@ -1,7 +1,7 @@
 """Backbones behind one small interface (``base.Backbone``), so that adding a third is one module.
 
-Each module exposes ``build(num_classes, pretrained, weights_path, imagenet_head) -> Backbone``;
-``BACKBONES`` maps the setting's name to the module.
+``BACKBONES`` maps the setting's name to a ``build(num_classes, pretrained, weights_path,
+imagenet_head) -> Backbone``.
 """
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from ..errors import ModelError
 from . import efficientnet_lite, resnet
 from .base import Backbone
 
-BACKBONES = {"efficientnet_lite0": efficientnet_lite, "resnet18": resnet}
+BACKBONES = {f"efficientnet_{variant}": efficientnet_lite.builder(variant) for variant in efficientnet_lite.VARIANTS}
+BACKBONES["resnet18"] = resnet.build
 
 
 def backbone_names() -> list[str]:
@@ -27,5 +28,5 @@ def build_backbone(name: str, num_classes: int, pretrained: bool = True,
         raise ModelError(f"unknown backbone {name!r}; choose one of {', '.join(sorted(BACKBONES))}")
     if imagenet_head and (num_classes != IMAGENET_CLASSES or not pretrained):
         raise ModelError("the ImageNet head needs the pretrained weights and its 1,000 classes")
-    return BACKBONES[name].build(num_classes, pretrained=pretrained, weights_path=weights_path or None,
+    return BACKBONES[name](num_classes, pretrained=pretrained, weights_path=weights_path or None,
                                  imagenet_head=imagenet_head)

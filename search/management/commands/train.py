@@ -18,7 +18,7 @@ class Command(EngineCommand):
     def add_arguments(self, parser):
         self.add_collection_arguments(parser)
         parser.add_argument("--out", type=Path, help="checkpoint to write (default: <data dir>/models/classifier.pt)")
-        parser.add_argument("--backbone", help="efficientnet_lite0 (default) or resnet18")
+        parser.add_argument("--backbone", help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2 or resnet18")
         parser.add_argument("--epochs", type=int)
         parser.add_argument("--train-list", type=Path, help="file of relative paths to train on")
         parser.add_argument("--val-list", type=Path, help="file of relative paths to validate on")
