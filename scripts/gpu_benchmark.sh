@@ -4,7 +4,9 @@
 # Corel-1k model and index (quick: the timing does not depend on how well the model is trained),
 # then benchmark_fine at 100, 1,000 and 4,000 candidates on each device, and on CUDA with larger
 # verification blocks (VERIFY_BLOCK_SIZE 256 and 1,024); then query local features of photos of
-# sizes never seen before (scripts/gpu_query_sizes.py). Prints the figures; writes
+# sizes never seen before (scripts/gpu_query_sizes.py); last, the default method end to end (evaluate on
+# the validation queries: global features, coarse search, the query's crops and the fine stage) on each
+# device. Prints the figures; writes
 # the JSON reports under $OUT (or var/gpu-benchmark), its model and index under GPU_BENCHMARK_DATA
 # (default: data/ beside them).
 #
@@ -43,3 +45,9 @@ for block in 256 1024; do  # larger blocks than the default 64 (the pre-score's:
 done
 echo "== query local features of photos of new sizes"
 "$PY" scripts/gpu_query_sizes.py cuda
+echo "== the default method end to end (evaluate, the validation queries)"
+for device in cpu cuda; do
+  echo "-- $device"
+  "$PY" manage.py evaluate --skip-checks --device "$device" --methods hybrid+attention --no-baseline \
+    --out "$DEST/evaluate-$device.json"
+done
