@@ -75,39 +75,44 @@ def collect(engine, args) -> dict:
     n = min(engine.config.n_candidates, len(index) - 1)
     rows = []
     for done, (path, exclude, kind, truth) in enumerate(queries_of(engine, args), 1):
-        ranking = engine.rank(engine.query_features(open_image(path), local=True), METHOD, n, depth=n,
-                              exclude_ids=exclude)
+        query = engine.query_features(open_image(path), local=True)
+        ranking = engine.rank(query, METHOD, n, depth=n, exclude_ids=exclude)
         rows.append({"kind": kind, "truth": truth, "positions": ranking.positions, "distances": ranking.distances,
-                     "inliers": ranking.inliers, "confidence": ranking.confidence})
+                     "inliers": ranking.inliers, "confidence": ranking.confidence,
+                     "query_class": int(np.argmax(query.vectors["logits"]))})
         if done % 50 == 0:
             print(f"{done} queries ranked", file=sys.stderr, flush=True)
-    return {"labels": np.array([label or "" for label in index.labels], dtype=object), "rows": rows}
+    # each image's class as the classifier predicts it (its stored logits: L2-normalised, same argmax)
+    predicted = index.row_vectors("logits", np.arange(len(index))).argmax(1)
+    return {"labels": np.array([label or "" for label in index.labels], dtype=object), "rows": rows,
+            "predicted": predicted}
 
 
 def rules(config: EngineConfig) -> dict:
-    """Rule name -> function(inliers, confidence, distances) -> (re-ranked, verified); the
-    candidates in coarse order, ``distances`` theirs to the expanded query (the fallback's)."""
+    """Rule name -> function(inliers, confidence, distances, agree) -> (re-ranked, verified); the
+    candidates in coarse order, ``distances`` theirs to the expanded query (the fallback's), ``agree``
+    whether the classifier predicts the query's class for each."""
     def judged(inliers, confidence):
         enough = inliers >= config.min_inliers
         verified = enough & (confidence >= config.min_confidence)
         return enough, verified
 
     def threshold(t):
-        def rule(inliers, confidence, distances):
+        def rule(inliers, confidence, distances, agree):
             enough, verified = judged(inliers, confidence)
             return verified | (enough & (confidence >= t)), verified
         return rule
 
     def best(m, t=0.0):
-        return lambda inliers, confidence, distances: reranked_and_verified(
+        return lambda inliers, confidence, distances, agree: reranked_and_verified(
             inliers, confidence, replace(config, rerank_unsure=m, rerank_confidence=max(t, config.rerank_confidence)))
 
     def best_if(keep):
         """The best unsure one only where ``keep(inliers, confidence, distances, it, verified)``."""
-        def rule(inliers, confidence, distances):
+        def rule(inliers, confidence, distances, agree):
             reranked, verified = reranked_and_verified(inliers, confidence, config)
             unsure = np.flatnonzero(reranked & ~verified)
-            if len(unsure) and not keep(inliers, confidence, distances, unsure[0], verified):
+            if len(unsure) and not keep(inliers, confidence, distances, unsure[0], verified, agree):
                 reranked = verified.copy()
             return reranked, verified
         return rule
@@ -115,18 +120,25 @@ def rules(config: EngineConfig) -> dict:
     def standing_out(ratio):
         """... its inliers at least ``ratio`` times those of every other candidate not verified (a
         lookalike of another kind rarely stands alone above the rest)."""
-        def keep(inliers, confidence, distances, it, verified):
+        def keep(inliers, confidence, distances, it, verified, agree):
             others = np.delete(inliers, np.append(np.flatnonzero(verified), it))
             return inliers[it] >= ratio * (others.max() if len(others) else 0)
         return best_if(keep)
 
     def near_or_sure(m, t=np.inf):
         """... it among the first ``m`` of the fallback order (class-level alike), or at least ``t`` sure."""
-        def keep(inliers, confidence, distances, it, verified):
+        def keep(inliers, confidence, distances, it, verified, agree):
             return np.sum(distances < distances[it]) < m or confidence[it] >= t
         return best_if(keep)
 
-    none = lambda i, c, d: (np.zeros(len(i), bool), np.zeros(len(i), bool))  # noqa: E731
+    def same_class(t=np.inf):
+        """... the classifier predicting the query's class for it, or it at least ``t`` sure (a lookalike
+        of another kind is mostly predicted as that kind; a photo of an object mostly as the object's)."""
+        def keep(inliers, confidence, distances, it, verified, agree):
+            return agree[it] or confidence[it] >= t
+        return best_if(keep)
+
+    none = lambda i, c, d, a: (np.zeros(len(i), bool), np.zeros(len(i), bool))  # noqa: E731
     found = {"coarse": none, "verified": threshold(np.inf)}
     found |= {f"all >= {t}": threshold(t) for t in (0.01, 0.02, 0.05, 0.1, 0.2)}
     found |= {f"best {m}": best(m) for m in (1, 2, 3)}
@@ -134,11 +146,14 @@ def rules(config: EngineConfig) -> dict:
     found |= {f"best 1 x{r}": standing_out(r) for r in (1.25, 1.5, 2.0)}
     found |= {f"best 1 in {m}": near_or_sure(m) for m in (10, 100, 1000)}
     found |= {f"best 1 in {m} or >= {t}": near_or_sure(m, t) for m in (20, 100) for t in (0.05, 0.1)}
+    found |= {"best 1 of the query's class": same_class()}
+    found |= {f"best 1 of its class or >= {t}": same_class(t) for t in (0.05, 0.1)}
     return found
 
 
-def ordered(row: dict, rule) -> np.ndarray:
-    reranked, verified = rule(row["inliers"], row["confidence"], row["distances"])
+def ordered(row: dict, rule, predicted: np.ndarray) -> np.ndarray:
+    agree = predicted[row["positions"][:len(row["inliers"])]] == row["query_class"]
+    reranked, verified = rule(row["inliers"], row["confidence"], row["distances"], agree)
     return row["positions"][fine_order(row["inliers"], reranked, verified, row["distances"])]
 
 
@@ -159,19 +174,20 @@ def main() -> None:
         data = collect(open_engine(config, args.index_dir), args)
         if args.cache:
             args.cache.write_bytes(pickle.dumps(data))
-    rows, labels = data["rows"], data["labels"]
+    rows, labels, predicted = data["rows"], data["labels"], data["predicted"]
     joined = dict(pair.split("=", 1) for pair in args.same)
     join = np.vectorize(lambda label: joined.get(label, label), otypes=[object])
     for name, rule in rules(config).items():
         if rows[0]["kind"] == "class":
-            p10 = [precision_at_k(labels[ordered(r, rule)] == r["truth"], 10) for r in rows]
+            p10 = [precision_at_k(labels[ordered(r, rule, predicted)] == r["truth"], 10) for r in rows]
             line = f"P@10 {np.mean(p10):.4f}"
             if joined:
-                p10 = [precision_at_k(join(labels[ordered(r, rule)[:10]]) == join(r["truth"]), 10) for r in rows]
+                p10 = [precision_at_k(join(labels[ordered(r, rule, predicted)[:10]]) == join(r["truth"]), 10)
+                       for r in rows]
                 line += f"   with {', '.join(args.same)}: {np.mean(p10):.4f}"
         else:
             rows_i = [r for r in rows if len(r["truth"])]
-            final = np.array([rank_of(ordered(r, rule), r["truth"]) for r in rows_i])
+            final = np.array([rank_of(ordered(r, rule, predicted), r["truth"]) for r in rows_i])
             families = sorted({r["kind"] for r in rows_i})
             line = f"R@1 {np.mean(final < 1):.3f} R@5 {np.mean(final < 5):.3f}  " + " ".join(
                 f"{f}:{np.mean([k < 1 for k, r in zip(final, rows_i) if r['kind'] == f]):.2f}" for f in families)
