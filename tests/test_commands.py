@@ -50,6 +50,12 @@ def test_train_index_search_evaluate(tiny_collection_dir, tmp_path, settings):
     methods = {m["method"] for m in data["methods"]}
     assert methods == {f"fine-tuned {m}" for m in METHODS} | {"imagenet pca", "imagenet penultimate"}
     assert all(m["n_queries"] == 40 for m in data["methods"])
+    for m in data["methods"]:  # the stages' means add up to the query time
+        fine = m["stage"] == "fine"
+        assert set(m["stage_ms"]) == {"global_features", "coarse"} | (
+            {"local_features", "crops", "verification", "turns"} if fine else set())
+        assert sum(m["stage_ms"].values()) == pytest.approx(m["query_ms"])
+        assert m["stage_ms"]["global_features"] > 0 and (not fine or m["stage_ms"]["verification"] > 0)
     assert "P@10" in stdout and "imagenet penultimate" in stdout
 
     # the instance benchmark: generated from the collection, scored by evaluate --instance

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -56,6 +56,9 @@ class MethodScore:
     n_queries: int
     mean_verified: float = 0.0  # fine methods: candidates per query that reached min_inliers
     n_candidates: int = 0
+    # where ``query_ms`` goes: the mean of each stage it sums (global features, coarse; a fine method's
+    # local features, crops, verification and quarter turns), so a device's figure can be read apart
+    stage_ms: dict[str, float] = field(default_factory=dict)
 
 
 def evaluate_methods(engine: RetrievalEngine, query_ids: Iterable[str], methods: Iterable[str],
@@ -75,7 +78,7 @@ def evaluate_methods(engine: RetrievalEngine, query_ids: Iterable[str], methods:
     n_candidates = min(n_candidates or engine.config.n_candidates, len(index) - 1)
     any_fine = any(is_fine(m) for m in methods)
     class_sizes = {c: int((labels == c).sum()) for c in set(labels) if c}
-    stats = {m: {"p": [], "ap": [], "ms": [], "verified": []} for m in methods}
+    stats = {m: {"p": [], "ap": [], "ms": [], "verified": [], "stages": []} for m in methods}
     stage = f"evaluating {model_label}"
     for done, position in enumerate(queries, 1):
         query_label = index.labels[position]
@@ -87,12 +90,15 @@ def evaluate_methods(engine: RetrievalEngine, query_ids: Iterable[str], methods:
             relevant = labels[ranking.ranked_positions] == query_label
             stats[method]["p"].append(precision_at_k(relevant, k))
             stats[method]["ap"].append(average_precision(relevant, class_sizes[query_label] - 1))
-            ms = query.timings_ms["global_features"] + ranking.timings_ms["coarse"]
+            stages = {"global_features": query.timings_ms["global_features"], "coarse": ranking.timings_ms["coarse"]}
             if is_fine(method):
-                ms += (query.timings_ms["local_features"] + query.timings_ms.get("crops", 0.0)
-                       + ranking.timings_ms["verification"] + ranking.timings_ms.get("turns", 0.0))
+                stages |= {"local_features": query.timings_ms["local_features"],
+                           "crops": query.timings_ms.get("crops", 0.0),
+                           "verification": ranking.timings_ms["verification"],
+                           "turns": ranking.timings_ms.get("turns", 0.0)}
                 stats[method]["verified"].append(ranking.n_verified)
-            stats[method]["ms"].append(ms)
+            stats[method]["ms"].append(sum(stages.values()))
+            stats[method]["stages"].append(stages)
         progress(stage, done, len(queries))
     scores = []
     for method in methods:
@@ -101,7 +107,8 @@ def evaluate_methods(engine: RetrievalEngine, query_ids: Iterable[str], methods:
         scores.append(MethodScore(
             f"{model_label} {method}", model_label, variant, "fine" if fine else "coarse",
             float(np.mean(s["p"])), float(np.mean(s["ap"])), float(np.mean(s["ms"])), len(queries),
-            float(np.mean(s["verified"])) if fine else 0.0, n_candidates if fine else 0))
+            float(np.mean(s["verified"])) if fine else 0.0, n_candidates if fine else 0,
+            {stage: float(np.mean([q[stage] for q in s["stages"]])) for stage in s["stages"][0]}))
     return scores
 
 
