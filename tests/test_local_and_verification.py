@@ -348,6 +348,45 @@ def test_a_verified_result_must_be_confident(tiny_fine_engine):
     assert [r.image_id for r in quiet.results] == [r.image_id for r in coarse.results]
 
 
+def test_the_unsure_match_put_first_is_one_the_classifier_puts_in_the_querys_class(tiny_fine_engine):
+    """With nothing sure enough to verify (``min_confidence`` above 1) every candidate with enough
+    inliers is unsure; the one put ahead of the coarse order is the best of those the classifier
+    predicts the query's class for. Off, or with a label-free classifier, it is the best of all."""
+    from dataclasses import replace as replaced
+
+    from search.engine.pipeline import RetrievalEngine, fine_order, predicted_classes
+
+    engine, method, changed = tiny_fine_engine, "hybrid+attention", 0
+    label_free = RetrievalEngine(replaced(engine.model, info=dict(engine.model.info, label_free=True)), engine.index,
+                                 "cpu", engine.config, engine.attention, engine.calibration)
+    for position in range(0, 40, 3):
+        query = engine.query_features(engine.index.path_of(position), local=True)
+        own = {engine.index.image_ids[position]}
+        with configured(engine, min_confidence=1.01, rerank_confidence=0.0):
+            by_class = engine.rank(query, method, 39, exclude_ids=own)
+            n = by_class.n_candidates
+            same = engine.same_class(query, by_class.positions[:n])
+            with configured(engine, rerank_same_class=False):
+                assert engine.same_class(query, by_class.positions[:n]) is None
+                any_class = engine.rank(query, method, 39, exclude_ids=own)
+        assert label_free.same_class(query, by_class.positions[:n]) is None
+        # the stored logits of each candidate, in the candidates' order, against the query's own
+        stored = predicted_classes(engine.index.vectors["logits"][by_class.positions[:n]])
+        np.testing.assert_array_equal(same, stored == predicted_classes(query.vectors["logits"])[0])
+        assert by_class.n_verified == any_class.n_verified == 0
+        for ranking, allowed in ((by_class, same), (any_class, np.ones(n, bool))):
+            unsure = (ranking.inliers >= engine.config.min_inliers) & allowed
+            first = ranking.order[0]
+            if unsure.any():  # the most inliers of the allowed ones leads, ahead of the coarse order
+                assert first < n and unsure[first] and ranking.inliers[first] == ranking.inliers[unsure].max()
+            else:  # nothing goes ahead: the fallback's order
+                nothing = np.zeros(n, bool)
+                np.testing.assert_array_equal(ranking.order, fine_order(ranking.inliers, nothing, nothing,
+                                                                        ranking.distances))
+        changed += by_class.order[0] != any_class.order[0]
+    assert changed  # some query's best unsure match was of another class
+
+
 def test_confidence_does_not_depend_on_how_many_candidates_are_verified(tiny_fine_engine):
     """The query's floor of chance inliers is taken over the confidence pool (the whole tiny
     collection here), not over the candidates asked for: three, ten or all of them give each

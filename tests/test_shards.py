@@ -86,6 +86,26 @@ def test_two_shards_answer_every_method_as_the_one_index(tiny_fine_engine, tiny_
     assert not list((tmp_path / "exchange").iterdir())  # each search's exchange folder is gone
 
 
+def test_two_shards_put_the_unsure_match_of_the_querys_class_first_as_the_one_index(
+        tiny_fine_engine, tiny_models, engine_config, two_shards, tmp_path):
+    """Sure of nothing (``min_confidence`` above 1), each search puts its best unsure match of the
+    query's class first: the shards tell the coordinator each candidate's class."""
+    root, _ = two_shards
+    unsure = dict(min_confidence=1.01, rerank_confidence=0.0)
+    one = engine_for(tiny_models, tiny_fine_engine.index.path, engine_config.replace(**unsure))
+    any_class = engine_for(tiny_models, tiny_fine_engine.index.path,
+                           engine_config.replace(**unsure, rerank_same_class=False))
+    many, _ = sharded(tiny_models, engine_config, root, tmp_path / "exchange", **unsure)
+    changed = 0
+    for position in range(0, 40, 3):
+        query, own = one.index.path_of(position), [one.index.image_ids[position]]
+        expected = one.search(query, "hybrid+attention", k=10, exclude_ids=own)
+        same_answer(expected, many.search(query, "hybrid+attention", k=10, exclude_ids=own))
+        changed += [r.image_id for r in expected.results] != [
+            r.image_id for r in any_class.search(query, "hybrid+attention", k=10, exclude_ids=own).results]
+    assert changed  # the class mattered for some query
+
+
 def test_a_removed_or_excluded_image_leaves_the_sharded_answer_too(tiny_fine_engine, tiny_models, engine_config,
                                                                    two_shards, tmp_path):
     root, _ = two_shards

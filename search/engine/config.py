@@ -195,6 +195,11 @@ class EngineConfig:
     min_confidence: float = 0.5
     rerank_confidence: float = 0.01
     rerank_unsure: int = 1
+    # ... and only among the candidates the classifier puts in the query's own class (the argmax of
+    # their stored logits and of the query's): a lookalike of another kind with enough inliers is
+    # passed over, while a photo of an object is mostly classified as the object. Why: RESULTS.md
+    # ("The unsure match of the query's class").
+    rerank_same_class: bool = True
     # The confidence calibration (calibrate writes <data dir>/models/calibration.json); empty: that
     # file when it exists, else the one fitted on the public instance benchmark.
     calibration_path: str = ""

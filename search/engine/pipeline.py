@@ -238,12 +238,27 @@ class RetrievalEngine:
         return verify_candidates(query.keypoints, query.descriptors, candidates,
                                  self.verify_settings, progress, timings_ms, self.device)
 
-    def judge(self, evidence: np.ndarray, inliers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def judge(self, evidence: np.ndarray, inliers: np.ndarray,
+              same_class: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each verification's confidence (from its ``evidence``); whether it is re-ranked by inliers
         (verified, or one of the ``rerank_unsure`` unsure ones: ``unsure_reranked``) and whether it
         counts as verified (``min_inliers`` and ``min_confidence``)."""
         confidence = self.calibration.probability(evidence)
-        return (confidence, *reranked_and_verified(inliers, confidence, self.config))
+        return (confidence, *reranked_and_verified(inliers, confidence, self.config, same_class))
+
+    @property
+    def judges_by_class(self) -> bool:
+        """``rerank_same_class``, for a classifier fine-tuned on the collection's labels: a label-free
+        one's classes are ImageNet's thousand, not the collection's kinds (not measured)."""
+        return self.config.rerank_same_class and not self.model.info.get("label_free")
+
+    def same_class(self, query: QueryFeatures, positions: np.ndarray) -> np.ndarray | None:
+        """Whether the classifier puts each candidate in the query's class; None where the engine
+        does not judge by class or the index keeps no logits."""
+        if not self.judges_by_class or "logits" not in self.index.variants:
+            return None
+        query_class = predicted_classes(query.vectors["logits"])[0]
+        return predicted_classes(self.index.row_vectors("logits", positions)) == query_class
 
     def rank(self, query: QueryFeatures, method: str, n_candidates: int | None = None, depth: int | None = None,
              exclude_ids=frozenset(), progress: Progress = no_progress) -> Ranking:
@@ -280,7 +295,7 @@ class RetrievalEngine:
                                       distances[:n_fit], n_rows=n_verify)
             verifications = verifications[:n_verify]
             inliers = np.array([v.inliers for v in verifications], dtype=np.int64)
-            confidence, reranked, verified = self.judge(evidence, inliers)
+            confidence, reranked, verified = self.judge(evidence, inliers, self.same_class(query, positions[:n_verify]))
             timings["verification"] = elapsed_ms(started)
             order = fine_order(inliers, reranked, verified, distances)
         return Ranking(method, positions, distances, order, n_verify, verifications, evidence, confidence, verified,
@@ -387,14 +402,22 @@ def expand_query(vector: np.ndarray, distances: np.ndarray, neighbours: np.ndarr
     return l2_normalise(np.atleast_2d(vector) + (weights[:, None] * neighbours).sum(0))
 
 
-def reranked_and_verified(inliers: np.ndarray, confidence: np.ndarray,
-                          config: EngineConfig) -> tuple[np.ndarray, np.ndarray]:
+def reranked_and_verified(inliers: np.ndarray, confidence: np.ndarray, config: EngineConfig,
+                          same_class: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Whether each candidate is re-ranked by inliers (verified, or one of the ``rerank_unsure``
-    unsure ones) and whether it counts as verified (``min_inliers`` and ``min_confidence``)."""
+    unsure ones, of those in the query's class where ``same_class`` is given) and whether it
+    counts as verified (``min_inliers`` and ``min_confidence``)."""
     enough = np.asarray(inliers) >= config.min_inliers
     verified = enough & (confidence >= config.min_confidence)
     unsure = enough & (confidence >= config.rerank_confidence) & ~verified
+    if same_class is not None:
+        unsure &= same_class
     return verified | unsure_reranked(inliers, unsure, config.rerank_unsure), verified
+
+
+def predicted_classes(logits: np.ndarray) -> np.ndarray:
+    """The classifier's class of each row of (stored, L2-normalised) logits: scaling keeps the argmax."""
+    return np.atleast_2d(logits).argmax(1)
 
 
 def unsure_reranked(inliers: np.ndarray, unsure: np.ndarray, limit: int) -> np.ndarray:

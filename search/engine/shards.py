@@ -49,8 +49,8 @@ from .errors import SearchIndexError
 from .index import SearchIndex, load_index, variant_shares
 from .local_features import LocalFeatures
 from .local_store import LocalStore, write_subset
-from .pipeline import (QueryFeatures, Ranking, RetrievalEngine, SearchResult, expand_query, stored_distances,
-                       fine_order, fitted_count)
+from .pipeline import (QueryFeatures, Ranking, RetrievalEngine, SearchResult, expand_query, fine_order,
+                       fitted_count, predicted_classes, stored_distances)
 from .progress import Progress, elapsed_ms, no_progress
 from .stored import load_array
 from .verification import Verification, prescore, verify_candidates
@@ -329,7 +329,10 @@ class Shard:
                 heads = index.local.candidates(scored, self.verify_settings.prescore_candidate_keypoints,
                                                self.config.local_read_threads).prescored
                 scores = prescore(query.local.keypoints, query.local.descriptors, heads, self.verify_settings)
-            _save(out, ids=self._ids(positions), prescores=scores,
+            # the classifier's class of each (RetrievalEngine.same_class); -1: the index keeps no logits
+            classes = (predicted_classes(index.row_vectors("logits", positions)) if "logits" in index.variants
+                       else np.full(len(positions), -1))
+            _save(out, ids=self._ids(positions), prescores=scores, classes=classes,
                   relpaths=np.array([index.relpaths[int(p)] for p in positions], dtype=str),
                   labels=np.array([index.labels[int(p)] or "" for p in positions], dtype=str),
                   labelled=np.array([index.labels[int(p)] is not None for p in positions], dtype=bool))
@@ -441,7 +444,7 @@ class ShardedEngine(RetrievalEngine):
         members = {str(n): ids[owner == n].tolist() for n in range(self.shards)}
         scored = {str(n): int((owner[:n_fit] == n).sum()) for n in range(self.shards)} if prescoring else {}
         details = self._stage(folder, "details", {"ids": members, "prescore": scored})
-        catalog, scores = _catalog(details, ids)
+        catalog, scores, classes = _catalog(details, ids)
         positions = np.arange(len(catalog))
         order = positions.copy()
         evidence = np.zeros((n_verify, len(EVIDENCE)))
@@ -460,7 +463,10 @@ class ShardedEngine(RetrievalEngine):
             inliers = np.array([v.inliers for v in verifications], dtype=np.int64)
             evidence = query_evidence(evidence[:n_verify], inliers, distances[:n_fit])
             verifications, inliers = verifications[:n_verify], inliers[:n_verify]
-            confidence, reranked, verified = self.judge(evidence, inliers)
+            same_class = None
+            if self.judges_by_class and len(classes) and (classes >= 0).all():
+                same_class = classes[:n_verify] == predicted_classes(query.vectors["logits"])[0]
+            confidence, reranked, verified = self.judge(evidence, inliers, same_class)
             order = fine_order(inliers, reranked, verified, distances)
             timings["verification"] = elapsed_ms(started)
             progress("verifying", len(chosen), len(chosen))
@@ -499,13 +505,15 @@ def _merged(answers: list[dict], n: int) -> dict:
     return {key: value[order] for key, value in joined.items()}
 
 
-def _catalog(details: list[dict], ids: np.ndarray) -> tuple[list[tuple], np.ndarray]:
-    """(id, relpath, label) of each of ``ids`` from the shards' details, and their pre-scores (zero
-    for those not pre-scored: each shard pre-scored the first of its members)."""
-    rows, scores = {}, {}
+def _catalog(details: list[dict], ids: np.ndarray) -> tuple[list[tuple], np.ndarray, np.ndarray]:
+    """(id, relpath, label) of each of ``ids`` from the shards' details, their pre-scores (zero
+    for those not pre-scored: each shard pre-scored the first of its members) and classes."""
+    rows, scores, classes = {}, {}, {}
     for answer in details:
         labels = [str(label) if labelled else None for label, labelled in zip(answer["labels"], answer["labelled"])]
         rows.update(zip(answer["ids"].tolist(), zip(answer["ids"].tolist(), answer["relpaths"].tolist(), labels)))
         scores.update(zip(answer["ids"][:len(answer["prescores"])].tolist(), answer["prescores"].tolist()))
-    return [rows[i] for i in ids.tolist()], np.array([scores.get(i, 0) for i in ids.tolist()], dtype=np.int64)
+        classes.update(zip(answer["ids"].tolist(), answer["classes"].tolist()))
+    return ([rows[i] for i in ids.tolist()], np.array([scores.get(i, 0) for i in ids.tolist()], dtype=np.int64),
+            np.array([classes[i] for i in ids.tolist()], dtype=np.int64))
 

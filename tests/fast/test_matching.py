@@ -87,6 +87,28 @@ def test_only_the_unsure_candidate_with_most_inliers_goes_ahead_of_the_coarse_or
     assert fine_order(inliers, reranked, verified).tolist() == [5, 1, 0, 2, 3, 4]
 
 
+def test_the_unsure_candidate_put_first_is_of_the_query_class_and_the_verified_ones_need_not_be():
+    from search.engine.config import EngineConfig
+    from search.engine.pipeline import predicted_classes, reranked_and_verified
+
+    config = EngineConfig(min_inliers=8, min_confidence=0.5, rerank_confidence=0.01, rerank_unsure=1)
+    inliers = np.array([40, 30, 20, 9, 5])
+    confidence = np.array([0.9, 0.3, 0.2, 0.1, 0.3])  # the 40 verified; 30, 20 and 9 unsure; 5 too few
+    # stored logits are L2-normalised: the class is still their argmax
+    logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.0, 1.0]])
+    query_class = predicted_classes(np.array([0.2, 3.0]))[0]
+    same_class = predicted_classes(logits) == query_class
+    assert same_class.tolist() == [True, False, True, True, True]
+    reranked, verified = reranked_and_verified(inliers, confidence, config)
+    assert np.flatnonzero(reranked).tolist() == [0, 1] and np.flatnonzero(verified).tolist() == [0]
+    # the 30 is of another class: the 20, the best of the query's class, goes first in its place
+    reranked, verified = reranked_and_verified(inliers, confidence, config, same_class)
+    assert np.flatnonzero(reranked).tolist() == [0, 2] and np.flatnonzero(verified).tolist() == [0]
+    # a verified candidate of another class stays verified
+    reranked, verified = reranked_and_verified(inliers, confidence, config, ~same_class)
+    assert np.flatnonzero(reranked).tolist() == [0, 1] and verified.tolist() == [True] + [False] * 4
+
+
 def test_fine_order_falls_back_on_the_expanded_distances_past_the_verified_candidates():
     # five candidates in the query's own coarse order, three of them verified; seven deep in all
     inliers = np.array([3, 20, 0, 9, 1])
