@@ -14,8 +14,8 @@ match is often found but not sure, so candidates with ``min_inliers`` and at lea
   any other candidate's; ``best 1 in m``: only when it is among the first m of the fallback order,
   ``... or >= t`` or at least t sure (RESULTS.md, stop 36); ``best 1 if the query's class``: only
   when the classifier predicts the query's class for it (argmax of the stored logits, and of the
-  query's); ``best 1 of the query's class``: the one with most inliers among those it predicts so
-  (stop 40).
+  query's); ``best 1 of the query's class``: the one with most inliers among those it predicts so;
+  ``... other at p``: and the best of all, when of another class, at place p (stop 40).
 
 Prints R@1 / R@5 per family on an instance benchmark, or P@10 for labelled queries (Corel-1k's
 validation queries with ``--corel``; a list file with ``--queries``), also with the labels that
@@ -151,6 +151,17 @@ def rules(config: EngineConfig) -> dict:
             return verified | unsure_reranked(inliers, unsure, config.rerank_unsure), verified
         return rule
 
+    def other_class_at(place):
+        """The best unsure one of the query's class first; the best of all, when of another class,
+        kept on the first page at ``place`` (0-based) rather than left in the fallback order."""
+        of_class = best_of_class()
+
+        def rule(inliers, confidence, distances, agree):
+            reranked, verified = of_class(inliers, confidence, distances, agree)
+            best = np.flatnonzero(reranked_and_verified(inliers, confidence, config)[0] & ~verified)
+            return reranked, verified, ((best[0], place) if len(best) and not agree[best[0]] else None)
+        return rule
+
     none = lambda i, c, d, a: (np.zeros(len(i), bool), np.zeros(len(i), bool))  # noqa: E731
     found = {"coarse": none, "verified": threshold(np.inf)}
     found |= {f"all >= {t}": threshold(t) for t in (0.01, 0.02, 0.05, 0.1, 0.2)}
@@ -163,13 +174,19 @@ def rules(config: EngineConfig) -> dict:
     found |= {f"best 1 if its class or >= {t}": same_class(t) for t in (0.05, 0.1)}
     found |= {"best 1 of the query's class": best_of_class()}
     found |= {f"best 1 of its class or >= {t}": best_of_class(t) for t in (0.05, 0.1)}
+    found |= {f"best 1 of its class, other at {p + 1}": other_class_at(p) for p in (1, 4, 9)}
     return found
 
 
 def ordered(row: dict, rule, predicted: np.ndarray) -> np.ndarray:
     agree = predicted[row["positions"][:len(row["inliers"])]] == row["query_class"]
-    reranked, verified = rule(row["inliers"], row["confidence"], row["distances"], agree)
-    return row["positions"][fine_order(row["inliers"], reranked, verified, row["distances"])]
+    reranked, verified, *placed = rule(row["inliers"], row["confidence"], row["distances"], agree)
+    order = fine_order(row["inliers"], reranked, verified, row["distances"])
+    if placed and placed[0] is not None:  # (candidate, place): moved there in the final order
+        candidate, place = placed[0]
+        rest = order[order != candidate]
+        order = np.concatenate([rest[:place], [candidate], rest[place:]])
+    return row["positions"][order]
 
 
 def main() -> None:
@@ -204,7 +221,7 @@ def main() -> None:
             rows_i = [r for r in rows if len(r["truth"])]
             final = np.array([rank_of(ordered(r, rule, predicted), r["truth"]) for r in rows_i])
             families = sorted({r["kind"] for r in rows_i})
-            line = f"R@1 {np.mean(final < 1):.3f} R@5 {np.mean(final < 5):.3f}  " + " ".join(
+            line = " ".join(f"R@{k} {np.mean(final < k):.3f}" for k in (1, 5, 10)) + "  " + " ".join(
                 f"{f}:{np.mean([k < 1 for k, r in zip(final, rows_i) if r['kind'] == f]):.2f}" for f in families)
         print(f"{name:<32} {line}")
     print(f"{len(rows)} queries")
