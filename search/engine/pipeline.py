@@ -55,8 +55,8 @@ class Ranking:
     result each in that order, with its ``confidence`` (the calibrated probability of showing
     the same object) and whether it counts as ``verified`` (confident and with
     ``min_inliers``). ``order`` ranks all of ``positions``: the verified candidates and the best
-    ``rerank_unsure`` unsure ones by inliers (``RetrievalEngine.judge``), then the rest by
-    distance (the fallback)."""
+    ``rerank_unsure`` unsure ones (of the query's class: ``RetrievalEngine.same_class``) by
+    inliers (``RetrievalEngine.judge``), then the rest by distance (the fallback)."""
     method: str
     positions: np.ndarray
     distances: np.ndarray
