@@ -51,7 +51,8 @@ from search.engine.instance_benchmark import load_instance_benchmark  # noqa: E4
 from search.engine.instance_evaluation import _answerable as answerable  # noqa: E402
 from search.engine.instance_evaluation import _targets as answer_positions  # noqa: E402
 from search.engine.instance_evaluation import rank_of  # noqa: E402
-from search.engine.pipeline import fine_order, reranked_and_verified, unsure_reranked  # noqa: E402
+from search.engine.features import predicted_classes  # noqa: E402
+from search.engine.pipeline import fine_order, reranked_and_verified  # noqa: E402
 from search.engine.workflows import open_engine  # noqa: E402
 
 METHOD = "hybrid+attention"
@@ -82,11 +83,10 @@ def collect(engine, args) -> dict:
         ranking = engine.rank(query, METHOD, n, depth=n, exclude_ids=exclude)
         rows.append({"kind": kind, "truth": truth, "positions": ranking.positions, "distances": ranking.distances,
                      "inliers": ranking.inliers, "confidence": ranking.confidence,
-                     "query_class": int(np.argmax(query.vectors["logits"]))})
+                     "query_class": int(predicted_classes(query.vectors["logits"])[0])})
         if done % 50 == 0:
             print(f"{done} queries ranked", file=sys.stderr, flush=True)
-    # each image's class as the classifier predicts it (its stored logits: L2-normalised, same argmax)
-    predicted = index.row_vectors("logits", np.arange(len(index))).argmax(1)
+    predicted = index.predicted_classes(np.arange(len(index)))  # each image's class, as the classifier's
     return {"labels": np.array([label or "" for label in index.labels], dtype=object), "rows": rows,
             "predicted": predicted}
 
@@ -144,12 +144,8 @@ def rules(config: EngineConfig) -> dict:
     def best_of_class(t=np.inf):
         """The best unsure one among those the classifier puts in the query's class (or at least
         ``t`` sure): a lookalike of another kind is passed over, not only when it comes first."""
-        def rule(inliers, confidence, distances, agree):
-            enough = np.asarray(inliers) >= config.min_inliers
-            verified = enough & (confidence >= config.min_confidence)
-            unsure = enough & (confidence >= config.rerank_confidence) & ~verified & (agree | (confidence >= t))
-            return verified | unsure_reranked(inliers, unsure, config.rerank_unsure), verified
-        return rule
+        return lambda inliers, confidence, distances, agree: reranked_and_verified(
+            inliers, confidence, config, agree | (confidence >= t))
 
     def other_class_at(place):
         """The best unsure one of the query's class first; the best of all, when of another class,

@@ -38,6 +38,11 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def predicted_classes(logits: np.ndarray) -> np.ndarray:
+    """The classifier's class of each row of (stored, L2-normalised) logits: scaling keeps the argmax."""
+    return np.atleast_2d(logits).argmax(1)
+
+
 class Embedded(NamedTuple):
     penultimate: np.ndarray  # (N, D) L2-normalised
     logits: np.ndarray  # (N, C) L2-normalised

@@ -22,7 +22,8 @@ from .coarse_backends import BALLTREE, FAISS, Share, backend_class, choose_backe
 from .collection import Collection, ImageRecord
 from .config import CoarseSettings, EngineConfig
 from .errors import SearchIndexError
-from .features import GlobalFeatures, extract_global_features, fit_pca, hybrid_parts, variant_vectors
+from .features import (GlobalFeatures, extract_global_features, fit_pca, hybrid_parts, predicted_classes,
+                       variant_vectors)
 from .instance_features import InstanceDescriber
 from .local_store import LocalStore, StackedLocalStore, build_local_store, fingerprint
 from .methods import VARIANTS
@@ -110,6 +111,10 @@ class SearchIndex:
         out[in_build] = self.vectors[variant][positions[in_build]]
         out[~in_build] = self.delta_vectors[variant][positions[~in_build] - self.main_size]
         return out
+
+    def predicted_classes(self, positions) -> np.ndarray | None:
+        """The classifier's class of each image at ``positions``; None where the index keeps no logits."""
+        return predicted_classes(self.row_vectors("logits", positions)) if "logits" in self.vectors else None
 
     @property
     def describer_name(self) -> str | None:

@@ -19,7 +19,7 @@ from .attention import TrainedAttention
 from .confidence import EVIDENCE, Calibration, load_calibration, match_evidence
 from .config import EngineConfig
 from .errors import SearchIndexError
-from .features import crop_boxes, embed_batch, l2_normalise, variant_vectors
+from .features import crop_boxes, embed_batch, l2_normalise, predicted_classes, variant_vectors
 from .images import open_image, open_query_image
 from .index import SearchIndex
 from .instance_features import InstanceDescriber
@@ -253,12 +253,15 @@ class RetrievalEngine:
         return self.config.rerank_same_class and not self.model.info.get("label_free")
 
     def same_class(self, query: QueryFeatures, positions: np.ndarray) -> np.ndarray | None:
-        """Whether the classifier puts each candidate in the query's class; None where the engine
-        does not judge by class or the index keeps no logits."""
-        if not self.judges_by_class or "logits" not in self.index.variants:
+        """Whether the classifier puts each candidate at ``positions`` in the query's class."""
+        return self.of_query_class(query, self.index.predicted_classes(positions))
+
+    def of_query_class(self, query: QueryFeatures, classes: np.ndarray | None) -> np.ndarray | None:
+        """Whether each of the candidates' ``classes`` is the query's; None where the engine does not
+        judge by class or the classes are unknown (an index without logits)."""
+        if not self.judges_by_class or classes is None:
             return None
-        query_class = predicted_classes(query.vectors["logits"])[0]
-        return predicted_classes(self.index.row_vectors("logits", positions)) == query_class
+        return classes == predicted_classes(query.vectors["logits"])[0]
 
     def rank(self, query: QueryFeatures, method: str, n_candidates: int | None = None, depth: int | None = None,
              exclude_ids=frozenset(), progress: Progress = no_progress) -> Ranking:
@@ -413,11 +416,6 @@ def reranked_and_verified(inliers: np.ndarray, confidence: np.ndarray, config: E
     if same_class is not None:
         unsure &= same_class
     return verified | unsure_reranked(inliers, unsure, config.rerank_unsure), verified
-
-
-def predicted_classes(logits: np.ndarray) -> np.ndarray:
-    """The classifier's class of each row of (stored, L2-normalised) logits: scaling keeps the argmax."""
-    return np.atleast_2d(logits).argmax(1)
 
 
 def unsure_reranked(inliers: np.ndarray, unsure: np.ndarray, limit: int) -> np.ndarray:

@@ -50,7 +50,7 @@ from .index import SearchIndex, load_index, variant_shares
 from .local_features import LocalFeatures
 from .local_store import LocalStore, write_subset
 from .pipeline import (QueryFeatures, Ranking, RetrievalEngine, SearchResult, expand_query, fine_order,
-                       fitted_count, predicted_classes, stored_distances)
+                       fitted_count, stored_distances)
 from .progress import Progress, elapsed_ms, no_progress
 from .stored import load_array
 from .verification import Verification, prescore, verify_candidates
@@ -329,9 +329,9 @@ class Shard:
                 heads = index.local.candidates(scored, self.verify_settings.prescore_candidate_keypoints,
                                                self.config.local_read_threads).prescored
                 scores = prescore(query.local.keypoints, query.local.descriptors, heads, self.verify_settings)
-            # the classifier's class of each (RetrievalEngine.same_class); -1: the index keeps no logits
-            classes = (predicted_classes(index.row_vectors("logits", positions)) if "logits" in index.variants
-                       else np.full(len(positions), -1))
+            # the classifier's class of each (RetrievalEngine.of_query_class); -1: the index keeps no logits
+            classes = index.predicted_classes(positions)
+            classes = np.full(len(positions), -1) if classes is None else classes
             _save(out, ids=self._ids(positions), prescores=scores, classes=classes,
                   relpaths=np.array([index.relpaths[int(p)] for p in positions], dtype=str),
                   labels=np.array([index.labels[int(p)] or "" for p in positions], dtype=str),
@@ -463,9 +463,7 @@ class ShardedEngine(RetrievalEngine):
             inliers = np.array([v.inliers for v in verifications], dtype=np.int64)
             evidence = query_evidence(evidence[:n_verify], inliers, distances[:n_fit])
             verifications, inliers = verifications[:n_verify], inliers[:n_verify]
-            same_class = None
-            if self.judges_by_class and len(classes) and (classes >= 0).all():
-                same_class = classes[:n_verify] == predicted_classes(query.vectors["logits"])[0]
+            same_class = self.of_query_class(query, None if (classes < 0).any() else classes[:n_verify])
             confidence, reranked, verified = self.judge(evidence, inliers, same_class)
             order = fine_order(inliers, reranked, verified, distances)
             timings["verification"] = elapsed_ms(started)
