@@ -15,7 +15,9 @@ match is often found but not sure, so candidates with ``min_inliers`` and at lea
   ``... or >= t`` or at least t sure (RESULTS.md, stop 36); ``best 1 if the query's class``: only
   when the classifier predicts the query's class for it (argmax of the stored logits, and of the
   query's); ``best 1 of the query's class``: the one with most inliers among those it predicts so;
-  ``... other at p``: and the best of all, when of another class, at place p (stop 40).
+  ``... other at p``: and the best of all, when of another class, at place p (stop 40);
+  ``..., its class first``: the fallback too puts the candidates of the query's class first,
+  ``... if m agree`` only when most of the fallback's first m are of that class (stop 41).
 
 Prints R@1 / R@5 per family on an instance benchmark, or P@10 for labelled queries (Corel-1k's
 validation queries with ``--corel``; a list file with ``--queries``), also with the labels that
@@ -52,7 +54,7 @@ from search.engine.instance_evaluation import _answerable as answerable  # noqa:
 from search.engine.instance_evaluation import _targets as answer_positions  # noqa: E402
 from search.engine.instance_evaluation import rank_of  # noqa: E402
 from search.engine.features import predicted_classes  # noqa: E402
-from search.engine.pipeline import fine_order, reranked_and_verified  # noqa: E402
+from search.engine.pipeline import fallback_agrees, fine_order, reranked_and_verified  # noqa: E402
 from search.engine.workflows import open_engine  # noqa: E402
 
 METHOD = "hybrid+attention"
@@ -158,6 +160,19 @@ def rules(config: EngineConfig) -> dict:
             return reranked, verified, ((best[0], place) if len(best) and not agree[best[0]] else None)
         return rule
 
+    def class_first_fallback(rule, voters=None):
+        """``rule``, and in the fallback the candidates the classifier puts in the query's class first
+        (each part in the fallback's order); with ``voters``, only when most of the fallback's first
+        ``voters`` are of that class (the engine's ``fallback_same_class``)."""
+        def ranked(inliers, confidence, distances, agree):
+            reranked, verified = rule(inliers, confidence, distances, agree)[:2]
+            if voters is not None:
+                fallback = fine_order(inliers, reranked, verified, distances)[int(np.count_nonzero(reranked)):]
+                if not fallback_agrees(fallback, agree, voters):
+                    return reranked, verified
+            return reranked, verified, None, agree
+        return ranked
+
     none = lambda i, c, d, a: (np.zeros(len(i), bool), np.zeros(len(i), bool))  # noqa: E731
     found = {"coarse": none, "verified": threshold(np.inf)}
     found |= {f"all >= {t}": threshold(t) for t in (0.01, 0.02, 0.05, 0.1, 0.2)}
@@ -171,13 +186,17 @@ def rules(config: EngineConfig) -> dict:
     found |= {"best 1 of the query's class": best_of_class()}
     found |= {f"best 1 of its class or >= {t}": best_of_class(t) for t in (0.05, 0.1)}
     found |= {f"best 1 of its class, other at {p + 1}": other_class_at(p) for p in (1, 4, 9)}
+    found |= {"coarse, its class first": class_first_fallback(none),
+              "best 1 of its class, then its class": class_first_fallback(best_of_class())}
+    found |= {f"..., then its class if {m} agree": class_first_fallback(best_of_class(), m) for m in (5, 10, 20, 50)}
     return found
 
 
 def ordered(row: dict, rule, predicted: np.ndarray) -> np.ndarray:
     agree = predicted[row["positions"][:len(row["inliers"])]] == row["query_class"]
     reranked, verified, *placed = rule(row["inliers"], row["confidence"], row["distances"], agree)
-    order = fine_order(row["inliers"], reranked, verified, row["distances"])
+    first = placed[1] if len(placed) > 1 else None
+    order = fine_order(row["inliers"], reranked, verified, row["distances"], first)
     if placed and placed[0] is not None:  # (candidate, place): moved there in the final order
         candidate, place = placed[0]
         rest = order[order != candidate]

@@ -362,7 +362,7 @@ def test_the_unsure_match_put_first_is_one_the_classifier_puts_in_the_querys_cla
     for position in range(0, 40, 3):
         query = engine.query_features(engine.index.path_of(position), local=True)
         own = {engine.index.image_ids[position]}
-        with configured(engine, min_confidence=1.01, rerank_confidence=0.0):
+        with configured(engine, min_confidence=1.01, rerank_confidence=0.0, fallback_same_class=False):
             by_class = engine.rank(query, method, 39, exclude_ids=own)
             n = by_class.n_candidates
             same = engine.same_class(query, by_class.positions[:n])
@@ -385,6 +385,38 @@ def test_the_unsure_match_put_first_is_one_the_classifier_puts_in_the_querys_cla
                                                                         ranking.distances))
         changed += by_class.order[0] != any_class.order[0]
     assert changed  # some query's best unsure match was of another class
+
+
+def test_the_fallback_puts_the_candidates_of_the_querys_class_first_when_its_first_ones_agree(tiny_fine_engine):
+    """Past the candidates re-ranked by inliers, those the classifier puts in the query's class come
+    first, each part by its distance to the expanded query, when most of the fallback's first
+    ``fallback_class_voters`` are of that class; otherwise, or off, the fallback goes by distance
+    alone. The re-ranked head is the same either way."""
+    engine, method, changed = tiny_fine_engine, "hybrid+attention", 0
+    for position in range(0, 40, 3):
+        query = engine.query_features(engine.index.path_of(position), local=True)
+        own = {engine.index.image_ids[position]}
+        with configured(engine, fallback_class_voters=3):
+            by_class = engine.rank(query, method, 39, exclude_ids=own)
+        with configured(engine, fallback_same_class=False):
+            by_distance = engine.rank(query, method, 39, exclude_ids=own)
+        same = engine.same_class(query, by_class.positions)
+        assert len(same) == len(by_class.positions) == len(by_class.order)
+        reranked = engine.judge(by_class.evidence, by_class.inliers, same)[1]
+        head = int(reranked.sum())
+        np.testing.assert_array_equal(by_class.order[:head], by_distance.order[:head])
+        tail, plain = by_class.order[head:], by_distance.order[head:]
+        assert np.all(np.diff(by_distance.distances[plain]) >= 0)
+        if same[plain[:3]].sum() < 2:  # the first three of the fallback mostly of other classes: no change
+            np.testing.assert_array_equal(by_class.order, by_distance.order)
+            continue
+        assert sorted(tail.tolist()) == sorted(plain.tolist())
+        of_class = same[tail]
+        assert not np.any(~of_class[:-1] & of_class[1:])  # the query's class, then the others
+        for part in (tail[of_class], tail[~of_class]):
+            assert np.all(np.diff(by_class.distances[part]) >= 0)
+        changed += not np.array_equal(by_class.order[:10], by_distance.order[:10])
+    assert changed  # some query's first ten changed
 
 
 def test_confidence_does_not_depend_on_how_many_candidates_are_verified(tiny_fine_engine):

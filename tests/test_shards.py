@@ -86,15 +86,18 @@ def test_two_shards_answer_every_method_as_the_one_index(tiny_fine_engine, tiny_
     assert not list((tmp_path / "exchange").iterdir())  # each search's exchange folder is gone
 
 
-def test_two_shards_put_the_unsure_match_of_the_querys_class_first_as_the_one_index(
-        tiny_fine_engine, tiny_models, engine_config, two_shards, tmp_path):
+@pytest.mark.parametrize("rule", ["rerank_same_class", "fallback_same_class"])
+def test_two_shards_apply_each_class_rule_as_the_one_index(
+        rule, tiny_fine_engine, tiny_models, engine_config, two_shards, tmp_path):
     """Sure of nothing (``min_confidence`` above 1), each search puts its best unsure match of the
-    query's class first: the shards tell the coordinator each candidate's class."""
+    query's class first (``rerank_same_class``), or the candidates of the query's class first in
+    the fallback (``fallback_same_class``), each rule alone: the shards tell the coordinator each
+    candidate's class."""
     root, _ = two_shards
-    unsure = dict(min_confidence=1.01, rerank_confidence=0.0)
+    other = "fallback_same_class" if rule == "rerank_same_class" else "rerank_same_class"
+    unsure = {"min_confidence": 1.01, "rerank_confidence": 0.0, other: False}
     one = engine_for(tiny_models, tiny_fine_engine.index.path, engine_config.replace(**unsure))
-    any_class = engine_for(tiny_models, tiny_fine_engine.index.path,
-                           engine_config.replace(**unsure, rerank_same_class=False))
+    any_class = engine_for(tiny_models, tiny_fine_engine.index.path, engine_config.replace(**unsure, **{rule: False}))
     many, _ = sharded(tiny_models, engine_config, root, tmp_path / "exchange", **unsure)
     changed = 0
     for position in range(0, 40, 3):

@@ -200,6 +200,12 @@ class EngineConfig:
     # passed over, while a photo of an object is mostly classified as the object. Why: RESULTS.md
     # ("The unsure match of the query's class").
     rerank_same_class: bool = True
+    # The fallback (the candidates not re-ranked, in the order of their distance to the expanded
+    # query) puts those the classifier puts in the query's class first, each part in that order,
+    # when most of its first fallback_class_voters are of that class (the classifier and the
+    # nearest images agree). Why: RESULTS.md ("The query's class first in the fallback").
+    fallback_same_class: bool = True
+    fallback_class_voters: int = 10
     # The confidence calibration (calibrate writes <data dir>/models/calibration.json); empty: that
     # file when it exists, else the one fitted on the public instance benchmark.
     calibration_path: str = ""

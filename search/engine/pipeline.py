@@ -241,25 +241,43 @@ class RetrievalEngine:
     def judge(self, evidence: np.ndarray, inliers: np.ndarray,
               same_class: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each verification's confidence (from its ``evidence``); whether it is re-ranked by inliers
-        (verified, or one of the ``rerank_unsure`` unsure ones: ``unsure_reranked``) and whether it
-        counts as verified (``min_inliers`` and ``min_confidence``)."""
+        (verified, or one of the ``rerank_unsure`` unsure ones: ``unsure_reranked``, of the query's
+        class with ``rerank_same_class`` where ``same_class`` is known) and whether it counts as
+        verified (``min_inliers`` and ``min_confidence``)."""
         confidence = self.calibration.probability(evidence)
-        return (confidence, *reranked_and_verified(inliers, confidence, self.config, same_class))
+        of_class = same_class[:len(inliers)] if same_class is not None and self.config.rerank_same_class else None
+        return (confidence, *reranked_and_verified(inliers, confidence, self.config, of_class))
+
+    def final_order(self, inliers: np.ndarray, reranked: np.ndarray, verified: np.ndarray, distances: np.ndarray,
+                    same_class: np.ndarray | None = None) -> np.ndarray:
+        """``fine_order``; with ``fallback_same_class`` (where ``same_class`` is known, over every
+        candidate) the fallback puts the candidates of the query's class first when most of its
+        first ``fallback_class_voters`` are of that class (``fallback_agrees``)."""
+        order = fine_order(inliers, reranked, verified, distances)
+        if same_class is None or not self.config.fallback_same_class:
+            return order
+        fallback = order[int(np.count_nonzero(reranked)):]  # the re-ranked ones lead the order
+        if not fallback_agrees(fallback, same_class, self.config.fallback_class_voters):
+            return order
+        return fine_order(inliers, reranked, verified, distances, same_class)
 
     @property
-    def judges_by_class(self) -> bool:
-        """``rerank_same_class``, for a classifier fine-tuned on the collection's labels: a label-free
-        one's classes are ImageNet's thousand, not the collection's kinds (not measured)."""
-        return self.config.rerank_same_class and not self.model.info.get("label_free")
+    def knows_the_kinds(self) -> bool:
+        """Whether the classifier was fine-tuned on the collection's labels: a label-free one's classes
+        are ImageNet's thousand, not the collection's kinds, and the class rules are off for it (not
+        measured)."""
+        return not self.model.info.get("label_free")
 
     def same_class(self, query: QueryFeatures, positions: np.ndarray) -> np.ndarray | None:
         """Whether the classifier puts each candidate at ``positions`` in the query's class."""
         return self.of_query_class(query, self.index.predicted_classes(positions))
 
     def of_query_class(self, query: QueryFeatures, classes: np.ndarray | None) -> np.ndarray | None:
-        """Whether each of the candidates' ``classes`` is the query's; None where the engine does not
-        judge by class or the classes are unknown (an index without logits)."""
-        if not self.judges_by_class or classes is None:
+        """Whether each of the candidates' ``classes`` is the query's; None where no class rule is on
+        (``rerank_same_class``, ``fallback_same_class``), the classifier does not know the collection's
+        kinds, or the classes are unknown (an index without logits)."""
+        rules_on = self.config.rerank_same_class or self.config.fallback_same_class
+        if not rules_on or not self.knows_the_kinds or classes is None:
             return None
         return classes == predicted_classes(query.vectors["logits"])[0]
 
@@ -298,9 +316,10 @@ class RetrievalEngine:
                                       distances[:n_fit], n_rows=n_verify)
             verifications = verifications[:n_verify]
             inliers = np.array([v.inliers for v in verifications], dtype=np.int64)
-            confidence, reranked, verified = self.judge(evidence, inliers, self.same_class(query, positions[:n_verify]))
+            same_class = self.same_class(query, positions)
+            confidence, reranked, verified = self.judge(evidence, inliers, same_class)
             timings["verification"] = elapsed_ms(started)
-            order = fine_order(inliers, reranked, verified, distances)
+            order = self.final_order(inliers, reranked, verified, distances, same_class)
         return Ranking(method, positions, distances, order, n_verify, verifications, evidence, confidence, verified,
                        timings)
 
@@ -418,6 +437,16 @@ def reranked_and_verified(inliers: np.ndarray, confidence: np.ndarray, config: E
     return verified | unsure_reranked(inliers, unsure, config.rerank_unsure), verified
 
 
+def fallback_agrees(fallback: np.ndarray, same_class: np.ndarray, voters: int) -> bool:
+    """Whether most (more than half) of the first ``voters`` candidates of the ``fallback`` (indices
+    in its order) are of the query's class (``same_class``): the classifier's class for the query
+    and the classes of its nearest images by overall look agree. Where they do not (a query the
+    classifier gets wrong, a photo turned on its side, a picture on a background), the fallback's
+    order is the better guess (RESULTS.md, "The query's class first in the fallback")."""
+    first = np.asarray(same_class, dtype=bool)[np.asarray(fallback)[:max(voters, 0)]]
+    return len(first) > 0 and 2 * int(np.count_nonzero(first)) > len(first)
+
+
 def unsure_reranked(inliers: np.ndarray, unsure: np.ndarray, limit: int) -> np.ndarray:
     """Which of the ``unsure`` candidates (given in coarse order) go ahead of the coarse order: the
     ``limit`` with most inliers, ties in coarse order. A query shows one object, so the best of the
@@ -433,11 +462,13 @@ def unsure_reranked(inliers: np.ndarray, unsure: np.ndarray, limit: int) -> np.n
 
 
 def fine_order(inliers: np.ndarray, reranked: np.ndarray, verified: np.ndarray | None = None,
-               fallback: np.ndarray | None = None) -> np.ndarray:
+               fallback: np.ndarray | None = None, fallback_first: np.ndarray | None = None) -> np.ndarray:
     """Candidates (given in coarse order) re-ranked: the ``verified`` ones first, then the other
     ``reranked`` ones, each group by inlier count, then the rest as the fallback. Ties and the
     fallback go by ``fallback`` (a fine method's distances to the expanded query: it may be longer
-    than the verified candidates, which come first in it), else in coarse order."""
+    than the verified candidates, which come first in it), else in coarse order. With
+    ``fallback_first`` (as long as ``fallback``) the fallback puts those candidates before the
+    others, each part in its own order."""
     inliers, reranked = np.asarray(inliers), np.asarray(reranked, dtype=bool)
     verified = reranked if verified is None else np.asarray(verified, dtype=bool) & reranked
     n = len(inliers) if fallback is None else len(fallback)
@@ -447,7 +478,8 @@ def fine_order(inliers: np.ndarray, reranked: np.ndarray, verified: np.ndarray |
         return np.concatenate([values, np.full(n - len(values), fill, dtype=values.dtype)])
 
     inliers, reranked, verified = padded(inliers, 0), padded(reranked, False), padded(verified, False)
-    return np.lexsort((np.arange(n), key, -np.where(reranked, inliers, 0), ~reranked, ~verified))
+    behind = np.zeros(n, dtype=bool) if fallback_first is None else ~np.asarray(fallback_first, dtype=bool) & ~reranked
+    return np.lexsort((np.arange(n), key, behind, -np.where(reranked, inliers, 0), ~reranked, ~verified))
 
 
 def stored_distances(index: SearchIndex, variant: str, positions: np.ndarray, vector: np.ndarray) -> np.ndarray:

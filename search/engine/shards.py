@@ -49,7 +49,7 @@ from .errors import SearchIndexError
 from .index import SearchIndex, load_index, variant_shares
 from .local_features import LocalFeatures
 from .local_store import LocalStore, write_subset
-from .pipeline import (QueryFeatures, Ranking, RetrievalEngine, SearchResult, expand_query, fine_order,
+from .pipeline import (QueryFeatures, Ranking, RetrievalEngine, SearchResult, expand_query,
                        fitted_count, stored_distances)
 from .progress import Progress, elapsed_ms, no_progress
 from .stored import load_array
@@ -463,9 +463,9 @@ class ShardedEngine(RetrievalEngine):
             inliers = np.array([v.inliers for v in verifications], dtype=np.int64)
             evidence = query_evidence(evidence[:n_verify], inliers, distances[:n_fit])
             verifications, inliers = verifications[:n_verify], inliers[:n_verify]
-            same_class = self.of_query_class(query, None if (classes < 0).any() else classes[:n_verify])
+            same_class = self.of_query_class(query, None if (classes < 0).any() else classes)
             confidence, reranked, verified = self.judge(evidence, inliers, same_class)
-            order = fine_order(inliers, reranked, verified, distances)
+            order = self.final_order(inliers, reranked, verified, distances, same_class)
             timings["verification"] = elapsed_ms(started)
             progress("verifying", len(chosen), len(chosen))
         return Ranking(method, positions, distances, order, n_verify, verifications, evidence, confidence,

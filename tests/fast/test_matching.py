@@ -120,6 +120,29 @@ def test_fine_order_falls_back_on_the_expanded_distances_past_the_verified_candi
     assert fine_order(np.array([20, 20]), np.array([True, True]), None, np.array([0.7, 0.3])).tolist() == [1, 0]
 
 
+def test_fine_order_can_put_some_of_the_fallback_first():
+    inliers = np.array([3, 20, 0, 9, 1])
+    expanded = np.array([0.9, 0.5, 0.2, 0.6, 0.4, 0.1, 0.8])
+    first = np.array([True, False, False, True, True, False, True])
+    # verified (1, 3) keep their place whatever their class; then the fallback's chosen ones by
+    # distance (4, 6, 0), then the others by distance (5, 2)
+    assert fine_order(inliers, inliers >= 8, None, expanded, first).tolist() == [1, 3, 4, 6, 0, 5, 2]
+    assert fine_order(inliers, inliers >= 8, None, expanded, np.ones(7, bool)).tolist() == [1, 3, 5, 2, 4, 6, 0]
+    assert fine_order(inliers, inliers >= 8, None, expanded, None).tolist() == [1, 3, 5, 2, 4, 6, 0]
+
+
+def test_the_fallback_agrees_with_the_querys_class_when_most_of_its_first_ones_are_of_it():
+    from search.engine.pipeline import fallback_agrees
+
+    same_class = np.array([True, False, True, True, False, False, True])
+    assert fallback_agrees(np.array([0, 2, 1, 4]), same_class, 3)  # 0, 2 of the class, 1 not: 2 of 3
+    assert not fallback_agrees(np.array([0, 1, 4, 2]), same_class, 3)  # 1 of 3
+    assert not fallback_agrees(np.array([0, 1, 2, 4]), same_class, 4)  # 2 of 4 is not most
+    assert fallback_agrees(np.array([6]), same_class, 10)  # fewer candidates than voters: those there
+    assert not fallback_agrees(np.array([], dtype=int), same_class, 10)
+    assert not fallback_agrees(np.array([0, 2, 3]), same_class, 0)  # nobody votes
+
+
 def test_euclidean_to_gives_the_distances_a_brute_force_search_gives():
     rng = np.random.default_rng(3)
     rows, vector = unit(rng.normal(size=(50, 16))).astype(np.float32), unit(rng.normal(size=(1, 16)))
