@@ -568,6 +568,31 @@ def test_a_photo_taken_sideways_is_found_by_turning_the_query(tiny_fine_engine):
         assert (ours >= 0).all() and (ours[:, 0] <= sideways.width).all() and (ours[:, 1] <= sideways.height).all()
 
 
+def test_turns_in_doubt_turn_only_the_queries_whose_class_the_first_candidates_do_not_share(tiny_fine_engine):
+    """With ``turns_in_doubt`` a query that verifies nothing is turned only when most of the
+    fallback's first candidates are not of the classifier's class for it (``class_agreed``); the
+    ranking says which, and an agreed one comes back as it was, unturned."""
+    from search.engine.pipeline import fallback_agrees, fine_order
+
+    engine, method, kinds = tiny_fine_engine, "penultimate+attention", set()
+    for position in range(0, 40, 2):
+        sideways = open_image(engine.index.path_of(position)).transpose(Image.Transpose.ROTATE_90)
+        query = engine.query_features(sideways, local=True)
+        with configured(engine, min_confidence=1.01, query_turns="90,270", turns_in_doubt=True,
+                        fallback_class_voters=3):
+            plain = engine.rank(query, method, 20)
+            turning = engine.rank_turning(sideways, query, method, 20)
+            same = engine.same_class(query, plain.positions)
+            reranked = engine.judge(plain.evidence, plain.inliers, same)[1]
+            fallback = fine_order(plain.inliers, reranked, plain.verified, plain.distances)[int(reranked.sum()):]
+        assert plain.n_verified == 0 and plain.class_agreed == fallback_agrees(fallback, same, 3)
+        assert ("turns" in turning.timings_ms) == (not plain.class_agreed)
+        if plain.class_agreed:
+            np.testing.assert_array_equal(turning.order, plain.order)
+        kinds.add(plain.class_agreed)
+    assert kinds == {True, False}, "both kinds of query should occur among twenty"
+
+
 def test_a_prescored_search_reads_the_pre_scores_rows_at_once_and_verifies_as_reading_all(tiny_fine_engine):
     """With more candidates than it fits, the engine reads only each candidate's strongest rows
     at once (what the pre-score compares) and the rest of a candidate's descriptors when it is let

@@ -244,6 +244,11 @@ class EngineConfig:
     # best match has most inliers is kept.
     query_turns: str = ""
     turn_candidates: int = 200
+    # With turns_in_doubt, only when the classifier's class for the query is in doubt as well: not
+    # the class of most of the fallback's first fallback_class_voters. Cheaper, with most of the
+    # turns' class-level cost gone, but it finds fewer photos on their side: a sideways photo is
+    # often still classified right. Measured: RESULTS.md ("The quarter turns only in doubt").
+    turns_in_doubt: bool = False
 
     # Sharded search (shards.py): the collection split by image id into this many shard builds
     # (<data dir>/shards/<number>), each served by workers on its own queue; 0 or 1: one index.

@@ -68,6 +68,9 @@ class Ranking:
     verified: np.ndarray
     timings_ms: dict
     turned: int = 0  # degrees the query was turned to give this ranking (query_turns)
+    # whether the classifier's class for the query and the fallback's first candidates agreed
+    # (fallback_agrees); with turns_in_doubt the query is then taken to stand upright
+    class_agreed: bool = False
     # a sharded ranking's images (shards.ShardedEngine): positions index this list, not one index
     catalog: list | None = None
 
@@ -249,17 +252,18 @@ class RetrievalEngine:
         return (confidence, *reranked_and_verified(inliers, confidence, self.config, of_class))
 
     def final_order(self, inliers: np.ndarray, reranked: np.ndarray, verified: np.ndarray, distances: np.ndarray,
-                    same_class: np.ndarray | None = None) -> np.ndarray:
-        """``fine_order``; with ``fallback_same_class`` (where ``same_class`` is known, over every
-        candidate) the fallback puts the candidates of the query's class first when most of its
-        first ``fallback_class_voters`` are of that class (``fallback_agrees``)."""
+                    same_class: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+        """``fine_order``, and whether most of the fallback's first ``fallback_class_voters`` are of
+        the query's class (``fallback_agrees``, where ``same_class`` is known, over every candidate).
+        With ``fallback_same_class`` the fallback then puts the candidates of the query's class first."""
         order = fine_order(inliers, reranked, verified, distances)
-        if same_class is None or not self.config.fallback_same_class:
-            return order
+        if same_class is None:
+            return order, False
         fallback = order[int(np.count_nonzero(reranked)):]  # the re-ranked ones lead the order
-        if not fallback_agrees(fallback, same_class, self.config.fallback_class_voters):
-            return order
-        return fine_order(inliers, reranked, verified, distances, same_class)
+        agreed = fallback_agrees(fallback, same_class, self.config.fallback_class_voters)
+        if not agreed or not self.config.fallback_same_class:
+            return order, agreed
+        return fine_order(inliers, reranked, verified, distances, same_class), agreed
 
     @property
     def knows_the_kinds(self) -> bool:
@@ -305,6 +309,7 @@ class RetrievalEngine:
         n_verify = min(n_candidates, len(positions)) if fine else 0
         evidence = np.zeros((n_verify, len(EVIDENCE)))
         confidence, verified = np.zeros(n_verify), np.zeros(n_verify, dtype=bool)
+        agreed = False
         if fine:
             if query.local is None:
                 raise SearchIndexError(f"method {method} needs the query's local features")
@@ -319,9 +324,9 @@ class RetrievalEngine:
             same_class = self.same_class(query, positions)
             confidence, reranked, verified = self.judge(evidence, inliers, same_class)
             timings["verification"] = elapsed_ms(started)
-            order = self.final_order(inliers, reranked, verified, distances, same_class)
+            order, agreed = self.final_order(inliers, reranked, verified, distances, same_class)
         return Ranking(method, positions, distances, order, n_verify, verifications, evidence, confidence, verified,
-                       timings)
+                       timings, class_agreed=agreed)
 
     def rank_turning(self, image, query: QueryFeatures, method: str, n_candidates: int | None = None,
                      depth: int | None = None, exclude_ids=frozenset(), progress: Progress = no_progress,
@@ -330,10 +335,14 @@ class RetrievalEngine:
         ``query_turns``, ``turn_candidates`` verified; of the turns that verify something, the one
         whose strongest match has most inliers is returned (``turned`` saying by how much). Not
         the first that verifies: a picture upside down often verifies too, with far fewer
-        inliers than the turn that stands it upright. ``turned`` caches the turned queries' features
-        across methods. The turns' time is in ``timings_ms['turns']``."""
+        inliers than the turn that stands it upright. With ``turns_in_doubt`` only when the
+        classifier's class for the query and the fallback's first candidates do not agree
+        (``Ranking.class_agreed``). ``turned`` caches the turned queries' features across methods.
+        The turns' time is in ``timings_ms['turns']``."""
         ranking = self.rank(query, method, n_candidates, depth, exclude_ids, progress)
         if not parse_method(method)[1] or ranking.n_verified or not self.config.turn_angles:
+            return ranking
+        if self.config.turns_in_doubt and ranking.class_agreed:  # the class is not in doubt
             return ranking
         started = time.perf_counter()
         turned = {} if turned is None else turned

@@ -450,6 +450,7 @@ class ShardedEngine(RetrievalEngine):
         evidence = np.zeros((n_verify, len(EVIDENCE)))
         confidence, verified = np.zeros(n_verify), np.zeros(n_verify, dtype=bool)
         verifications: list[Verification] = []
+        agreed = False
         if not fine:
             timings["coarse"] += elapsed_ms(started)
         else:
@@ -465,11 +466,11 @@ class ShardedEngine(RetrievalEngine):
             verifications, inliers = verifications[:n_verify], inliers[:n_verify]
             same_class = self.of_query_class(query, None if (classes < 0).any() else classes)
             confidence, reranked, verified = self.judge(evidence, inliers, same_class)
-            order = self.final_order(inliers, reranked, verified, distances, same_class)
+            order, agreed = self.final_order(inliers, reranked, verified, distances, same_class)
             timings["verification"] = elapsed_ms(started)
             progress("verifying", len(chosen), len(chosen))
         return Ranking(method, positions, distances, order, n_verify, verifications, evidence, confidence,
-                       verified, timings, catalog=catalog)
+                       verified, timings, catalog=catalog, class_agreed=agreed)
 
     @staticmethod
     def _gathered(answers: list[dict], ids: np.ndarray) -> tuple[list[Verification], np.ndarray]:
