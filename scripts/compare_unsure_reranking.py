@@ -54,7 +54,7 @@ from search.engine.instance_evaluation import _answerable as answerable  # noqa:
 from search.engine.instance_evaluation import _targets as answer_positions  # noqa: E402
 from search.engine.instance_evaluation import rank_of  # noqa: E402
 from search.engine.features import predicted_classes  # noqa: E402
-from search.engine.pipeline import fallback_agrees, fine_order, reranked_and_verified  # noqa: E402
+from search.engine.pipeline import class_first, fine_order, reranked_and_verified  # noqa: E402
 from search.engine.workflows import open_engine  # noqa: E402
 
 METHOD = "hybrid+attention"
@@ -163,14 +163,9 @@ def rules(config: EngineConfig) -> dict:
     def class_first_fallback(rule, voters=None):
         """``rule``, and in the fallback the candidates the classifier puts in the query's class first
         (each part in the fallback's order); with ``voters``, only when most of the fallback's first
-        ``voters`` are of that class (the engine's ``fallback_same_class``)."""
+        ``voters`` are of that class (the engine's ``fallback_same_class``; ``pipeline.class_first``)."""
         def ranked(inliers, confidence, distances, agree):
-            reranked, verified = rule(inliers, confidence, distances, agree)[:2]
-            if voters is not None:
-                fallback = fine_order(inliers, reranked, verified, distances)[int(np.count_nonzero(reranked)):]
-                if not fallback_agrees(fallback, agree, voters):
-                    return reranked, verified
-            return reranked, verified, None, agree
+            return (*rule(inliers, confidence, distances, agree)[:2], None, voters)
         return ranked
 
     none = lambda i, c, d, a: (np.zeros(len(i), bool), np.zeros(len(i), bool))  # noqa: E731
@@ -195,8 +190,9 @@ def rules(config: EngineConfig) -> dict:
 def ordered(row: dict, rule, predicted: np.ndarray) -> np.ndarray:
     agree = predicted[row["positions"][:len(row["inliers"])]] == row["query_class"]
     reranked, verified, *placed = rule(row["inliers"], row["confidence"], row["distances"], agree)
-    first = placed[1] if len(placed) > 1 else None
-    order = fine_order(row["inliers"], reranked, verified, row["distances"], first)
+    order = fine_order(row["inliers"], reranked, verified, row["distances"])
+    if len(placed) > 1:  # (candidate or None, voters): the fallback's candidates of the query's class first
+        order = class_first(order, int(np.count_nonzero(reranked)), agree, placed[1])[0]
     if placed and placed[0] is not None:  # (candidate, place): moved there in the final order
         candidate, place = placed[0]
         rest = order[order != candidate]

@@ -259,11 +259,9 @@ class RetrievalEngine:
         order = fine_order(inliers, reranked, verified, distances)
         if same_class is None:
             return order, False
-        fallback = order[int(np.count_nonzero(reranked)):]  # the re-ranked ones lead the order
-        agreed = fallback_agrees(fallback, same_class, self.config.fallback_class_voters)
-        if not agreed or not self.config.fallback_same_class:
-            return order, agreed
-        return fine_order(inliers, reranked, verified, distances, same_class), agreed
+        by_class, agreed = class_first(order, int(np.count_nonzero(reranked)), same_class,
+                                       self.config.fallback_class_voters)
+        return (by_class if self.config.fallback_same_class else order), agreed
 
     @property
     def knows_the_kinds(self) -> bool:
@@ -456,6 +454,20 @@ def fallback_agrees(fallback: np.ndarray, same_class: np.ndarray, voters: int) -
     return len(first) > 0 and 2 * int(np.count_nonzero(first)) > len(first)
 
 
+def class_first(order: np.ndarray, n_reranked: int, same_class: np.ndarray,
+                voters: int | None) -> tuple[np.ndarray, bool]:
+    """``order`` (from ``fine_order``: its ``n_reranked`` re-ranked candidates lead) with the
+    fallback's candidates of the query's class (``same_class``, over every candidate) put before
+    the others, each part in its order, when most of the fallback's first ``voters`` are of that
+    class (``fallback_agrees``; None: always, as the benchmark script scores it); and whether
+    they were."""
+    head, fallback = order[:n_reranked], order[n_reranked:]
+    if voters is not None and not fallback_agrees(fallback, same_class, voters):
+        return order, False
+    of_class = np.asarray(same_class, dtype=bool)[fallback]
+    return np.concatenate([head, fallback[of_class], fallback[~of_class]]), True
+
+
 def unsure_reranked(inliers: np.ndarray, unsure: np.ndarray, limit: int) -> np.ndarray:
     """Which of the ``unsure`` candidates (given in coarse order) go ahead of the coarse order: the
     ``limit`` with most inliers, ties in coarse order. A query shows one object, so the best of the
@@ -471,13 +483,11 @@ def unsure_reranked(inliers: np.ndarray, unsure: np.ndarray, limit: int) -> np.n
 
 
 def fine_order(inliers: np.ndarray, reranked: np.ndarray, verified: np.ndarray | None = None,
-               fallback: np.ndarray | None = None, fallback_first: np.ndarray | None = None) -> np.ndarray:
+               fallback: np.ndarray | None = None) -> np.ndarray:
     """Candidates (given in coarse order) re-ranked: the ``verified`` ones first, then the other
     ``reranked`` ones, each group by inlier count, then the rest as the fallback. Ties and the
     fallback go by ``fallback`` (a fine method's distances to the expanded query: it may be longer
-    than the verified candidates, which come first in it), else in coarse order. With
-    ``fallback_first`` (as long as ``fallback``) the fallback puts those candidates before the
-    others, each part in its own order."""
+    than the verified candidates, which come first in it), else in coarse order."""
     inliers, reranked = np.asarray(inliers), np.asarray(reranked, dtype=bool)
     verified = reranked if verified is None else np.asarray(verified, dtype=bool) & reranked
     n = len(inliers) if fallback is None else len(fallback)
@@ -487,8 +497,7 @@ def fine_order(inliers: np.ndarray, reranked: np.ndarray, verified: np.ndarray |
         return np.concatenate([values, np.full(n - len(values), fill, dtype=values.dtype)])
 
     inliers, reranked, verified = padded(inliers, 0), padded(reranked, False), padded(verified, False)
-    behind = np.zeros(n, dtype=bool) if fallback_first is None else ~np.asarray(fallback_first, dtype=bool) & ~reranked
-    return np.lexsort((np.arange(n), key, behind, -np.where(reranked, inliers, 0), ~reranked, ~verified))
+    return np.lexsort((np.arange(n), key, -np.where(reranked, inliers, 0), ~reranked, ~verified))
 
 
 def stored_distances(index: SearchIndex, variant: str, positions: np.ndarray, vector: np.ndarray) -> np.ndarray:

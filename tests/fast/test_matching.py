@@ -120,15 +120,23 @@ def test_fine_order_falls_back_on_the_expanded_distances_past_the_verified_candi
     assert fine_order(np.array([20, 20]), np.array([True, True]), None, np.array([0.7, 0.3])).tolist() == [1, 0]
 
 
-def test_fine_order_can_put_some_of_the_fallback_first():
+def test_class_first_puts_the_fallbacks_candidates_of_the_querys_class_first_when_they_agree():
+    from search.engine.pipeline import class_first
+
     inliers = np.array([3, 20, 0, 9, 1])
     expanded = np.array([0.9, 0.5, 0.2, 0.6, 0.4, 0.1, 0.8])
     first = np.array([True, False, False, True, True, False, True])
+    order = fine_order(inliers, inliers >= 8, None, expanded)
+    assert order.tolist() == [1, 3, 5, 2, 4, 6, 0]
     # verified (1, 3) keep their place whatever their class; then the fallback's chosen ones by
-    # distance (4, 6, 0), then the others by distance (5, 2)
-    assert fine_order(inliers, inliers >= 8, None, expanded, first).tolist() == [1, 3, 4, 6, 0, 5, 2]
-    assert fine_order(inliers, inliers >= 8, None, expanded, np.ones(7, bool)).tolist() == [1, 3, 5, 2, 4, 6, 0]
-    assert fine_order(inliers, inliers >= 8, None, expanded, None).tolist() == [1, 3, 5, 2, 4, 6, 0]
+    # distance (4, 6, 0), then the others by distance (5, 2): 3 of its first 5 agree
+    by_class, agreed = class_first(order, 2, first, 5)
+    assert by_class.tolist() == [1, 3, 4, 6, 0, 5, 2] and agreed
+    assert class_first(order, 2, np.ones(7, bool), 5)[0].tolist() == [1, 3, 5, 2, 4, 6, 0]
+    # the fallback's first two (5, 2) are of other classes: no vote, the order as it was
+    kept, agreed = class_first(order, 2, first, 2)
+    assert kept.tolist() == order.tolist() and not agreed
+    assert class_first(order, 2, first, None)[0].tolist() == [1, 3, 4, 6, 0, 5, 2]  # always
 
 
 def test_the_fallback_agrees_with_the_querys_class_when_most_of_its_first_ones_are_of_it():
