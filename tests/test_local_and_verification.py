@@ -537,7 +537,9 @@ def test_a_photo_taken_sideways_is_found_by_turning_the_query(tiny_fine_engine):
     little of it is textured, as with some of the dinosaurs on their plain ground (a busier picture,
     or more keypoints per image, can verify even turned); with query_turns the turned-back query
     finds each of those, verified, its matching points put back on the picture as sent. Of the
-    turns, the one that stands the picture upright is kept, not the first to verify something."""
+    turns, the one that stands the picture upright is kept, not the first to verify something; its
+    match leads the query's own page as sent (``matches_first``), or with ``turned_fallback`` the
+    turned query's page."""
     engine = tiny_fine_engine
     dinosaurs = [p for p, relpath in enumerate(engine.index.relpaths) if relpath.startswith("dinosaurs/")]
     # where a point (x, y) of the picture lies on the photo turned a quarter one way or the other
@@ -551,13 +553,20 @@ def test_a_photo_taken_sideways_is_found_by_turning_the_query(tiny_fine_engine):
             plain = engine.search(sideways, "penultimate+attention", k=5)
             assert "turns" not in plain.timings_ms  # off by default
             if plain.n_verified == 0:
-                unverified.append((position, upright, turn, sideways))
-    assert {turn for *_, turn, _ in unverified} == set(turns), "the turns would have nothing left to show"
-    for position, upright, turn, sideways in unverified:
+                unverified.append((position, upright, turn, sideways, plain))
+    assert {turn for *_, turn, _, _ in unverified} == set(turns), "the turns would have nothing left to show"
+    for position, upright, turn, sideways, plain in unverified:
         with configured(engine, query_turns="90,180,270"):
             found = engine.search(sideways, "penultimate+attention", k=5)
+        with configured(engine, query_turns="90,180,270", turned_fallback=True):
+            whole = engine.search(sideways, "penultimate+attention", k=5)
         first = found.results[0]
         assert first.image_id == engine.index.image_ids[position] and first.stage == "verified"
+        matches = [r.image_id for r in found.results if r.stage == "verified"]
+        assert [r.stage for r in found.results[:len(matches)]] == ["verified"] * len(matches)
+        own_page = [r.image_id for r in plain.results if r.image_id not in matches][:5 - len(matches)]
+        assert [r.image_id for r in found.results[len(matches):]] == own_page
+        assert whole.results[0].image_id == first.image_id and whole.results[0].inliers == first.inliers
         assert found.timings_ms["turns"] > 0
         # stood upright, the query is the picture itself: every one of its keypoints is an inlier
         itself = engine.search(upright, "penultimate+attention", k=1).results[0]
@@ -566,6 +575,34 @@ def test_a_photo_taken_sideways_is_found_by_turning_the_query(tiny_fine_engine):
         expected = np.stack(turns[turn](theirs[:, 0], theirs[:, 1], upright.size), axis=1)
         assert np.median(np.linalg.norm(ours - expected, axis=1)) < 4.0
         assert (ours >= 0).all() and (ours[:, 0] <= sideways.width).all() and (ours[:, 1] <= sideways.height).all()
+
+
+def test_only_the_turns_nearer_the_collection_are_tried(tiny_fine_engine):
+    """``nearer_turns``: a collection picture sent upright is its own nearest image, so no turn is
+    nearer; sent on its side, the turn that stands it upright is (it is the picture again). With
+    ``turns_if_nearer`` an upright query that verifies nothing comes back as it was, unturned, and
+    a sideways one that verifies nothing is found by the turn that stands it up."""
+    engine, method = tiny_fine_engine, "penultimate+attention"
+    dinosaurs = [p for p, relpath in enumerate(engine.index.relpaths) if relpath.startswith("dinosaurs/")]
+    found = 0
+    with configured(engine, query_turns="90,180,270", turns_if_nearer=True):
+        for position in dinosaurs:
+            upright = open_image(engine.index.path_of(position))
+            query = engine.query_features(upright, local=True)
+            assert engine.nearer_turns(upright, query, "penultimate") == ()
+            with configured(engine, min_confidence=1.01):  # nothing verifies
+                plain, again = engine.rank(query, method, 20), engine.rank_turning(upright, query, method, 20)
+            assert again.turned == 0 and "turns" in again.timings_ms
+            np.testing.assert_array_equal(again.ranked_positions, plain.ranked_positions)
+            for turn, stands_it_up in ((Image.Transpose.ROTATE_90, 270), (Image.Transpose.ROTATE_270, 90)):
+                sideways = upright.transpose(turn)
+                query = engine.query_features(sideways, local=True)
+                assert stands_it_up in engine.nearer_turns(sideways, query, "penultimate")
+                if engine.rank(query, method, 20).n_verified == 0:
+                    again = engine.rank_turning(sideways, query, method, 20)
+                    assert again.turned == stands_it_up and again.ranked_positions[0] == position
+                    found += 1
+    assert found, "no sideways picture needed turning"
 
 
 def test_turns_in_doubt_turn_only_the_queries_whose_class_the_first_candidates_do_not_share(tiny_fine_engine):

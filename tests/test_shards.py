@@ -109,6 +109,30 @@ def test_two_shards_apply_each_class_rule_as_the_one_index(
     assert changed  # the class mattered for some query
 
 
+def test_two_shards_turn_a_sideways_query_as_the_one_index(tiny_fine_engine, tiny_models, engine_config,
+                                                           two_shards, tmp_path):
+    """With the quarter turns, only those that look more like the collection (``turns_if_nearer``),
+    a picture sent on its side is turned on the shards as on the one index: the same turns tried
+    (the nearest distances come from every shard), the same page, the match first."""
+    from search.engine.images import open_image
+
+    root, _ = two_shards
+    turning = {"query_turns": "90,270", "turns_if_nearer": True}
+    one = engine_for(tiny_models, tiny_fine_engine.index.path, engine_config.replace(**turning))
+    many, _ = sharded(tiny_models, engine_config, root, tmp_path / "exchange", **turning)
+    found = 0
+    for position in range(0, 40, 8):
+        sideways = open_image(one.index.path_of(position)).transpose(Image.Transpose.ROTATE_90)
+        query = one.query_features(sideways, local=False)
+        nearer = one.nearer_turns(sideways, query, "hybrid")
+        assert 270 in nearer  # stood upright it is the collection's picture itself
+        assert many.nearer_turns(sideways, query, "hybrid") == nearer
+        expected = one.search(sideways, "hybrid+attention", k=10)
+        same_answer(expected, many.search(sideways, "hybrid+attention", k=10))
+        found += expected.results[0].image_id == one.index.image_ids[position]
+    assert found
+
+
 def test_a_removed_or_excluded_image_leaves_the_sharded_answer_too(tiny_fine_engine, tiny_models, engine_config,
                                                                    two_shards, tmp_path):
     root, _ = two_shards

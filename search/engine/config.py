@@ -249,6 +249,14 @@ class EngineConfig:
     # turns' class-level cost gone, but it finds fewer photos on their side: a sideways photo is
     # often still classified right. Measured: RESULTS.md ("The quarter turns only in doubt").
     turns_in_doubt: bool = False
+    # With turns_if_nearer, only the turns whose nearest image is nearer than the query's as sent
+    # (one batch of global vectors decides, before any turn's local features). Measured: RESULTS.md
+    # ("Turns that look more like the collection").
+    turns_if_nearer: bool = False
+    # A turn that verifies something puts its verified matches first, then the query's own page as
+    # sent (pipeline.matches_first); with turned_fallback, the turned query's whole ranking instead.
+    # Why: RESULTS.md ("The turned query's matches, the upright query's page").
+    turned_fallback: bool = False
 
     # Sharded search (shards.py): the collection split by image id into this many shard builds
     # (<data dir>/shards/<number>), each served by workers on its own queue; 0 or 1: one index.

@@ -190,9 +190,30 @@ class RetrievalEngine:
         """The global vectors of the query's ``query_crops`` x ``query_crops`` crops, one batch."""
         image = image.convert("RGB")
         boxes = crop_boxes(*image.size, self.config.query_crops, self.config.query_crop_share)
-        embedded = embed_batch(self.model, [image.crop(box) for box in boxes], self.device, self.describer)
+        return self.global_vectors([image.crop(box) for box in boxes])
+
+    def global_vectors(self, images: list) -> dict[str, np.ndarray]:
+        """The global vectors of ``images`` (RGB), one batch, one row each."""
+        embedded = embed_batch(self.model, images, self.device, self.describer)
         return variant_vectors(embedded.penultimate, embedded.logits, self.index.pca, embedded.instance,
                                self.index.manifest.get("hybrid_weight"))
+
+    def nearest_distances(self, vectors: np.ndarray, variant: str, exclude_ids=frozenset()) -> np.ndarray:
+        """Each row's distance to its nearest image searched (inf: none)."""
+        return np.array([d[0] if len(d) else np.inf
+                         for _, d in self.index.nearest_each(np.atleast_2d(vectors), variant, 1, exclude_ids)])
+
+    def nearer_turns(self, image, query: QueryFeatures, variant: str, exclude_ids=frozenset()) -> tuple[int, ...]:
+        """The ``query_turns`` of ``image`` whose nearest image (by ``variant``) is nearer than the
+        nearest of the query as sent: a photo on its side, stood upright, looks like its source,
+        while an upright photo turned looks less like anything in a collection of upright pictures.
+        One batch of global vectors, far cheaper than a turn's local features and verification."""
+        angles = self.config.turn_angles
+        rgb = image.convert("RGB")
+        turned = self.global_vectors([rgb.transpose(TURNS[a]) for a in angles])[variant]
+        rows = np.vstack([np.atleast_2d(query.vectors[variant]), turned])
+        distances = self.nearest_distances(rows, variant, exclude_ids)
+        return tuple(a for a, d in zip(angles, distances[1:]) if d < distances[0])
 
     def coarse_order(self, vectors: dict[str, np.ndarray], variant: str, n: int,
                      exclude_ids: frozenset[str] = frozenset(), expand: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -276,9 +297,11 @@ class RetrievalEngine:
 
     def of_query_class(self, query: QueryFeatures, classes: np.ndarray | None) -> np.ndarray | None:
         """Whether each of the candidates' ``classes`` is the query's; None where no class rule is on
-        (``rerank_same_class``, ``fallback_same_class``), the classifier does not know the collection's
-        kinds, or the classes are unknown (an index without logits)."""
-        rules_on = self.config.rerank_same_class or self.config.fallback_same_class
+        (``rerank_same_class``, ``fallback_same_class``, ``turns_in_doubt`` with turns), the classifier
+        does not know the collection's kinds, or the classes are unknown (an index without logits)."""
+        config = self.config
+        rules_on = (config.rerank_same_class or config.fallback_same_class
+                    or (config.turns_in_doubt and bool(config.turn_angles)))
         if not rules_on or not self.knows_the_kinds or classes is None:
             return None
         return classes == predicted_classes(query.vectors["logits"])[0]
@@ -331,12 +354,14 @@ class RetrievalEngine:
                      turned: dict | None = None) -> Ranking:
         """``rank``; and when a fine method verified nothing, the query ``image`` turned by each of
         ``query_turns``, ``turn_candidates`` verified; of the turns that verify something, the one
-        whose strongest match has most inliers is returned (``turned`` saying by how much). Not
-        the first that verifies: a picture upside down often verifies too, with far fewer
+        whose strongest match has most inliers gives the matches (``turned`` saying by how much),
+        ahead of the query's own page (``matches_first``; ``turned_fallback``: its whole ranking).
+        Not the first that verifies: a picture upside down often verifies too, with far fewer
         inliers than the turn that stands it upright. With ``turns_in_doubt`` only when the
         classifier's class for the query and the fallback's first candidates do not agree
-        (``Ranking.class_agreed``). ``turned`` caches the turned queries' features across methods.
-        The turns' time is in ``timings_ms['turns']``."""
+        (``Ranking.class_agreed``); with ``turns_if_nearer`` only the turns that look more like
+        something in the collection than the query as sent (``nearer_turns``). ``turned`` caches
+        the turned queries' features across methods. The turns' time is in ``timings_ms['turns']``."""
         ranking = self.rank(query, method, n_candidates, depth, exclude_ids, progress)
         if not parse_method(method)[1] or ranking.n_verified or not self.config.turn_angles:
             return ranking
@@ -346,15 +371,22 @@ class RetrievalEngine:
         turned = {} if turned is None else turned
         image = image if hasattr(image, "convert") else open_image(image)
         few = min(n_candidates or self.config.n_candidates, self.config.turn_candidates)
+        angles = self.config.turn_angles
+        if self.config.turns_if_nearer:
+            angles = self.nearer_turns(image, query, self._parse(method)[0], frozenset(exclude_ids))
         strongest = 0
-        for degrees in self.config.turn_angles:
+        for degrees in angles:
             if degrees not in turned:
                 turned[degrees] = self.query_features(image.transpose(TURNS[degrees]), local=True, crops=False)
             again = self.rank(turned[degrees], method, few, depth, exclude_ids)
             best = int(again.inliers[again.verified].max()) if again.n_verified else 0
             if best > strongest:
-                strongest, again.turned, ranking = best, degrees, again
-        ranking.timings_ms["turns"] = elapsed_ms(started)
+                strongest, again.turned, found = best, degrees, again
+        timings = ranking.timings_ms  # the query's own stages; the turned searches are in "turns"
+        if strongest:
+            ranking = found if self.config.turned_fallback else matches_first(found, ranking)
+            ranking.timings_ms = timings
+        timings["turns"] = elapsed_ms(started)
         return ranking
 
     def search(self, image, method: str | None = None, n_candidates: int | None = None,
@@ -442,6 +474,41 @@ def reranked_and_verified(inliers: np.ndarray, confidence: np.ndarray, config: E
     if same_class is not None:
         unsure &= same_class
     return verified | unsure_reranked(inliers, unsure, config.rerank_unsure), verified
+
+
+def matches_first(turned: Ranking, upright: Ranking) -> Ranking:
+    """The ``turned`` query's verified candidates (in its order), then the ``upright`` query's
+    ranking without them. A turn that verifies something was right about those; but a turn can
+    verify a lookalike of a query that stood upright, and that must not take away the rest of its
+    page: the order of the query as sent, the one its class rules judged (RESULTS.md, "The turned
+    query's matches, the upright query's page")."""
+    head = turned.order[np.isin(turned.order, np.flatnonzero(turned.verified))]
+    shown = _identities(turned, turned.positions[head])
+    keep = np.flatnonzero(~np.isin(_identities(upright, upright.positions), shown))  # coarse order
+    n_kept = int(np.count_nonzero(keep < upright.n_candidates))
+    rest = upright.order[np.isin(upright.order, keep)]
+    order = np.concatenate([np.arange(len(head)), len(head) + np.searchsorted(keep, rest)])
+    fitted = keep[:n_kept]
+    if turned.catalog is None:
+        positions, catalog = np.concatenate([turned.positions[head], upright.positions[keep]]), None
+    else:
+        catalog = [turned.catalog[p] for p in turned.positions[head]] + [upright.catalog[p] for p in upright.positions[keep]]
+        positions = np.arange(len(catalog))
+    return Ranking(upright.method, positions, np.concatenate([turned.distances[head], upright.distances[keep]]),
+                   order, len(head) + n_kept,
+                   [turned.verifications[i] for i in head] + [upright.verifications[i] for i in fitted],
+                   np.concatenate([turned.evidence[head], upright.evidence[fitted]]),
+                   np.concatenate([turned.confidence[head], upright.confidence[fitted]]),
+                   np.concatenate([turned.verified[head], upright.verified[fitted]]),
+                   upright.timings_ms, turned=turned.turned, class_agreed=upright.class_agreed, catalog=catalog)
+
+
+def _identities(ranking: Ranking, positions: np.ndarray) -> np.ndarray:
+    """What names the images at ``positions`` across rankings: the index positions, or a sharded
+    ranking's image ids."""
+    if ranking.catalog is None:
+        return np.asarray(positions)
+    return np.array([ranking.catalog[p][0] for p in positions], dtype=object)
 
 
 def fallback_agrees(fallback: np.ndarray, same_class: np.ndarray, voters: int) -> bool:

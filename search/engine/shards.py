@@ -411,6 +411,21 @@ class ShardedEngine(RetrievalEngine):
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
+    def nearest_distances(self, vectors: np.ndarray, variant: str, exclude_ids=frozenset()) -> np.ndarray:
+        """Each row's distance to its nearest image on any shard: the ``expand`` stage, one nearest."""
+        found = []
+        for row in np.atleast_2d(vectors):
+            folder = self.exchange_dir / uuid.uuid4().hex
+            folder.mkdir(parents=True)
+            try:
+                save_query(folder, QueryFeatures({variant: row[None]}))
+                answers = self._stage(folder, "expand", {"variant": variant, "exclude_ids": sorted(exclude_ids), "n": 1})
+                nearest = _merged(answers, 1)["distances"]
+                found.append(float(nearest[0]) if len(nearest) else np.inf)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+        return np.array(found)
+
     def _stage(self, folder: Path, stage: str, request: dict) -> list[dict]:
         (folder / f"{stage}.json").write_text(json.dumps(dict(request, split=self.split)))
         answers = []

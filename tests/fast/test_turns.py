@@ -29,3 +29,43 @@ def test_turn_angles_are_quarter_turns_only():
     assert EngineConfig().turn_angles == ()
     with pytest.raises(ValueError, match="90, 180 and 270 only"):
         EngineConfig(query_turns="45").turn_angles
+
+
+def _ranking(positions, order, verified, inliers, n_fitted, catalog=None):
+    from search.engine.confidence import EVIDENCE
+    from search.engine.pipeline import Ranking
+    from search.engine.verification import Verification
+
+    n = len(positions)
+    confidence = np.where(verified, 0.9, 0.0)
+    return Ranking("hybrid+attention", np.asarray(positions), np.linspace(0.1, 1.0, n), np.asarray(order), n_fitted,
+                   [Verification(inliers=i) for i in inliers], np.zeros((n_fitted, len(EVIDENCE))), confidence,
+                   np.asarray(verified, dtype=bool), {}, catalog=catalog)
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_a_turn_puts_its_matches_first_and_keeps_the_upright_querys_page(sharded):
+    """``matches_first``: the turned query's verified candidates lead, in its order; the rest is the
+    upright query's order without them, each candidate with its own verification."""
+    from search.engine.pipeline import matches_first
+
+    # turned: positions 5, 2, 9 fitted (only 2 verified, 40 inliers), 7 past them
+    turned = _ranking([5, 2, 9, 7], [1, 0, 2, 3], [False, True, False], [3, 40, 5], 3)
+    turned.turned = 90
+    # upright: positions 2, 4, 5, 8 fitted (none verified), 9 past them; its page 8, 2, 4, 5, 9
+    upright = _ranking([2, 4, 5, 8, 9], [3, 0, 1, 2, 4], [False] * 4, [6, 7, 8, 9], 4)
+    upright.class_agreed = True
+    if sharded:  # a sharded ranking's positions index its own catalog of (image id, path, label)
+        turned.catalog = [(f"id{p}", f"{p}.jpg", None) for p in turned.positions]
+        turned.positions = np.arange(4)
+        upright.catalog = [(f"id{p}", f"{p}.jpg", None) for p in upright.positions]
+        upright.positions = np.arange(5)
+    merged = matches_first(turned, upright)
+    shown = (merged.ranked_positions if not sharded
+             else [int(merged.catalog[p][0][2:]) for p in merged.ranked_positions])
+    assert list(shown) == [2, 8, 4, 5, 9]
+    fitted = merged.order[merged.order < merged.n_candidates]
+    assert [merged.verifications[i].inliers for i in fitted] == [40, 9, 7, 8]
+    assert list(merged.verified[fitted]) == [True, False, False, False] and merged.n_verified == 1
+    assert merged.turned == 90 and merged.class_agreed
+    assert len(merged.evidence) == len(merged.confidence) == merged.n_candidates == 4
