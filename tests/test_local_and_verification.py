@@ -628,6 +628,11 @@ def test_turns_in_doubt_turn_only_the_queries_whose_class_the_first_candidates_d
             np.testing.assert_array_equal(turning.order, plain.order)
         kinds.add(plain.class_agreed)
     assert kinds == {True, False}, "both kinds of query should occur among twenty"
+    no_class_rules = {"rerank_same_class": False, "fallback_same_class": False}
+    with configured(engine, **no_class_rules):  # the vote is taken for the gate alone too
+        assert engine.same_class(query, plain.positions) is None
+        with configured(engine, query_turns="90", turns_in_doubt=True):
+            assert engine.same_class(query, plain.positions) is not None
 
 
 def test_a_prescored_search_reads_the_pre_scores_rows_at_once_and_verifies_as_reading_all(tiny_fine_engine):
