@@ -35,6 +35,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Mapping
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -404,10 +405,16 @@ class ShardedEngine(RetrievalEngine):
         depth = self._depth(depth, n_candidates, fine)
         if fine and query.local is None:
             raise SearchIndexError(f"method {method} needs the query's local features")
+        with self._exchange() as folder:
+            return self._rank(folder, query, method, variant, fine, n_candidates, depth, sorted(exclude_ids), progress)
+
+    @contextmanager
+    def _exchange(self):
+        """A fresh folder for one request's stage files, removed afterwards."""
         folder = self.exchange_dir / uuid.uuid4().hex
         folder.mkdir(parents=True)
         try:
-            return self._rank(folder, query, method, variant, fine, n_candidates, depth, sorted(exclude_ids), progress)
+            yield folder
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -415,15 +422,11 @@ class ShardedEngine(RetrievalEngine):
         """Each row's distance to its nearest image on any shard: the ``expand`` stage, one nearest."""
         found = []
         for row in np.atleast_2d(vectors):
-            folder = self.exchange_dir / uuid.uuid4().hex
-            folder.mkdir(parents=True)
-            try:
+            with self._exchange() as folder:
                 save_query(folder, QueryFeatures({variant: row[None]}))
                 answers = self._stage(folder, "expand", {"variant": variant, "exclude_ids": sorted(exclude_ids), "n": 1})
                 nearest = _merged(answers, 1)["distances"]
                 found.append(float(nearest[0]) if len(nearest) else np.inf)
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
         return np.array(found)
 
     def _stage(self, folder: Path, stage: str, request: dict) -> list[dict]:
