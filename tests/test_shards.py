@@ -127,6 +127,19 @@ def test_two_shards_turn_a_sideways_query_as_the_one_index(tiny_fine_engine, tin
         nearer = one.nearer_turns(sideways, query, "hybrid")
         assert 270 in nearer  # stood upright it is the collection's picture itself
         assert many.nearer_turns(sideways, query, "hybrid") == nearer
+        # the query and its turns, each row's nearest over both shards, in one fan-out
+        from search.engine.pipeline import TURNS
+        rows = np.vstack([query.vectors["hybrid"], one.global_vectors(
+            [sideways.convert("RGB").transpose(TURNS[a]) for a in (90, 270)])["hybrid"]])
+        hidden = {one.index.image_ids[position]}
+        stages, fan_out = [], many.fan_out
+        many.fan_out = lambda stage, folder: stages.append(stage) or fan_out(stage, folder)
+        try:
+            np.testing.assert_allclose(many.nearest_distances(rows, "hybrid", hidden),
+                                       one.nearest_distances(rows, "hybrid", hidden), rtol=1e-5)
+        finally:
+            many.fan_out = fan_out
+        assert stages == ["expand"]
         expected = one.search(sideways, "hybrid+attention", k=10)
         same_answer(expected, many.search(sideways, "hybrid+attention", k=10))
         found += expected.results[0].image_id == one.index.image_ids[position]

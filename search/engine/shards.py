@@ -10,7 +10,8 @@ to four stages, each fanned out to every shard (``fan_out``: a Celery group on t
 plain loop in-process) and merged by the coordinator:
 
 1. ``expand`` (query expansion on): each shard's e nearest images with their vectors; the e
-   nearest of all are averaged into the query, as one index would;
+   nearest of all are averaged into the query, as one index would (asked with ``each``: every
+   row's nearest distance, for the turn gate, ``RetrievalEngine.nearer_turns``);
 2. ``candidates``: each shard's n nearest to that query (a fine method's: to the query as it is,
    each with its distance to the expanded one); the n nearest of all are the candidates;
 3. ``details``: each shard's members of them with their paths and labels, pre-scored when
@@ -299,7 +300,11 @@ class Shard:
         index = self.index
         index.refresh_deltas()
         out = _answer_file(folder, stage, self.number)
-        if stage == "expand":
+        if stage == "expand" and request.get("each"):
+            # the turn gate (RetrievalEngine.nearer_turns): each row's distance to its nearest here
+            _save(out, nearest=np.array([d[0] if len(d) else np.inf for _, d in index.nearest_each(
+                np.atleast_2d(query.vectors[variant]), variant, 1, exclude)], dtype=np.float64))
+        elif stage == "expand":
             positions, distances = index.nearest(query.vectors[variant], variant, request["n"], exclude)
             _save(out, ids=self._ids(positions), distances=distances,
                   vectors=index.row_vectors(variant, positions))
@@ -419,15 +424,13 @@ class ShardedEngine(RetrievalEngine):
             shutil.rmtree(folder, ignore_errors=True)
 
     def nearest_distances(self, vectors: np.ndarray, variant: str, exclude_ids=frozenset()) -> np.ndarray:
-        """Each row's distance to its nearest image on any shard: the ``expand`` stage, one nearest."""
-        found = []
-        for row in np.atleast_2d(vectors):
-            with self._exchange() as folder:
-                save_query(folder, QueryFeatures({variant: row[None]}))
-                answers = self._stage(folder, "expand", {"variant": variant, "exclude_ids": sorted(exclude_ids), "n": 1})
-                nearest = _merged(answers, 1)["distances"]
-                found.append(float(nearest[0]) if len(nearest) else np.inf)
-        return np.array(found)
+        """Each row's distance to its nearest image on any shard: the ``expand`` stage asked for
+        every row's nearest at once (one fan-out for the query and all its turns)."""
+        with self._exchange() as folder:
+            save_query(folder, QueryFeatures({variant: np.atleast_2d(vectors)}))
+            answers = self._stage(folder, "expand", {"variant": variant, "exclude_ids": sorted(exclude_ids),
+                                                     "n": 1, "each": True})
+        return np.min([answer["nearest"] for answer in answers], axis=0)
 
     def _stage(self, folder: Path, stage: str, request: dict) -> list[dict]:
         (folder / f"{stage}.json").write_text(json.dumps(dict(request, split=self.split)))
