@@ -550,15 +550,16 @@ def test_a_photo_taken_sideways_is_found_by_turning_the_query(tiny_fine_engine):
         upright = open_image(engine.index.path_of(position))
         for turn in turns:
             sideways = upright.transpose(turn)
-            plain = engine.search(sideways, "penultimate+attention", k=5)
-            assert "turns" not in plain.timings_ms  # off by default
+            with configured(engine, query_turns=""):
+                plain = engine.search(sideways, "penultimate+attention", k=5)
+            assert "turns" not in plain.timings_ms
             if plain.n_verified == 0:
                 unverified.append((position, upright, turn, sideways, plain))
     assert {turn for *_, turn, _, _ in unverified} == set(turns), "the turns would have nothing left to show"
     for position, upright, turn, sideways, plain in unverified:
-        with configured(engine, query_turns="90,180,270"):
+        with configured(engine, query_turns="90,180,270", turns_if_nearer=False):
             found = engine.search(sideways, "penultimate+attention", k=5)
-        with configured(engine, query_turns="90,180,270", turned_fallback=True):
+        with configured(engine, query_turns="90,180,270", turns_if_nearer=False, turned_fallback=True):
             whole = engine.search(sideways, "penultimate+attention", k=5)
         first = found.results[0]
         assert first.image_id == engine.index.image_ids[position] and first.stage == "verified"

@@ -242,7 +242,7 @@ class EngineConfig:
     # the query is turned by each of these angles (degrees counter-clockwise; empty: never) and
     # searched again, turn_candidates verified, and of the turns that verify something the one whose
     # best match has most inliers is kept.
-    query_turns: str = ""
+    query_turns: str = "90,270,180"
     turn_candidates: int = 200
     # With turns_in_doubt, only when the classifier's class for the query is in doubt as well: not
     # the class of most of the fallback's first fallback_class_voters. Cheaper, with most of the
@@ -252,7 +252,7 @@ class EngineConfig:
     # With turns_if_nearer, only the turns whose nearest image is nearer than the query's as sent
     # (one batch of global vectors decides, before any turn's local features). Measured: RESULTS.md
     # ("Turns that look more like the collection").
-    turns_if_nearer: bool = False
+    turns_if_nearer: bool = True
     # A turn that verifies something puts its verified matches first, then the query's own page as
     # sent (pipeline.matches_first); with turned_fallback, the turned query's whole ranking instead.
     # Why: RESULTS.md ("The turned query's matches, the upright query's page").

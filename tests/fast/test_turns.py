@@ -26,7 +26,8 @@ def test_points_on_a_turned_picture_go_back_where_they_were(degrees):
 
 def test_turn_angles_are_quarter_turns_only():
     assert EngineConfig(query_turns="90, 270").turn_angles == (90, 270)
-    assert EngineConfig().turn_angles == ()
+    assert EngineConfig().turn_angles == (90, 270, 180)  # the default
+    assert EngineConfig(query_turns="").turn_angles == ()
     with pytest.raises(ValueError, match="90, 180 and 270 only"):
         EngineConfig(query_turns="45").turn_angles
 
