@@ -194,7 +194,7 @@ def test_unknown_backbone_is_refused():
 def test_only_the_second_half_of_a_run_is_averaged():
     from search.engine.training import first_averaged_epoch
 
-    assert first_averaged_epoch(6, 3) == 4  # the default: epochs 4-6
+    assert first_averaged_epoch(6, 3) == 4  # AVERAGE_LAST_EPOCHS=3: epochs 4-6
     assert first_averaged_epoch(3, 3) == 3  # a short run keeps its last epoch's weights
     assert first_averaged_epoch(4, 3) == 3
     assert first_averaged_epoch(10, 3) == 8
