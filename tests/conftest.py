@@ -3,6 +3,7 @@ short epoch on a small subset, and an index really built from it."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,17 @@ TINY_PER_CLASS = 10
 
 def corel_image(number: int) -> Path:
     return COREL / f"{number}.jpg"
+
+
+@contextmanager
+def configured(engine, **changes):
+    """``engine`` with ``changes`` to its settings for the block (session fixtures are shared)."""
+    saved = engine.config
+    engine.config = saved.replace(**changes)
+    try:
+        yield engine
+    finally:
+        engine.config = saved
 
 
 def pasted_on_food(picture: Path):

@@ -3,7 +3,6 @@ coarse-to-fine search, on real images (Corel-1k and OpenCV's graf/box pairs)."""
 import hashlib
 import os
 import shutil
-from contextlib import contextmanager
 from dataclasses import replace
 
 import cv2
@@ -18,20 +17,9 @@ from search.engine.local_store import LocalStore, build_local_store
 from search.engine.stored import RowFile
 from search.engine.verification import verify_affine
 
-from .conftest import DATASETS, corel_image, pasted_on_food
+from .conftest import DATASETS, configured, corel_image, pasted_on_food
 
 PAIRS = DATASETS / "opencv-pairs"
-
-
-@contextmanager
-def configured(engine, **changes):
-    """``engine`` with ``changes`` to its settings for the block (session fixtures are shared)."""
-    saved = engine.config
-    engine.config = saved.replace(**changes)
-    try:
-        yield engine
-    finally:
-        engine.config = saved
 
 
 def graf_homography() -> np.ndarray:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from search.models import MaintenanceRun, Rating, SearchJob
-from tests.conftest import corel_image
+from tests.conftest import configured, corel_image
 
 from .conftest import ARTIFACTS
 
@@ -611,12 +611,13 @@ def test_a_phone_sized_photo_is_found_verified_and_its_matches_drawn_on_it(page,
     shot(page, "phone-photo-correspondences.png")
 
 
-def test_a_photo_sent_sideways_is_found_upright_on_a_worker_that_turns_queries(page, live_server, site_index,
-                                                                                 tiny_fine_engine, settings, tmp_path):
+def test_a_photo_sent_sideways_is_found_upright_by_the_default_turns(page, live_server, site_index,
+                                                                      tiny_fine_engine, settings, tmp_path):
     """A dinosaur sent turned a quarter counter-clockwise (no EXIF orientation), one that verifies
-    nothing as it is, searched on a worker with QUERY_TURNS: the gallery shows its source first, as
-    a verified match, through the turn that stands it upright (every keypoint of the picture an
-    inlier), not through the half turn tried first, which verifies it too with a few."""
+    nothing as it is, searched on a worker with the default settings (QUERY_TURNS, TURNS_IF_NEARER):
+    the gallery shows its source first, as a verified match, through the turn that stands it
+    upright (every keypoint of the picture an inlier), not through a half turn, which can verify it
+    too with a few."""
     import uuid
 
     from PIL import Image
@@ -630,14 +631,15 @@ def test_a_photo_sent_sideways_is_found_upright_on_a_worker_that_turns_queries(p
     photos = {p: tmp_path / f"sideways-{p}.jpg" for p in dinosaurs}  # as they will be sent
     for p, photo in photos.items():
         open_image(engine.index.path_of(p)).transpose(Image.Transpose.ROTATE_90).save(photo, quality=95)
-    unverified = [p for p in dinosaurs if engine.search(photos[p], "hybrid+attention", k=5).n_verified == 0]
+    with configured(engine, query_turns=""):
+        unverified = [p for p in dinosaurs if engine.search(photos[p], "hybrid+attention", k=5).n_verified == 0]
     assert unverified, "every dinosaur verified sideways: the turns would have nothing left to show"
     position = unverified[0]
     photo = photos[position]
     itself = engine.search(engine.index.path_of(position), "hybrid+attention", k=1).results[0]
 
     queue = f"search-turns-{uuid.uuid4().hex[:6]}"
-    worker = start_worker(queue, "celery-turns.log", WATCHDOG_PERIOD_S="86400", RETRIEVAL_QUERY_TURNS="90,180,270")
+    worker = start_worker(queue, "celery-turns.log", WATCHDOG_PERIOD_S="86400")
     settings.SEARCH_QUEUE = queue
     try:
         first = first_result_of_upload(page, live_server, photo)
