@@ -184,6 +184,12 @@ class SearchIndex:
             found.append((positions[:n], distances[:n]))
         return found
 
+    def nearest_distance_each(self, vectors: np.ndarray, variant: str, exclude_ids=frozenset()) -> np.ndarray:
+        """Each row's distance to its nearest image searched (inf: none), in one search."""
+        return np.array([d[0] if len(d) else np.inf
+                         for _, d in self.nearest_each(np.atleast_2d(vectors), variant, 1, exclude_ids)],
+                        dtype=np.float64)
+
     def nearest_to_query_or_crops(self, own: tuple[np.ndarray, np.ndarray], crops: np.ndarray, variant: str,
                                   n: int, exclude_ids=frozenset()) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` nearest to the query (``own``: its ``nearest``) or to any of its crops' vectors,

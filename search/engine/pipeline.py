@@ -200,8 +200,7 @@ class RetrievalEngine:
 
     def nearest_distances(self, vectors: np.ndarray, variant: str, exclude_ids=frozenset()) -> np.ndarray:
         """Each row's distance to its nearest image searched (inf: none)."""
-        return np.array([d[0] if len(d) else np.inf
-                         for _, d in self.index.nearest_each(np.atleast_2d(vectors), variant, 1, exclude_ids)])
+        return self.index.nearest_distance_each(vectors, variant, exclude_ids)
 
     def nearer_turns(self, image, query: QueryFeatures, variant: str, exclude_ids=frozenset()) -> tuple[int, ...]:
         """The ``query_turns`` of ``image`` whose nearest image (by ``variant``) is nearer than the

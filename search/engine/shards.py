@@ -302,8 +302,7 @@ class Shard:
         out = _answer_file(folder, stage, self.number)
         if stage == "expand" and request.get("each"):
             # the turn gate (RetrievalEngine.nearer_turns): each row's distance to its nearest here
-            _save(out, nearest=np.array([d[0] if len(d) else np.inf for _, d in index.nearest_each(
-                np.atleast_2d(query.vectors[variant]), variant, 1, exclude)], dtype=np.float64))
+            _save(out, nearest=index.nearest_distance_each(query.vectors[variant], variant, exclude))
         elif stage == "expand":
             positions, distances = index.nearest(query.vectors[variant], variant, request["n"], exclude)
             _save(out, ids=self._ids(positions), distances=distances,
@@ -429,7 +428,7 @@ class ShardedEngine(RetrievalEngine):
         with self._exchange() as folder:
             save_query(folder, QueryFeatures({variant: np.atleast_2d(vectors)}))
             answers = self._stage(folder, "expand", {"variant": variant, "exclude_ids": sorted(exclude_ids),
-                                                     "n": 1, "each": True})
+                                                     "each": True})
         return np.min([answer["nearest"] for answer in answers], axis=0)
 
     def _stage(self, folder: Path, stage: str, request: dict) -> list[dict]:
