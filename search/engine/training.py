@@ -2,11 +2,12 @@
 
 80/20 stratified split (seeded), standard augmentation, SGD with momentum
 and a cosine schedule; per-epoch loss and validation accuracy. The saved
-weights are the average of the last few epochs' weights (stochastic weight
-averaging, Izmailov et al. 2018) with BatchNorm statistics recomputed: the
-last epoch's weights differ from machine to machine (CPU float sums differ)
-and with them a few borderline images; the average retrieved better on the
-Corel-1k runs measured (RESULTS.md).
+weights are the last epoch's; with ``average_last_epochs`` > 1 the average of
+the last few epochs' weights (stochastic weight averaging, Izmailov et al.
+2018) with BatchNorm statistics recomputed. The average's logits find better
+neighbours, but it classified worse than its own last epoch in most trainings,
+and the default method orders by the classifier's class (RESULTS.md, "The last
+epoch's weights").
 """
 from __future__ import annotations
 
