@@ -17,7 +17,9 @@ match is often found but not sure, so candidates with ``min_inliers`` and at lea
   query's); ``best 1 of the query's class``: the one with most inliers among those it predicts so;
   ``... other at p``: and the best of all, when of another class, at place p (stop 40);
   ``..., its class first``: the fallback too puts the candidates of the query's class first,
-  ``... if m agree`` only when most of the fallback's first m are of that class (stop 41).
+  ``... if m agree`` only when most of the fallback's first m are of that class (stop 41); ``... or
+  p >= t`` also when the classifier gives the query's class a softmax probability of at least t;
+  ``(flip)``: the query's class from the mean of its own and its mirror image's logits (stop 44).
 
 Prints R@1 / R@5 per family on an instance benchmark, or P@10 for labelled queries (Corel-1k's
 validation queries with ``--corel``; a list file with ``--queries``), also with the labels that
@@ -54,6 +56,7 @@ from search.engine.instance_evaluation import _answerable as answerable  # noqa:
 from search.engine.instance_evaluation import _targets as answer_positions  # noqa: E402
 from search.engine.instance_evaluation import rank_of  # noqa: E402
 from search.engine.features import predicted_classes  # noqa: E402
+from search.engine.model import eval_batch  # noqa: E402
 from search.engine.pipeline import class_first, fine_order, reranked_and_verified  # noqa: E402
 from search.engine.workflows import open_engine  # noqa: E402
 
@@ -81,16 +84,36 @@ def collect(engine, args) -> dict:
     n = min(engine.config.n_candidates, len(index) - 1)
     rows = []
     for done, (path, exclude, kind, truth) in enumerate(queries_of(engine, args), 1):
-        query = engine.query_features(open_image(path), local=True)
+        image = open_image(path)
+        query = engine.query_features(image, local=True)
         ranking = engine.rank(query, METHOD, n, depth=n, exclude_ids=exclude)
+        logits, mirrored = raw_logits(engine, image)
         rows.append({"kind": kind, "truth": truth, "positions": ranking.positions, "distances": ranking.distances,
                      "inliers": ranking.inliers, "confidence": ranking.confidence,
-                     "query_class": int(predicted_classes(query.vectors["logits"])[0])})
+                     "query_class": int(predicted_classes(query.vectors["logits"])[0]),
+                     "logits": logits, "mirrored_logits": mirrored})
         if done % 50 == 0:
             print(f"{done} queries ranked", file=sys.stderr, flush=True)
     predicted = index.predicted_classes(np.arange(len(index)))  # each image's class, as the classifier's
     return {"labels": np.array([label or "" for label in index.labels], dtype=object), "rows": rows,
             "predicted": predicted}
+
+
+def raw_logits(engine, image) -> np.ndarray:
+    """The classifier's logits before normalising (the index keeps them L2-normalised, which loses
+    the softmax's scale) for the image and its mirror image."""
+    import torch
+    from PIL import ImageOps
+    model = engine.model
+    image = image.convert("RGB")
+    with torch.inference_mode():
+        batch = eval_batch(model.backbone, model.image_size, [image, ImageOps.mirror(image)], engine.device)
+        return model.backbone.classify(model.backbone.pooled(batch)).float().cpu().numpy()
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max())
+    return e / e.sum()
 
 
 def rules(config: EngineConfig) -> dict:
@@ -160,12 +183,15 @@ def rules(config: EngineConfig) -> dict:
             return reranked, verified, ((best[0], place) if len(best) and not agree[best[0]] else None)
         return rule
 
-    def class_first_fallback(rule, voters=None):
+    def class_first_fallback(rule, voters=None, sure=None, mirrored=False):
         """``rule``, and in the fallback the candidates the classifier puts in the query's class first
         (each part in the fallback's order); with ``voters``, only when most of the fallback's first
-        ``voters`` are of that class (the engine's ``fallback_same_class``; ``pipeline.class_first``)."""
+        ``voters`` are of that class (the engine's ``fallback_same_class``; ``pipeline.class_first``),
+        or (with ``sure``) the classifier's probability for the query's class is at least that; with
+        ``mirrored``, the query's class from the mean of its and its mirror image's logits."""
         def ranked(inliers, confidence, distances, agree):
             return (*rule(inliers, confidence, distances, agree)[:2], None, voters)
+        ranked.sure, ranked.mirrored = sure, mirrored
         return ranked
 
     none = lambda i, c, d, a: (np.zeros(len(i), bool), np.zeros(len(i), bool))  # noqa: E731
@@ -184,15 +210,31 @@ def rules(config: EngineConfig) -> dict:
     found |= {"coarse, its class first": class_first_fallback(none),
               "best 1 of its class, then its class": class_first_fallback(best_of_class())}
     found |= {f"..., then its class if {m} agree": class_first_fallback(best_of_class(), m) for m in (5, 10, 20, 50)}
+    found |= {f"...10 agree or p >= {t}": class_first_fallback(best_of_class(), 10, sure=t)
+              for t in (0.5, 0.8, 0.9, 0.95, 0.99)}
+    found |= {"...10 agree (flip)": class_first_fallback(best_of_class(), 10, mirrored=True)}
+    found |= {f"...10 agree or p >= {t} (flip)": class_first_fallback(best_of_class(), 10, sure=t, mirrored=True)
+              for t in (0.9, 0.95)}
     return found
 
 
+def query_class_and_probability(row: dict, mirrored: bool) -> tuple[int, float]:
+    logits = (row["logits"] + row["mirrored_logits"]) / 2 if mirrored else row["logits"]
+    p = softmax(logits)
+    return int(p.argmax()), float(p.max())
+
+
 def ordered(row: dict, rule, predicted: np.ndarray) -> np.ndarray:
-    agree = predicted[row["positions"][:len(row["inliers"])]] == row["query_class"]
+    query_class, p = row["query_class"], 0.0
+    if getattr(rule, "sure", None) is not None or getattr(rule, "mirrored", False):
+        query_class, p = query_class_and_probability(row, rule.mirrored)
+    of_class = predicted[row["positions"]] == query_class
+    agree = of_class[:len(row["inliers"])]
     reranked, verified, *placed = rule(row["inliers"], row["confidence"], row["distances"], agree)
     order = fine_order(row["inliers"], reranked, verified, row["distances"])
     if len(placed) > 1:  # (candidate or None, voters): the fallback's candidates of the query's class first
-        order = class_first(order, int(np.count_nonzero(reranked)), agree, placed[1])[0]
+        voters = None if rule.sure is not None and p >= rule.sure else placed[1]
+        order = class_first(order, int(np.count_nonzero(reranked)), of_class, voters)[0]
     if placed and placed[0] is not None:  # (candidate, place): moved there in the final order
         candidate, place = placed[0]
         rest = order[order != candidate]
