@@ -594,6 +594,35 @@ def test_only_the_turns_nearer_the_collection_are_tried(tiny_fine_engine):
     assert found, "no sideways picture needed turning"
 
 
+def test_the_turn_gate_compares_instance_vectors_from_the_describer_alone(tiny_fine_engine):
+    """``turn_gate_variant`` "instance" (the default): the gate's turned vectors are the describer's,
+    the same as the full global pass gives, without running the classifier; and the turn that stands
+    a sideways picture up is nearer by them, as by the hybrid."""
+    engine = tiny_fine_engine
+    assert engine.describer is not None and not engine.describer.shares_network_with(engine.model)
+    upright = open_image(engine.index.path_of(0)).convert("RGB")
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)
+    turns = [sideways.transpose(Image.Transpose.ROTATE_270), sideways.transpose(Image.Transpose.ROTATE_90)]
+    backbone, passes = engine.model.backbone, []
+    classifier_pass = backbone.pooled
+    backbone.pooled = lambda batch: passes.append(len(batch)) or classifier_pass(batch)
+    try:
+        alone = engine.variant_vectors(turns, "instance")
+        assert passes == []
+        both = engine.global_vectors(turns)
+        assert passes == [2]
+    finally:
+        del backbone.pooled
+    np.testing.assert_allclose(alone, both["instance"], atol=1e-5)
+    query = engine.query_features(sideways, local=False)
+    with configured(engine, query_turns="270,90", turns_if_nearer=True):
+        assert engine.config.turn_gate_variant == "instance"
+        by_instance = engine.nearer_turns(sideways, query, "hybrid")
+        with configured(engine, turn_gate_variant="hybrid"):
+            by_hybrid = engine.nearer_turns(sideways, query, "hybrid")
+    assert 270 in by_instance and 270 in by_hybrid
+
+
 def test_turns_in_doubt_turn_only_the_queries_whose_class_the_first_candidates_do_not_share(tiny_fine_engine):
     """With ``turns_in_doubt`` a query that verifies nothing is turned only when most of the
     fallback's first candidates are not of the classifier's class for it (``class_agreed``); the

@@ -255,6 +255,10 @@ class EngineConfig:
     # (one batch of global vectors decides, before any turn's local features). Measured: RESULTS.md
     # ("Turns that look more like the collection").
     turns_if_nearer: bool = True
+    # The global variant that gate compares, where the index has it (else the method's own): the
+    # instance one needs one network's pass over the three turns where the hybrid needs two, and
+    # a search that verifies nothing pays the gate. Measured: RESULTS.md ("A turn gate of one network").
+    turn_gate_variant: str = "instance"
     # A turn that verifies something puts its verified matches first, then the query's own page as
     # sent (pipeline.matches_first); with turned_fallback, the turned query's whole ranking instead.
     # Why: RESULTS.md ("The turned query's matches, the upright query's page").

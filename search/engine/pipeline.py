@@ -206,13 +206,24 @@ class RetrievalEngine:
         """The ``query_turns`` of ``image`` whose nearest image (by ``variant``) is nearer than the
         nearest of the query as sent: a photo on its side, stood upright, looks like its source,
         while an upright photo turned looks less like anything in a collection of upright pictures.
-        One batch of global vectors, far cheaper than a turn's local features and verification."""
+        One batch of global vectors, far cheaper than a turn's local features and verification,
+        compared by ``turn_gate_variant`` where the index has it (else by ``variant``)."""
         angles = self.config.turn_angles
+        gate = self.config.turn_gate_variant if self.config.turn_gate_variant in query.vectors else variant
         rgb = image.convert("RGB")
-        turned = self.global_vectors([rgb.transpose(TURNS[a]) for a in angles])[variant]
-        rows = np.vstack([np.atleast_2d(query.vectors[variant]), turned])
-        distances = self.nearest_distances(rows, variant, exclude_ids)
+        turned = self.variant_vectors([rgb.transpose(TURNS[a]) for a in angles], gate)
+        rows = np.vstack([np.atleast_2d(query.vectors[gate]), turned])
+        distances = self.nearest_distances(rows, gate, exclude_ids)
         return tuple(a for a, d in zip(angles, distances[1:]) if d < distances[0])
+
+    def variant_vectors(self, images: list, variant: str) -> np.ndarray:
+        """``global_vectors(images)[variant]``; the instance variant from the describer's pass alone,
+        where it is a network of its own (the hybrid and the classifier's variants need the
+        classifier's pass as well)."""
+        describer = self.describer
+        if variant == "instance" and describer is not None and not describer.shares_network_with(self.model):
+            return describer.describe([image.convert("RGB") for image in images])
+        return self.global_vectors(images)[variant]
 
     def coarse_order(self, vectors: dict[str, np.ndarray], variant: str, n: int,
                      exclude_ids: frozenset[str] = frozenset(), expand: bool = True) -> tuple[np.ndarray, np.ndarray]:
