@@ -203,8 +203,8 @@ class RetrievalEngine:
         return self.index.nearest_distance_each(vectors, variant, exclude_ids)
 
     def nearer_turns(self, image, query: QueryFeatures, variant: str, exclude_ids=frozenset()) -> tuple[int, ...]:
-        """The ``query_turns`` of ``image`` whose nearest image (by ``variant``) is nearer than the
-        nearest of the query as sent: a photo on its side, stood upright, looks like its source,
+        """The ``query_turns`` of ``image`` whose nearest image is nearer than the nearest of the
+        query as sent: a photo on its side, stood upright, looks like its source,
         while an upright photo turned looks less like anything in a collection of upright pictures.
         One batch of global vectors, far cheaper than a turn's local features and verification,
         compared by ``turn_gate_variant`` where the index has it (else by ``variant``)."""
