@@ -217,12 +217,12 @@ class RetrievalEngine:
         return tuple(a for a, d in zip(angles, distances[1:]) if d < distances[0])
 
     def variant_vectors(self, images: list, variant: str) -> np.ndarray:
-        """``global_vectors(images)[variant]``; the instance variant from the describer's pass alone,
-        where it is a network of its own (the hybrid and the classifier's variants need the
-        classifier's pass as well)."""
+        """``global_vectors(images)[variant]`` (``images`` RGB, as there); the instance variant from the
+        describer's pass alone, where it is a network of its own (the hybrid and the classifier's
+        variants need the classifier's pass as well)."""
         describer = self.describer
         if variant == "instance" and describer is not None and not describer.shares_network_with(self.model):
-            return describer.describe([image.convert("RGB") for image in images])
+            return describer.describe(images)
         return self.global_vectors(images)[variant]
 
     def coarse_order(self, vectors: dict[str, np.ndarray], variant: str, n: int,
