@@ -69,3 +69,29 @@ def test_instance_evaluation_finds_the_sources_of_photometric_queries(tiny_fine_
     fine = table["penultimate+attention", "all"]
     assert fine.recall_at_1 >= 0.8 and fine.verified_at_1 >= fine.recall_at_1 - 0.2
     assert fine.n_candidates == 40 and fine.coarse_recall[20] >= coarse.recall_at_1
+
+
+def test_a_verified_unrelated_query_is_named_with_its_image(tiny_fine_engine, tiny_collection_dir, tmp_path):
+    """A benchmark of unrelated queries alone, one of which is in truth a collection image: its
+    verified first result is a false positive by the benchmark's word, and the report names it."""
+    from search.engine.instance_benchmark import build_instance_benchmark
+    from search.engine.instance_evaluation import evaluate_instances, format_instance_table
+
+    from .conftest import corel_image
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for number in (600, 601, 305):  # two flowers, and a bus the tiny collection holds
+        (outside / f"{number}.jpg").symlink_to(corel_image(number))
+    bench = build_instance_benchmark(tiny_collection_dir, tmp_path / "bench", outside,
+                                     per_family=0, n_unrelated=3, seed=0)
+    scores = evaluate_instances(tiny_fine_engine, bench, ["penultimate+attention"], n_candidates=40)
+    assert [(s.family, s.n_queries) for s in scores] == [("unrelated", 3)]  # no instance queries, no "all" row
+    unrelated = scores[0]
+    wrong = {f["image"]: f for f in unrelated.false_verified}
+    assert "buses/305.jpg" in wrong and wrong["buses/305.jpg"]["inliers"] >= tiny_fine_engine.config.min_inliers
+    assert wrong["buses/305.jpg"]["confidence"] >= tiny_fine_engine.config.min_confidence
+    assert len(unrelated.false_verified) == round(unrelated.verified_at_1 * 3)
+    query = next(q for q in bench.queries if q.params["from"].endswith("305.jpg"))
+    assert wrong["buses/305.jpg"]["query"] == query.file
+    assert f"{query.file} -> buses/305.jpg" in format_instance_table(scores)

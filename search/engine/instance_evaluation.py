@@ -5,7 +5,9 @@ Per method and per transformation family: R@1, R@5, mAP@5 (one relevant image, s
 is 1/rank within the first five), the coarse stage's recall at several depths (what
 verification can rescue at that candidate count), the share of queries whose first
 result is verified, and mean query time. For unrelated queries only the verified share
-counts: every verified first result there is a false positive.
+counts: every verified first result there is a false positive. Each row also names its queries
+whose first result is verified but wrong (``false_verified``), so that a false positive can be
+looked at rather than only counted.
 """
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ class InstanceScore:
     query_ms: float
     n_candidates: int = 0
     skipped: list[str] = field(default_factory=list)
+    # one entry per query whose first result is verified but not its source (every verified first
+    # result of an unrelated query): query file, image, inliers, confidence, degrees turned
+    false_verified: list[dict] = field(default_factory=list)
 
 
 def rank_of(ranked_positions: np.ndarray, targets) -> int:
@@ -62,7 +67,8 @@ def _summarise(method, family, rows, depths, n_candidates) -> InstanceScore:
         float((final < 5).mean()) if instance else None,
         float(ap5.mean()) if instance else None,
         {d: float((coarse < d).mean()) for d in depths} if instance else {},
-        float(np.mean([r["verified"] for r in rows])), float(np.mean([r["ms"] for r in rows])), n_candidates)
+        float(np.mean([r["verified"] for r in rows])), float(np.mean([r["ms"] for r in rows])), n_candidates,
+        false_verified=[r["first"] for r in rows if r["verified"] and r["final"] != 0])
 
 
 def _answerable(engine: RetrievalEngine, benchmark: InstanceBenchmark) -> tuple[dict, list, list[str]]:
@@ -76,7 +82,7 @@ def _answerable(engine: RetrievalEngine, benchmark: InstanceBenchmark) -> tuple[
             queries.append(q)
         else:
             skipped.append(q.file)
-    if not any(q.source for q in queries):
+    if any(q.source for q in benchmark.queries) and not any(q.source for q in queries):
         raise EngineError(f"none of the benchmark's sources is in {index.path}: index {benchmark.collection_root}")
     return position_of, queries, skipped
 
@@ -104,7 +110,11 @@ def _score_runs(engine: RetrievalEngine, benchmark: InstanceBenchmark, runs: lis
                 ms += query.timings_ms["local_features"] + query.timings_ms.get("crops", 0.0)
             rows[method, n_candidates].append({
                 "family": q.family, "final": rank_of(ranking.ranked_positions, target),
-                "coarse": rank_of(ranking.positions, target), "verified": verified, "ms": ms})
+                "coarse": rank_of(ranking.positions, target), "verified": verified, "ms": ms,
+                "first": {"query": q.file, "image": index.relpaths[ranking.positions[first]],
+                          "inliers": int(ranking.inliers[first]) if first < ranking.n_candidates else 0,
+                          "confidence": round(float(ranking.confidence[first]), 3)
+                          if first < ranking.n_candidates else 0.0, "turned": ranking.turned}})
         progress("instance queries", done, len(queries))
     families = [f for f in benchmark.families if any(q.family == f for q in queries)]
     return rows, families, skipped
@@ -123,8 +133,9 @@ def evaluate_instances(engine: RetrievalEngine, benchmark: InstanceBenchmark, me
     scores = []
     for method, n in runs:
         instance_rows = [r for r in rows[method, n] if r["family"] != "unrelated"]
-        scores.append(_summarise(method, "all", instance_rows, depths, n))
-        scores[-1].skipped = skipped
+        if instance_rows:  # a benchmark of unrelated queries alone has no "all" row
+            scores.append(_summarise(method, "all", instance_rows, depths, n))
+            scores[-1].skipped = skipped
         for family in families:
             scores.append(_summarise(method, family, [r for r in rows[method, n] if r["family"] == family], depths, n))
     return scores
@@ -159,6 +170,11 @@ def format_instance_table(scores: list[InstanceScore], families: bool = True) ->
                      f"{fmt(s.map_at_5)} " + " ".join(f"{s.coarse_recall[d]:>7.3f}" if d in s.coarse_recall
                                                       else f"{'-':>7}" for d in depths)
                      + f" {s.verified_at_1:>7.3f} {s.query_ms:>7.1f}")
+    wrong = [(s.method, f) for s in scores if s.family in ("all", "unrelated") for f in s.false_verified]
+    if wrong:
+        lines += ["", "verified first results that are wrong (method: query -> image, inliers, confidence):"]
+        lines += [f"  {method}: {f['query']} -> {f['image']}, {f['inliers']}, {f['confidence']:.3f}"
+                  + (f", turned {f['turned']}" if f["turned"] else "") for method, f in wrong]
     return "\n".join(lines)
 
 
