@@ -113,10 +113,14 @@ def test_rank_and_recall_metrics():
             {"final": 2, "coarse": 150, "verified": False, "ms": 20.0},
             {"final": 7, "coarse": 5000, "verified": False, "ms": 30.0},
             {"final": NOT_FOUND, "coarse": NOT_FOUND, "verified": True, "ms": 40.0}]
+    for number, row in enumerate(rows):  # what each query's first result was
+        row["first"] = {"query": f"q{number}", "image": f"i{number}", "inliers": 9, "confidence": 0.6, "turned": 0}
     score = _summarise("m", "all", rows, (20, 100, 1000, 4000), 4000)
     assert score.recall_at_1 == 0.25 and score.recall_at_5 == 0.5
     assert score.map_at_5 == pytest.approx((1 + 1 / 3) / 4)
     assert score.coarse_recall == {20: 0.25, 100: 0.25, 1000: 0.5, 4000: 0.5}
     assert score.verified_at_1 == 0.5 and score.query_ms == 25.0
+    assert [f["query"] for f in score.false_verified] == ["q3"]  # verified, but not the source
     unrelated = _summarise("m", "unrelated", rows[:2], (20,), 4000)
     assert unrelated.recall_at_1 is None and unrelated.coarse_recall == {} and unrelated.verified_at_1 == 0.5
+    assert [f["query"] for f in unrelated.false_verified] == []  # final 0: the first result was the answer
