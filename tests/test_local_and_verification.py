@@ -607,7 +607,7 @@ def test_the_turn_gate_compares_instance_vectors_from_the_describer_alone(tiny_f
     classifier_pass = backbone.pooled
     backbone.pooled = lambda batch: passes.append(len(batch)) or classifier_pass(batch)
     try:
-        alone = engine.variant_vectors(turns, "instance")
+        alone = engine.global_vectors_of(turns, "instance")
         assert passes == []
         both = engine.global_vectors(turns)
         assert passes == [2]

@@ -211,12 +211,12 @@ class RetrievalEngine:
         angles = self.config.turn_angles
         gate = self.config.turn_gate_variant if self.config.turn_gate_variant in query.vectors else variant
         rgb = image.convert("RGB")
-        turned = self.variant_vectors([rgb.transpose(TURNS[a]) for a in angles], gate)
+        turned = self.global_vectors_of([rgb.transpose(TURNS[a]) for a in angles], gate)
         rows = np.vstack([np.atleast_2d(query.vectors[gate]), turned])
         distances = self.nearest_distances(rows, gate, exclude_ids)
         return tuple(a for a, d in zip(angles, distances[1:]) if d < distances[0])
 
-    def variant_vectors(self, images: list, variant: str) -> np.ndarray:
+    def global_vectors_of(self, images: list, variant: str) -> np.ndarray:
         """``global_vectors(images)[variant]`` (``images`` RGB, as there); the instance variant from the
         describer's pass alone, where it is a network of its own (the hybrid and the classifier's
         variants need the classifier's pass as well)."""
