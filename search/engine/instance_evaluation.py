@@ -103,7 +103,8 @@ def _score_runs(engine: RetrievalEngine, benchmark: InstanceBenchmark, runs: lis
         for method, n_candidates in runs:
             ranking = engine.rank_turning(image, query, method, n_candidates, depth=depth, turned=turned)
             first = ranking.order[0]
-            verified = bool(first < ranking.n_candidates and ranking.verified[first])
+            fitted = first < ranking.n_candidates  # verification ran on the first result (a candidate)
+            verified = bool(fitted and ranking.verified[first])
             ms = query.timings_ms["global_features"] + sum(ranking.timings_ms.get(k, 0.0)
                                                            for k in ("coarse", "verification", "turns"))
             if is_fine(method):
@@ -112,9 +113,9 @@ def _score_runs(engine: RetrievalEngine, benchmark: InstanceBenchmark, runs: lis
                 "family": q.family, "final": rank_of(ranking.ranked_positions, target),
                 "coarse": rank_of(ranking.positions, target), "verified": verified, "ms": ms,
                 "first": {"query": q.file, "image": index.relpaths[ranking.positions[first]],
-                          "inliers": int(ranking.inliers[first]) if first < ranking.n_candidates else 0,
-                          "confidence": round(float(ranking.confidence[first]), 3)
-                          if first < ranking.n_candidates else 0.0, "turned": ranking.turned}})
+                          "inliers": int(ranking.inliers[first]) if fitted else 0,
+                          "confidence": round(float(ranking.confidence[first]), 3) if fitted else 0.0,
+                          "turned": ranking.turned}})
         progress("instance queries", done, len(queries))
     families = [f for f in benchmark.families if any(q.family == f for q in queries)]
     return rows, families, skipped
