@@ -2,6 +2,7 @@
 metrics, on real Corel images; no model needed."""
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,6 +105,30 @@ def test_a_duplicate_photo_in_another_folder_is_a_second_answer(tmp_path):
         assert q.answers == [q.source, f"{'Faces_easy' if folder == 'Faces' else 'Faces'}/{name}"]
     assert bench.queries[2].answers == []
     assert load_instance_benchmark(tmp_path / "bench").queries == bench.queries
+
+
+def test_an_outside_picture_the_collection_holds_is_no_unrelated_query(tmp_path):
+    """Corel-1k's 455.jpg is Caltech-101's stegosaurus/image_0038.jpg mirrored: where the collection
+    holds that image, a verified result is right, so 455 is left out; the other drawn queries stay."""
+    collection, outside = tmp_path / "caltech", tmp_path / "corel"
+    (collection / "stegosaurus").mkdir(parents=True)
+    (collection / "stegosaurus" / "image_0038.jpg").symlink_to(corel_image(455))
+    (collection / "stegosaurus" / "image_0039.jpg").symlink_to(corel_image(456))
+    outside.mkdir()
+    for number in (455, 600, 601, 602):
+        (outside / f"{number}.jpg").symlink_to(corel_image(number))
+    bench = build_instance_benchmark(collection, tmp_path / "bench", outside, per_family=1, n_unrelated=4,
+                                     families=("crop",))
+    froms = sorted(Path(q.params["from"]).name for q in bench.queries if q.family == "unrelated")
+    assert froms == ["600.jpg", "601.jpg", "602.jpg"]
+    assert [Path(c["from"]).name for c in bench.left_out] == ["455.jpg"]
+    assert bench.left_out[0]["copy_of"] == "stegosaurus/image_0038.jpg"
+    assert load_instance_benchmark(tmp_path / "bench").left_out == bench.left_out
+    # a collection without that image keeps 455 as an unrelated query
+    (collection / "stegosaurus" / "image_0038.jpg").unlink()
+    kept = build_instance_benchmark(collection, tmp_path / "kept", outside, per_family=1, n_unrelated=4,
+                                    families=("crop",))
+    assert kept.left_out == [] and sum(q.family == "unrelated" for q in kept.queries) == 4
 
 
 def test_rank_and_recall_metrics():

@@ -33,3 +33,5 @@ class Command(EngineCommand):
         self.stdout.write(self.style.SUCCESS(
             f"{len(benchmark.queries) - n_unrelated} instance queries ({per_family} x {len(FAMILIES)} families) "
             f"and {n_unrelated} unrelated queries of {benchmark.collection_root} written to {out}"))
+        for copy in benchmark.left_out:
+            self.stdout.write(f"left out of the unrelated queries: {copy['from']}, a known copy of {copy['copy_of']}")
