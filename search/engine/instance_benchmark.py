@@ -219,7 +219,8 @@ def build_instance_benchmark(collection_root: Path, out_dir: Path, backgrounds_r
     second collection image."""
     collection_root = Path(collection_root).resolve()
     records = scan_collection(collection_root).records
-    outside = _image_files(Path(backgrounds_root).resolve())
+    backgrounds_root = Path(backgrounds_root).resolve()
+    outside = _image_files(backgrounds_root)
     n_sources = per_family * len(families)
     if n_sources > len(records):
         raise EngineError(f"{collection_root} has {len(records)} images, fewer than the {n_sources} queries asked")
@@ -229,7 +230,6 @@ def build_instance_benchmark(collection_root: Path, out_dir: Path, backgrounds_r
     sources = rng.sample(records, n_sources)
     relpaths = {r.relpath for r in records}
     drawn = rng.sample(outside, n_unrelated)
-    backgrounds_root = Path(backgrounds_root).resolve()
     copies = {path: KNOWN_COPIES.get(path.relative_to(backgrounds_root).as_posix()) for path in drawn}
     left_out = [{"from": str(path), "copy_of": copy} for path, copy in copies.items() if copy in relpaths]
     unrelated = [path for path in drawn if copies[path] not in relpaths]
