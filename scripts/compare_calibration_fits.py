@@ -6,9 +6,10 @@ benchmark: 270 instance queries and 100 unrelated ones. This script collects the
 evidence of every (query, candidate) pair with inliers on a larger benchmark once (``--cache``),
 then scores by two-fold cross-fitting, so that every query is judged by a calibration that never
 saw it: the queries are split in halves (``--seeds``), a calibration is fitted on each half and
-judges the other. Beside it, the calibration in use (the packaged one unless the data dir holds
-a fitted one) on the same queries (in-sample for those of the default benchmark). For each ``MIN_CONFIDENCE`` in ``--thresholds``: instance queries whose
-source is verified, those with a wrong image verified, unrelated queries with any image verified.
+judges the other (the halves ``calibrate`` uses). Beside it, the calibration in use (the packaged
+one unless the data dir holds a fitted one) on the same queries (in-sample for those of the
+default benchmark). For each ``MIN_CONFIDENCE`` in ``--thresholds``: instance queries whose source
+is verified, those with a wrong image verified, unrelated queries with any image verified.
 
 Ranks without the quarter turns (as ``calibrate`` does); a search that turns its query can verify
 a turned false match on top (RESULTS.md, "A thousand unrelated queries").
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from search.engine.config import EngineConfig  # noqa: E402
 from search.engine.confidence import fit_calibration, load_calibration  # noqa: E402
 from search.engine.instance_benchmark import load_instance_benchmark  # noqa: E402
-from search.engine.instance_evaluation import collect_pair_evidence, verified_shares  # noqa: E402
+from search.engine.instance_evaluation import collect_pair_evidence, query_halves, verified_shares  # noqa: E402
 from search.engine.methods import DEFAULT_METHOD  # noqa: E402
 from search.engine.pipeline import reranked_and_verified  # noqa: E402
 from search.engine.workflows import open_engine  # noqa: E402
@@ -55,8 +56,7 @@ def pairs_of(args, config):
 
 def cross_fitted_probability(pairs, seed: int) -> np.ndarray:
     """Each pair's probability from the calibration fitted on the half of the queries without it."""
-    order = np.random.default_rng(seed).permutation(len(pairs.families))
-    halves = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:])
+    halves = query_halves(pairs, seed)
     probability = np.zeros(len(pairs.same))
     for fit_q, judged_q in (halves, halves[::-1]):
         fit_rows, judged_rows = np.isin(pairs.query, fit_q), np.isin(pairs.query, judged_q)

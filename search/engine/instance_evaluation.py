@@ -209,6 +209,13 @@ def collect_pair_evidence(engine: RetrievalEngine, benchmark: InstanceBenchmark,
     return PairEvidence(evidence, inliers, same.astype(bool), query, families)
 
 
+def query_halves(pairs: PairEvidence, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The benchmark's queries split in two seeded halves (sorted indices into ``pairs.families``):
+    a confidence fitted on one half is judged on the other."""
+    order = np.random.default_rng(seed).permutation(len(pairs.families))
+    return np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:])
+
+
 def verified_shares(pairs: PairEvidence, verified: np.ndarray, queries: np.ndarray) -> dict:
     """For the given queries, with ``verified`` marking the pairs that pass: the share of instance
     queries whose source passes (found), the share with a passing wrong image (false), and of

@@ -5,7 +5,7 @@ import numpy as np
 
 from ...engine.confidence import fit_calibration
 from ...engine.instance_benchmark import load_instance_benchmark
-from ...engine.instance_evaluation import collect_pair_evidence, verified_shares
+from ...engine.instance_evaluation import collect_pair_evidence, query_halves, verified_shares
 from ...engine.methods import DEFAULT_METHOD
 from ...engine.pipeline import reranked_and_verified
 from ...engine.workflows import open_engine
@@ -32,8 +32,7 @@ class Command(EngineCommand):
         bench = load_instance_benchmark(benchmark)
         with StageBars(unit="query") as bars:
             pairs = collect_pair_evidence(engine, bench, method, n_candidates, progress=bars)
-        order = np.random.default_rng(seed).permutation(len(pairs.families))
-        fit_q, held_q = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:])
+        fit_q, held_q = query_halves(pairs, seed)
         fit_rows = np.isin(pairs.query, fit_q)
         held = fit_calibration(pairs.evidence[fit_rows], pairs.same[fit_rows], f"{benchmark} (half, seed {seed})")
         def verified_by(calibration):  # the rule a search applies: min_inliers and min_confidence
