@@ -99,6 +99,9 @@ class EngineConfig:
     # worse than its last epoch in most trainings, and the default method orders by the
     # classifier's class (RESULTS.md, "The last epoch's weights").
     average_last_epochs: int = 1
+    # Fit the new last layer on the frozen ImageNet features (logistic regression) before
+    # fine-tuning everything (LP-FT; training.fit_head_on_frozen_features).
+    probe_first: bool = False
     num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
     # Processes that load or train the networks keep freed blocks of up to this many MB for reuse
     # instead of handing them back to the kernel (allocator.py; 0: glibc's defaults). Why 256:

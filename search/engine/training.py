@@ -172,6 +172,14 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
     if len(train_loader.dataset) == 0:
         raise CollectionError("no readable training images")
 
+    probe_accuracy = None
+    if config.probe_first:
+        fit_head_on_frozen_features(backbone, _loader(split.train, train_images, class_index,
+                                                      eval_transform(backbone, config.image_size),
+                                                      config.batch_size, False, config.seed), device)
+        probe_accuracy = evaluate_accuracy(backbone, val_loader, device)
+        tqdm.write(f"linear probe on the ImageNet features: val accuracy {probe_accuracy:.4f}")
+
     epochs = epochs or config.epochs
     head = list(backbone.head_parameters())
     head_ids = {id(p) for p in head}
@@ -229,12 +237,40 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
         "collection_root": str(collection.root),
         "settings": {k: getattr(config, k) for k in (
             "backbone", "image_size", "batch_size", "learning_rate", "head_lr_multiplier", "momentum",
-            "weight_decay", "val_fraction", "seed", "average_last_epochs", "train_max_images")} | {"epochs": epochs},
+            "weight_decay", "val_fraction", "seed", "average_last_epochs", "train_max_images",
+            "probe_first")} | {"epochs": epochs},
         "averaged_epochs": averaged.epochs if averaged.count > 1 else [],
+        "probe_val_accuracy": probe_accuracy,  # the fitted head's, before fine-tuning (probe_first)
         "skipped": skipped_train + skipped_val,
     }
     checksum = save_classifier(out_path, backbone.cpu(), classes, config.image_size, info)
     return TrainingResult(checksum, classes, split, history, skipped_train + skipped_val, info=info)
+
+
+@torch.no_grad()
+def fit_head_on_frozen_features(backbone, loader, device, inverse_regularisation: float = 1.0) -> None:
+    """The new last layer fitted first by logistic regression on the untouched ImageNet features,
+    then everything fine-tuned (LP-FT, Kumar et al. 2022): a random head sends large, random
+    gradients into the pretrained body in the first steps and distorts the features it was chosen
+    for; a fitted one asks the body only for what the classes need."""
+    from sklearn.linear_model import LogisticRegression
+
+    backbone.eval()
+    features, targets = [], []
+    for images, batch_targets in tqdm(loader, desc="linear probe features", unit="batch", leave=False):
+        features.append(backbone.pooled(images.to(device)).cpu())
+        targets.append(batch_targets)
+    features, targets = torch.cat(features).numpy(), torch.cat(targets).numpy()
+    probe = LogisticRegression(C=inverse_regularisation, max_iter=3000).fit(features, targets)
+    weight = np.zeros((backbone.classifier.out_features, features.shape[1]), dtype=np.float32)
+    bias = np.full(backbone.classifier.out_features, -1e4, dtype=np.float32)  # a class never seen
+    if len(probe.classes_) == 2:  # sklearn fits one row for two classes: as a softmax, +-half of it
+        weight[probe.classes_] = np.stack([-probe.coef_[0], probe.coef_[0]]) / 2
+        bias[probe.classes_] = np.array([-probe.intercept_[0], probe.intercept_[0]]) / 2
+    else:
+        weight[probe.classes_], bias[probe.classes_] = probe.coef_, probe.intercept_
+    backbone.classifier.weight.copy_(torch.from_numpy(weight))
+    backbone.classifier.bias.copy_(torch.from_numpy(bias))
 
 
 def first_averaged_epoch(epochs: int, average_last: int) -> int:
