@@ -357,10 +357,16 @@ def test_the_unsure_match_put_first_is_one_the_classifier_puts_in_the_querys_cla
             with configured(engine, rerank_same_class=False):
                 assert engine.same_class(query, by_class.positions[:n]) is None
                 any_class = engine.rank(query, method, 39, exclude_ids=own)
+            with configured(engine, class_from_labels=False):
+                guessed = engine.same_class(query, by_class.positions[:n])
         assert label_free.same_class(query, by_class.positions[:n]) is None
         # the stored logits of each candidate, in the candidates' order, against the query's own
+        query_class = predicted_classes(query.vectors["logits"])[0]
         stored = predicted_classes(engine.index.vectors["logits"][by_class.positions[:n]])
-        np.testing.assert_array_equal(same, stored == predicted_classes(query.vectors["logits"])[0])
+        np.testing.assert_array_equal(guessed, stored == query_class)
+        # by default a labelled candidate's class is its label (every tiny image has one)
+        labels = [engine.index.labels[p] for p in by_class.positions[:n]]
+        np.testing.assert_array_equal(same, [engine.model.classes.index(label) == query_class for label in labels])
         assert by_class.n_verified == any_class.n_verified == 0
         for ranking, allowed in ((by_class, same), (any_class, np.ones(n, bool))):
             unsure = (ranking.inliers >= engine.config.min_inliers) & allowed

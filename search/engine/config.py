@@ -211,6 +211,10 @@ class EngineConfig:
     # nearest images agree). Why: RESULTS.md ("The query's class first in the fallback").
     fallback_same_class: bool = True
     fallback_class_voters: int = 10
+    # A candidate's class in these rules is its label where the collection gives it one the
+    # classifier knows (else the classifier's): the labels are a person's word, and the classifier
+    # gets a few of its own training collection wrong. Why: RESULTS.md ("Labels before guesses").
+    class_from_labels: bool = True
     # The confidence calibration (calibrate writes <data dir>/models/calibration.json); empty: that
     # file when it exists, else the one fitted on the public instance benchmark.
     calibration_path: str = ""

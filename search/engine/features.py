@@ -43,6 +43,27 @@ def predicted_classes(logits: np.ndarray) -> np.ndarray:
     return np.atleast_2d(logits).argmax(1)
 
 
+def given_classes(labels: np.ndarray, classes) -> np.ndarray:
+    """The position in the classifier's ``classes`` of each of ``labels`` (strings, "" where an image
+    has none), -1 for a label the classifier does not know or none."""
+    names = np.asarray(classes, dtype=str)
+    labels = np.asarray(labels, dtype=str)
+    if len(names) == 0 or len(labels) == 0:
+        return np.full(len(labels), -1, dtype=np.int64)
+    order = np.argsort(names)
+    at = np.minimum(np.searchsorted(names[order], labels), len(names) - 1)
+    return np.where((names[order][at] == labels) & (labels != ""), order[at], -1).astype(np.int64)
+
+
+def image_classes(predicted: np.ndarray, labels: np.ndarray, classes) -> np.ndarray:
+    """Each collection image's class for the class rules: the label a person gave it where the
+    classifier knows that label, else the classifier's guess (``predicted``). The classifier gets a
+    few images of its own collection wrong, and a wrong class sends such an image ahead of the
+    query's kind in other searches."""
+    given = given_classes(labels, classes)
+    return np.where(given >= 0, given, np.asarray(predicted))
+
+
 class Embedded(NamedTuple):
     penultimate: np.ndarray  # (N, D) L2-normalised
     logits: np.ndarray  # (N, C) L2-normalised

@@ -22,8 +22,8 @@ from .coarse_backends import BALLTREE, FAISS, Share, backend_class, choose_backe
 from .collection import Collection, ImageRecord
 from .config import CoarseSettings, EngineConfig
 from .errors import SearchIndexError
-from .features import (GlobalFeatures, extract_global_features, fit_pca, hybrid_parts, predicted_classes,
-                       variant_vectors)
+from .features import (GlobalFeatures, extract_global_features, fit_pca, hybrid_parts, image_classes,
+                       predicted_classes, variant_vectors)
 from .instance_features import InstanceDescriber
 from .local_store import LocalStore, StackedLocalStore, build_local_store, fingerprint
 from .methods import VARIANTS
@@ -100,6 +100,7 @@ class SearchIndex:
             self.local = StackedLocalStore(stores + [local])
         self.deltas.append(folder)
         self.__dict__.pop("positions", None)
+        self.__dict__.pop("label_codes", None)
 
     def row_vectors(self, variant: str, positions) -> np.ndarray:
         """The ``variant`` vectors (float32) of the images at ``positions``, build or delta."""
@@ -115,6 +116,23 @@ class SearchIndex:
     def predicted_classes(self, positions) -> np.ndarray | None:
         """The classifier's class of each image at ``positions``; None where the index keeps no logits."""
         return predicted_classes(self.row_vectors("logits", positions)) if "logits" in self.vectors else None
+
+    def image_classes(self, positions, classes) -> np.ndarray | None:
+        """Each image's class among the classifier's ``classes`` for the class rules: its label where
+        it has one the classifier knows, else the classifier's (``features.image_classes``); None
+        where the index keeps no logits."""
+        predicted = self.predicted_classes(positions)
+        if predicted is None:
+            return None
+        names, codes = self.label_codes
+        return image_classes(predicted, names[codes[np.asarray(positions, dtype=np.int64)]], classes)
+
+    @cached_property
+    def label_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct labels ("" for none) and each image's place among them: thousands of
+        candidates' labels at once, in 4 bytes an image."""
+        names, codes = np.unique(np.array([label or "" for label in self.labels], dtype=object), return_inverse=True)
+        return names.astype(str), codes.astype(np.int32)
 
     @property
     def describer_name(self) -> str | None:

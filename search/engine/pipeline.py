@@ -302,7 +302,10 @@ class RetrievalEngine:
         return not self.model.info.get("label_free")
 
     def same_class(self, query: QueryFeatures, positions: np.ndarray) -> np.ndarray | None:
-        """Whether the classifier puts each candidate at ``positions`` in the query's class."""
+        """Whether each candidate at ``positions`` is of the query's class (the candidate's label, or
+        the classifier's class where it has none: ``class_from_labels``)."""
+        if self.config.class_from_labels:
+            return self.of_query_class(query, self.index.image_classes(positions, self.model.classes))
         return self.of_query_class(query, self.index.predicted_classes(positions))
 
     def of_query_class(self, query: QueryFeatures, classes: np.ndarray | None) -> np.ndarray | None:

@@ -363,3 +363,16 @@ def test_the_prescore_compares_only_each_candidates_strongest_descriptors_when_a
     assert results[4].inliers == 50  # pre-scored on 20 of its matches, then matched on all 50
     with pytest.raises(ValueError, match="prescore_candidate_keypoints"):
         EngineConfig(prescore_candidate_keypoints=-1).verify_settings()
+
+
+def test_a_labelled_image_is_of_its_labels_class_and_an_unlabelled_one_of_the_classifiers():
+    from search.engine.features import given_classes, image_classes
+
+    classes = ["beach", "africa", "buses"]  # the classifier's order need not be sorted
+    labels = np.array(["africa", "", "buses", "dinosaurs", "beach", "africa"])
+    predicted = np.array([2, 0, 2, 1, 1, 0])
+    assert given_classes(labels, classes).tolist() == [1, -1, 2, -1, 0, 1]
+    # unlabelled (1) and a label the classifier never learnt (3): the classifier's guess stays
+    assert image_classes(predicted, labels, classes).tolist() == [1, 0, 2, 1, 0, 1]
+    assert given_classes(np.array([], dtype=str), classes).tolist() == []
+    assert given_classes(labels, []).tolist() == [-1] * 6
