@@ -94,7 +94,9 @@ def collect(engine, args) -> dict:
                      "logits": logits, "mirrored_logits": mirrored})
         if done % 50 == 0:
             print(f"{done} queries ranked", file=sys.stderr, flush=True)
-    predicted = index.predicted_classes(np.arange(len(index)))  # each image's class, as the classifier's
+    # each image's class as the engine's rules take it: its label, or the classifier's (class_from_labels)
+    predicted = (index.image_classes(np.arange(len(index)), engine.model.classes) if engine.config.class_from_labels
+                 else index.predicted_classes(np.arange(len(index))))
     return {"labels": np.array([label or "" for label in index.labels], dtype=object), "rows": rows,
             "predicted": predicted}
 
