@@ -262,8 +262,9 @@ def fit_head_on_frozen_features(backbone, loader, device, inverse_regularisation
         targets.append(batch_targets)
     features, targets = torch.cat(features).numpy(), torch.cat(targets).numpy()
     probe = LogisticRegression(C=inverse_regularisation, max_iter=3000).fit(features, targets)
+    # every class of the layer is in the training split (``train_classifier`` takes them from it)
     weight = np.zeros((backbone.classifier.out_features, features.shape[1]), dtype=np.float32)
-    bias = np.full(backbone.classifier.out_features, -1e4, dtype=np.float32)  # a class never seen
+    bias = np.zeros(backbone.classifier.out_features, dtype=np.float32)
     if len(probe.classes_) == 2:  # sklearn fits one row for two classes: as a softmax, +-half of it
         weight[probe.classes_] = np.stack([-probe.coef_[0], probe.coef_[0]]) / 2
         bias[probe.classes_] = np.array([-probe.intercept_[0], probe.intercept_[0]]) / 2
