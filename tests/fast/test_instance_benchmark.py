@@ -91,6 +91,11 @@ def test_a_duplicate_photo_in_another_folder_is_a_second_answer(tmp_path):
     assert duplicates_of("Faces_easy/image_0001.jpg", relpaths) == ["Faces/image_0001.jpg"]
     assert duplicates_of("Faces/image_0002.jpg", relpaths) == []
     assert duplicates_of("cats/image_0001.jpg", relpaths) == []
+    # a pair seen by eye (KNOWN_DUPLICATES): each answers for the other, where the collection holds it
+    leopards = {"Leopards/image_0063.jpg", "Leopards/image_0163.jpg"}
+    assert duplicates_of("Leopards/image_0163.jpg", leopards) == ["Leopards/image_0063.jpg"]
+    assert duplicates_of("Leopards/image_0063.jpg", leopards) == ["Leopards/image_0163.jpg"]
+    assert duplicates_of("Leopards/image_0163.jpg", {"Leopards/image_0163.jpg"}) == []
     collection, outside = tmp_path / "caltech", tmp_path / "outside"
     for folder in ("Faces", "Faces_easy"):
         (collection / folder).mkdir(parents=True)
