@@ -27,9 +27,10 @@ sys.path.insert(0, str(ROOT))
 from search.engine.backbones import build_backbone  # noqa: E402
 from search.engine.collection import stable_id  # noqa: E402
 from search.engine.model import eval_transform, load_classifier  # noqa: E402
+from search.management.commands.make_labels import PRESETS  # noqa: E402
 
 COREL = ROOT.parent / "shared" / "datasets" / "corel1k" / "images"
-CLASSES = ["africa", "beach", "buildings", "buses", "dinosaurs", "elephants", "flowers", "horses", "mountains", "food"]
+CLASSES = PRESETS["corel1k"]["class_names"]  # image N is of class N // 100
 
 
 @torch.inference_mode()

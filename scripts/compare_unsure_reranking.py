@@ -94,9 +94,8 @@ def collect(engine, args) -> dict:
                      "logits": logits, "mirrored_logits": mirrored})
         if done % 50 == 0:
             print(f"{done} queries ranked", file=sys.stderr, flush=True)
-    # each image's class as the engine's rules take it: its label, or the classifier's (class_from_labels)
-    predicted = (index.image_classes(np.arange(len(index)), engine.model.classes) if engine.config.class_from_labels
-                 else index.predicted_classes(np.arange(len(index))))
+    everything = np.arange(len(index))  # each image's class as the engine's rules take it
+    predicted = engine.candidate_classes(index.predicted_classes(everything), index.labels_at(everything))
     return {"labels": np.array([label or "" for label in index.labels], dtype=object), "rows": rows,
             "predicted": predicted}
 

@@ -22,8 +22,8 @@ from .coarse_backends import BALLTREE, FAISS, Share, backend_class, choose_backe
 from .collection import Collection, ImageRecord
 from .config import CoarseSettings, EngineConfig
 from .errors import SearchIndexError
-from .features import (GlobalFeatures, extract_global_features, fit_pca, hybrid_parts, image_classes,
-                       predicted_classes, variant_vectors)
+from .features import (GlobalFeatures, extract_global_features, fit_pca, hybrid_parts, predicted_classes,
+                       variant_vectors)
 from .instance_features import InstanceDescriber
 from .local_store import LocalStore, StackedLocalStore, build_local_store, fingerprint
 from .methods import VARIANTS
@@ -117,15 +117,10 @@ class SearchIndex:
         """The classifier's class of each image at ``positions``; None where the index keeps no logits."""
         return predicted_classes(self.row_vectors("logits", positions)) if "logits" in self.vectors else None
 
-    def image_classes(self, positions, classes) -> np.ndarray | None:
-        """Each image's class among the classifier's ``classes`` for the class rules: its label where
-        it has one the classifier knows, else the classifier's (``features.image_classes``); None
-        where the index keeps no logits."""
-        predicted = self.predicted_classes(positions)
-        if predicted is None:
-            return None
+    def labels_at(self, positions) -> np.ndarray:
+        """The labels of the images at ``positions`` as strings ("" for none), thousands at once."""
         names, codes = self.label_codes
-        return image_classes(predicted, names[codes[np.asarray(positions, dtype=np.int64)]], classes)
+        return names[codes[np.asarray(positions, dtype=np.int64)]]
 
     @cached_property
     def label_codes(self) -> tuple[np.ndarray, np.ndarray]:

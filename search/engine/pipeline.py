@@ -19,7 +19,7 @@ from .attention import TrainedAttention
 from .confidence import EVIDENCE, Calibration, load_calibration, match_evidence
 from .config import EngineConfig
 from .errors import SearchIndexError
-from .features import crop_boxes, embed_batch, l2_normalise, predicted_classes, variant_vectors
+from .features import crop_boxes, embed_batch, image_classes, l2_normalise, predicted_classes, variant_vectors
 from .images import open_image, open_query_image
 from .index import SearchIndex
 from .instance_features import InstanceDescriber
@@ -302,11 +302,17 @@ class RetrievalEngine:
         return not self.model.info.get("label_free")
 
     def same_class(self, query: QueryFeatures, positions: np.ndarray) -> np.ndarray | None:
-        """Whether each candidate at ``positions`` is of the query's class (the candidate's label, or
-        the classifier's class where it has none: ``class_from_labels``)."""
-        if self.config.class_from_labels:
-            return self.of_query_class(query, self.index.image_classes(positions, self.model.classes))
-        return self.of_query_class(query, self.index.predicted_classes(positions))
+        """Whether each candidate at ``positions`` is of the query's class (``candidate_classes``)."""
+        return self.of_query_class(query, self.candidate_classes(self.index.predicted_classes(positions),
+                                                                 self.index.labels_at(positions)))
+
+    def candidate_classes(self, predicted: np.ndarray | None, labels: np.ndarray) -> np.ndarray | None:
+        """The candidates' classes for the class rules, from the classifier's ``predicted`` ones and
+        their ``labels`` ("" for none): with ``class_from_labels`` a label the classifier knows wins
+        (``features.image_classes``). None where the classes are unknown (an index without logits)."""
+        if predicted is None or not self.config.class_from_labels:
+            return predicted
+        return image_classes(predicted, labels, self.model.classes)
 
     def of_query_class(self, query: QueryFeatures, classes: np.ndarray | None) -> np.ndarray | None:
         """Whether each of the candidates' ``classes`` is the query's; None where no class rule is on

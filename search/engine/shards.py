@@ -48,7 +48,6 @@ from .coarse_backends import FAISS, choose_backend, save_variants
 from .config import EngineConfig
 from .confidence import EVIDENCE, candidate_evidence, query_evidence
 from .errors import SearchIndexError
-from .features import image_classes
 from .index import SearchIndex, load_index, variant_shares
 from .local_features import LocalFeatures
 from .local_store import LocalStore, write_subset
@@ -485,10 +484,9 @@ class ShardedEngine(RetrievalEngine):
             inliers = np.array([v.inliers for v in verifications], dtype=np.int64)
             evidence = query_evidence(evidence[:n_verify], inliers, distances[:n_fit])
             verifications, inliers = verifications[:n_verify], inliers[:n_verify]
-            if self.config.class_from_labels and not (classes < 0).any():
-                classes = image_classes(classes, np.array([label or "" for _, _, label in catalog], dtype=str),
-                                        self.model.classes)
-            same_class = self.of_query_class(query, None if (classes < 0).any() else classes)
+            labels = np.array([label or "" for _, _, label in catalog], dtype=str)
+            same_class = self.of_query_class(
+                query, self.candidate_classes(None if (classes < 0).any() else classes, labels))
             confidence, reranked, verified = self.judge(evidence, inliers, same_class)
             order, agreed = self.final_order(inliers, reranked, verified, distances, same_class)
             timings["verification"] = elapsed_ms(started)
