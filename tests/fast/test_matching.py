@@ -376,3 +376,18 @@ def test_a_labelled_image_is_of_its_labels_class_and_an_unlabelled_one_of_the_cl
     assert image_classes(predicted, labels, classes).tolist() == [1, 0, 2, 1, 0, 1]
     assert given_classes(np.array([], dtype=str), classes).tolist() == []
     assert given_classes(labels, []).tolist() == [-1] * 6
+
+
+def test_the_index_gives_each_candidates_label_by_position(tmp_path):
+    from search.engine.index import SearchIndex
+
+    def index_of(labels):
+        return SearchIndex(tmp_path, {}, [f"id{i}" for i in range(len(labels))],
+                           [f"{i}.jpg" for i in range(len(labels))], labels, tmp_path, {}, None)
+
+    index = index_of(["cat", None, "dog", "cat", ""])
+    assert index.labels_at([3, 1, 2, 0, 4, 2]).tolist() == ["cat", "", "dog", "cat", "", "dog"]
+    names, codes = index.label_codes
+    assert codes.dtype == np.int32 and sorted(names.tolist()) == ["", "cat", "dog"]
+    assert index.labels_at(np.array([], dtype=np.int64)).tolist() == []
+    assert index_of([]).labels_at([]).tolist() == []
