@@ -19,7 +19,11 @@ match is often found but not sure, so candidates with ``min_inliers`` and at lea
   ``..., its class first``: the fallback too puts the candidates of the query's class first,
   ``... if m agree`` only when most of the fallback's first m are of that class (stop 41); ``... or
   p >= t`` also when the classifier gives the query's class a softmax probability of at least t;
-  ``(flip)``: the query's class from the mean of its own and its mirror image's logits (stop 44).
+  ``(flip)``: the query's class from the mean of its own and its mirror image's logits (stop 44);
+  ``default, fallback / vote / both by v``: the default rule (``..., then its class if 10 agree``)
+  with the fallback ordered by the distances of the query's ``v`` vector (``pca``, ``penultimate``,
+  ``logits``: the classifier's own features) instead of the hybrid's to the expanded query, the
+  vote of the fallback's first ten taken in that order, or both (stop 48).
 
 Prints R@1 / R@5 per family on an instance benchmark, or P@10 for labelled queries (Corel-1k's
 validation queries with ``--corel``; a list file with ``--queries``), also with the labels that
@@ -57,7 +61,7 @@ from search.engine.instance_evaluation import _targets as answer_positions  # no
 from search.engine.instance_evaluation import rank_of  # noqa: E402
 from search.engine.features import predicted_classes  # noqa: E402
 from search.engine.model import eval_batch  # noqa: E402
-from search.engine.pipeline import class_first, fine_order, reranked_and_verified  # noqa: E402
+from search.engine.pipeline import class_first, fallback_agrees, fine_order, reranked_and_verified, stored_distances  # noqa: E402
 from search.engine.workflows import open_engine  # noqa: E402
 
 METHOD = "hybrid+attention"
@@ -91,7 +95,9 @@ def collect(engine, args) -> dict:
         rows.append({"kind": kind, "truth": truth, "positions": ranking.positions, "distances": ranking.distances,
                      "inliers": ranking.inliers, "confidence": ranking.confidence,
                      "query_class": int(predicted_classes(query.vectors["logits"])[0]),
-                     "logits": logits, "mirrored_logits": mirrored})
+                     "logits": logits, "mirrored_logits": mirrored,
+                     "variant_distances": {v: stored_distances(index, v, ranking.positions, query.vectors[v])
+                                           for v in ("pca", "penultimate", "logits") if v in index.variants}})
         if done % 50 == 0:
             print(f"{done} queries ranked", file=sys.stderr, flush=True)
     everything = np.arange(len(index))  # each image's class as the engine's rules take it
@@ -195,6 +201,17 @@ def rules(config: EngineConfig) -> dict:
         ranked.sure, ranked.mirrored = sure, mirrored
         return ranked
 
+    def by_class_variant(rule, variant, fallback=True, gate=True):
+        """``rule`` (a ``class_first_fallback`` one), with the fallback ordered by the distances of
+        the query's ``variant`` vector (the classifier's own features: which images are of its kind)
+        instead of the hybrid's to the expanded query, and/or the vote of its first ones taken in
+        that order (``gate``)."""
+        def ranked(inliers, confidence, distances, agree):
+            return rule(inliers, confidence, distances, agree)
+        ranked.sure, ranked.mirrored = rule.sure, rule.mirrored
+        ranked.class_variant, ranked.class_fallback, ranked.class_gate = variant, fallback, gate
+        return ranked
+
     none = lambda i, c, d, a: (np.zeros(len(i), bool), np.zeros(len(i), bool))  # noqa: E731
     found = {"coarse": none, "verified": threshold(np.inf)}
     found |= {f"all >= {t}": threshold(t) for t in (0.01, 0.02, 0.05, 0.1, 0.2)}
@@ -216,6 +233,11 @@ def rules(config: EngineConfig) -> dict:
     found |= {"...10 agree (flip)": class_first_fallback(best_of_class(), 10, mirrored=True)}
     found |= {f"...10 agree or p >= {t} (flip)": class_first_fallback(best_of_class(), 10, sure=t, mirrored=True)
               for t in (0.9, 0.95)}
+    default = class_first_fallback(best_of_class(), 10)
+    for variant in ("pca", "penultimate", "logits"):
+        found |= {f"default, fallback by {variant}": by_class_variant(default, variant, gate=False),
+                  f"default, vote by {variant}": by_class_variant(default, variant, fallback=False),
+                  f"default, both by {variant}": by_class_variant(default, variant)}
     return found
 
 
@@ -232,10 +254,16 @@ def ordered(row: dict, rule, predicted: np.ndarray) -> np.ndarray:
     of_class = predicted[row["positions"]] == query_class
     agree = of_class[:len(row["inliers"])]
     reranked, verified, *placed = rule(row["inliers"], row["confidence"], row["distances"], agree)
-    order = fine_order(row["inliers"], reranked, verified, row["distances"])
+    variant = getattr(rule, "class_variant", None)
+    fallback = row["variant_distances"][variant] if variant and rule.class_fallback else row["distances"]
+    order = fine_order(row["inliers"], reranked, verified, fallback)
     if len(placed) > 1:  # (candidate or None, voters): the fallback's candidates of the query's class first
         voters = None if rule.sure is not None and p >= rule.sure else placed[1]
-        order = class_first(order, int(np.count_nonzero(reranked)), of_class, voters)[0]
+        n_reranked = int(np.count_nonzero(reranked))
+        if variant and rule.class_gate and voters is not None:  # the vote in the variant's order
+            by_variant = fine_order(row["inliers"], reranked, verified, row["variant_distances"][variant])
+            voters = None if fallback_agrees(by_variant[n_reranked:], of_class, voters) else 0
+        order = class_first(order, n_reranked, of_class, voters)[0]
     if placed and placed[0] is not None:  # (candidate, place): moved there in the final order
         candidate, place = placed[0]
         rest = order[order != candidate]
