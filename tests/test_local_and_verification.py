@@ -342,7 +342,8 @@ def test_the_unsure_match_put_first_is_one_the_classifier_puts_in_the_querys_cla
     predicts the query's class for. Off, or with a label-free classifier, it is the best of all."""
     from dataclasses import replace as replaced
 
-    from search.engine.pipeline import RetrievalEngine, fine_order, predicted_classes
+    from search.engine.features import predicted_classes
+    from search.engine.pipeline import RetrievalEngine, fine_order
 
     engine, method, changed = tiny_fine_engine, "hybrid+attention", 0
     label_free = RetrievalEngine(replaced(engine.model, info=dict(engine.model.info, label_free=True)), engine.index,
@@ -357,16 +358,27 @@ def test_the_unsure_match_put_first_is_one_the_classifier_puts_in_the_querys_cla
             with configured(engine, rerank_same_class=False):
                 assert engine.same_class(query, by_class.positions[:n]) is None
                 any_class = engine.rank(query, method, 39, exclude_ids=own)
-            with configured(engine, class_from_labels=False):
+            with configured(engine, class_from_labels=False, query_class_from_crops=False):
                 guessed = engine.same_class(query, by_class.positions[:n])
+            with configured(engine, query_class_from_crops=False):
+                whole_only = engine.same_class(query, by_class.positions[:n])
+            with configured(engine, query_class_from_crops=True):
+                from_crops = engine.same_class(query, by_class.positions[:n])
         assert label_free.same_class(query, by_class.positions[:n]) is None
+        # the query's class with its crops: the mean of its own and its four crops' unit logits
+        assert query.crops["logits"].shape == (4, len(engine.model.classes))
+        with_crops = np.vstack([query.vectors["logits"], query.crops["logits"]]).mean(0).argmax()
+        labels = [engine.index.labels[p] for p in by_class.positions[:n]]
+        np.testing.assert_array_equal(from_crops, [engine.model.classes.index(label) == with_crops
+                                                   for label in labels])
         # the stored logits of each candidate, in the candidates' order, against the query's own
         query_class = predicted_classes(query.vectors["logits"])[0]
         stored = predicted_classes(engine.index.vectors["logits"][by_class.positions[:n]])
         np.testing.assert_array_equal(guessed, stored == query_class)
         # by default a labelled candidate's class is its label (every tiny image has one)
-        labels = [engine.index.labels[p] for p in by_class.positions[:n]]
-        np.testing.assert_array_equal(same, [engine.model.classes.index(label) == query_class for label in labels])
+        np.testing.assert_array_equal(whole_only, [engine.model.classes.index(label) == query_class
+                                                   for label in labels])
+        np.testing.assert_array_equal(same, from_crops if engine.config.query_class_from_crops else whole_only)
         assert by_class.n_verified == any_class.n_verified == 0
         for ranking, allowed in ((by_class, same), (any_class, np.ones(n, bool))):
             unsure = (ranking.inliers >= engine.config.min_inliers) & allowed

@@ -43,6 +43,15 @@ def predicted_classes(logits: np.ndarray) -> np.ndarray:
     return np.atleast_2d(logits).argmax(1)
 
 
+def query_class(logits: np.ndarray, crop_logits: np.ndarray | None = None) -> int:
+    """The classifier's class for a query from its (unit) logits, and with ``crop_logits`` (one
+    row per crop) for the mean of its own row and its crops' rows: each view one vote's weight."""
+    rows = np.atleast_2d(logits)
+    if crop_logits is not None and len(crop_logits):
+        rows = np.vstack([rows, np.atleast_2d(crop_logits)])
+    return int(rows.mean(0).argmax())
+
+
 def given_classes(labels: np.ndarray, classes) -> np.ndarray:
     """The position in the classifier's ``classes`` of each of ``labels`` (strings, "" where an image
     has none), -1 for a label the classifier does not know or none."""

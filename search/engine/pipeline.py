@@ -19,7 +19,7 @@ from .attention import TrainedAttention
 from .confidence import EVIDENCE, Calibration, load_calibration, match_evidence
 from .config import EngineConfig
 from .errors import SearchIndexError
-from .features import crop_boxes, embed_batch, image_classes, l2_normalise, predicted_classes, variant_vectors
+from .features import crop_boxes, embed_batch, image_classes, l2_normalise, query_class, variant_vectors
 from .images import open_image, open_query_image
 from .index import SearchIndex
 from .instance_features import InstanceDescriber
@@ -315,7 +315,8 @@ class RetrievalEngine:
         return image_classes(predicted, labels, self.model.classes)
 
     def of_query_class(self, query: QueryFeatures, classes: np.ndarray | None) -> np.ndarray | None:
-        """Whether each of the candidates' ``classes`` is the query's; None where no class rule is on
+        """Whether each of the candidates' ``classes`` is the query's (``features.query_class``, with
+        ``query_class_from_crops`` from the query's crops too where it has them); None where no class rule is on
         (``rerank_same_class``, ``fallback_same_class``, ``turns_in_doubt`` with turns), the classifier
         does not know the collection's kinds, or the classes are unknown (an index without logits)."""
         config = self.config
@@ -323,7 +324,8 @@ class RetrievalEngine:
                     or (config.turns_in_doubt and bool(config.turn_angles)))
         if not rules_on or not self.knows_the_kinds or classes is None:
             return None
-        return classes == predicted_classes(query.vectors["logits"])[0]
+        crops = query.crops.get("logits") if query.crops is not None and config.query_class_from_crops else None
+        return classes == query_class(query.vectors["logits"], crops)
 
     def rank(self, query: QueryFeatures, method: str, n_candidates: int | None = None, depth: int | None = None,
              exclude_ids=frozenset(), progress: Progress = no_progress) -> Ranking:

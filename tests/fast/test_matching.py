@@ -89,7 +89,8 @@ def test_only_the_unsure_candidate_with_most_inliers_goes_ahead_of_the_coarse_or
 
 def test_the_unsure_candidate_put_first_is_of_the_query_class_and_the_verified_ones_need_not_be():
     from search.engine.config import EngineConfig
-    from search.engine.pipeline import predicted_classes, reranked_and_verified
+    from search.engine.features import predicted_classes
+    from search.engine.pipeline import reranked_and_verified
 
     config = EngineConfig(min_inliers=8, min_confidence=0.5, rerank_confidence=0.01, rerank_unsure=1)
     inliers = np.array([40, 30, 20, 9, 5])
@@ -391,3 +392,14 @@ def test_the_index_gives_each_candidates_label_by_position(tmp_path):
     assert codes.dtype == np.int32 and sorted(names.tolist()) == ["", "cat", "dog"]
     assert index.labels_at(np.array([], dtype=np.int64)).tolist() == []
     assert index_of([]).labels_at([]).tolist() == []
+
+
+def test_the_querys_class_is_the_mean_vote_of_the_query_and_its_crops():
+    from search.engine.features import l2_normalise, query_class
+
+    whole = l2_normalise(np.array([[2.0, 1.8, 0.0]]))  # class 0, narrowly
+    crops = l2_normalise(np.array([[1.0, 3.0, 0.0], [0.5, 2.0, 0.1], [2.0, 2.1, 0.0], [0.0, 0.0, 3.0]]))
+    assert query_class(whole) == 0
+    assert query_class(whole, crops) == 1  # three of the four crops lean to class 1
+    assert query_class(whole, crops[3:]) == 2  # one view each: the crop's stronger lead wins
+    assert query_class(whole[0], np.empty((0, 3))) == 0  # no crops: the query's own class
