@@ -215,10 +215,10 @@ class EngineConfig:
     # classifier knows (else the classifier's): the labels are a person's word, and the classifier
     # gets a few of its own training collection wrong. Why: RESULTS.md ("Labels before guesses").
     class_from_labels: bool = True
-    # The query's class in these rules: the classifier's class for the mean of the (unit) logits of
-    # the query and of its query_crops crops, where a fine method has them (else the query's own):
-    # a few views of the picture are a steadier vote than one. Why: RESULTS.md ("The query's class
-    # from its crops").
+    # The query's class in these rules: with query_class_from_crops, the classifier's class for the
+    # mean of the (unit) logits of the query and of its query_crops crops, where a fine method has
+    # them (else the query's own). Off: it mends a few scene pictures and breaks more object photos,
+    # whose crops cut the object. Why: RESULTS.md ("The query's class from its crops").
     query_class_from_crops: bool = False
     # The confidence calibration (calibrate writes <data dir>/models/calibration.json); empty: that
     # file when it exists, else the one fitted on the public instance benchmark.
