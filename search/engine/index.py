@@ -131,7 +131,7 @@ class SearchIndex:
         places: dict[str, int] = {}
         codes = np.fromiter((places.setdefault(label or "", len(places)) for label in self.labels),
                             dtype=np.int32, count=len(self.labels))
-        return np.array(list(places) or [""], dtype=str), codes
+        return np.array(list(places), dtype=str), codes
 
     @property
     def describer_name(self) -> str | None:
