@@ -261,7 +261,8 @@ def ordered(row: dict, rule, predicted: np.ndarray) -> np.ndarray:
         voters = None if rule.sure is not None and p >= rule.sure else placed[1]
         n_reranked = int(np.count_nonzero(reranked))
         if variant and rule.class_gate and voters is not None:  # the vote in the variant's order
-            by_variant = fine_order(row["inliers"], reranked, verified, row["variant_distances"][variant])
+            by_variant = order if rule.class_fallback else fine_order(row["inliers"], reranked, verified,
+                                                                      row["variant_distances"][variant])
             voters = None if fallback_agrees(by_variant[n_reranked:], of_class, voters) else 0
         order = class_first(order, n_reranked, of_class, voters)[0]
     if placed and placed[0] is not None:  # (candidate, place): moved there in the final order
@@ -292,6 +293,8 @@ def main() -> None:
     joined = dict(pair.split("=", 1) for pair in args.same)
     join = np.vectorize(lambda label: joined.get(label, label), otypes=[object])
     for name, rule in rules(config).items():
+        if getattr(rule, "class_variant", None) and "variant_distances" not in rows[0]:
+            continue  # a cache written before stop 48 holds no distances in the other variants
         if rows[0]["kind"] == "class":
             p10 = [precision_at_k(labels[ordered(r, rule, predicted)] == r["truth"], 10) for r in rows]
             line = f"P@10 {np.mean(p10):.4f}"
