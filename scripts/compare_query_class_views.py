@@ -32,19 +32,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from search.engine.collection import scan_collection, seeded_sample  # noqa: E402
 from search.engine.config import EngineConfig  # noqa: E402
-from search.engine.features import crop_boxes  # noqa: E402
+from search.engine.features import crop_boxes, raw_logits  # noqa: E402
 from search.engine.images import open_image  # noqa: E402
-from search.engine.model import eval_batch, load_classifier  # noqa: E402
+from search.engine.model import load_classifier  # noqa: E402
 
 
 def view_logits(model, config: EngineConfig, image) -> np.ndarray:
     """The classifier's logits for the whole picture, its mirror image and each crop, one batch."""
     image = image.convert("RGB")
     boxes = crop_boxes(*image.size, config.query_crops, config.query_crop_share)
-    views = [image, ImageOps.mirror(image)] + [image.crop(box) for box in boxes]
-    with torch.inference_mode():
-        batch = eval_batch(model.backbone, model.image_size, views, "cpu")
-        return model.backbone.classify(model.backbone.pooled(batch)).float().numpy()
+    return raw_logits(model, [image, ImageOps.mirror(image)] + [image.crop(box) for box in boxes])
 
 
 def rules(n_crops: int) -> dict[str, list[int]]:

@@ -48,6 +48,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from PIL import ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -59,8 +60,7 @@ from search.engine.instance_benchmark import load_instance_benchmark  # noqa: E4
 from search.engine.instance_evaluation import _answerable as answerable  # noqa: E402
 from search.engine.instance_evaluation import _targets as answer_positions  # noqa: E402
 from search.engine.instance_evaluation import rank_of  # noqa: E402
-from search.engine.features import predicted_classes  # noqa: E402
-from search.engine.model import eval_batch  # noqa: E402
+from search.engine.features import predicted_classes, raw_logits  # noqa: E402
 from search.engine.pipeline import class_first, fallback_agrees, fine_order, reranked_and_verified, stored_distances  # noqa: E402
 from search.engine.workflows import open_engine  # noqa: E402
 
@@ -91,7 +91,7 @@ def collect(engine, args) -> dict:
         image = open_image(path)
         query = engine.query_features(image, local=True)
         ranking = engine.rank(query, METHOD, n, depth=n, exclude_ids=exclude)
-        logits, mirrored = raw_logits(engine, image)
+        logits, mirrored = raw_logits(engine.model, [image, ImageOps.mirror(image)], engine.device)
         rows.append({"kind": kind, "truth": truth, "positions": ranking.positions, "distances": ranking.distances,
                      "inliers": ranking.inliers, "confidence": ranking.confidence,
                      "query_class": int(predicted_classes(query.vectors["logits"])[0]),
@@ -104,18 +104,6 @@ def collect(engine, args) -> dict:
     predicted = engine.candidate_classes(index.predicted_classes(everything), index.labels_at(everything))
     return {"labels": np.array([label or "" for label in index.labels], dtype=object), "rows": rows,
             "predicted": predicted}
-
-
-def raw_logits(engine, image) -> np.ndarray:
-    """The classifier's logits before normalising (the index keeps them L2-normalised, which loses
-    the softmax's scale) for the image and its mirror image."""
-    import torch
-    from PIL import ImageOps
-    model = engine.model
-    image = image.convert("RGB")
-    with torch.inference_mode():
-        batch = eval_batch(model.backbone, model.image_size, [image, ImageOps.mirror(image)], engine.device)
-        return model.backbone.classify(model.backbone.pooled(batch)).float().cpu().numpy()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

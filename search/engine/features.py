@@ -105,6 +105,15 @@ def embed_batch(model: TrainedModel, images: list, device, describer=None, local
     return Embedded(penultimate, l2_normalise(logits.float().cpu().numpy()), instance, stride16)
 
 
+@torch.inference_mode()
+def raw_logits(model: TrainedModel, images: list, device="cpu") -> np.ndarray:
+    """The classifier's logits before normalising, for a list of PIL images (views of one picture,
+    say): the index keeps them L2-normalised, which loses the softmax's scale that benchmark
+    scripts weigh a class by."""
+    batch = eval_batch(model.backbone, model.image_size, [image.convert("RGB") for image in images], device)
+    return model.backbone.classify(model.backbone.pooled(batch)).float().cpu().numpy()
+
+
 def _batches(items: list, size: int) -> Iterable[list]:
     for start in range(0, len(items), size):
         yield items[start:start + size]

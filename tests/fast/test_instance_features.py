@@ -120,3 +120,24 @@ def test_the_imagenet_network_is_not_run_twice_for_the_starter(describer, tmp_pa
     assert calls == []
     np.testing.assert_array_equal(instance, penultimate)
     np.testing.assert_array_equal(instance, describer.describe(images))
+
+
+def test_raw_logits_are_the_indexed_logits_before_normalising():
+    """Benchmark scripts weigh a view's class by the softmax of ``raw_logits``: they must be the
+    logits the engine indexes (L2-normalised there), image by image, RGB or not."""
+    import torch
+
+    from search.engine.backbones import build_backbone
+    from search.engine.features import embed_batch, l2_normalise, raw_logits
+    from search.engine.model import TrainedModel
+
+    torch.manual_seed(0)  # a new ten-class last layer, as training starts from
+    backbone = build_backbone("efficientnet_lite0", 10, pretrained=True).for_inference()
+    model = TrainedModel(backbone, [str(i) for i in range(10)], 224, "ten classes", None, {})
+    images = [open_image(corel_image(n)) for n in (300, 401)]
+    raw = raw_logits(model, [images[0].convert("L"), images[1]])
+    assert raw.shape == (2, 10)
+    np.testing.assert_allclose(raw[1:], raw_logits(model, images[1:]), rtol=1e-4, atol=1e-4)
+    _, indexed, _, _ = embed_batch(model, [images[0].convert("L").convert("RGB"), images[1]], "cpu")
+    np.testing.assert_allclose(l2_normalise(raw), indexed, atol=1e-5)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1, atol=0.05)  # the softmax keeps its scale
