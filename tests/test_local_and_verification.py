@@ -402,7 +402,7 @@ def test_the_fallback_puts_the_candidates_of_the_querys_class_first_when_its_fir
     for position in range(0, 40, 3):
         query = engine.query_features(engine.index.path_of(position), local=True)
         own = {engine.index.image_ids[position]}
-        with configured(engine, fallback_class_voters=3):
+        with configured(engine, fallback_class_voters=3, class_vote_variant=""):
             by_class = engine.rank(query, method, 39, exclude_ids=own)
         with configured(engine, fallback_same_class=False):
             by_distance = engine.rank(query, method, 39, exclude_ids=own)
@@ -423,6 +423,40 @@ def test_the_fallback_puts_the_candidates_of_the_querys_class_first_when_its_fir
             assert np.all(np.diff(by_class.distances[part]) >= 0)
         changed += not np.array_equal(by_class.order[:10], by_distance.order[:10])
     assert changed  # some query's first ten changed
+
+
+def test_the_class_vote_may_be_taken_in_the_order_of_another_variant(tiny_fine_engine):
+    """With ``class_vote_variant`` (pca by default; logits here, whose order differs from the
+    hybrid's more on the tiny collection), hybrid+attention keeps its candidates, its re-ranked head
+    and its fallback's order; only whether the query's class goes first is voted by the fallback
+    in the order that variant's own method gives the same candidates (their distances to the
+    expanded query in that variant). The rule off, the vote is the fallback's own."""
+    from search.engine.pipeline import class_first, fallback_agrees, fine_order
+
+    engine, method, differ = tiny_fine_engine, "hybrid+attention", 0
+    for position in range(0, 40, 2):
+        query = engine.query_features(engine.index.path_of(position), local=True)
+        own = {engine.index.image_ids[position]}
+        with configured(engine, fallback_class_voters=3, class_vote_variant="logits"):
+            voted = engine.rank(query, method, 39, exclude_ids=own)
+            by_logits = engine.rank(query, "logits+attention", 39, exclude_ids=own)
+        with configured(engine, fallback_class_voters=3, class_vote_variant=""):
+            plain = engine.rank(query, method, 39, exclude_ids=own)
+        np.testing.assert_array_equal(voted.positions, plain.positions)
+        same = engine.same_class(query, voted.positions)
+        reranked = engine.judge(voted.evidence, voted.inliers, same)[1]
+        head = int(reranked.sum())
+        its_own = dict(zip(by_logits.positions.tolist(), by_logits.distances))
+        vote_distances = engine.vote_distances(query.vectors, "logits", voted.positions, own)
+        np.testing.assert_allclose(vote_distances, [its_own[p] for p in voted.positions.tolist()], atol=1e-5)
+        voting = fine_order(voted.inliers, reranked, voted.verified, vote_distances)
+        assert voted.class_agreed == fallback_agrees(voting[head:], same, 3)
+        fallback = fine_order(plain.inliers, reranked, plain.verified, plain.distances)
+        assert plain.class_agreed == fallback_agrees(fallback[head:], same, 3)
+        expected = class_first(fallback, head, same, None)[0] if voted.class_agreed else fallback
+        np.testing.assert_array_equal(voted.order, expected)
+        differ += voted.class_agreed != plain.class_agreed
+    assert differ  # the two orders voted differently on some query
 
 
 def test_confidence_does_not_depend_on_how_many_candidates_are_verified(tiny_fine_engine):
@@ -652,7 +686,7 @@ def test_turns_in_doubt_turn_only_the_queries_whose_class_the_first_candidates_d
         sideways = open_image(engine.index.path_of(position)).transpose(Image.Transpose.ROTATE_90)
         query = engine.query_features(sideways, local=True)
         with configured(engine, min_confidence=1.01, query_turns="90,270", turns_in_doubt=True,
-                        fallback_class_voters=3):
+                        fallback_class_voters=3, class_vote_variant=""):
             plain = engine.rank(query, method, 20)
             turning = engine.rank_turning(sideways, query, method, 20)
             same = engine.same_class(query, plain.positions)

@@ -86,18 +86,25 @@ def test_two_shards_answer_every_method_as_the_one_index(tiny_fine_engine, tiny_
     assert not list((tmp_path / "exchange").iterdir())  # each search's exchange folder is gone
 
 
-@pytest.mark.parametrize("rule", ["rerank_same_class", "fallback_same_class"])
+@pytest.mark.parametrize("rule, vote", [("rerank_same_class", ""), ("fallback_same_class", ""),
+                                        ("fallback_same_class", "logits")],
+                         ids=["unsure of its class", "its class first", "its class first, voted by logits"])
 def test_two_shards_apply_each_class_rule_as_the_one_index(
-        rule, tiny_fine_engine, tiny_models, engine_config, two_shards, tmp_path):
+        rule, vote, tiny_fine_engine, tiny_models, engine_config, two_shards, tmp_path):
     """Sure of nothing (``min_confidence`` above 1), each search puts its best unsure match of the
     query's class first (``rerank_same_class``), or the candidates of the query's class first in
-    the fallback (``fallback_same_class``), each rule alone: the shards tell the coordinator each
-    candidate's class."""
+    the fallback (``fallback_same_class``; voted in the fallback's order, or in another variant's:
+    ``class_vote_variant``), each rule alone: the shards tell the coordinator each candidate's class
+    and its distance in the vote's variant."""
     root, _ = two_shards
     other = "fallback_same_class" if rule == "rerank_same_class" else "rerank_same_class"
-    unsure = {"min_confidence": 1.01, "rerank_confidence": 0.0, other: False}
+    unsure = {"min_confidence": 1.01, "rerank_confidence": 0.0, other: False, "class_vote_variant": vote}
+    if vote:  # a vote of three, which differs from the fallback's own on the tiny collection
+        unsure["fallback_class_voters"] = 3
     one = engine_for(tiny_models, tiny_fine_engine.index.path, engine_config.replace(**unsure))
-    any_class = engine_for(tiny_models, tiny_fine_engine.index.path, engine_config.replace(**unsure, **{rule: False}))
+    # what the rule changes: the rule off, or the vote taken in the fallback's own order
+    without = {"class_vote_variant": ""} if vote else {rule: False}
+    any_class = engine_for(tiny_models, tiny_fine_engine.index.path, engine_config.replace(**unsure | without))
     many, _ = sharded(tiny_models, engine_config, root, tmp_path / "exchange", **unsure)
     changed = 0
     for position in range(0, 40, 3):
@@ -106,7 +113,7 @@ def test_two_shards_apply_each_class_rule_as_the_one_index(
         same_answer(expected, many.search(query, "hybrid+attention", k=10, exclude_ids=own))
         changed += [r.image_id for r in expected.results] != [
             r.image_id for r in any_class.search(query, "hybrid+attention", k=10, exclude_ids=own).results]
-    assert changed  # the class mattered for some query
+    assert changed  # the class (or the vote's order) mattered for some query
 
 
 def test_two_shards_turn_a_sideways_query_as_the_one_index(tiny_fine_engine, tiny_models, engine_config,

@@ -283,16 +283,37 @@ class RetrievalEngine:
         return (confidence, *reranked_and_verified(inliers, confidence, self.config, of_class))
 
     def final_order(self, inliers: np.ndarray, reranked: np.ndarray, verified: np.ndarray, distances: np.ndarray,
-                    same_class: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+                    same_class: np.ndarray | None = None,
+                    vote_distances: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
         """``fine_order``, and whether most of the fallback's first ``fallback_class_voters`` are of
-        the query's class (``fallback_agrees``, where ``same_class`` is known, over every candidate).
+        the query's class (``fallback_agrees``, where ``same_class`` is known, over every candidate;
+        the fallback in the order of ``vote_distances`` where given: ``class_vote_variant``).
         With ``fallback_same_class`` the fallback then puts the candidates of the query's class first."""
         order = fine_order(inliers, reranked, verified, distances)
         if same_class is None:
             return order, False
+        voting = None if vote_distances is None else fine_order(inliers, reranked, verified, vote_distances)
         by_class, agreed = class_first(order, int(np.count_nonzero(reranked)), same_class,
-                                       self.config.fallback_class_voters)
+                                       self.config.fallback_class_voters, voting)
         return (by_class if self.config.fallback_same_class else order), agreed
+
+    def vote_variant(self, variant: str, needed: bool, variants) -> str | None:
+        """The variant whose order takes the class vote (``class_vote_variant``) where a class rule
+        is ``needed``, it is not the method's own ``variant`` and the index has it (``variants``)."""
+        chosen = self.config.class_vote_variant
+        if not needed or not chosen or chosen == variant or chosen not in variants:
+            return None
+        return chosen
+
+    def vote_distances(self, vectors: dict[str, np.ndarray], variant: str, positions: np.ndarray,
+                       exclude_ids=frozenset()) -> np.ndarray:
+        """The candidates' distances to the query's ``variant`` vector expanded with its own nearest
+        images in that variant, as that variant's method orders its fallback."""
+        nearest = (np.zeros(0, dtype=np.int64), np.zeros(0))
+        if self.config.query_expansion > 0:
+            nearest = self.index.nearest(np.atleast_2d(vectors[variant]), variant, self.config.query_expansion,
+                                         exclude_ids)
+        return self.expanded_distances(vectors, variant, positions, nearest)
 
     @property
     def knows_the_kinds(self) -> bool:
@@ -300,6 +321,14 @@ class RetrievalEngine:
         are ImageNet's thousand, not the collection's kinds, and the class rules are off for it (not
         measured)."""
         return not self.model.info.get("label_free")
+
+    @property
+    def class_rules_on(self) -> bool:
+        """Whether a class rule is on (``rerank_same_class``, ``fallback_same_class``,
+        ``turns_in_doubt`` with turns) and the classifier knows the collection's kinds."""
+        config = self.config
+        return bool(config.rerank_same_class or config.fallback_same_class
+                    or (config.turns_in_doubt and config.turn_angles)) and self.knows_the_kinds
 
     def same_class(self, query: QueryFeatures, positions: np.ndarray) -> np.ndarray | None:
         """Whether each candidate at ``positions`` is of the query's class (``candidate_classes``)."""
@@ -319,11 +348,9 @@ class RetrievalEngine:
         ``query_class_from_crops`` from the query's crops too where it has them); None where no class rule is on
         (``rerank_same_class``, ``fallback_same_class``, ``turns_in_doubt`` with turns), the classifier
         does not know the collection's kinds, or the classes are unknown (an index without logits)."""
-        config = self.config
-        rules_on = (config.rerank_same_class or config.fallback_same_class
-                    or (config.turns_in_doubt and bool(config.turn_angles)))
-        if not rules_on or not self.knows_the_kinds or classes is None:
+        if not self.class_rules_on or classes is None:
             return None
+        config = self.config
         crops = query.crops.get("logits") if query.crops is not None and config.query_class_from_crops else None
         return classes == query_class(query.vectors["logits"], crops)
 
@@ -366,7 +393,10 @@ class RetrievalEngine:
             same_class = self.same_class(query, positions)
             confidence, reranked, verified = self.judge(evidence, inliers, same_class)
             timings["verification"] = elapsed_ms(started)
-            order, agreed = self.final_order(inliers, reranked, verified, distances, same_class)
+            voting = self.vote_variant(variant, same_class is not None, self.index.variants)
+            vote_distances = None if voting is None else self.vote_distances(query.vectors, voting, positions,
+                                                                             exclude_ids)
+            order, agreed = self.final_order(inliers, reranked, verified, distances, same_class, vote_distances)
         return Ranking(method, positions, distances, order, n_verify, verifications, evidence, confidence, verified,
                        timings, class_agreed=agreed)
 
@@ -543,14 +573,16 @@ def fallback_agrees(fallback: np.ndarray, same_class: np.ndarray, voters: int) -
 
 
 def class_first(order: np.ndarray, n_reranked: int, same_class: np.ndarray,
-                voters: int | None) -> tuple[np.ndarray, bool]:
+                voters: int | None, voting: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
     """``order`` (from ``fine_order``: its ``n_reranked`` re-ranked candidates lead) with the
     fallback's candidates of the query's class (``same_class``, over every candidate) put before
     the others, each part in its order, when most of the fallback's first ``voters`` are of that
-    class (``fallback_agrees``; None: always, as the benchmark script scores it); and whether
-    they were."""
+    class (``fallback_agrees``; None: always, as the benchmark script scores it), the fallback
+    taken in the order of ``voting`` where given (the same candidates, the same re-ranked ones
+    first); and whether they were."""
     head, fallback = order[:n_reranked], order[n_reranked:]
-    if voters is not None and not fallback_agrees(fallback, same_class, voters):
+    vote = fallback if voting is None else np.asarray(voting)[n_reranked:]
+    if voters is not None and not fallback_agrees(vote, same_class, voters):
         return order, False
     of_class = np.asarray(same_class, dtype=bool)[fallback]
     return np.concatenate([head, fallback[of_class], fallback[~of_class]]), True

@@ -60,6 +60,7 @@ from .verification import Verification, prescore, verify_candidates
 STAGES = ("expand", "candidates", "details", "verify")
 QUERY_FILE = "query.npz"
 EXPANDED_FILE = "expanded.npy"
+VOTE_FILE = "vote.npy"  # the query's vector in class_vote_variant, expanded in that variant
 
 # (stage, exchange folder) -> each shard's answer file, in shard order
 FanOut = Callable[[str, Path], list[Path]]
@@ -337,7 +338,11 @@ class Shard:
             # the classifier's class of each (RetrievalEngine.of_query_class); -1: the index keeps no logits
             classes = index.predicted_classes(positions)
             classes = np.full(len(positions), -1) if classes is None else classes
-            _save(out, ids=self._ids(positions), prescores=scores, classes=classes,
+            # their distances to the expanded query of the class vote's variant (class_vote_variant)
+            vote = np.zeros(0)
+            if request.get("vote_variant"):
+                vote = stored_distances(index, request["vote_variant"], positions, np.load(folder / VOTE_FILE))
+            _save(out, ids=self._ids(positions), prescores=scores, classes=classes, vote=vote,
                   relpaths=np.array([index.relpaths[int(p)] for p in positions], dtype=str),
                   labels=np.array([index.labels[int(p)] or "" for p in positions], dtype=str),
                   labelled=np.array([index.labels[int(p)] is not None for p in positions], dtype=bool))
@@ -463,7 +468,10 @@ class ShardedEngine(RetrievalEngine):
         # each shard's members of the candidates of all, and how many of them are pre-scored
         members = {str(n): ids[owner == n].tolist() for n in range(self.shards)}
         scored = {str(n): int((owner[:n_fit] == n).sum()) for n in range(self.shards)} if prescoring else {}
-        details = self._stage(folder, "details", {"ids": members, "prescore": scored})
+        voting = self.vote_variant(variant, fine and self.class_rules_on, self.index.variants)
+        if voting is not None:
+            np.save(folder / VOTE_FILE, self._expanded(folder, query, voting, exclude))
+        details = self._stage(folder, "details", {"ids": members, "prescore": scored, "vote_variant": voting})
         catalog, scores, classes = _catalog(details, ids)
         positions = np.arange(len(catalog))
         order = positions.copy()
@@ -488,11 +496,22 @@ class ShardedEngine(RetrievalEngine):
             same_class = self.of_query_class(
                 query, self.candidate_classes(None if (classes < 0).any() else classes, labels))
             confidence, reranked, verified = self.judge(evidence, inliers, same_class)
-            order, agreed = self.final_order(inliers, reranked, verified, distances, same_class)
+            vote_distances = None if voting is None or same_class is None else _by_id(details, "vote", ids)
+            order, agreed = self.final_order(inliers, reranked, verified, distances, same_class, vote_distances)
             timings["verification"] = elapsed_ms(started)
             progress("verifying", len(chosen), len(chosen))
         return Ranking(method, positions, distances, order, n_verify, verifications, evidence, confidence,
                        verified, timings, catalog=catalog, class_agreed=agreed)
+
+    def _expanded(self, folder: Path, query: QueryFeatures, variant: str, exclude: list[str]) -> np.ndarray:
+        """The query's ``variant`` vector expanded with its nearest images in that variant on any shard."""
+        vector = query.vectors[variant]
+        if self.config.query_expansion <= 0:
+            return np.atleast_2d(vector)
+        answers = self._stage(folder, "expand", {"variant": variant, "exclude_ids": exclude,
+                                                 "n": self.config.query_expansion})
+        nearest = _merged(answers, self.config.query_expansion)
+        return expand_query(vector, nearest["distances"], nearest["vectors"], self.config.query_expansion_alpha)
 
     @staticmethod
     def _gathered(answers: list[dict], ids: np.ndarray) -> tuple[list[Verification], np.ndarray]:
@@ -524,6 +543,14 @@ def _merged(answers: list[dict], n: int) -> dict:
     joined["shard"] = np.concatenate([np.full(len(a["ids"]), s, dtype=np.int64) for s, a in enumerate(answers)])
     order = np.lexsort((np.arange(len(joined["ids"])), joined["distances"]))[:n]
     return {key: value[order] for key, value in joined.items()}
+
+
+def _by_id(answers: list[dict], key: str, ids: np.ndarray) -> np.ndarray:
+    """The shards' ``key`` column of their answers, in the order of ``ids``."""
+    found = {}
+    for answer in answers:
+        found.update(zip(answer["ids"].tolist(), answer[key].tolist()))
+    return np.array([found[i] for i in ids.tolist()])
 
 
 def _catalog(details: list[dict], ids: np.ndarray) -> tuple[list[tuple], np.ndarray, np.ndarray]:

@@ -140,6 +140,24 @@ def test_class_first_puts_the_fallbacks_candidates_of_the_querys_class_first_whe
     assert class_first(order, 2, first, None)[0].tolist() == [1, 3, 4, 6, 0, 5, 2]  # always
 
 
+def test_class_first_may_take_the_vote_in_another_order_of_the_same_fallback():
+    """``voting`` (the fallback ordered by another variant: ``class_vote_variant``) decides whether
+    the query's class goes first; what goes first, and in which order, is still ``order``'s."""
+    from search.engine.pipeline import class_first
+
+    inliers = np.array([3, 20, 0, 9, 1])
+    expanded = np.array([0.9, 0.5, 0.2, 0.6, 0.4, 0.1, 0.8])
+    first = np.array([True, False, False, True, True, False, True])
+    order = fine_order(inliers, inliers >= 8, None, expanded)  # [1, 3, 5, 2, 4, 6, 0]
+    assert not class_first(order, 2, first, 2)[1]  # its own first two (5, 2) are of other classes
+    other = fine_order(inliers, inliers >= 8, None, np.array([0.3, 0.5, 0.9, 0.6, 0.2, 0.8, 0.1]))
+    assert other.tolist() == [1, 3, 6, 4, 0, 5, 2]  # the same head; 6, 4 of the class lead its fallback
+    by_class, agreed = class_first(order, 2, first, 2, other)
+    assert agreed and by_class.tolist() == [1, 3, 4, 6, 0, 5, 2]  # order's order within each part
+    kept, agreed = class_first(np.array([1, 3, 4, 6, 5, 2, 0]), 2, first, 2, order)
+    assert not agreed and kept.tolist() == [1, 3, 4, 6, 5, 2, 0]  # voting's fallback begins 5, 2: as it was
+
+
 def test_the_fallback_agrees_with_the_querys_class_when_most_of_its_first_ones_are_of_it():
     from search.engine.pipeline import fallback_agrees
 
