@@ -211,11 +211,12 @@ class EngineConfig:
     # nearest images agree). Why: RESULTS.md ("The query's class first in the fallback").
     fallback_same_class: bool = True
     fallback_class_voters: int = 10
-    # The vote of those first ones is taken in the order of another global variant's distances to
-    # its own expanded query, where the index has it (empty, or the method's own: the fallback's
-    # order): the classifier's own features (pca) say which images are of the query's kind, while the
-    # fallback's order and the candidates stay the method's. Why: RESULTS.md ("The class vote by the
-    # classifier's features").
+    # With class_vote_variant (pca, say), the vote of those first ones is taken in the order of that
+    # variant's distances to its own expanded query, where the index has it, while the fallback's
+    # order and the candidates stay the method's (empty: the fallback's own order). Off: by the
+    # classifier's own features the vote trusts the classifier more, which mends a few scene
+    # pictures and loses more where the classifier is weak. Why: RESULTS.md ("The class vote in the
+    # classifier's own order").
     class_vote_variant: str = ""
     # A candidate's class in these rules is its label where the collection gives it one the
     # classifier knows (else the classifier's): the labels are a person's word, and the classifier
