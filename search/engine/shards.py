@@ -452,10 +452,7 @@ class ShardedEngine(RetrievalEngine):
         started = time.perf_counter()
         base = {"variant": variant, "exclude_ids": exclude}
         if self.config.query_expansion > 0:
-            answers = self._stage(folder, "expand", dict(base, n=self.config.query_expansion))
-            nearest = _merged(answers, self.config.query_expansion)
-            np.save(folder / EXPANDED_FILE, expand_query(
-                query.vectors[variant], nearest["distances"], nearest["vectors"], self.config.query_expansion_alpha))
+            np.save(folder / EXPANDED_FILE, self._expanded(folder, query, variant, exclude))
         merged = _merged(self._stage(folder, "candidates", dict(base, n=depth, search_expanded=not fine)), depth)
         distances, ids, owner = merged["shown"], merged["ids"], merged["shard"]
         timings["coarse"] = elapsed_ms(started)
@@ -556,12 +553,11 @@ def _by_id(answers: list[dict], key: str, ids: np.ndarray) -> np.ndarray:
 def _catalog(details: list[dict], ids: np.ndarray) -> tuple[list[tuple], np.ndarray, np.ndarray]:
     """(id, relpath, label) of each of ``ids`` from the shards' details, their pre-scores (zero
     for those not pre-scored: each shard pre-scored the first of its members) and classes."""
-    rows, scores, classes = {}, {}, {}
+    rows, scores = {}, {}
     for answer in details:
         labels = [str(label) if labelled else None for label, labelled in zip(answer["labels"], answer["labelled"])]
         rows.update(zip(answer["ids"].tolist(), zip(answer["ids"].tolist(), answer["relpaths"].tolist(), labels)))
         scores.update(zip(answer["ids"][:len(answer["prescores"])].tolist(), answer["prescores"].tolist()))
-        classes.update(zip(answer["ids"].tolist(), answer["classes"].tolist()))
     return ([rows[i] for i in ids.tolist()], np.array([scores.get(i, 0) for i in ids.tolist()], dtype=np.int64),
-            np.array([classes[i] for i in ids.tolist()], dtype=np.int64))
+            _by_id(details, "classes", ids).astype(np.int64))
 
