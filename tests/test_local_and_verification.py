@@ -336,6 +336,13 @@ def test_a_verified_result_must_be_confident(tiny_fine_engine):
     assert [r.image_id for r in quiet.results] == [r.image_id for r in coarse.results]
 
 
+def each_query(engine, positions):
+    """Each tiny-collection image at ``positions`` as a query (its local features too) and the set
+    holding its own id, to leave it out of its own search."""
+    for position in positions:
+        yield engine.query_features(engine.index.path_of(position), local=True), {engine.index.image_ids[position]}
+
+
 def test_the_unsure_match_put_first_is_one_the_classifier_puts_in_the_querys_class(tiny_fine_engine):
     """With nothing sure enough to verify (``min_confidence`` above 1) every candidate with enough
     inliers is unsure; the one put ahead of the coarse order is the best of those the classifier
@@ -348,9 +355,7 @@ def test_the_unsure_match_put_first_is_one_the_classifier_puts_in_the_querys_cla
     engine, method, changed = tiny_fine_engine, "hybrid+attention", 0
     label_free = RetrievalEngine(replaced(engine.model, info=dict(engine.model.info, label_free=True)), engine.index,
                                  "cpu", engine.config, engine.attention, engine.calibration)
-    for position in range(0, 40, 3):
-        query = engine.query_features(engine.index.path_of(position), local=True)
-        own = {engine.index.image_ids[position]}
+    for query, own in each_query(engine, range(0, 40, 3)):
         with configured(engine, min_confidence=1.01, rerank_confidence=0.0, fallback_same_class=False):
             by_class = engine.rank(query, method, 39, exclude_ids=own)
             n = by_class.n_candidates
@@ -399,9 +404,7 @@ def test_the_fallback_puts_the_candidates_of_the_querys_class_first_when_its_fir
     ``fallback_class_voters`` are of that class; otherwise, or off, the fallback goes by distance
     alone. The re-ranked head is the same either way."""
     engine, method, changed = tiny_fine_engine, "hybrid+attention", 0
-    for position in range(0, 40, 3):
-        query = engine.query_features(engine.index.path_of(position), local=True)
-        own = {engine.index.image_ids[position]}
+    for query, own in each_query(engine, range(0, 40, 3)):
         with configured(engine, fallback_class_voters=3, class_vote_variant=""):
             by_class = engine.rank(query, method, 39, exclude_ids=own)
         with configured(engine, fallback_same_class=False):
@@ -434,9 +437,7 @@ def test_the_class_vote_may_be_taken_in_the_order_of_another_variant(tiny_fine_e
     from search.engine.pipeline import class_first, fallback_agrees, fine_order
 
     engine, method, differ = tiny_fine_engine, "hybrid+attention", 0
-    for position in range(0, 40, 2):
-        query = engine.query_features(engine.index.path_of(position), local=True)
-        own = {engine.index.image_ids[position]}
+    for query, own in each_query(engine, range(0, 40, 2)):
         with configured(engine, fallback_class_voters=3, class_vote_variant="logits"):
             voted = engine.rank(query, method, 39, exclude_ids=own)
             by_logits = engine.rank(query, "logits+attention", 39, exclude_ids=own)
