@@ -429,8 +429,8 @@ def test_the_fallback_puts_the_candidates_of_the_querys_class_first_when_its_fir
 
 
 def test_the_class_vote_may_be_taken_in_the_order_of_another_variant(tiny_fine_engine):
-    """With ``class_vote_variant`` (pca by default; logits here, whose order differs from the
-    hybrid's more on the tiny collection), hybrid+attention keeps its candidates, its re-ranked head
+    """With ``class_vote_variant`` (logits here: its order differs from the hybrid's more on the
+    tiny collection than pca's), hybrid+attention keeps its candidates, its re-ranked head
     and its fallback's order; only whether the query's class goes first is voted by the fallback
     in the order that variant's own method gives the same candidates (their distances to the
     expanded query in that variant). The rule off, the vote is the fallback's own."""
