@@ -213,7 +213,7 @@ class EngineConfig:
     fallback_class_voters: int = 10
     # With class_vote_variant (pca, say), the vote of those first ones is taken in the order of that
     # variant's distances to its own expanded query, where the index has it, while the fallback's
-    # order and the candidates stay the method's (empty: the fallback's own order). Off: by the
+    # order and the candidates stay the method's (empty or off: the fallback's own order). Off: by the
     # classifier's own features the vote trusts the classifier more, which mends a few scene
     # pictures and loses more where the classifier is weak. Why: RESULTS.md ("The class vote in the
     # classifier's own order").

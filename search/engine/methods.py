@@ -25,6 +25,17 @@ def parse_method(method: str) -> tuple[str, bool]:
     return method.removesuffix(FINE_SUFFIX), method.endswith(FINE_SUFFIX)
 
 
+def parse_vote_variant(name: str) -> str | None:
+    """``class_vote_variant``: a variant's name, or None for off (empty, ``off`` or ``none``), so a
+    misspelt name is an error rather than a vote silently left in the fallback's own order."""
+    name = name.strip().lower()
+    if name in ("", "off", "none"):
+        return None
+    if name not in VARIANTS:
+        raise EngineError(f"class_vote_variant takes one of {', '.join(VARIANTS)} or off, not {name!r}")
+    return name
+
+
 def is_fine(method: str) -> bool:
     return parse_method(method)[1]
 

@@ -24,7 +24,7 @@ from .images import open_image, open_query_image
 from .index import SearchIndex
 from .instance_features import InstanceDescriber
 from .local_features import AttentionExtractor, LocalFeatures, following
-from .methods import FALLBACK_METHODS, METHODS, parse_method
+from .methods import FALLBACK_METHODS, METHODS, parse_method, parse_vote_variant
 from .model import TrainedModel
 from .progress import Progress, elapsed_ms, no_progress
 from .verification import Candidates, Verification, prescore_rows, verify_candidates
@@ -300,7 +300,7 @@ class RetrievalEngine:
     def vote_variant(self, variant: str, needed: bool, variants) -> str | None:
         """The variant whose order takes the class vote (``class_vote_variant``) where a class rule
         is ``needed``, it is not the method's own ``variant`` and the index has it (``variants``)."""
-        chosen = self.config.class_vote_variant
+        chosen = parse_vote_variant(self.config.class_vote_variant)
         if not needed or not chosen or chosen == variant or chosen not in variants:
             return None
         return chosen

@@ -7,7 +7,7 @@ import pytest
 from search.engine.collection import seeded_sample
 from search.engine.config import EngineConfig
 from search.engine.errors import EngineError
-from search.engine.methods import DEFAULT_METHOD, METHODS, is_fine, method_label, parse_method
+from search.engine.methods import DEFAULT_METHOD, METHODS, is_fine, method_label, parse_method, parse_vote_variant
 from search.engine.progress import Throttle
 
 
@@ -18,6 +18,17 @@ def test_the_six_methods_of_table_1_and_the_instance_level_four():
     assert DEFAULT_METHOD == "hybrid+attention" and is_fine(DEFAULT_METHOD)
     with pytest.raises(EngineError, match="unknown method 'colour'"):
         parse_method("colour")
+
+
+def test_the_class_vote_takes_a_variant_or_off_and_refuses_other_names():
+    assert parse_vote_variant(EngineConfig().class_vote_variant) is None  # off by default
+    for off in ("off", "None"):
+        assert parse_vote_variant(EngineConfig.from_env({"RETRIEVAL_CLASS_VOTE_VARIANT": off}).class_vote_variant) is None
+    assert parse_vote_variant(EngineConfig.from_env({"RETRIEVAL_CLASS_VOTE_VARIANT": "pca"}).class_vote_variant) == "pca"
+    assert parse_vote_variant("") is None
+    assert parse_vote_variant(" Logits ") == "logits"
+    with pytest.raises(EngineError, match="not 'pcaa'"):
+        parse_vote_variant("pcaa")
 
 
 def test_method_labels_follow_the_pca_setting():
