@@ -213,9 +213,9 @@ class EngineConfig:
     fallback_class_voters: int = 10
     # With class_vote_variant (pca, say), the vote of those first ones is taken in the order of that
     # variant's distances to its own expanded query, where the index has it, while the fallback's
-    # order and the candidates stay the method's (empty or off: the fallback's own order). Off: by the
-    # classifier's own features the vote trusts the classifier more, which mends a few scene
-    # pictures and loses more where the classifier is weak. Why: RESULTS.md ("The class vote in the
+    # order and the candidates stay the method's (empty, off or none: the fallback's own order). Left
+    # off: by the classifier's own features the vote trusts the classifier more, which mends a few
+    # scene pictures and loses more where the classifier is weak. Why: RESULTS.md ("The class vote in the
     # classifier's own order").
     class_vote_variant: str = ""
     # A candidate's class in these rules is its label where the collection gives it one the
