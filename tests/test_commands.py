@@ -57,6 +57,7 @@ def test_train_index_search_evaluate(tiny_collection_dir, tmp_path, settings):
         assert sum(m["stage_ms"].values()) == pytest.approx(m["query_ms"])
         assert m["stage_ms"]["global_features"] > 0 and (not fine or m["stage_ms"]["verification"] > 0)
     assert "P@10" in stdout and "imagenet penultimate" in stdout
+    assert "fine-tuned hybrid+attention:" in stdout and "places lost in" in stdout
 
     # the instance benchmark: generated from the collection, scored by evaluate --instance
     outside = tmp_path / "outside"

@@ -18,19 +18,26 @@ def test_evaluate_matches_brute_force_on_the_tiny_index(tiny_engine):
     scores = {s.variant: s for s in evaluate_coarse(engine, query_ids, ["pca", "penultimate"])}
     for variant in ("pca", "penultimate"):
         vectors = np.asarray(index.vectors[variant])
-        precisions, aps = [], []
+        precisions, aps, misses = [], [], {}
         for q in range(0, 40, 5):
             distances = np.linalg.norm(vectors - vectors[q], axis=1)
             distances[q] = np.inf
             order = np.argsort(distances, kind="stable")[:-1]
             relevant = labels[order] == labels[q]
             precisions.append(relevant[:10].mean())
+            if not relevant[:10].all():
+                misses[index.image_ids[q]] = sorted(labels[order[:10]][~relevant[:10]])
             hits = np.cumsum(relevant)
             aps.append(np.mean(hits[relevant] / (np.flatnonzero(relevant) + 1)))
         assert scores[variant].n_queries == 8
         assert scores[variant].precision_at_10 == pytest.approx(np.mean(precisions), abs=1e-9)
         assert scores[variant].mean_ap == pytest.approx(np.mean(aps), abs=1e-6)
         assert scores[variant].stage == "coarse" and scores[variant].n_candidates == 0
+        # the report names each query that lost places, worst first, and the classes that took them
+        reported = scores[variant].misses
+        assert {m["query"]: sorted(l for l, n in m["taken_by"].items() for _ in range(n)) for m in reported} == misses
+        assert [m["wrong"] for m in reported] == sorted((len(t) for t in misses.values()), reverse=True)
+        assert sum(m["wrong"] for m in reported) == round(8 * 10 * (1 - np.mean(precisions)))
 
 
 @pytest.fixture(scope="module")

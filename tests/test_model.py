@@ -319,3 +319,24 @@ def test_inference_copy_folds_batchnorm_and_gives_the_same_outputs(name, pretrai
         getattr(parent, conv_name).bias.data.add_(1.0)
     with torch.no_grad():
         assert not torch.allclose(broken.pooled(photo), backbone.pooled(photo), atol=1e-4)
+
+
+def test_training_augmentation_is_a_setting_and_a_misspelt_one_is_refused(tiny_collection, engine_config):
+    from PIL import Image
+
+    from search.engine.backbones import build_backbone
+    from search.engine.errors import EngineError
+    from search.engine.model import train_transform
+    from search.engine.training import train_classifier
+
+    backbone = build_backbone("efficientnet_lite0", 4, pretrained=False)
+    picture = Image.open(next(tiny_collection.root.rglob("*.jpg"))).convert("RGB")
+    torch.manual_seed(0)
+    for augment in ("basic", "trivial"):
+        tensor = train_transform(backbone, 64, augment)(picture)
+        assert tensor.shape == (3, 64, 64) and torch.isfinite(tensor).all()
+    names = [type(t).__name__ for t in train_transform(backbone, 64, "trivial").transforms]
+    assert "TrivialAugmentWide" in names and "TrivialAugmentWide" not in [
+        type(t).__name__ for t in train_transform(backbone, 64, "basic").transforms]
+    with pytest.raises(EngineError, match="train_augment takes one of basic, trivial, not 'trivia'"):
+        train_classifier(tiny_collection, engine_config.replace(train_augment="trivia"), "unused.pt", epochs=1)

@@ -102,6 +102,10 @@ class EngineConfig:
     # Fit the new last layer on the frozen ImageNet features (logistic regression) before
     # fine-tuning everything (LP-FT; training.fit_head_on_frozen_features).
     probe_first: bool = False
+    # How training pictures are varied: "basic" (a random crop of half the picture or more, a mirror
+    # image, mild colour jitter) or "trivial" (those, then one of TrivialAugment's changes at a
+    # random strength: Mueller and Hutter 2021). Which and why: RESULTS.md ("Stronger augmentation").
+    train_augment: str = "basic"
     num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
     # Processes that load or train the networks keep freed blocks of up to this many MB for reuse
     # instead of handing them back to the kernel (allocator.py; 0: glibc's defaults). Why 256:

@@ -59,6 +59,9 @@ class MethodScore:
     # where ``query_ms`` goes: the mean of each stage it sums (global features, coarse; a fine method's
     # local features, crops, verification and quarter turns), so a device's figure can be read apart
     stage_ms: dict[str, float] = field(default_factory=dict)
+    # The queries that lost places in their first ``k``, worst first: where a P@10 goes, so a change
+    # can be judged by the pictures it mends or breaks rather than by one mean.
+    misses: list[dict] = field(default_factory=list)
 
 
 def evaluate_methods(engine: RetrievalEngine, query_ids: Iterable[str], methods: Iterable[str],
@@ -78,7 +81,7 @@ def evaluate_methods(engine: RetrievalEngine, query_ids: Iterable[str], methods:
     n_candidates = min(n_candidates or engine.config.n_candidates, len(index) - 1)
     any_fine = any(is_fine(m) for m in methods)
     class_sizes = {c: int((labels == c).sum()) for c in set(labels) if c}
-    stats = {m: {"p": [], "ap": [], "ms": [], "verified": [], "stages": []} for m in methods}
+    stats = {m: {"p": [], "ap": [], "ms": [], "verified": [], "stages": [], "misses": []} for m in methods}
     stage = f"evaluating {model_label}"
     for done, position in enumerate(queries, 1):
         query_label = index.labels[position]
@@ -89,6 +92,8 @@ def evaluate_methods(engine: RetrievalEngine, query_ids: Iterable[str], methods:
                                           exclude_ids={index.image_ids[position]}, turned=turned)
             relevant = labels[ranking.ranked_positions] == query_label
             stats[method]["p"].append(precision_at_k(relevant, k))
+            if not relevant[:k].all():
+                stats[method]["misses"].append(query_miss(index, position, ranking.ranked_positions[:k], relevant[:k]))
             stats[method]["ap"].append(average_precision(relevant, class_sizes[query_label] - 1))
             stages = {"global_features": query.timings_ms["global_features"], "coarse": ranking.timings_ms["coarse"]}
             if is_fine(method):
@@ -108,8 +113,16 @@ def evaluate_methods(engine: RetrievalEngine, query_ids: Iterable[str], methods:
             f"{model_label} {method}", model_label, variant, "fine" if fine else "coarse",
             float(np.mean(s["p"])), float(np.mean(s["ap"])), float(np.mean(s["ms"])), len(queries),
             float(np.mean(s["verified"])) if fine else 0.0, n_candidates if fine else 0,
-            {stage: float(np.mean([q[stage] for q in s["stages"]])) for stage in s["stages"][0]}))
+            {stage: float(np.mean([q[stage] for q in s["stages"]])) for stage in s["stages"][0]},
+            sorted(s["misses"], key=lambda miss: (-miss["wrong"], miss["query"]))))
     return scores
+
+
+def query_miss(index, position: int, top_positions, relevant) -> dict:
+    """One query's lost places: how many, and which classes took them."""
+    taken = [index.labels[p] or "(unlabelled)" for p, hit in zip(top_positions, relevant) if not hit]
+    return {"query": index.image_ids[position], "label": index.labels[position], "wrong": len(taken),
+            "taken_by": {label: taken.count(label) for label in sorted(set(taken))}}
 
 
 def evaluate_coarse(engine: RetrievalEngine, query_ids, variants, model_label="fine-tuned", k=10,
@@ -126,6 +139,18 @@ def format_table(scores: list[MethodScore]) -> str:
         verified = f"{s.mean_verified:.1f} of {s.n_candidates}" if s.stage == "fine" else "-"
         lines.append(f"{s.method:<34} {s.precision_at_10:>7.4f} {s.mean_ap:>7.4f} "
                      f"{s.query_ms:>9.1f} {s.n_queries:>8d} {verified:>15}")
+    return "\n".join(lines)
+
+
+def format_misses(scores: list[MethodScore], worst: int = 5) -> str:
+    """Where each method's lost top-ten places are: how many queries lost any, and the worst few."""
+    lines = []
+    for score in scores:
+        lost = sum(miss["wrong"] for miss in score.misses)
+        lines.append(f"{score.method}: {lost} places lost in {len(score.misses)} of {score.n_queries} queries")
+        for miss in score.misses[:worst]:
+            taken = ", ".join(f"{label} {n}" for label, n in miss["taken_by"].items())
+            lines.append(f"  {miss['query']} ({miss['label']}): {miss['wrong']} wrong ({taken})")
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ import torch
 from torchvision import transforms as T
 
 from .backbones import Backbone, build_backbone
-from .errors import ModelError
+from .errors import EngineError, ModelError
 
 
 def pick_device(setting: str = "auto") -> torch.device:
@@ -40,11 +40,18 @@ def eval_batch(backbone: Backbone, image_size: int, images: list, device) -> tor
     return torch.stack([transform(image) for image in images]).to(device)
 
 
-def train_transform(backbone: Backbone, image_size: int) -> T.Compose:
+TRAIN_AUGMENTS = ("basic", "trivial")
+
+
+def train_transform(backbone: Backbone, image_size: int, augment: str = "basic") -> T.Compose:
+    if augment not in TRAIN_AUGMENTS:
+        raise EngineError(f"train_augment takes one of {', '.join(TRAIN_AUGMENTS)}, not {augment!r}")
+    extra = [T.TrivialAugmentWide()] if augment == "trivial" else []
     return T.Compose([
         T.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
         T.RandomHorizontalFlip(),
         T.ColorJitter(0.2, 0.2, 0.2),
+        *extra,
         T.ToTensor(),
         T.Normalize(backbone.mean, backbone.std),
     ])

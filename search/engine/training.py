@@ -155,6 +155,7 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
     device = pick_device(config.device)
     backbone = build_backbone(config.backbone, len(classes), pretrained=True, weights_path=config.pretrained_weights)
     backbone.to(device)
+    augment = train_transform(backbone, config.image_size, config.train_augment)  # a misspelt name fails here
     # Training crops are cut from images decoded once and squashed to a
     # square, because the index squashes whole images to image_size x
     # image_size: crops cut from unsquashed 3:2 pictures taught the model
@@ -166,7 +167,7 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
     val_images, skipped_val = load_resized(split.val, config.image_size * 4,
                                            then=T.Resize((config.image_size, config.image_size), antialias=True))
     train_loader = _loader(split.train, train_images, class_index,
-                           train_transform(backbone, config.image_size), config.batch_size, True, config.seed)
+                           augment, config.batch_size, True, config.seed)
     val_loader = _loader(split.val, val_images, class_index,
                          eval_transform(backbone, config.image_size), config.batch_size, False, config.seed)
     if len(train_loader.dataset) == 0:
@@ -238,7 +239,7 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
         "settings": {k: getattr(config, k) for k in (
             "backbone", "image_size", "batch_size", "learning_rate", "head_lr_multiplier", "momentum",
             "weight_decay", "val_fraction", "seed", "average_last_epochs", "train_max_images",
-            "probe_first")} | {"epochs": epochs},
+            "probe_first", "train_augment")} | {"epochs": epochs},
         "averaged_epochs": averaged.epochs if averaged.count > 1 else [],
         "probe_val_accuracy": probe_accuracy,  # the fitted head's, before fine-tuning (probe_first)
         "skipped": skipped_train + skipped_val,

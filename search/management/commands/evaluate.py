@@ -4,7 +4,7 @@ from pathlib import Path
 
 from django.core.management.base import CommandError
 
-from ...engine.evaluation import evaluate_methods, format_table, write_report
+from ...engine.evaluation import evaluate_methods, format_misses, format_table, write_report
 from ...engine.index import build_index, load_index
 from ...engine.instance_benchmark import load_instance_benchmark
 from ...engine.instance_evaluation import evaluate_instances, format_instance_table
@@ -77,6 +77,8 @@ class Command(EngineCommand):
             with tempfile.TemporaryDirectory(prefix="baseline-index-") as tmp:
                 scores += run_baseline(self.baseline_engine(engine, config, tmp))
         self.stdout.write(table(scores))
+        if not instance:
+            self.stdout.write(format_misses(scores))
         out = out or config.reports_dir / f"evaluate-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"
         write_report(out, scores, {"instance_benchmark": str(instance) if instance else None,
             "index": str(engine.index.path), "collection_size": len(engine.index),
