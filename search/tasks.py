@@ -3,7 +3,7 @@ matching function of ``search.jobs`` or ``search.maintenance``, which is idempot
 finished row is left alone). The web process never imports this module: it enqueues by
 name through ``search.queue``, so it does not load the engine."""
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_init, worker_ready
 
 from .jobs import run_search_job
 from .maintenance import run_maintenance
@@ -27,6 +27,20 @@ def shard_stage(shard: int, stage: str, folder: str) -> str:
     """One stage of a sharded search on one shard; its answer is a file in ``folder``, whose path
     is returned (redone whole if delivered again)."""
     return run_shard_stage(shard, stage, folder)
+
+
+@worker_init.connect
+def refuse_unusable_settings(**_):
+    """A worker with a misspelt ``RETRIEVAL_*`` value stops at its start, saying which, instead of
+    failing every job it takes (raising here would only be logged: Celery catches a handler's
+    errors, not SystemExit)."""
+    from django.conf import settings
+
+    from .engine.settings_check import describe_problems
+
+    problems = describe_problems(settings.RETRIEVAL)
+    if problems:
+        raise SystemExit("the worker's settings cannot work:\n  " + "\n  ".join(problems))
 
 
 @worker_ready.connect

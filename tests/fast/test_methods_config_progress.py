@@ -84,3 +84,51 @@ def test_evaluate_limit_takes_a_seeded_sample_that_scripts_can_repeat():
     assert len(picked) == 10 and set(picked) <= set(ids) and picked != ids[:10]
     assert seeded_sample(list(ids), 10) == picked  # the same ten on every call (seed 0)
     assert seeded_sample(ids, 100) == seeded_sample(ids, 50) and sorted(seeded_sample(ids, 100)) == sorted(ids)
+
+
+def test_every_named_setting_is_checked_at_once_and_named_by_its_variable():
+    from search.engine.settings_check import describe_problems, setting_problems
+
+    assert setting_problems(EngineConfig()) == {}
+    assert setting_problems(EngineConfig(device="cuda:1", hybrid_weight=0.0, query_turns="", confidence_pool=0,
+                                         class_vote_variant="off", coarse_backend="faiss")) == {}
+    bad = EngineConfig(backbone="resnet50", device="gpu", coarse_backend="hnsw", ransac_method="lmeds",
+                       train_augment="trivia", class_vote_variant="pcaa", turn_gate_variant="colour",
+                       query_turns="45", local_scales="0,1", top_k=0, query_expansion=-1, val_fraction=1.0,
+                       match_ratio=0.0, prescore_dtype="half")
+    problems = setting_problems(bad)
+    assert set(problems) == {"backbone", "device", "coarse_backend", "ransac_method", "train_augment",
+                             "class_vote_variant", "turn_gate_variant", "query_turns", "local_scales", "top_k",
+                             "query_expansion", "val_fraction", "match_ratio", "prescore_dtype"}
+    described = describe_problems(bad)
+    assert "RETRIEVAL_TRAIN_AUGMENT='trivia' takes one of basic, trivial" in described
+    assert "RETRIEVAL_DEVICE='gpu' takes auto, cpu, cuda or cuda:N" in described
+    assert "RETRIEVAL_VAL_FRACTION='1.0' takes a value above 0 and below 1" in described
+    assert any(p.startswith("RETRIEVAL_CLASS_VOTE_VARIANT='pcaa' takes one of logits") for p in described)
+
+
+def test_the_checked_names_are_the_ones_the_engine_modules_accept():
+    """The check spells the names out so the web process need not load torch or OpenCV for them."""
+    from search.engine import settings_check
+    from search.engine.backbones import BACKBONES
+    from search.engine.coarse_backends import BACKENDS
+    from search.engine.model import TRAIN_AUGMENTS
+    from search.engine.verification import PRESCORE_DTYPES, RANSAC_METHODS
+
+    assert sorted(settings_check.BACKBONE_NAMES) == sorted(BACKBONES)
+    assert settings_check.COARSE_BACKENDS == ("auto", *BACKENDS)
+    assert settings_check.RANSAC_METHOD_NAMES == tuple(RANSAC_METHODS)
+    assert settings_check.PRESCORE_DTYPES == ("auto", *PRESCORE_DTYPES)
+    assert settings_check.TRAIN_AUGMENT_NAMES == TRAIN_AUGMENTS
+
+
+def test_django_checks_refuse_a_misspelt_engine_setting(settings):
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    call_command("check")
+    settings.RETRIEVAL = settings.RETRIEVAL.replace(train_augment="trivia", query_turns="45")
+    with pytest.raises(SystemCheckError) as caught:
+        call_command("check")
+    assert "(search.E001) RETRIEVAL_TRAIN_AUGMENT='trivia' takes one of basic, trivial" in str(caught.value)
+    assert "RETRIEVAL_QUERY_TURNS='45' takes 90, 180 and 270 only" in str(caught.value)

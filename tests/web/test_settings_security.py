@@ -82,3 +82,16 @@ def test_error_pages_show_nothing_of_the_server_and_responses_carry_security_hea
     home = client.get("/")
     assert home["X-Content-Type-Options"] == "nosniff" and home["X-Frame-Options"] == "DENY"
     assert home["Referrer-Policy"] == "same-origin" and home["Cross-Origin-Opener-Policy"] == "same-origin"
+
+
+def test_a_worker_with_a_misspelt_engine_setting_stops_at_its_start_saying_which():
+    """A real Celery worker: it would otherwise fail each search or training it took."""
+    from .conftest import ARTIFACTS, start_worker
+
+    with pytest.raises(RuntimeError, match="the Celery worker exited with 1"):
+        start_worker("refused-settings", "celery-refused-settings.log", RETRIEVAL_TRAIN_AUGMENT="trivia",
+                     RETRIEVAL_COARSE_BACKEND="hnsw")
+    log = (ARTIFACTS / "celery-refused-settings.log").read_text()
+    assert "the worker's settings cannot work" in log
+    assert "RETRIEVAL_TRAIN_AUGMENT='trivia' takes one of basic, trivial" in log
+    assert "RETRIEVAL_COARSE_BACKEND='hnsw' takes one of auto, balltree, faiss" in log
