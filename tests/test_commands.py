@@ -2,6 +2,7 @@
 import csv
 import io
 import json
+import re
 
 import pytest
 
@@ -58,6 +59,8 @@ def test_train_index_search_evaluate(tiny_collection_dir, tmp_path, settings):
         assert m["stage_ms"]["global_features"] > 0 and (not fine or m["stage_ms"]["verification"] > 0)
     assert "P@10" in stdout and "imagenet penultimate" in stdout
     assert "fine-tuned hybrid+attention:" in stdout and "places lost in" in stdout
+    lost = [line for line in stdout.splitlines() if " wrong (" in line]  # the collection's relative paths
+    assert lost and all(re.match(r"  \w+/\d+\.jpg \(\w+\): \d+ wrong \(", line) for line in lost)
 
     # the instance benchmark: generated from the collection, scored by evaluate --instance
     outside = tmp_path / "outside"

@@ -38,6 +38,7 @@ def test_evaluate_matches_brute_force_on_the_tiny_index(tiny_engine):
         assert {m["query"]: sorted(l for l, n in m["taken_by"].items() for _ in range(n)) for m in reported} == misses
         assert [m["wrong"] for m in reported] == sorted((len(t) for t in misses.values()), reverse=True)
         assert sum(m["wrong"] for m in reported) == round(8 * 10 * (1 - np.mean(precisions)))
+        assert all(m["path"] == index.relpaths[index.positions[m["query"]]] for m in reported)
 
 
 @pytest.fixture(scope="module")

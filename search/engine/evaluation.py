@@ -121,8 +121,8 @@ def evaluate_methods(engine: RetrievalEngine, query_ids: Iterable[str], methods:
 def query_miss(index, position: int, top_positions, relevant) -> dict:
     """One query's lost places: how many, and which classes took them."""
     taken = [index.labels[p] or "(unlabelled)" for p, hit in zip(top_positions, relevant) if not hit]
-    return {"query": index.image_ids[position], "label": index.labels[position], "wrong": len(taken),
-            "taken_by": {label: taken.count(label) for label in sorted(set(taken))}}
+    return {"query": index.image_ids[position], "path": index.relpaths[position], "label": index.labels[position],
+            "wrong": len(taken), "taken_by": {label: taken.count(label) for label in sorted(set(taken))}}
 
 
 def evaluate_coarse(engine: RetrievalEngine, query_ids, variants, model_label="fine-tuned", k=10,
@@ -150,7 +150,7 @@ def format_misses(scores: list[MethodScore], worst: int = 5) -> str:
         lines.append(f"{score.method}: {lost} places lost in {len(score.misses)} of {score.n_queries} queries")
         for miss in score.misses[:worst]:
             taken = ", ".join(f"{label} {n}" for label, n in miss["taken_by"].items())
-            lines.append(f"  {miss['query']} ({miss['label']}): {miss['wrong']} wrong ({taken})")
+            lines.append(f"  {miss['path']} ({miss['label']}): {miss['wrong']} wrong ({taken})")
     return "\n".join(lines)
 
 
