@@ -62,6 +62,11 @@ class CoarseSettings:
     faiss_parts: int = 2  # one query's re-scored search runs on this many threads, a stretch of every list each
 
 
+# The values of ``train_augment`` (model.train_transform): here, where the web process's settings
+# check can read them without loading torch.
+TRAIN_AUGMENTS = ("basic", "trivial")
+
+
 def _default_data_dir() -> Path:
     return REPO_ROOT / "var"
 
@@ -105,7 +110,7 @@ class EngineConfig:
     # How training pictures are varied: "basic" (a random crop of half the picture or more, a mirror
     # image, mild colour jitter) or "trivial" (those, then one of TrivialAugment's changes at a
     # random strength: Mueller and Hutter 2021). Which and why: RESULTS.md ("Stronger augmentation").
-    train_augment: str = "basic"
+    train_augment: str = "basic"  # one of TRAIN_AUGMENTS
     num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
     # Processes that load or train the networks keep freed blocks of up to this many MB for reuse
     # instead of handing them back to the kernel (allocator.py; 0: glibc's defaults). Why 256:

@@ -11,6 +11,7 @@ import torch
 from torchvision import transforms as T
 
 from .backbones import Backbone, build_backbone
+from .config import TRAIN_AUGMENTS
 from .errors import EngineError, ModelError
 
 
@@ -38,9 +39,6 @@ def eval_batch(backbone: Backbone, image_size: int, images: list, device) -> tor
     """PIL images as one network input: each squashed by ``eval_transform``, stacked, on ``device``."""
     transform = eval_transform(backbone, image_size)
     return torch.stack([transform(image) for image in images]).to(device)
-
-
-TRAIN_AUGMENTS = ("basic", "trivial")
 
 
 def train_transform(backbone: Backbone, image_size: int, augment: str = "basic") -> T.Compose:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from .config import EngineConfig
+from .config import TRAIN_AUGMENTS, EngineConfig
 from .errors import EngineError
 from .methods import VARIANTS, parse_vote_variant
 
@@ -20,7 +20,6 @@ BACKBONE_NAMES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite
 COARSE_BACKENDS = ("auto", "balltree", "faiss")  # "auto" and coarse_backends.BACKENDS
 RANSAC_METHOD_NAMES = ("ransac", "usac_magsac", "usac_accurate")  # verification.RANSAC_METHODS
 PRESCORE_DTYPES = ("auto", "float32", "bfloat16")  # "auto" and verification.PRESCORE_DTYPES
-TRAIN_AUGMENT_NAMES = ("basic", "trivial")  # model.TRAIN_AUGMENTS
 DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)?")  # what model.pick_device is given
 
 # The settings that count something and make no sense below 1 (or below 0: "0: off" settings).
@@ -56,7 +55,7 @@ def setting_problems(config: EngineConfig) -> dict[str, str]:
     one_of("ransac_method", RANSAC_METHOD_NAMES)
     one_of("prescore_dtype", PRESCORE_DTYPES)
     one_of("turn_gate_variant", VARIANTS)
-    one_of("train_augment", TRAIN_AUGMENT_NAMES)
+    one_of("train_augment", TRAIN_AUGMENTS)
     parses("class_vote_variant", lambda: parse_vote_variant(config.class_vote_variant))
     parses("query_turns", lambda: config.turn_angles)
     if not DEVICE.fullmatch(config.device):

@@ -112,14 +112,12 @@ def test_the_checked_names_are_the_ones_the_engine_modules_accept():
     from search.engine import settings_check
     from search.engine.backbones import BACKBONES
     from search.engine.coarse_backends import BACKENDS
-    from search.engine.model import TRAIN_AUGMENTS
     from search.engine.verification import PRESCORE_DTYPES, RANSAC_METHODS
 
     assert sorted(settings_check.BACKBONE_NAMES) == sorted(BACKBONES)
     assert settings_check.COARSE_BACKENDS == ("auto", *BACKENDS)
     assert settings_check.RANSAC_METHOD_NAMES == tuple(RANSAC_METHODS)
     assert settings_check.PRESCORE_DTYPES == ("auto", *PRESCORE_DTYPES)
-    assert settings_check.TRAIN_AUGMENT_NAMES == TRAIN_AUGMENTS
 
 
 def test_django_checks_refuse_a_misspelt_engine_setting(settings):
