@@ -42,6 +42,102 @@ def test_split_is_stratified_and_seeded(tiny_collection):
     assert sorted(r.label for r in a.val) == ["africa"] * 2 + ["beach"] * 2 + ["buses"] * 2 + ["dinosaurs"] * 2
 
 
+def _records(sizes: dict[str, int]):
+    from pathlib import Path
+
+    from search.engine.collection import ImageRecord
+
+    return [ImageRecord(f"{label}-{i}", f"{label}/{i}.jpg", Path(f"/nowhere/{label}/{i}.jpg"), label)
+            for label, n in sizes.items() for i in range(n)]
+
+
+def test_a_collection_scikit_learn_splits_is_split_as_before(tiny_collection):
+    """The validation pictures of every collection trained so far (all classes of two pictures or
+    more, fewer classes than a fifth of the pictures) stay what they were."""
+    from sklearn.model_selection import train_test_split
+
+    records = _records({"a": 7, "b": 12, "c": 3})
+    for seed in (0, 1):
+        train, val = train_test_split(records, test_size=0.2, random_state=seed, stratify=[r.label for r in records])
+        split = stratified_split(records, 0.2, seed)
+        assert (split.train, split.val) == (train, val)
+
+
+@pytest.mark.parametrize("sizes", [
+    {f"product-{i}": 3 for i in range(100)},  # more classes than a fifth of the pictures
+    {"a": 50, "b": 50, "c": 1},  # a folder of one photo
+    {"a": 10} | {f"one-{i}": 1 for i in range(10)},  # more singles than room for them
+    {"a": 2, "b": 2, "c": 1, "d": 1},
+])
+def test_small_classes_are_split_with_a_training_picture_each(sizes):
+    """Collections labelled by folder or by product, which scikit-learn's stratified split refuses:
+    every class keeps a picture to train on, validation gets its share where classes can spare it,
+    and the same seed gives the same split."""
+    from collections import Counter
+
+    from sklearn.model_selection import train_test_split
+
+    records = _records(sizes)
+    with pytest.raises(ValueError):
+        train_test_split(records, test_size=0.2, random_state=0, stratify=[r.label for r in records])
+    split = stratified_split(records, 0.2, seed=0)
+    train, val = Counter(r.label for r in split.train), Counter(r.label for r in split.val)
+    assert set(train) == set(sizes) and train + val == Counter(sizes)
+    # the whole part of each class's share, then one more for as many classes as can spare one, up to
+    # the fifth of the pictures (scikit-learn's count) or all that can be spared
+    spare = sum(n - 1 for n in sizes.values())
+    whole = sum(math.floor(0.2 * n) for n in sizes.values())
+    can_give_one_more = sum(1 for n in sizes.values() if math.floor(0.2 * n) < n - 1)
+    assert len(split.val) == min(math.ceil(0.2 * len(records)), spare, whole + can_give_one_more)
+    for label, n in sizes.items():
+        assert math.floor(0.2 * n) <= val[label] <= min(math.floor(0.2 * n) + 1, n - 1), (label, val[label])
+    position = {r.relpath: i for i, r in enumerate(records)}
+    for part in (split.train, split.val):  # in the records' order
+        assert [position[r.relpath] for r in part] == sorted(position[r.relpath] for r in part)
+    again, other = stratified_split(records, 0.2, seed=0), stratified_split(records, 0.2, seed=1)
+    assert again == split
+    if len(split.val) < spare:  # a choice to make: another seed makes it otherwise
+        assert other.val != split.val
+
+
+def test_a_collection_of_single_pictures_trains_without_validation(tiny_collection_dir, engine_config, tmp_path):
+    """One photo per product, a class each: nothing to validate on, and training says so instead of
+    failing on the split or reporting an accuracy of nothing."""
+    from search.engine.collection import scan_collection
+    from search.engine.training import train_classifier
+
+    root = tmp_path / "products"
+    for label in ("africa", "beach", "buses"):
+        (root / label).mkdir(parents=True)
+        first = sorted((tiny_collection_dir / label).iterdir())[0]
+        (root / label / first.name).symlink_to(first.resolve())
+    result = train_classifier(scan_collection(root, "folders"), engine_config, tmp_path / "single.pt", epochs=1)
+    assert (len(result.split.train), len(result.split.val)) == (3, 0)
+    assert result.val_accuracy is None and result.info["n_val"] == 0
+    assert result.summary == "fine-tuned on 3 classes, not validated (no class had a picture to spare for it)"
+
+
+def test_a_collection_with_a_folder_of_one_photo_trains_its_classifier_and_head(tiny_collection_dir, engine_config,
+                                                                                  tmp_path):
+    """Labelled by folder, one of them holding a single photo: the classifier and the attention head
+    both train, the lone photo among the training pictures."""
+    from search.engine.collection import scan_collection
+    from search.engine.workflows import train_models
+
+    root = tmp_path / "folders"
+    for label, n in (("africa", 6), ("beach", 6), ("buses", 1)):
+        (root / label).mkdir(parents=True)
+        for picture in sorted((tiny_collection_dir / label).iterdir())[:n]:
+            (root / label / picture.name).symlink_to(picture.resolve())
+    trained = train_models(scan_collection(root, "folders"), engine_config.replace(attention_epochs=2),
+                           tmp_path / "m.pt", tmp_path / "a.pt", epochs=1)
+    assert trained.model.classes == ["africa", "beach", "buses"]
+    assert [r.label for r in trained.split.train].count("buses") == 1
+    assert sorted(r.label for r in trained.split.val) in (["africa", "africa", "beach"], ["africa", "beach", "beach"])
+    assert trained.attention.info["classes"] == ["africa", "beach", "buses"]
+    assert 0 <= trained.training.val_accuracy <= 1
+
+
 def test_training_takes_a_seeded_sample_that_keeps_every_class():
     """A large collection trains on at most TRAIN_MAX_IMAGES of its images: each class in its share,
     two at least, the same sample for the same seed."""
@@ -66,8 +162,12 @@ def test_training_takes_a_seeded_sample_that_keeps_every_class():
     assert training_sample(records, 1000, seed=0) == sample
     assert training_sample(records, 1000, seed=1) != sample
     assert training_sample(records, 0, seed=0) == records == training_sample(records, len(records), seed=0)
-    with pytest.raises(CollectionError, match="two of each of 102 classes"):
-        training_sample(records, 150, seed=0)
+    # more classes than room for two of each: one of each, and a second where there is room
+    small = training_sample(records, 150, seed=0)
+    assert len(small) == 150 and set(Counter(r.label for r in small)) == set(counts)
+    assert training_sample(records, 150, seed=1) != small
+    with pytest.raises(CollectionError, match="one of each of 102 classes"):
+        training_sample(records, 101, seed=0)
 
 
 def test_a_capped_training_says_it_trained_on_a_sample(tiny_collection, engine_config, tmp_path):

@@ -166,10 +166,12 @@ def train_attention(model: TrainedModel, train: list[ImageRecord], val: list[Ima
 
 
 @torch.no_grad()
-def _accuracy(head: AttentionHead, maps: torch.Tensor, targets: torch.Tensor, device, batch: int = 256) -> float:
-    """A batch at a time: the hidden layer of 2,000 validation maps at once is over a gigabyte."""
+def _accuracy(head: AttentionHead, maps: torch.Tensor, targets: torch.Tensor, device,
+              batch: int = 256) -> float | None:
+    """A batch at a time: the hidden layer of 2,000 validation maps at once is over a gigabyte.
+    None: no validation maps."""
     if not len(targets):
-        return float("nan")
+        return None
     correct = sum(int((head(maps[start:start + batch].to(device)).argmax(1).cpu() == targets[start:start + batch])
                       .sum()) for start in range(0, len(targets), batch))
     return correct / len(targets)

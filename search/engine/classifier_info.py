@@ -31,8 +31,13 @@ def describe_classifier(info: dict) -> str:
         return (f"the ImageNet classifier as it is ({len(info.get('classes', []))} classes): the collection had "
                 f"no class labels to fine-tune on, so the attention head learned its predictions{sample}")
     accuracy = info.get("val_accuracy")
-    return (f"fine-tuned on {len(info.get('classes', []))} classes{sample}"
-            + (f", validation accuracy {accuracy:.4f}" if isinstance(accuracy, (int, float)) else ""))
+    if isinstance(accuracy, (int, float)):
+        validation = f", validation accuracy {accuracy:.4f}"
+    elif info.get("n_val") == 0:
+        validation = ", not validated (no class had a picture to spare for it)"
+    else:
+        validation = ""
+    return f"fine-tuned on {len(info.get('classes', []))} classes{sample}{validation}"
 
 
 def _sample_note(info: dict) -> str:

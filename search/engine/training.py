@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,8 +58,9 @@ class TrainingResult:
         return bool(self.info.get("label_free"))
 
     @property
-    def val_accuracy(self) -> float:
-        return self.history[-1]["val_accuracy"] if self.history else float("nan")
+    def val_accuracy(self) -> float | None:
+        """None: no validation pictures (every class too small to spare one)."""
+        return self.history[-1]["val_accuracy"] if self.history else None
 
     @property
     def summary(self) -> str:
@@ -74,41 +75,73 @@ def has_class_labels(collection: Collection) -> bool:
 
 def training_sample(records: list[ImageRecord], max_images: int, seed: int) -> list[ImageRecord]:
     """At most ``max_images`` of ``records`` (all of them for 0), seeded, in their order. Each label
-    keeps its share of the collection, and two images at least, so that the split can still
-    stratify. Memory and time of training then stop growing with the collection; the index still
-    holds every image."""
+    keeps its share of the collection, and one image at least (two where there is room: one to
+    train on, one to validate). Memory and time of training then stop growing with the collection;
+    the index still holds every image."""
     if max_images <= 0 or len(records) <= max_images:
         return list(records)
     members = defaultdict(list)
     for position, record in enumerate(records):
         members[record.label].append(position)
     labelled = [label for label in members if label is not None]
-    if 2 * len(labelled) > max_images:
-        raise CollectionError(f"training on at most {max_images} images (TRAIN_MAX_IMAGES) cannot keep two of "
+    if len(labelled) > max_images:
+        raise CollectionError(f"training on at most {max_images} images (TRAIN_MAX_IMAGES) cannot keep one of "
                               f"each of {len(labelled)} classes: raise it")
     rng = np.random.default_rng(seed)
+    ties = np.random.default_rng([seed, 1])  # apart, so that rng's draws stay those of earlier samples
     # a record's place in its label's shuffled order, as a fraction of the label's size: the
-    # smallest keys take every label in proportion; a label's first two are taken first of all
+    # smallest keys take every label in proportion; each label's first is taken first of all, then
+    # each label's second (in a seeded order, where not all seconds fit)
     keys = np.empty(len(records))
     for label, positions in members.items():
         shuffled = np.asarray(positions)[rng.permutation(len(positions))]
         keys[shuffled] = (np.arange(len(shuffled)) + 0.5) / len(shuffled)
         if label is not None:
-            keys[shuffled[:2]] = -1.0
+            keys[shuffled[:2]] = -3.0 + np.arange(len(shuffled[:2])) + ties.random(len(shuffled[:2]))
     chosen = np.sort(np.argsort(keys, kind="stable")[:max_images])
     return [records[i] for i in chosen]
 
 
 def stratified_split(records: list[ImageRecord], val_fraction: float, seed: int) -> Split:
+    """``val_fraction`` of each class held out for validation, seeded. Collections labelled by
+    folder or by product often have classes of one or two pictures, or more classes than a fifth
+    of their images: scikit-learn's stratified split refuses those, so they are split by
+    ``small_classes_split``, which keeps every class in training. Collections it takes are split by
+    it as before (the same validation pictures for the same seed)."""
     labels = [r.label for r in records]
-    counts = {label: labels.count(label) for label in set(labels)}
+    counts = Counter(labels)
     if len(counts) < 2:
         raise CollectionError(f"training needs at least 2 classes, found {len(counts)}")
-    too_small = sorted(label for label, n in counts.items() if n < 2)
-    if too_small:
-        raise CollectionError(f"classes with fewer than 2 labelled images cannot be split: {too_small}")
-    train, val = train_test_split(records, test_size=val_fraction, random_state=seed, stratify=labels)
-    return Split(list(train), list(val))
+    n_val = math.ceil(val_fraction * len(records))  # as train_test_split counts its test share
+    if min(counts.values()) >= 2 and len(counts) <= min(n_val, len(records) - n_val):
+        train, val = train_test_split(records, test_size=val_fraction, random_state=seed, stratify=labels)
+        return Split(list(train), list(val))
+    return small_classes_split(records, val_fraction, seed)
+
+
+def small_classes_split(records: list[ImageRecord], val_fraction: float, seed: int) -> Split:
+    """A stratified split that never takes a class's last training picture: a class of one trains
+    and is not validated. Each class gives the whole part of its share to validation; the places
+    left of ``ceil(val_fraction * n)`` go to the classes with the largest fractions of one over,
+    ties drawn by ``seed``. Both lists keep the records' order."""
+    rng = np.random.default_rng(seed)
+    members = defaultdict(list)
+    for position, record in enumerate(records):
+        members[record.label].append(position)
+    groups = [np.asarray(positions) for positions in members.values()]
+    sizes = np.array([len(g) for g in groups])
+    shares = val_fraction * sizes
+    spare = sizes - 1  # every class keeps one picture to train on
+    taken = np.minimum(np.floor(shares).astype(int), spare)
+    wanted = min(math.ceil(val_fraction * len(records)), int(spare.sum())) - int(taken.sum())
+    if wanted > 0:
+        room = np.flatnonzero(taken < spare)
+        order = np.lexsort((rng.random(len(room)), -(shares[room] - taken[room])))
+        taken[room[order[:wanted]]] += 1
+    held = np.zeros(len(records), dtype=bool)
+    for group, n in zip(groups, taken):
+        held[rng.permutation(group)[:n]] = True
+    return Split([r for r, h in zip(records, held) if not h], [r for r, h in zip(records, held) if h])
 
 
 class _ImageDataset(Dataset):
@@ -179,7 +212,7 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
                                                       eval_transform(backbone, config.image_size),
                                                       config.batch_size, False, config.seed), device)
         probe_accuracy = evaluate_accuracy(backbone, val_loader, device)
-        tqdm.write(f"linear probe on the ImageNet features: val accuracy {probe_accuracy:.4f}")
+        tqdm.write(f"linear probe on the ImageNet features: val accuracy {accuracy_text(probe_accuracy)}")
 
     epochs = epochs or config.epochs
     head = list(backbone.head_parameters())
@@ -214,7 +247,7 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
         row = {"epoch": epoch, "train_loss": total_loss / seen, "val_accuracy": val_accuracy,
                "elapsed_s": round(time.monotonic() - started, 1)}
         history.append(row)
-        tqdm.write(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val accuracy {val_accuracy:.4f}")
+        tqdm.write(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val accuracy {accuracy_text(val_accuracy)}")
         progress(STAGE, epoch, epochs)
         averaged.add(epoch, backbone)
 
@@ -224,7 +257,7 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
         history.append({"epoch": f"average of {averaged.epochs[0]}-{averaged.epochs[-1]}",
                         "train_loss": None, "val_accuracy": val_accuracy,
                         "elapsed_s": round(time.monotonic() - started, 1)})
-        tqdm.write(f"weights averaged over epochs {averaged.epochs}: val accuracy {val_accuracy:.4f}")
+        tqdm.write(f"weights averaged over epochs {averaged.epochs}: val accuracy {accuracy_text(val_accuracy)}")
 
     info = {
         "history": history,
@@ -320,14 +353,19 @@ class WeightAverage:
 
 
 @torch.no_grad()
-def evaluate_accuracy(backbone, loader, device) -> float:
+def evaluate_accuracy(backbone, loader, device) -> float | None:
+    """None when ``loader`` holds no pictures."""
     backbone.eval()
     correct, total = 0, 0
     for images, targets in loader:
         predictions = backbone(images.to(device)).argmax(1).cpu()
         correct += int((predictions == targets).sum())
         total += len(targets)
-    return correct / total if total else float("nan")
+    return correct / total if total else None
+
+
+def accuracy_text(accuracy: float | None) -> str:
+    return "none (no validation pictures)" if accuracy is None else f"{accuracy:.4f}"
 
 
 def imagenet_class_names() -> list[str]:

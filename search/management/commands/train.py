@@ -3,7 +3,7 @@ from pathlib import Path
 from django.core.management.base import CommandError
 
 from ...engine.collection import read_list_file, scan_collection
-from ...engine.training import Split
+from ...engine.training import Split, accuracy_text
 from ...engine.workflows import train_models
 from ..base import EngineCommand, StageBars
 
@@ -58,4 +58,4 @@ class Command(EngineCommand):
         last = attention.info["history"][-1]
         self.stdout.write(self.style.SUCCESS(
             f"saved {attention.path}: attention head train loss {last['train_loss']:.4f}, "
-            f"train accuracy {last['train_accuracy']:.4f}, validation accuracy {last['val_accuracy']:.4f}"))
+            f"train accuracy {last['train_accuracy']:.4f}, validation accuracy {accuracy_text(last['val_accuracy'])}"))
