@@ -28,6 +28,32 @@ def test_make_labels_corel_preset(tmp_path):
     assert rows["0.jpg"] == "africa" and rows["199.jpg"] == "beach" and rows["999.jpg"] == "food"
 
 
+def test_labels_from_numbered_file_names_train_a_collection_of_small_groups(tmp_path, settings):
+    """boofcv-scene's 24 photos, three of each object (image00-02 the first): labels from the number
+    ending each name, then a training on eight classes of three, more classes than a fifth of the
+    pictures (scikit-learn's stratified split refuses that: each class keeps its training pictures)."""
+    from .conftest import DATASETS
+
+    scene, out_csv = DATASETS / "boofcv-scene", tmp_path / "groups.csv"
+    stdout, _ = run("make_labels", str(scene), "--out", str(out_csv), "--stem-divisor", "3")
+    assert "wrote 24 labels in 8 classes" in stdout
+    rows = {row["path"]: row["label"] for row in csv.DictReader(out_csv.open())}
+    assert (rows["image00.jpg"], rows["image02.jpg"], rows["image03.jpg"], rows["image23.jpg"]) == ("0", "0", "1", "7")
+
+    settings.RETRIEVAL = settings.RETRIEVAL.replace(data_dir=tmp_path, device="cpu", epochs=1, batch_size=16)
+    stdout, _ = run("train", "--collection", str(scene), "--labels", str(out_csv), "--no-attention")
+    assert "fine-tuned on 8 classes, validation accuracy" in stdout
+    info = json.loads((tmp_path / "models" / "classifier.json").read_text())
+    assert (info["n_train"], info["n_val"]) == (19, 5)
+
+    unnumbered = tmp_path / "unnumbered"
+    unnumbered.mkdir()
+    for name in ("IMG_0001.jpg", "cover.jpg"):
+        (unnumbered / name).symlink_to(scene / "image00.jpg")
+    with pytest.raises(CommandError, match="cover.jpg: the file name does not end in a number"):
+        run("make_labels", str(unnumbered), "--out", str(tmp_path / "x.csv"), "--stem-divisor", "3")
+
+
 def test_train_index_search_evaluate(tiny_collection_dir, tmp_path, settings):
     settings.RETRIEVAL = settings.RETRIEVAL.replace(data_dir=tmp_path, device="cpu", epochs=1, batch_size=16)
     stdout, _ = run("train", "--collection", str(tiny_collection_dir), "--labels", "folders")

@@ -1,4 +1,5 @@
 """Write a path,label CSV for a collection whose labels follow a rule."""
+import re
 from pathlib import Path
 
 from django.core.management.base import CommandError
@@ -15,14 +16,16 @@ PRESETS = {
 
 
 class Command(EngineCommand):
-    help = ("Write a path,label CSV: from sub-folder names, or from numeric file names "
-            "(class = int(stem) // divisor, optionally named). --preset corel1k writes Corel-1k's labels.")
+    help = ("Write a path,label CSV: from sub-folder names, or from the number that ends each file name "
+            "(class = number // divisor, optionally named: image07.jpg, IMG_0007.jpg and 7.jpg are number 7). "
+            "--preset corel1k writes Corel-1k's labels.")
 
     def add_arguments(self, parser):
         parser.add_argument("folder", type=Path, help="the collection folder")
         parser.add_argument("--out", type=Path, required=True, help="CSV to write")
         parser.add_argument("--preset", choices=sorted(PRESETS), help="a known collection's rule")
-        parser.add_argument("--stem-divisor", type=int, help="class = int(file stem) // this")
+        parser.add_argument("--stem-divisor", type=int,
+                            help="class = the number that ends the file name (without extension) // this")
         parser.add_argument("--class-names", help="comma-separated names for classes 0, 1, 2, ...")
 
     def handle(self, *args, folder, out, preset, stem_divisor, class_names, **options):
@@ -36,10 +39,11 @@ class Command(EngineCommand):
             labels = {}
             names = rule.get("class_names")
             for record in collection.records:
-                stem = Path(record.relpath).stem
-                if not stem.isdigit():
-                    raise CommandError(f"{record.relpath}: file name is not a number; cannot apply the rule")
-                number = int(stem) // rule["stem_divisor"]
+                digits = re.search(r"(\d+)$", Path(record.relpath).stem)
+                if not digits:
+                    raise CommandError(f"{record.relpath}: the file name does not end in a number; "
+                                       "cannot apply the rule")
+                number = int(digits.group(1)) // rule["stem_divisor"]
                 if names and number >= len(names):
                     raise CommandError(f"{record.relpath}: class {number} has no name in --class-names")
                 labels[record.relpath] = names[number] if names else str(number)
