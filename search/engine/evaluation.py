@@ -92,8 +92,10 @@ def evaluate_methods(engine: RetrievalEngine, query_ids: Iterable[str], methods:
                                           exclude_ids={index.image_ids[position]}, turned=turned)
             relevant = labels[ranking.ranked_positions] == query_label
             stats[method]["p"].append(precision_at_k(relevant, k))
-            if not relevant[:k].all():
-                stats[method]["misses"].append(query_miss(index, position, ranking.ranked_positions[:k], relevant[:k]))
+            lost = min(k, class_sizes[query_label] - 1) - int(relevant[:k].sum())
+            if lost > 0:
+                stats[method]["misses"].append(
+                    query_miss(index, position, ranking.ranked_positions[:k], relevant[:k], lost))
             stats[method]["ap"].append(average_precision(relevant, class_sizes[query_label] - 1))
             stages = {"global_features": query.timings_ms["global_features"], "coarse": ranking.timings_ms["coarse"]}
             if is_fine(method):
@@ -118,9 +120,11 @@ def evaluate_methods(engine: RetrievalEngine, query_ids: Iterable[str], methods:
     return scores
 
 
-def query_miss(index, position: int, top_positions, relevant) -> dict:
-    """One query's lost places: how many, and which classes took them."""
-    taken = [index.labels[p] or "(unlabelled)" for p, hit in zip(top_positions, relevant) if not hit]
+def query_miss(index, position: int, top_positions, relevant, lost: int) -> dict:
+    """One query's lost places: the top places its class's other images could have filled and did
+    not (a class of three fills two of ten, so a query that finds both loses none), and the classes
+    of the highest-ranked results that took them."""
+    taken = [index.labels[p] or "(unlabelled)" for p, hit in zip(top_positions, relevant) if not hit][:lost]
     return {"query": index.image_ids[position], "path": index.relpaths[position], "label": index.labels[position],
             "wrong": len(taken), "taken_by": {label: taken.count(label) for label in sorted(set(taken))}}
 
