@@ -184,6 +184,28 @@ def test_non_image_names_are_reported_and_skipped(tmp_path):
     assert collection.skipped == [("readme.txt", "not an image file name")]
 
 
+def test_linked_folders_are_part_of_the_collection_and_a_loop_is_walked_once(tmp_path):
+    """A collection put together from links to folders elsewhere (another disk): their pictures are
+    members, under the link's name; a link back up the tree does not loop or list pictures twice.
+    The folders given to add_images are walked the same way."""
+    from search.engine.additions import image_files
+
+    elsewhere = tmp_path / "other-disk" / "beach-2019"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "150.jpg").symlink_to(corel_image(150))
+    root = tmp_path / "collection"
+    (root / "africa").mkdir(parents=True)
+    (root / "africa" / "1.jpg").symlink_to(corel_image(1))
+    (root / "beach").symlink_to(elsewhere, target_is_directory=True)
+    (root / "africa" / "up").symlink_to(root, target_is_directory=True)  # a loop
+    (root / "a-shortcut").symlink_to(root / "africa", target_is_directory=True)  # listed where it is
+    (elsewhere / "again").symlink_to(elsewhere, target_is_directory=True)  # a loop outside
+    collection = scan_collection(root, "folders")
+    assert [(r.relpath, r.label) for r in collection.records] == [("africa/1.jpg", "africa"),
+                                                                   ("beach/150.jpg", "beach")]
+    assert [p.relative_to(root).as_posix() for p in image_files([root])] == ["africa/1.jpg", "beach/150.jpg"]
+
+
 def test_labels_csv_round_trip_and_validation(tmp_path):
     (tmp_path / "1.jpg").symlink_to(corel_image(1))
     (tmp_path / "150.jpg").symlink_to(corel_image(150))

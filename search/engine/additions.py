@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import layout
-from .collection import ImageRecord, stable_id
+from .collection import ImageRecord, files_under, stable_id
 from .config import EngineConfig
 from .errors import ImageError, SearchIndexError
 from .features import extract_global_features, variant_vectors
@@ -44,8 +44,7 @@ def image_files(paths) -> list[Path]:
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p)
-                            and not p.name.startswith("."))
+            files += [p for p in files_under(path) if is_image_name(p) and not p.name.startswith(".")]
         elif path.is_file():
             files.append(path)
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,29 @@ def write_labels_csv(path: Path, labels: dict[str, str]) -> None:
             writer.writerow([relpath, labels[relpath]])
 
 
+def files_under(root: Path) -> list[Path]:
+    """Every file under ``root``, sorted, through links to folders outside it too: a collection put
+    together from links to folders on other disks lost them silently, since pathlib's ``rglob``
+    does not go into linked folders (before Python 3.13). A link to a folder inside ``root`` is
+    not followed (its files are listed where they are), and each folder is walked once, so links
+    that loop end there."""
+    inside = Path(root).resolve()
+    found, walked = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        stat = os.stat(folder)
+        if (stat.st_dev, stat.st_ino) in walked:
+            subfolders.clear()
+            continue
+        walked.add((stat.st_dev, stat.st_ino))
+        subfolders[:] = sorted(name for name in subfolders if not _links_inside(Path(folder) / name, inside))
+        found += [Path(folder) / name for name in files]
+    return sorted(path for path in found if path.is_file())
+
+
+def _links_inside(folder: Path, root: Path) -> bool:
+    return folder.is_symlink() and folder.resolve().is_relative_to(root)
+
+
 def scan_collection(root: Path, labels: str | Path | None = None,
                     exclude_labels: tuple[str, ...] = ()) -> Collection:
     """List the images under ``root``.
@@ -124,7 +148,7 @@ def scan_collection(root: Path, labels: str | Path | None = None,
         raise CollectionError(f"collection folder not found: {root}")
     skipped: list[tuple[str, str]] = []
     relpaths = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in files_under(root):
         relpath = path.relative_to(root).as_posix()
         if path.name.startswith("."):
             continue
