@@ -220,6 +220,29 @@ def test_labels_csv_round_trip_and_validation(tmp_path):
         scan_collection(tmp_path, labels_file)
 
 
+@pytest.mark.parametrize("content", [
+    "\ufeffpath,label\r\nafrica\\1.jpg,africa\r\nbeach\\150.jpg,beach\r\n",  # Excel's CSV UTF-8, Windows paths
+    "path;label\nafrica/1.jpg;africa\n./beach/150.jpg;beach\n",  # Excel where the decimal mark is a comma
+    "africa/1.jpg\tafrica\nbeach/150.jpg\tbeach\n",  # tab-separated, no header
+])
+def test_labels_saved_by_a_spreadsheet_are_read(tmp_path, content):
+    for relpath, number in (("africa/1.jpg", 1), ("beach/150.jpg", 150)):
+        (tmp_path / relpath).parent.mkdir(exist_ok=True)
+        (tmp_path / relpath).symlink_to(corel_image(number))
+    labels_file = tmp_path / "labels.csv"
+    labels_file.write_bytes(content.encode("utf-8"))
+    collection = scan_collection(tmp_path, labels_file)
+    assert {r.relpath: r.label for r in collection.records} == {"africa/1.jpg": "africa", "beach/150.jpg": "beach"}
+
+
+def test_labels_not_in_utf8_are_a_clear_error(tmp_path):
+    (tmp_path / "1.jpg").symlink_to(corel_image(1))
+    labels_file = tmp_path / "labels.csv"
+    labels_file.write_bytes("path,label\n1.jpg,caf\u00e9\n".encode("cp1252"))  # Excel's plain "CSV" on Windows
+    with pytest.raises(CollectionError, match="is not UTF-8 text .*save it as 'CSV UTF-8'"):
+        scan_collection(tmp_path, labels_file)
+
+
 def test_excluded_label_stays_in_collection_unlabelled(tiny_collection_dir):
     collection = scan_collection(tiny_collection_dir, "folders", exclude_labels=("beach",))
     assert len(collection) == 40

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 import random
 from dataclasses import dataclass, field
@@ -84,19 +85,28 @@ def seeded_sample(ids, limit: int | None) -> list:
 
 
 def read_labels_csv(path: Path) -> dict[str, str]:
+    """``path,label`` rows, also as spreadsheets save them: a byte-order mark (Excel's "CSV UTF-8"),
+    semicolons or tabs between the columns (Excel where the decimal mark is a comma), and Windows
+    paths (``africa\\1.jpg``) or ``./`` in front; paths are matched as the collection lists them."""
     path = Path(path)
     if not path.is_file():
         raise CollectionError(f"labels file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CollectionError(f"{path} is not UTF-8 text (byte {exc.start}): save it as 'CSV UTF-8'") from exc
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    delimiter = max(",;\t", key=first.count) if any(d in first for d in ",;\t") else ","
     labels = {}
-    with path.open(newline="") as handle:
-        for row_number, row in enumerate(csv.reader(handle), start=1):
-            if not row or (row_number == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]):
-                continue
-            if len(row) < 2 or not row[1].strip():
-                # the row itself is not quoted: the file may not be a labels file at all
-                raise CollectionError(f"{path}:{row_number}: expected two columns, 'path,label', "
-                                      f"with a label in the second")
-            labels[row[0].strip()] = row[1].strip()
+    for row_number, row in enumerate(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), start=1):
+        if not row or (row_number == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]):
+            continue
+        if len(row) < 2 or not row[1].strip():
+            # the row itself is not quoted: the file may not be a labels file at all
+            raise CollectionError(f"{path}:{row_number}: expected two columns, 'path,label', "
+                                  f"with a label in the second")
+        relpath = row[0].strip().replace("\\", "/")
+        labels[relpath[2:] if relpath.startswith("./") else relpath] = row[1].strip()
     return labels
 
 
