@@ -92,11 +92,12 @@ def evaluate_methods(engine: RetrievalEngine, query_ids: Iterable[str], methods:
                                           exclude_ids={index.image_ids[position]}, turned=turned)
             relevant = labels[ranking.ranked_positions] == query_label
             stats[method]["p"].append(precision_at_k(relevant, k))
-            lost = min(k, class_sizes[query_label] - 1) - int(relevant[:k].sum())
+            others = class_sizes[query_label] - 1  # the query's class, less the query
+            lost = min(k, others) - int(relevant[:k].sum())
             if lost > 0:
                 stats[method]["misses"].append(
                     query_miss(index, position, ranking.ranked_positions[:k], relevant[:k], lost))
-            stats[method]["ap"].append(average_precision(relevant, class_sizes[query_label] - 1))
+            stats[method]["ap"].append(average_precision(relevant, others))
             stages = {"global_features": query.timings_ms["global_features"], "coarse": ranking.timings_ms["coarse"]}
             if is_fine(method):
                 stages |= {"local_features": query.timings_ms["local_features"],

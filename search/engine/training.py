@@ -73,6 +73,14 @@ def has_class_labels(collection: Collection) -> bool:
     return len(collection.classes) >= 2
 
 
+def positions_by_label(records: list[ImageRecord]) -> dict[str | None, list[int]]:
+    """Each label's positions in ``records``, labels in order of first appearance."""
+    members = defaultdict(list)
+    for position, record in enumerate(records):
+        members[record.label].append(position)
+    return members
+
+
 def training_sample(records: list[ImageRecord], max_images: int, seed: int) -> list[ImageRecord]:
     """At most ``max_images`` of ``records`` (all of them for 0), seeded, in their order. Each label
     keeps its share of the collection, and one image at least (two where there is room: one to
@@ -80,9 +88,7 @@ def training_sample(records: list[ImageRecord], max_images: int, seed: int) -> l
     the index still holds every image."""
     if max_images <= 0 or len(records) <= max_images:
         return list(records)
-    members = defaultdict(list)
-    for position, record in enumerate(records):
-        members[record.label].append(position)
+    members = positions_by_label(records)
     labelled = [label for label in members if label is not None]
     if len(labelled) > max_images:
         raise CollectionError(f"training on at most {max_images} images (TRAIN_MAX_IMAGES) cannot keep one of "
@@ -125,10 +131,7 @@ def small_classes_split(records: list[ImageRecord], val_fraction: float, seed: i
     left of ``ceil(val_fraction * n)`` go to the classes with the largest fractions of one over,
     ties drawn by ``seed``. Both lists keep the records' order."""
     rng = np.random.default_rng(seed)
-    members = defaultdict(list)
-    for position, record in enumerate(records):
-        members[record.label].append(position)
-    groups = [np.asarray(positions) for positions in members.values()]
+    groups = [np.asarray(positions) for positions in positions_by_label(records).values()]
     sizes = np.array([len(g) for g in groups])
     shares = val_fraction * sizes
     spare = sizes - 1  # every class keeps one picture to train on
