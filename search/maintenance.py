@@ -182,7 +182,8 @@ def evaluate(config, report: RunLog, run: MaintenanceRun) -> Path:
                                "val_accuracy": engine.model.info.get("val_accuracy"), "device": str(engine.device),
                                "run": run.pk, "settings": engine.config.as_record()})
     for score in scores:
-        report.line(f"{score.method}: P@10 {score.precision_at_10:.4f}, mAP {score.mean_ap:.4f} "
+        report.line(f"{score.method}: P@10 {score.precision_at_10:.4f}, mAP {score.mean_ap:.4f}, "
+                    f"R-precision {score.r_precision:.4f} "
                     f"({score.n_queries} queries, {score.query_ms:.0f} ms each)")
     report.line(f"report written to {out}")
     return engine.index.path

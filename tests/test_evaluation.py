@@ -18,13 +18,14 @@ def test_evaluate_matches_brute_force_on_the_tiny_index(tiny_engine):
     scores = {s.variant: s for s in evaluate_coarse(engine, query_ids, ["pca", "penultimate"])}
     for variant in ("pca", "penultimate"):
         vectors = np.asarray(index.vectors[variant])
-        precisions, aps, misses, lost_places = [], [], {}, 0
+        precisions, r_precisions, aps, misses, lost_places = [], [], [], {}, 0
         for q in range(0, 40, 5):
             distances = np.linalg.norm(vectors - vectors[q], axis=1)
             distances[q] = np.inf
             order = np.argsort(distances, kind="stable")[:-1]
             relevant = labels[order] == labels[q]
             precisions.append(relevant[:10].mean())
+            r_precisions.append(relevant[:int((labels == labels[q]).sum()) - 1].mean())
             lost = min(10, int((labels == labels[q]).sum()) - 1) - int(relevant[:10].sum())  # 9 can be found
             if lost > 0:  # the classes of the first wrong results, as many as places lost
                 misses[index.image_ids[q]] = sorted(labels[order[:10]][~relevant[:10]][:lost])
@@ -34,6 +35,7 @@ def test_evaluate_matches_brute_force_on_the_tiny_index(tiny_engine):
         assert scores[variant].n_queries == 8
         assert scores[variant].precision_at_10 == pytest.approx(np.mean(precisions), abs=1e-9)
         assert scores[variant].mean_ap == pytest.approx(np.mean(aps), abs=1e-6)
+        assert scores[variant].r_precision == pytest.approx(np.mean(r_precisions), abs=1e-9)
         assert scores[variant].stage == "coarse" and scores[variant].n_candidates == 0
         # the report names each query that lost places, worst first, and the classes that took them;
         # a class of ten has nine other images, so the tenth place is not counted lost

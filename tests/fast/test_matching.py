@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from search.engine.config import EngineConfig
-from search.engine.evaluation import average_precision, precision_at_k
+from search.engine.evaluation import average_precision, precision_at_k, r_precision
 from search.engine.pipeline import euclidean_to, fine_order, stored_distances, unsure_reranked
 from search.engine.verification import Candidates, fit_affine, match_block, prescore, spread_rows, verify_candidates
 
@@ -199,6 +199,12 @@ def test_precision_and_ap_by_hand():
     # a fourth relevant item never retrieved counts as precision 0
     assert average_precision(ranking, n_relevant=4) == pytest.approx((1 + 2 / 3 + 0.5) / 4)
     assert average_precision(np.zeros(5, dtype=bool)) == 0.0
+    # R-precision: precision at the class size; a class of three found first reads 1.0 where P@10 reads 0.2
+    found_first = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0], dtype=bool)
+    assert precision_at_k(found_first, 10) == pytest.approx(0.2)
+    assert r_precision(found_first, 2) == 1.0
+    assert r_precision(ranking, 4) == pytest.approx(0.5)  # ranks 1 and 3 of the first four
+    assert r_precision(ranking, 0) == 0.0
 
 
 def test_synthetic_candidates_are_variations_of_the_real_ones():
