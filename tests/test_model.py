@@ -101,7 +101,8 @@ def test_small_classes_are_split_with_a_training_picture_each(sizes):
 
 
 def test_a_collection_of_single_pictures_trains_without_validation(tiny_collection_dir, engine_config, tmp_path):
-    """One photo per product, a class each: nothing to validate on, and training says so instead of
+    """One photo per product, a class each, fine-tuned when asked directly (the product keeps the
+    ImageNet classifier for it: next test): nothing to validate on, and training says so instead of
     failing on the split or reporting an accuracy of nothing."""
     from search.engine.collection import scan_collection
     from search.engine.training import train_classifier
@@ -115,6 +116,36 @@ def test_a_collection_of_single_pictures_trains_without_validation(tiny_collecti
     assert (len(result.split.train), len(result.split.val)) == (3, 0)
     assert result.val_accuracy is None and result.info["n_val"] == 0
     assert result.summary == "fine-tuned on 3 classes, not validated (no class had a picture to spare for it)"
+
+
+def test_one_picture_per_class_keeps_the_imagenet_classifier(tiny_collection_dir, engine_config, tmp_path):
+    """Labels that group nothing (a catalogue labelled by product number) are not fine-tuned on: the
+    ImageNet classifier is kept and the head learns its predictions, as without labels, and the
+    summary says why, and more products than TRAIN_MAX_IMAGES are sampled instead of refused. One class
+    of two is enough to fine-tune."""
+    from search.engine.collection import scan_collection
+    from search.engine.training import label_free_reason
+    from search.engine.workflows import train_models
+
+    root = tmp_path / "products"
+    for label in ("africa", "beach", "buses"):
+        (root / label).mkdir(parents=True)
+        first = sorted((tiny_collection_dir / label).iterdir())[0]
+        (root / label / first.name).symlink_to(first.resolve())
+    products = scan_collection(root, "folders")
+    assert label_free_reason(products) == "one picture in each class, nothing for the labels to group"
+    trained = train_models(products, engine_config.replace(attention_epochs=1, train_max_images=2),
+                           tmp_path / "m.pt", tmp_path / "a.pt")
+    assert trained.training.label_free and len(trained.model.classes) == 1000
+    assert (trained.model.info["n_sampled"], trained.model.info["n_available"]) == (2, 3)
+    assert trained.model.info["label_free_reason"] == label_free_reason(products)
+    assert trained.training.summary.startswith("the ImageNet classifier as it is (1000 classes): the collection "
+                                               "had one picture in each class, nothing for the labels to group")
+    assert trained.attention is not None and trained.attention.info["targets"] == "the classifier's predictions"
+    second = sorted((tiny_collection_dir / "beach").iterdir())[1]
+    (root / "beach" / second.name).symlink_to(second.resolve())
+    assert label_free_reason(scan_collection(root, "folders")) is None
+    assert label_free_reason(scan_collection(root, "none")) == "no class labels to fine-tune on"
 
 
 def test_a_collection_with_a_folder_of_one_photo_trains_its_classifier_and_head(tiny_collection_dir, engine_config,

@@ -28,8 +28,9 @@ def describe_classifier(info: dict) -> str:
         return "the ImageNet starter, not fine-tuned yet (a retrain fine-tunes it)"
     sample = _sample_note(info)
     if info.get("label_free"):
+        reason = info.get("label_free_reason", "no class labels to fine-tune on")
         return (f"the ImageNet classifier as it is ({len(info.get('classes', []))} classes): the collection had "
-                f"no class labels to fine-tune on, so the attention head learned its predictions{sample}")
+                f"{reason}, so the attention head learned its predictions{sample}")
     accuracy = info.get("val_accuracy")
     if isinstance(accuracy, (int, float)):
         validation = f", validation accuracy {accuracy:.4f}"

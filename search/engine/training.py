@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,8 +69,22 @@ class TrainingResult:
 
 
 def has_class_labels(collection: Collection) -> bool:
-    """Whether there is anything to fine-tune on: two classes at least."""
-    return len(collection.classes) >= 2
+    """Whether the labels give anything to fine-tune on."""
+    return label_free_reason(collection) is None
+
+
+def label_free_reason(collection: Collection) -> str | None:
+    """Why training keeps the ImageNet classifier, or None when the labels are worth fine-tuning on:
+    two classes at least, one of them holding two pictures. One picture per class (a catalogue
+    labelled by product number) groups nothing, so fine-tuning could only learn to tell apart
+    pictures ImageNet's features already tell apart; measured, it cost the fine stage instance
+    recall and took several times the label-free training's time and memory."""
+    classes = collection.classes
+    if len(classes) < 2:
+        return "no class labels to fine-tune on"
+    if len(collection.labelled()) == len(classes):
+        return "one picture in each class, nothing for the labels to group"
+    return None
 
 
 def positions_by_label(records: list[ImageRecord]) -> dict[str | None, list[int]]:
@@ -380,21 +394,27 @@ def imagenet_class_names() -> list[str]:
     return [name if names.count(name) == 1 else f"{name} ({i})" for i, name in enumerate(names)]
 
 
-def imagenet_classifier(collection: Collection, config: EngineConfig, out_path) -> TrainingResult:
-    """For a collection without labels: the ImageNet classifier kept whole, since there is nothing
-    to fine-tune it on. Its 1,000 classes still give the attention head image-level labels to
+def imagenet_classifier(collection: Collection, config: EngineConfig, out_path,
+                        reason: str = "no class labels to fine-tune on") -> TrainingResult:
+    """For a collection without labels worth fine-tuning on (``label_free_reason``): the ImageNet
+    classifier kept whole. Its 1,000 classes still give the attention head image-level labels to
     learn from (its own predictions on the collection) and the logits variant a meaning. The split
     (for the head's validation) is random."""
     classes = imagenet_class_names()
     backbone = build_backbone(config.backbone, len(classes), pretrained=True,
                               weights_path=config.pretrained_weights, imagenet_head=True)
-    records = training_sample(list(collection.records), config.train_max_images, config.seed)
+    # sampled as if unlabelled: labels play no part here, and a catalogue of more products than
+    # TRAIN_MAX_IMAGES cannot keep one picture of each
+    chosen = {r.image_id for r in training_sample([replace(r, label=None) for r in collection.records],
+                                                   config.train_max_images, config.seed)}
+    records = [r for r in collection.records if r.image_id in chosen]
     train, val = ((records, []) if len(records) < 2 else
                   train_test_split(records, test_size=config.val_fraction, random_state=config.seed))
     split = Split(list(train), list(val))
     info = {
         "label_free": True,
-        "note": "no class labels: the ImageNet classifier, not fine-tuned",
+        "note": f"{reason}: the ImageNet classifier, not fine-tuned",
+        "label_free_reason": reason,
         "val_accuracy": None,
         "train_ids": [r.image_id for r in split.train],
         "val_ids": [r.image_id for r in split.val],

@@ -23,7 +23,7 @@ from .model import TrainedModel, load_classifier, pick_device
 from .pipeline import RetrievalEngine
 from .progress import Progress, no_progress
 from .shards import FanOut, Shard, ShardedEngine, local_fan_out, split_delta
-from .training import Split, TrainingResult, has_class_labels, imagenet_classifier, train_classifier
+from .training import Split, TrainingResult, imagenet_classifier, label_free_reason, train_classifier
 
 
 @dataclass
@@ -56,14 +56,16 @@ def train_models(collection: Collection, config: EngineConfig, model_path: Path 
                  with_attention: bool = True, progress: Progress = no_progress) -> TrainedModels:
     """Fine-tune the classifier on ``collection`` (saved at ``model_path``), reload it from
     disk, and train the attention head on the same split (saved at ``attention_path``). Without
-    two classes of labels the ImageNet classifier is kept, and the head learns its predictions."""
+    labels worth fine-tuning on (``label_free_reason``) the ImageNet classifier is kept, and the
+    head learns its predictions."""
     keep_freed_memory(config.malloc_threshold_mb)
     model_path = Path(model_path or config.default_model_path)
     attention_path = Path(attention_path or config.default_attention_path)
-    if has_class_labels(collection):
+    reason = label_free_reason(collection)
+    if reason is None:
         training = train_classifier(collection, config, model_path, split=split, epochs=epochs, progress=progress)
     else:
-        training = imagenet_classifier(collection, config, model_path)
+        training = imagenet_classifier(collection, config, model_path, reason)
     device = pick_device(config.device)
     model = load_classifier(model_path, device)
     attention = None
