@@ -10,6 +10,10 @@ from pathlib import Path
 from .layout import read_json_when_changed
 
 
+# why a classifier was kept from ImageNet when its JSON does not say (saved before reasons were)
+NO_CLASS_LABELS = "no class labels to fine-tune on"
+
+
 def read_classifier_info(model_path: Path) -> dict:
     """The JSON beside ``model_path``; empty when there is none or it cannot be read. Re-read only
     when the file changes: every page view asks, and a collection's ids make it large."""
@@ -28,7 +32,7 @@ def describe_classifier(info: dict) -> str:
         return "the ImageNet starter, not fine-tuned yet (a retrain fine-tunes it)"
     sample = _sample_note(info)
     if info.get("label_free"):
-        reason = info.get("label_free_reason", "no class labels to fine-tune on")
+        reason = info.get("label_free_reason", NO_CLASS_LABELS)
         return (f"the ImageNet classifier as it is ({len(info.get('classes', []))} classes): the collection had "
                 f"{reason}, so the attention head learned its predictions{sample}")
     accuracy = info.get("val_accuracy")

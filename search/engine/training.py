@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .backbones import build_backbone
-from .classifier_info import describe_classifier
+from .classifier_info import NO_CLASS_LABELS, describe_classifier
 from .collection import Collection, ImageRecord
 from .config import EngineConfig
 from .errors import CollectionError
@@ -81,7 +81,7 @@ def label_free_reason(collection: Collection) -> str | None:
     recall and took several times the label-free training's time and memory."""
     classes = collection.classes
     if len(classes) < 2:
-        return "no class labels to fine-tune on"
+        return NO_CLASS_LABELS
     if len(collection.labelled()) == len(classes):
         return "one picture in each class, nothing for the labels to group"
     return None
@@ -395,7 +395,7 @@ def imagenet_class_names() -> list[str]:
 
 
 def imagenet_classifier(collection: Collection, config: EngineConfig, out_path,
-                        reason: str = "no class labels to fine-tune on") -> TrainingResult:
+                        reason: str = NO_CLASS_LABELS) -> TrainingResult:
     """For a collection without labels worth fine-tuning on (``label_free_reason``): the ImageNet
     classifier kept whole. Its 1,000 classes still give the attention head image-level labels to
     learn from (its own predictions on the collection) and the logits variant a meaning. The split
