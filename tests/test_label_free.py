@@ -9,7 +9,7 @@ from PIL import Image
 from search.engine.collection import scan_collection
 from search.engine.images import open_image
 from search.engine.model import eval_batch, metrics_path
-from search.engine.training import has_class_labels
+from search.engine.training import label_free_reason
 from search.engine.workflows import engine_for, index_collection, model_label, train_models
 
 from .conftest import corel_image
@@ -36,15 +36,15 @@ def label_free(unlabelled_dir, engine_config, tmp_path_factory):
 
 
 def test_labels_none_ignores_the_folders(tiny_collection_dir):
-    assert has_class_labels(scan_collection(tiny_collection_dir, "folders"))
+    assert label_free_reason(scan_collection(tiny_collection_dir, "folders")) is None
     unlabelled = scan_collection(tiny_collection_dir, "none")
-    assert unlabelled.classes == [] and not has_class_labels(unlabelled)
+    assert unlabelled.classes == [] and label_free_reason(unlabelled) is not None
 
 
 def test_without_labels_the_imagenet_classifier_is_kept(label_free):
     collection, config, models, _ = label_free
     training, model = models.training, models.model
-    assert training.label_free and not has_class_labels(collection)
+    assert training.label_free and label_free_reason(collection) is not None
     assert len(model.classes) == 1000 and "school bus" in model.classes
     assert "no class labels" in training.summary and model_label(model) == "ImageNet, no labels"
     info = json.loads(metrics_path(config.default_model_path).read_text())

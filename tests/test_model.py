@@ -100,6 +100,17 @@ def test_small_classes_are_split_with_a_training_picture_each(sizes):
         assert other.val != split.val
 
 
+def _linked_folders(root, source, counts: dict[str, int]):
+    """``root`` with a folder per label holding links to the first ``counts[label]`` pictures of the
+    same folder of ``source``; links already there are kept."""
+    for label, n in counts.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for picture in sorted((source / label).iterdir())[:n]:
+            if not (root / label / picture.name).exists():
+                (root / label / picture.name).symlink_to(picture.resolve())
+    return root
+
+
 def test_a_collection_of_single_pictures_trains_without_validation(tiny_collection_dir, engine_config, tmp_path):
     """One photo per product, a class each, fine-tuned when asked directly (the product keeps the
     ImageNet classifier for it: next test): nothing to validate on, and training says so instead of
@@ -107,11 +118,7 @@ def test_a_collection_of_single_pictures_trains_without_validation(tiny_collecti
     from search.engine.collection import scan_collection
     from search.engine.training import train_classifier
 
-    root = tmp_path / "products"
-    for label in ("africa", "beach", "buses"):
-        (root / label).mkdir(parents=True)
-        first = sorted((tiny_collection_dir / label).iterdir())[0]
-        (root / label / first.name).symlink_to(first.resolve())
+    root = _linked_folders(tmp_path / "products", tiny_collection_dir, {"africa": 1, "beach": 1, "buses": 1})
     result = train_classifier(scan_collection(root, "folders"), engine_config, tmp_path / "single.pt", epochs=1)
     assert (len(result.split.train), len(result.split.val)) == (3, 0)
     assert result.val_accuracy is None and result.info["n_val"] == 0
@@ -127,11 +134,7 @@ def test_one_picture_per_class_keeps_the_imagenet_classifier(tiny_collection_dir
     from search.engine.training import label_free_reason
     from search.engine.workflows import train_models
 
-    root = tmp_path / "products"
-    for label in ("africa", "beach", "buses"):
-        (root / label).mkdir(parents=True)
-        first = sorted((tiny_collection_dir / label).iterdir())[0]
-        (root / label / first.name).symlink_to(first.resolve())
+    root = _linked_folders(tmp_path / "products", tiny_collection_dir, {"africa": 1, "beach": 1, "buses": 1})
     products = scan_collection(root, "folders")
     assert label_free_reason(products) == "one picture in each class, nothing for the labels to group"
     trained = train_models(products, engine_config.replace(attention_epochs=1, train_max_images=2),
@@ -142,8 +145,7 @@ def test_one_picture_per_class_keeps_the_imagenet_classifier(tiny_collection_dir
     assert trained.training.summary.startswith("the ImageNet classifier as it is (1000 classes): the collection "
                                                "had one picture in each class, nothing for the labels to group")
     assert trained.attention is not None and trained.attention.info["targets"] == "the classifier's predictions"
-    second = sorted((tiny_collection_dir / "beach").iterdir())[1]
-    (root / "beach" / second.name).symlink_to(second.resolve())
+    _linked_folders(root, tiny_collection_dir, {"beach": 2})  # adds beach's second picture
     assert label_free_reason(scan_collection(root, "folders")) is None
     assert label_free_reason(scan_collection(root, "none")) == "no class labels to fine-tune on"
 
@@ -155,11 +157,7 @@ def test_a_collection_with_a_folder_of_one_photo_trains_its_classifier_and_head(
     from search.engine.collection import scan_collection
     from search.engine.workflows import train_models
 
-    root = tmp_path / "folders"
-    for label, n in (("africa", 6), ("beach", 6), ("buses", 1)):
-        (root / label).mkdir(parents=True)
-        for picture in sorted((tiny_collection_dir / label).iterdir())[:n]:
-            (root / label / picture.name).symlink_to(picture.resolve())
+    root = _linked_folders(tmp_path / "folders", tiny_collection_dir, {"africa": 6, "beach": 6, "buses": 1})
     trained = train_models(scan_collection(root, "folders"), engine_config.replace(attention_epochs=2),
                            tmp_path / "m.pt", tmp_path / "a.pt", epochs=1)
     assert trained.model.classes == ["africa", "beach", "buses"]

@@ -96,7 +96,7 @@ def read_labels_csv(path: Path) -> dict[str, str]:
     except UnicodeDecodeError as exc:
         raise CollectionError(f"{path} is not UTF-8 text (byte {exc.start}): save it as 'CSV UTF-8'") from exc
     first = next((line for line in text.splitlines() if line.strip()), "")
-    delimiter = max(",;\t", key=first.count) if any(d in first for d in ",;\t") else ","
+    delimiter = max(",;\t", key=first.count)  # a comma where none is on the line: the first of equals
     labels = {}
     for row_number, row in enumerate(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), start=1):
         if not row or (row_number == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]):

@@ -68,11 +68,6 @@ class TrainingResult:
         return describe_classifier(self.info | {"classes": self.classes})
 
 
-def has_class_labels(collection: Collection) -> bool:
-    """Whether the labels give anything to fine-tune on."""
-    return label_free_reason(collection) is None
-
-
 def label_free_reason(collection: Collection) -> str | None:
     """Why training keeps the ImageNet classifier, or None when the labels are worth fine-tuning on:
     two classes at least, one of them holding two pictures. One picture per class (a catalogue
