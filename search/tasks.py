@@ -2,6 +2,9 @@
 matching function of ``search.jobs`` or ``search.maintenance``, which is idempotent (a
 finished row is left alone). The web process never imports this module: it enqueues by
 name through ``search.queue``, so it does not load the engine."""
+import logging
+import os
+
 from celery import shared_task
 from celery.signals import worker_init, worker_ready
 
@@ -9,6 +12,8 @@ from .jobs import run_search_job
 from .maintenance import run_maintenance
 from .queue import MAINTAIN, RUN_SEARCH, SHARD_STAGE
 from .shard_work import run_shard_stage
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(name=RUN_SEARCH, acks_late=True, reject_on_worker_lost=True)
@@ -33,14 +38,16 @@ def shard_stage(shard: int, stage: str, folder: str) -> str:
 def refuse_unusable_settings(**_):
     """A worker with a misspelt ``RETRIEVAL_*`` value stops at its start, saying which, instead of
     failing every job it takes (raising here would only be logged: Celery catches a handler's
-    errors, not SystemExit)."""
+    errors, not SystemExit). A variable that names no setting is only logged: the worker runs."""
     from django.conf import settings
 
-    from .engine.settings_check import describe_problems
+    from .engine.settings_check import describe_problems, unknown_variables
 
     problems = describe_problems(settings.RETRIEVAL)
     if problems:
         raise SystemExit("the worker's settings cannot work:\n  " + "\n  ".join(problems))
+    for unknown in unknown_variables(os.environ):
+        logger.warning("%s", unknown)
 
 
 @worker_ready.connect

@@ -130,3 +130,25 @@ def test_django_checks_refuse_a_misspelt_engine_setting(settings):
         call_command("check")
     assert "(search.E001) RETRIEVAL_TRAIN_AUGMENT='trivia' takes one of basic, trivial" in str(caught.value)
     assert "RETRIEVAL_QUERY_TURNS='45' takes 90, 180 and 270 only" in str(caught.value)
+
+
+def test_a_variable_that_names_no_setting_is_named_with_the_likely_one():
+    """EngineConfig.from_env reads only the names it knows: a misspelt or retired variable would be
+    ignored without a word."""
+    from search.engine.settings_check import unknown_variables
+
+    environ = {"RETRIEVAL_EPOCS": "3", "RETRIEVAL_EPOCHS": "2", "RETRIEVAL_VENV": "/venv", "RETRIEVAL_XYZZY": "1",
+               "RETRIEVAL_DATASETS": "/data", "PATH": "/bin", "EPOCS": "3"}
+    assert unknown_variables(environ) == [
+        "RETRIEVAL_EPOCS is not a setting (did you mean RETRIEVAL_EPOCHS?): it is ignored",
+        "RETRIEVAL_XYZZY is not a setting: it is ignored"]
+    assert EngineConfig.from_env(environ).epochs == 2
+
+
+def test_django_checks_warn_of_a_variable_that_names_no_setting(monkeypatch, capsys):
+    from django.core.management import call_command
+
+    monkeypatch.setenv("RETRIEVAL_TRAIN_MAX_IMAGE", "500")
+    call_command("check")  # a warning: the program runs
+    assert ("(search.W001) RETRIEVAL_TRAIN_MAX_IMAGE is not a setting (did you mean RETRIEVAL_TRAIN_MAX_IMAGES?): "
+            "it is ignored") in capsys.readouterr().err
