@@ -405,6 +405,24 @@ def test_training_can_fit_the_head_first(tiny_collection, engine_config, tmp_pat
     assert result.val_accuracy >= 0.75  # four distinct Corel classes; a random head gets 0.25
 
 
+def test_small_classes_fit_the_head_first(tiny_collection_dir, tiny_training, engine_config, tmp_path):
+    """Two or three training pictures a class: the new last layer is fitted on the frozen features
+    before fine-tuning (a random one learns next to nothing in the recipe's few steps), unless
+    PROBE_BELOW_CLASS_SIZE is 0; the tiny collection's eight a class train from a random layer."""
+    from search.engine.collection import scan_collection
+    from search.engine.training import train_classifier
+
+    root = _linked_folders(tmp_path / "kinds", tiny_collection_dir,
+                           {"africa": 3, "beach": 3, "buses": 3, "dinosaurs": 3})
+    kinds = scan_collection(root, "folders")
+    probed = train_classifier(kinds, engine_config, tmp_path / "probed.pt", epochs=1)
+    assert probed.info["probed_first"] and probed.info["probe_val_accuracy"] is not None
+    assert probed.val_accuracy >= 2 / 3  # four distinct Corel classes, three validation pictures
+    never = train_classifier(kinds, engine_config.replace(probe_below_class_size=0), tmp_path / "never.pt", epochs=1)
+    assert not never.info["probed_first"] and never.info["probe_val_accuracy"] is None
+    assert not tiny_training[1].info["probed_first"]
+
+
 def _randomise_batchnorm(backbone):
     """Statistics and affine terms far from the defaults, so a wrong fold cannot pass unnoticed."""
     generator = torch.Generator().manual_seed(0)

@@ -35,6 +35,7 @@ AT_LEAST_ONE = ("image_size", "batch_size", "epochs", "pca_dim", "n_candidates",
                 "min_inliers", "ransac_max_iters", "verify_block_size", "checkpoint_images",
                 "fallback_class_voters", "turn_candidates", "faiss_nprobe", "local_read_threads")
 AT_LEAST_ZERO = ("query_expansion", "query_expansion_alpha", "query_crops", "train_max_images",
+                 "probe_below_class_size",
                  "average_last_epochs", "verify_top", "prescore_keypoints", "prescore_grid",
                  "prescore_candidate_keypoints", "local_query_min_side", "faiss_lists", "num_threads",
                  "malloc_threshold_mb", "shards", "rerank_unsure", "confidence_pool", "faiss_parts")

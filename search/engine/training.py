@@ -82,6 +82,21 @@ def label_free_reason(collection: Collection) -> str | None:
     return None
 
 
+def typical_class_size(labels) -> int:
+    """The size of the class of the median picture (``labels``: one per picture): classes weighed by
+    their pictures, so a few loose pictures beside large classes do not make the classes look small."""
+    sizes = sorted(Counter(labels).values())
+    return sizes[int(np.searchsorted(np.cumsum(sizes), sum(sizes) / 2))] if sizes else 0
+
+
+def probes_first(train: list[ImageRecord], config: EngineConfig) -> bool:
+    """Whether the new last layer is fitted on the frozen features before fine-tuning: asked for
+    (``PROBE_FIRST``), or the classes have too few training pictures for a random layer to learn
+    them in the recipe's few steps (measured: two or four a class, most of the validation pictures
+    wrong without it, RESULTS.md "Small classes")."""
+    return config.probe_first or typical_class_size(r.label for r in train) < config.probe_below_class_size
+
+
 def positions_by_label(records: list[ImageRecord]) -> dict[str | None, list[int]]:
     """Each label's positions in ``records``, labels in order of first appearance."""
     members = defaultdict(list)
@@ -219,7 +234,8 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
         raise CollectionError("no readable training images")
 
     probe_accuracy = None
-    if config.probe_first:
+    probed_first = probes_first(split.train, config)
+    if probed_first:
         fit_head_on_frozen_features(backbone, _loader(split.train, train_images, class_index,
                                                       eval_transform(backbone, config.image_size),
                                                       config.batch_size, False, config.seed), device)
@@ -284,9 +300,10 @@ def train_classifier(collection: Collection, config: EngineConfig, out_path,
         "settings": {k: getattr(config, k) for k in (
             "backbone", "image_size", "batch_size", "learning_rate", "head_lr_multiplier", "momentum",
             "weight_decay", "val_fraction", "seed", "average_last_epochs", "train_max_images",
-            "probe_first", "train_augment")} | {"epochs": epochs},
+            "probe_first", "probe_below_class_size", "train_augment")} | {"epochs": epochs},
         "averaged_epochs": averaged.epochs if averaged.count > 1 else [],
-        "probe_val_accuracy": probe_accuracy,  # the fitted head's, before fine-tuning (probe_first)
+        "probed_first": probed_first,
+        "probe_val_accuracy": probe_accuracy,  # the fitted head's, before fine-tuning (probed_first)
         "skipped": skipped_train + skipped_val,
     }
     checksum = save_classifier(out_path, backbone.cpu(), classes, config.image_size, info)
