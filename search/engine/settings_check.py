@@ -17,9 +17,10 @@ from .config import TRAIN_AUGMENTS, EngineConfig
 from .errors import EngineError
 from .methods import VARIANTS, parse_vote_variant
 
-# ``RETRIEVAL_*`` variables that are not engine settings: read by scripts/bootstrap.sh and
-# scripts/test.sh (REQUIREMENTS, VENV), scripts/gpu_benchmark.sh (PYTHON) and the tests (DATASETS).
-OTHER_VARIABLES = ("RETRIEVAL_DATASETS", "RETRIEVAL_PYTHON", "RETRIEVAL_REQUIREMENTS", "RETRIEVAL_VENV")
+# ``RETRIEVAL_*`` variables that are not engine settings (named without the prefix): read by
+# scripts/bootstrap.sh and scripts/test.sh (REQUIREMENTS, VENV), scripts/gpu_benchmark.sh (PYTHON)
+# and the tests (DATASETS).
+OTHER_VARIABLES = ("DATASETS", "PYTHON", "REQUIREMENTS", "VENV")
 
 # The names the engine's modules accept, spelt out here because the web process checks them and
 # must not load torch, OpenCV or scikit-learn to do it (tests/fast compares them with the modules').
@@ -99,11 +100,11 @@ def unknown_variables(environ: Mapping[str, str], prefix: str = "RETRIEVAL_") ->
     """Each ``RETRIEVAL_*`` variable that names no setting, with the one it was likely meant for:
     ``EngineConfig.from_env`` reads only the names it knows, so a misspelt or retired one would
     otherwise be ignored without a word and the program run on the default."""
-    known = sorted({prefix + f.name.upper() for f in dataclasses.fields(EngineConfig)} | set(OTHER_VARIABLES))
+    # names without the prefix, which every one shares and would make any two look alike to difflib
+    known = sorted({f.name.upper() for f in dataclasses.fields(EngineConfig)} | set(OTHER_VARIABLES))
     unknown = []
-    for name in sorted(n for n in environ if n.startswith(prefix) and n not in known):
-        # compared without the prefix, which every name shares and would make any two look alike
-        close = difflib.get_close_matches(name.removeprefix(prefix), [k.removeprefix(prefix) for k in known], n=1)
+    for name in sorted(n for n in environ if n.startswith(prefix) and n.removeprefix(prefix) not in known):
+        close = difflib.get_close_matches(name.removeprefix(prefix), known, n=1)
         guess = f" (did you mean {prefix}{close[0]}?)" if close else ""
         unknown.append(f"{name} is not a setting{guess}: it is ignored")
     return unknown
