@@ -95,3 +95,17 @@ def test_a_worker_with_a_misspelt_engine_setting_stops_at_its_start_saying_which
     assert "the worker's settings cannot work" in log
     assert "RETRIEVAL_TRAIN_AUGMENT='trivia' takes one of basic, trivial" in log
     assert "RETRIEVAL_COARSE_BACKEND='hnsw' takes one of auto, balltree, faiss" in log
+
+
+def test_a_worker_with_a_variable_that_names_no_setting_runs_and_logs_the_likely_one():
+    """A real Celery worker given a misspelt variable name: it is ignored, so the worker starts
+    (answers a ping) and logs which name was meant, as Django's check W001 says for the site."""
+    from .conftest import ARTIFACTS, start_worker, stop_process
+
+    worker = start_worker("unknown-variable", "celery-unknown-variable.log", RETRIEVAL_EPOCS="12")
+    try:
+        assert worker.poll() is None
+    finally:
+        stop_process(worker)
+    log = (ARTIFACTS / "celery-unknown-variable.log").read_text()
+    assert "RETRIEVAL_EPOCS is not a setting (did you mean RETRIEVAL_EPOCHS?): it is ignored" in log
