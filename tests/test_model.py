@@ -405,12 +405,13 @@ def test_training_can_fit_the_head_first(tiny_collection, engine_config, tmp_pat
     assert result.val_accuracy >= 0.75  # four distinct Corel classes; a random head gets 0.25
 
 
-def test_small_classes_fit_the_head_first(tiny_collection_dir, tiny_training, engine_config, tmp_path):
-    """Two or three training pictures a class: the new last layer is fitted on the frozen features
-    before fine-tuning (a random one learns next to nothing in the recipe's few steps), unless
-    PROBE_BELOW_CLASS_SIZE is 0; the tiny collection's eight a class train from a random layer."""
+def test_small_classes_fit_the_head_first(tiny_collection_dir, tiny_collection, tiny_training, engine_config,
+                                          tmp_path):
+    """Two or three training pictures a class, and the tiny collection's eight: the new last layer
+    is fitted on the frozen features before fine-tuning (a random one learns them poorly in the
+    recipe's few steps), unless PROBE_BELOW_CLASS_SIZE is 0 or at most the class size."""
     from search.engine.collection import scan_collection
-    from search.engine.training import train_classifier
+    from search.engine.training import probes_first, stratified_split, train_classifier
 
     root = _linked_folders(tmp_path / "kinds", tiny_collection_dir,
                            {"africa": 3, "beach": 3, "buses": 3, "dinosaurs": 3})
@@ -420,7 +421,10 @@ def test_small_classes_fit_the_head_first(tiny_collection_dir, tiny_training, en
     assert probed.val_accuracy >= 2 / 3  # four distinct Corel classes, three validation pictures
     never = train_classifier(kinds, engine_config.replace(probe_below_class_size=0), tmp_path / "never.pt", epochs=1)
     assert not never.info["probed_first"] and never.info["probe_val_accuracy"] is None
-    assert not tiny_training[1].info["probed_first"]
+    assert tiny_training[1].info["probed_first"]  # eight training pictures a class
+    train = stratified_split(tiny_collection.labelled(), engine_config.val_fraction, engine_config.seed).train
+    assert probes_first(train, engine_config.replace(probe_below_class_size=9))
+    assert not probes_first(train, engine_config.replace(probe_below_class_size=8))
 
 
 def _randomise_batchnorm(backbone):

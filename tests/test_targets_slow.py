@@ -41,6 +41,7 @@ def test_corel_classifier_and_attention_head_train(corel):
     history = corel["attention"].info["history"]
     print("attention head first/last epoch", history[0], history[-1])
     assert result.val_accuracy >= 0.97
+    assert not result.info["probed_first"]  # 80 training pictures a class: the random last layer
     assert history[-1]["train_loss"] < history[0]["train_loss"] / 4
     assert history[-1]["val_accuracy"] >= 0.9
 

@@ -107,10 +107,10 @@ class EngineConfig:
     # Fit the new last layer on the frozen ImageNet features (logistic regression) before
     # fine-tuning everything (LP-FT; training.fit_head_on_frozen_features): always when on, and
     # otherwise when the median training picture's class has fewer than PROBE_BELOW_CLASS_SIZE
-    # training pictures (0: never), where a random last layer learns next to nothing in the
-    # recipe's few steps. Why these: RESULTS.md ("Small classes").
+    # training pictures (0: never), where a random last layer learns them poorly in the recipe's
+    # few steps. Why these: RESULTS.md ("Small classes", "Classes of ten and twenty pictures").
     probe_first: bool = False
-    probe_below_class_size: int = 5
+    probe_below_class_size: int = 20
     # How training pictures are varied: "basic" (a random crop of half the picture or more, a mirror
     # image, mild colour jitter) or "trivial" (those, then one of TrivialAugment's changes at a
     # random strength: Mueller and Hutter 2021). Which and why: RESULTS.md ("Stronger augmentation").
