@@ -631,10 +631,16 @@ def test_a_photo_sent_sideways_is_found_upright_by_the_default_turns(page, live_
     photos = {p: tmp_path / f"sideways-{p}.jpg" for p in dinosaurs}  # as they will be sent
     for p, photo in photos.items():
         open_image(engine.index.path_of(p)).transpose(Image.Transpose.ROTATE_90).save(photo, quality=95)
+    closest = {}  # the unverified ones' surest candidate as they are
     with configured(engine, query_turns=""):
-        unverified = [p for p in dinosaurs if engine.search(photos[p], "hybrid+attention", k=5).n_verified == 0]
-    assert unverified, "every dinosaur verified sideways: the turns would have nothing left to show"
-    position = unverified[0]
+        for p in dinosaurs:
+            response = engine.search(photos[p], "hybrid+attention", k=10)
+            if response.n_verified == 0:
+                closest[p] = max(r.confidence or 0 for r in response.results)
+    assert closest, "every dinosaur verified sideways: the turns would have nothing left to show"
+    # the one farthest from verifying as it is: a worker's process can find a few more inliers
+    # (14 against 11 for one, which then verified without a turn)
+    position = min(closest, key=closest.get)
     photo = photos[position]
     itself = engine.search(engine.index.path_of(position), "hybrid+attention", k=1).results[0]
 
