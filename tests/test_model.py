@@ -407,22 +407,26 @@ def test_training_can_fit_the_head_first(tiny_collection, engine_config, tmp_pat
 
 def test_small_classes_fit_the_head_first(tiny_collection_dir, tiny_collection, tiny_training, engine_config,
                                           tmp_path):
-    """Two or three training pictures a class, and the tiny collection's eight: the new last layer
-    is fitted on the frozen features before fine-tuning (a random one learns them poorly in the
-    recipe's few steps), unless PROBE_BELOW_CLASS_SIZE is 0 or at most the class size."""
+    """Two or three training pictures a class, and the tiny collection's eight: by default the new
+    last layer is fitted on the frozen features before fine-tuning (a random one learns them poorly
+    in the recipe's few steps), unless PROBE_BELOW_CLASS_SIZE is 0 (as the tests' tiny model is
+    trained) or at most the class size."""
     from search.engine.collection import scan_collection
+    from search.engine.config import EngineConfig
     from search.engine.training import probes_first, stratified_split, train_classifier
 
     root = _linked_folders(tmp_path / "kinds", tiny_collection_dir,
                            {"africa": 3, "beach": 3, "buses": 3, "dinosaurs": 3})
     kinds = scan_collection(root, "folders")
-    probed = train_classifier(kinds, engine_config, tmp_path / "probed.pt", epochs=1)
+    default_rule = engine_config.replace(probe_below_class_size=EngineConfig.probe_below_class_size)
+    probed = train_classifier(kinds, default_rule, tmp_path / "probed.pt", epochs=1)
     assert probed.info["probed_first"] and probed.info["probe_val_accuracy"] is not None
     assert probed.val_accuracy >= 2 / 3  # four distinct Corel classes, three validation pictures
     never = train_classifier(kinds, engine_config.replace(probe_below_class_size=0), tmp_path / "never.pt", epochs=1)
     assert not never.info["probed_first"] and never.info["probe_val_accuracy"] is None
-    assert tiny_training[1].info["probed_first"]  # eight training pictures a class
+    assert not tiny_training[1].info["probed_first"]
     train = stratified_split(tiny_collection.labelled(), engine_config.val_fraction, engine_config.seed).train
+    assert probes_first(train, default_rule)  # eight training pictures a class
     assert probes_first(train, engine_config.replace(probe_below_class_size=9))
     assert not probes_first(train, engine_config.replace(probe_below_class_size=8))
 
