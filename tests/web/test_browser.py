@@ -636,7 +636,7 @@ def test_a_photo_sent_sideways_is_found_upright_by_the_default_turns(page, live_
         for p in dinosaurs:
             response = engine.search(photos[p], "hybrid+attention", k=10)
             if response.n_verified == 0:
-                closest[p] = max(r.confidence or 0 for r in response.results)
+                closest[p] = max(r.confidence for r in response.results)
     assert closest, "every dinosaur verified sideways: the turns would have nothing left to show"
     # the one farthest from verifying as it is: a worker's process can find a few more inliers
     # (14 against 11 for one, which then verified without a turn)
