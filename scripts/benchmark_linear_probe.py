@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """How long does training's linear probe take on a collection of many small classes? A benchmark
 script (not a test): ``PROBE_BELOW_CLASS_SIZE`` sends every collection whose typical class has fewer
-than 20 training pictures through ``training.linear_probe`` before fine-tuning, and its cost was
-feared to grow with pictures x classes.
+than that many training pictures through ``training.linear_probe`` before fine-tuning, and its
+cost was feared to grow with pictures x classes.
 
 The data: the ImageNet EfficientNet-Lite0's pooled vectors (as training's probe sees them: the
 picture squashed to ``--size`` square, not normalised) of all Caltech-101 pictures; its classes cut

@@ -108,9 +108,10 @@ class EngineConfig:
     # fine-tuning everything (LP-FT; training.fit_head_on_frozen_features): always when on, and
     # otherwise when the median training picture's class has fewer than PROBE_BELOW_CLASS_SIZE
     # training pictures (0: never), where a random last layer learns them poorly in the recipe's
-    # few steps. Why these: RESULTS.md ("Small classes", "Classes of ten and twenty pictures").
+    # few steps. Why these: RESULTS.md ("Small classes", "Classes of ten and twenty pictures",
+    # "Classes of forty pictures").
     probe_first: bool = False
-    probe_below_class_size: int = 20
+    probe_below_class_size: int = 40
     # How training pictures are varied: "basic" (a random crop of half the picture or more, a mirror
     # image, mild colour jitter) or "trivial" (those, then one of TrivialAugment's changes at a
     # random strength: Mueller and Hutter 2021). Which and why: RESULTS.md ("Stronger augmentation").

@@ -92,9 +92,9 @@ def typical_class_size(labels) -> int:
 def probes_first(train: list[ImageRecord], config: EngineConfig) -> bool:
     """Whether the new last layer is fitted on the frozen features before fine-tuning: asked for
     (``PROBE_FIRST``), or the classes have too few training pictures for a random layer to learn
-    them in the recipe's few steps (measured with 2, 4, 8 and 16 training pictures a class: fewer
-    validation pictures right without it, far fewer up to 8; RESULTS.md "Small classes", "Classes
-    of ten and twenty pictures")."""
+    them in the recipe's few steps (measured with 2, 4, 8, 16, 20 and 32 training pictures a class:
+    fewer validation pictures right without it, far fewer up to 8; RESULTS.md "Small classes",
+    "Classes of ten and twenty pictures", "Classes of forty pictures")."""
     return config.probe_first or typical_class_size(r.label for r in train) < config.probe_below_class_size
 
 
